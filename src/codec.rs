@@ -1,0 +1,105 @@
+//! The one wire and disk format: a version byte followed by MessagePack (rmp-serde).
+//!
+//! Every byte string that leaves a node or reaches the disk goes through [`encode`],
+//! and everything that comes back goes through [`decode`], so the version check and
+//! the "bad bytes are an error, never a panic" rule live in one place.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// The format version written in front of every encoded value.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Encodes `value` as [`WIRE_VERSION`] followed by its MessagePack form.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut bytes = vec![WIRE_VERSION];
+    rmp_serde::encode::write(&mut bytes, value).map_err(|err| Error::Encode {
+        what: std::any::type_name::<T>(),
+        reason: err.to_string(),
+    })?;
+    Ok(bytes)
+}
+
+/// Decodes bytes written by [`encode`].
+///
+/// Rejects an empty input, an unknown version byte, malformed MessagePack, values
+/// that break a type's invariants and trailing bytes. Failures are logged at WARN
+/// with the expected type, because they mean a peer or a file is misbehaving.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let result = decode_unlogged(bytes);
+    if let Err(err) = &result {
+        tracing::warn!(error = %err, len = bytes.len(), "rejected undecodable bytes");
+    }
+    result
+}
+
+fn decode_unlogged<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let what = std::any::type_name::<T>();
+    let (&version, body) = bytes.split_first().ok_or_else(|| Error::Decode {
+        what,
+        reason: "empty input".into(),
+    })?;
+    if version != WIRE_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: WIRE_VERSION,
+        });
+    }
+    let mut deserializer = rmp_serde::Deserializer::new(body);
+    let value = T::deserialize(&mut deserializer).map_err(|err| Error::Decode {
+        what,
+        reason: err.to_string(),
+    })?;
+    let trailing = deserializer.get_ref().len();
+    if trailing > 0 {
+        return Err(Error::Decode {
+            what,
+            reason: format!("{trailing} trailing bytes after the value"),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_round_trips_behind_the_version_byte() {
+        let bytes = encode(&(1u32, "two".to_string())).unwrap();
+        assert_eq!(bytes[0], WIRE_VERSION);
+        let back: (u32, String) = decode(&bytes).unwrap();
+        assert_eq!(back, (1, "two".to_string()));
+    }
+
+    #[test]
+    fn empty_input_is_a_decode_error() {
+        assert!(matches!(decode::<u32>(&[]), Err(Error::Decode { .. })));
+    }
+
+    #[test]
+    fn an_unknown_version_is_reported_as_such() {
+        let mut bytes = encode(&7u32).unwrap();
+        bytes[0] = 99;
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(Error::UnsupportedVersion { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&7u32).unwrap();
+        bytes.push(0);
+        let err = decode::<u32>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn truncated_input_is_a_decode_error() {
+        let bytes = encode(&"a longer string").unwrap();
+        assert!(decode::<String>(&bytes[..bytes.len() - 3]).is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! The lattice laws every CRDT of this crate is property-tested against.
+//!
+//! A [`History`] is a random run of 2–5 replicas: each step either performs a
+//! type-specific action on one replica (through the type's mutators and `apply`)
+//! or merges one replica's state into another. From the final states we check
+//! that merge is a join and that every grouping and order of merges, and every
+//! order of operation delivery with duplicates, reaches the same state.
+
+use std::fmt::Debug;
+
+use quickcheck::{Arbitrary, Gen};
+
+use super::{OpBased, ReplicatedData};
+use crate::causal::ReplicaId;
+use crate::codec;
+
+/// The `i`-th replica of a test.
+pub(crate) fn replica(i: usize) -> ReplicaId {
+    ReplicaId::new(format!("r{i}"), 1)
+}
+
+/// What a type needs to be driven by the law harness.
+pub(crate) trait LawSubject: ReplicatedData + OpBased + Default {
+    /// A random thing a replica may do to its state.
+    type Action: Arbitrary + Debug + Clone;
+
+    /// The operations `replica` produces for `action` on its current state.
+    fn act(&self, replica: &ReplicaId, action: &Self::Action) -> Vec<Self::Op>;
+
+    /// Whether `merged` (= `before ⊔ other`) kept everything `before` observed,
+    /// apart from what `other` causally overwrote.
+    fn keeps_observations(before: &Self, other: &Self, merged: &Self) -> bool;
+}
+
+/// One step of a random multi-replica run.
+#[derive(Clone, Debug)]
+pub(crate) enum Step<A> {
+    Local { at: usize, action: A },
+    Sync { from: usize, to: usize },
+}
+
+impl<A: Arbitrary> Arbitrary for Step<A> {
+    fn arbitrary(g: &mut Gen) -> Self {
+        if u8::arbitrary(g) % 10 < 7 {
+            Step::Local {
+                at: usize::arbitrary(g),
+                action: A::arbitrary(g),
+            }
+        } else {
+            Step::Sync {
+                from: usize::arbitrary(g),
+                to: usize::arbitrary(g),
+            }
+        }
+    }
+
+    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+        match self {
+            Step::Local { at, action } => {
+                let at = *at;
+                Box::new(
+                    action
+                        .shrink()
+                        .map(move |action| Step::Local { at, action }),
+                )
+            }
+            Step::Sync { .. } => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+/// A random run of 2–5 replicas, plus a seed for shuffling deliveries.
+#[derive(Clone, Debug)]
+pub(crate) struct History<A> {
+    replicas: usize,
+    steps: Vec<Step<A>>,
+    seed: u64,
+}
+
+impl<A: Arbitrary> Arbitrary for History<A> {
+    fn arbitrary(g: &mut Gen) -> Self {
+        History {
+            replicas: 2 + usize::arbitrary(g) % 4,
+            steps: Vec::arbitrary(g),
+            seed: u64::arbitrary(g),
+        }
+    }
+
+    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+        let (replicas, seed) = (self.replicas, self.seed);
+        Box::new(self.steps.shrink().map(move |steps| History {
+            replicas,
+            steps,
+            seed,
+        }))
+    }
+}
+
+/// The final state of every replica and every operation any replica produced.
+pub(crate) struct Run<T: OpBased> {
+    pub states: Vec<T>,
+    pub ops: Vec<T::Op>,
+}
+
+pub(crate) fn run<T: LawSubject>(history: &History<T::Action>) -> Run<T> {
+    let n = history.replicas;
+    let ids: Vec<ReplicaId> = (0..n).map(replica).collect();
+    let mut states = vec![T::default(); n];
+    let mut ops = Vec::new();
+    for step in &history.steps {
+        match step {
+            Step::Local { at, action } => {
+                let state = &mut states[at % n];
+                for op in state.act(&ids[at % n], action) {
+                    state.apply(op.clone());
+                    ops.push(op);
+                }
+            }
+            Step::Sync { from, to } => {
+                let source = states[from % n].clone();
+                states[to % n].merge(&source);
+            }
+        }
+    }
+    Run { states, ops }
+}
+
+/// SplitMix64: enough randomness to shuffle deliveries reproducibly from a seed.
+pub(crate) struct Shuffler(u64);
+
+impl Shuffler {
+    pub(crate) fn new(seed: u64) -> Self {
+        Shuffler(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub(crate) fn shuffle<X>(&mut self, items: &mut [X]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+fn merge_all<'a, T: ReplicatedData>(states: impl Iterator<Item = &'a T>) -> Option<T> {
+    states.fold(None, |acc: Option<T>, s| match acc {
+        None => Some(s.clone()),
+        Some(acc) => Some(acc.merged(s)),
+    })
+}
+
+fn report(law: &str, ok: bool) -> bool {
+    if !ok {
+        eprintln!("law violated: {law}");
+    }
+    ok
+}
+
+pub(crate) fn idempotent<T: LawSubject>(history: History<T::Action>) -> bool {
+    let run = run::<T>(&history);
+    report("a ⊔ a == a", run.states.iter().all(|s| &s.merged(s) == s))
+}
+
+pub(crate) fn commutative<T: LawSubject>(history: History<T::Action>) -> bool {
+    let s = run::<T>(&history).states;
+    let ok = s
+        .iter()
+        .enumerate()
+        .all(|(i, a)| s[i + 1..].iter().all(|b| a.merged(b) == b.merged(a)));
+    report("a ⊔ b == b ⊔ a", ok)
+}
+
+pub(crate) fn associative<T: LawSubject>(history: History<T::Action>) -> bool {
+    let s = run::<T>(&history).states;
+    let n = s.len();
+    let ok = (0..n).all(|i| {
+        let (a, b, c) = (&s[i], &s[(i + 1) % n], &s[(i + 2) % n]);
+        a.merged(b).merged(c) == a.merged(&b.merged(c))
+    });
+    report("(a ⊔ b) ⊔ c == a ⊔ (b ⊔ c)", ok)
+}
+
+/// Any order and grouping of state merges gives the same state.
+pub(crate) fn converges_under_any_merge_order<T: LawSubject>(history: History<T::Action>) -> bool {
+    let states = run::<T>(&history).states;
+    let forward = merge_all(states.iter());
+    let backward = merge_all(states.iter().rev());
+    let mut shuffled: Vec<&T> = states.iter().collect();
+    Shuffler::new(history.seed).shuffle(&mut shuffled);
+    // Pairwise tree: ((s0 ⊔ s1) ⊔ (s2 ⊔ s3)) ⊔ ...
+    let mut level: Vec<T> = shuffled.into_iter().cloned().collect();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [a, b] => a.merged(b),
+                [a] => a.clone(),
+                _ => unreachable!("chunks(2) yields one or two states"),
+            })
+            .collect();
+    }
+    report(
+        "all merge orders agree",
+        forward == backward && forward.as_ref() == level.first(),
+    )
+}
+
+/// A fresh replica that receives every operation, shuffled and partly
+/// duplicated, ends in the same state as the merge of all replicas.
+pub(crate) fn operations_converge_in_any_order<T: LawSubject>(history: History<T::Action>) -> bool {
+    let run = run::<T>(&history);
+    let everything = merge_all(run.states.iter()).unwrap_or_default();
+    let mut shuffler = Shuffler::new(history.seed);
+    let mut delivery = run.ops.clone();
+    for _ in 0..run.ops.len() / 3 {
+        delivery.push(run.ops[shuffler.below(run.ops.len())].clone());
+    }
+    shuffler.shuffle(&mut delivery);
+    let mut receiver = T::default();
+    for op in delivery {
+        receiver.apply(op);
+    }
+    report(
+        "operation delivery order does not matter",
+        receiver == everything,
+    )
+}
+
+/// `a ⊑ a ⊔ b`, and the type's own notion of "nothing observed is lost".
+pub(crate) fn monotonic<T: LawSubject>(history: History<T::Action>) -> bool {
+    let s = run::<T>(&history).states;
+    let ok = s.iter().all(|a| {
+        s.iter().all(|b| {
+            let joined = a.merged(b);
+            joined.merged(a) == joined && T::keeps_observations(a, b, &joined)
+        })
+    });
+    report("merge never loses what it observed", ok)
+}
+
+/// States and operations survive the wire codec unchanged.
+pub(crate) fn round_trips<T: LawSubject>(history: History<T::Action>) -> bool {
+    let run = run::<T>(&history);
+    let states_ok = run.states.iter().all(|s| {
+        codec::encode(s)
+            .and_then(|bytes| codec::decode::<T>(&bytes))
+            .is_ok_and(|back| &back == s)
+    });
+    let ops_ok = run.ops.iter().all(|op| {
+        codec::encode(op)
+            .and_then(|bytes| codec::decode::<T::Op>(&bytes))
+            .is_ok_and(|back| &back == op)
+    });
+    report("codec round trip", states_ok && ops_ok)
+}
+
+/// Generates the law tests for one type inside its test module.
+macro_rules! law_tests {
+    ($ty:ty) => {
+        type LawHistory =
+            $crate::crdt::laws::History<<$ty as $crate::crdt::laws::LawSubject>::Action>;
+
+        #[test]
+        fn merge_is_idempotent() {
+            quickcheck::quickcheck($crate::crdt::laws::idempotent::<$ty> as fn(LawHistory) -> bool);
+        }
+
+        #[test]
+        fn merge_is_commutative() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::commutative::<$ty> as fn(LawHistory) -> bool,
+            );
+        }
+
+        #[test]
+        fn merge_is_associative() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::associative::<$ty> as fn(LawHistory) -> bool,
+            );
+        }
+
+        #[test]
+        fn replicas_converge_whatever_the_merge_order() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::converges_under_any_merge_order::<$ty>
+                    as fn(LawHistory) -> bool,
+            );
+        }
+
+        #[test]
+        fn operations_converge_in_any_delivery_order() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::operations_converge_in_any_order::<$ty>
+                    as fn(LawHistory) -> bool,
+            );
+        }
+
+        #[test]
+        fn merge_is_monotonic() {
+            quickcheck::quickcheck($crate::crdt::laws::monotonic::<$ty> as fn(LawHistory) -> bool);
+        }
+
+        #[test]
+        fn states_and_operations_round_trip_through_the_codec() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::round_trips::<$ty> as fn(LawHistory) -> bool,
+            );
+        }
+    };
+}
+
+pub(crate) use law_tests;

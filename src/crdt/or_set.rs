@@ -1,0 +1,314 @@
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::kernel::{apply_keyed_delta, merge_keyed};
+use super::{Member, OpBased, ReplicatedData};
+use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
+
+/// An add-wins observed-remove set, in its optimised form (Bieniusa et al. 2012).
+///
+/// Every add tags the element with a fresh [`Dot`]; a remove drops the dots it
+/// observed. One [`CausalContext`] records every dot ever observed, so "in the
+/// context but not in the set" means removed: removes leave no per-element
+/// tombstone, and the state's size is O(elements + replicas) whatever the number
+/// of adds and removes. An add concurrent with a remove of the same element wins,
+/// because the remove cannot have observed the add's new dot.
+///
+/// Operations are delta states, so they may arrive duplicated and in any order:
+/// a remove that arrives before the add it observed records the add's dot in the
+/// context, and the add is dropped when it arrives (the remove is deferred
+/// without any bookkeeping of its own).
+///
+/// ```
+/// use ractor_replicated::{OpBased, ORSet, ReplicaId, ReplicatedData};
+///
+/// let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
+/// let mut left = ORSet::new();
+/// left.apply(left.add(&a, "milk".to_string()));
+/// let mut right = left.clone();
+/// // Concurrently: a removes milk, b adds it again.
+/// left.apply(left.remove("milk"));
+/// right.apply(right.add(&b, "milk".to_string()));
+/// left.merge(&right);
+/// assert!(left.contains("milk"), "add wins over a concurrent remove");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ORSet<T: Ord> {
+    context: CausalContext,
+    entries: BTreeMap<T, Vec<Dot>>,
+}
+
+/// An operation on an [`ORSet`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ORSetOp<T> {
+    /// Adds `member` under a new dot, replacing the dots of it the adder had seen.
+    Add {
+        /// The new dot.
+        dot: Dot,
+        /// The element.
+        member: T,
+        /// Dots of `member` the adder had observed; they are superseded.
+        observed: Vec<Dot>,
+    },
+    /// Removes each listed element's observed dots.
+    Remove {
+        /// Elements with the dots the remover had observed of them.
+        members: Vec<(T, Vec<Dot>)>,
+    },
+}
+
+impl<T: Ord> Default for ORSet<T> {
+    fn default() -> Self {
+        Self {
+            context: CausalContext::new(),
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Member> ORSet<T> {
+    /// The empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The operation that adds `member` on behalf of `replica`.
+    pub fn add(&self, replica: &ReplicaId, member: T) -> ORSetOp<T> {
+        let observed = self.entries.get(&member).cloned().unwrap_or_default();
+        ORSetOp::Add {
+            dot: self.context.next_dot(replica),
+            member,
+            observed,
+        }
+    }
+
+    /// The operation that removes `member` as seen here. Removing an absent
+    /// element is a no-op operation.
+    pub fn remove<Q: Ord + ?Sized>(&self, member: &Q) -> ORSetOp<T>
+    where
+        T: Borrow<Q>,
+    {
+        let members = self
+            .entries
+            .get_key_value(member)
+            .map(|(m, dots)| (m.clone(), dots.clone()))
+            .into_iter()
+            .collect();
+        ORSetOp::Remove { members }
+    }
+
+    /// The operation that removes every element seen here. Elements added
+    /// concurrently elsewhere survive it (add wins).
+    pub fn clear(&self) -> ORSetOp<T> {
+        ORSetOp::Remove {
+            members: self
+                .entries
+                .iter()
+                .map(|(m, dots)| (m.clone(), dots.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether `member` is in the set.
+    pub fn contains<Q: Ord + ?Sized>(&self, member: &Q) -> bool
+    where
+        T: Borrow<Q>,
+    {
+        self.entries.contains_key(member)
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
+        self.entries.keys()
+    }
+
+    /// How many elements the set holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Everything this set has observed.
+    pub fn context(&self) -> &CausalContext {
+        &self.context
+    }
+
+    /// The dots currently supporting `member`.
+    pub fn dots_of<Q: Ord + ?Sized>(&self, member: &Q) -> &[Dot]
+    where
+        T: Borrow<Q>,
+    {
+        self.entries.get(member).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl<T: Member> ReplicatedData for ORSet<T> {
+    fn merge(&mut self, other: &Self) {
+        merge_keyed(
+            &mut self.entries,
+            &self.context,
+            &other.entries,
+            &other.context,
+        );
+        self.context.merge(&other.context);
+    }
+}
+
+impl<T: Member> OpBased for ORSet<T> {
+    type Op = ORSetOp<T>;
+
+    fn apply(&mut self, op: ORSetOp<T>) {
+        match op {
+            ORSetOp::Add {
+                dot,
+                member,
+                observed,
+            } => apply_keyed_delta(
+                &mut self.entries,
+                &mut self.context,
+                member,
+                Some(dot),
+                &observed,
+            ),
+            ORSetOp::Remove { members } => {
+                for (member, observed) in members {
+                    apply_keyed_delta(
+                        &mut self.entries,
+                        &mut self.context,
+                        member,
+                        None,
+                        &observed,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The encoded form: replica ids once in a table, dots as (table index, counter).
+/// This keeps a set of many elements from repeating node names per element.
+#[derive(Serialize)]
+struct WireRef<'a, T> {
+    replicas: Vec<&'a ReplicaId>,
+    vector: Vec<(u32, u64)>,
+    cloud: Vec<(u32, u64)>,
+    entries: Vec<(&'a T, Vec<(u32, u64)>)>,
+}
+
+#[derive(Deserialize)]
+struct Wire<T> {
+    replicas: Vec<ReplicaId>,
+    vector: Vec<(u32, u64)>,
+    cloud: Vec<(u32, u64)>,
+    entries: Vec<(T, Vec<(u32, u64)>)>,
+}
+
+impl<T: Member> Serialize for ORSet<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut replicas: Vec<&ReplicaId> = self
+            .context
+            .vector()
+            .iter()
+            .map(|(r, _)| r)
+            .chain(self.context.cloud().map(|d| &d.replica))
+            .collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        let index = |replica: &ReplicaId| -> Result<u32, S::Error> {
+            replicas
+                .binary_search(&replica)
+                .ok()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| serde::ser::Error::custom("dot outside the causal context"))
+        };
+        let compact = |dot: &Dot| index(&dot.replica).map(|i| (i, dot.counter));
+        let vector = self
+            .context
+            .vector()
+            .iter()
+            .map(|(r, n)| index(r).map(|i| (i, n)))
+            .collect::<Result<_, _>>()?;
+        let cloud = self
+            .context
+            .cloud()
+            .map(compact)
+            .collect::<Result<_, _>>()?;
+        let entries = self
+            .entries
+            .iter()
+            .map(|(member, dots)| Ok((member, dots.iter().map(compact).collect::<Result<_, _>>()?)))
+            .collect::<Result<_, S::Error>>()?;
+        WireRef {
+            replicas: replicas.clone(),
+            vector,
+            cloud,
+            entries,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, T: Member> Deserialize<'de> for ORSet<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = Wire::<T>::deserialize(deserializer)?;
+        ORSet::try_from(wire).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<T: Member> TryFrom<Wire<T>> for ORSet<T> {
+    type Error = String;
+
+    fn try_from(wire: Wire<T>) -> Result<Self, String> {
+        let replicas = wire.replicas;
+        let dot = |(i, counter): (u32, u64)| -> Result<Dot, String> {
+            let replica = usize::try_from(i)
+                .ok()
+                .and_then(|i| replicas.get(i))
+                .ok_or_else(|| {
+                    format!("replica index {i} outside a table of {}", replicas.len())
+                })?;
+            if counter == 0 {
+                return Err(format!("dot counter 0 for replica {replica}"));
+            }
+            Ok(Dot::new(replica.clone(), counter))
+        };
+        let vector: VersionVector = wire
+            .vector
+            .into_iter()
+            .map(|entry| dot(entry).map(|d| (d.replica, d.counter)))
+            .collect::<Result<_, _>>()?;
+        let cloud = wire
+            .cloud
+            .into_iter()
+            .map(dot)
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = CausalContext::from_parts(vector, cloud);
+        let mut entries = BTreeMap::new();
+        for (member, compact_dots) in wire.entries {
+            let mut dots = compact_dots
+                .into_iter()
+                .map(dot)
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(unseen) = dots.iter().find(|d| !context.contains(d)) {
+                return Err(format!(
+                    "element dot {unseen:?} is outside the causal context"
+                ));
+            }
+            dots.sort_unstable();
+            dots.dedup();
+            if !dots.is_empty() && entries.insert(member, dots).is_some() {
+                return Err("an element appears twice".into());
+            }
+        }
+        Ok(ORSet { context, entries })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+use std::borrow::Borrow;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Member, ORMap, ORMapOp, OpBased, PNCounter, ReplicatedData};
+use crate::causal::ReplicaId;
+
+/// A map of counters: an [`ORMap`] of [`PNCounter`]s with a counter-shaped API.
+///
+/// Increments to one key from different replicas all count. Removing a key
+/// resets it, except for increments concurrent with the remove (add wins).
+///
+/// ```
+/// use ractor_replicated::{OpBased, PNCounterMap, ReplicaId, ReplicatedData};
+///
+/// let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
+/// let mut votes = PNCounterMap::new();
+/// let mut elsewhere = PNCounterMap::new();
+/// votes.apply(votes.increment(&a, "rust".to_string(), 2));
+/// elsewhere.apply(elsewhere.increment(&b, "rust".to_string(), 1));
+/// elsewhere.apply(elsewhere.decrement(&b, "go".to_string(), 1));
+/// votes.merge(&elsewhere);
+/// assert_eq!(votes.get("rust"), Some(3));
+/// assert_eq!(votes.get("go"), Some(-1));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+#[serde(bound(deserialize = "K: Member"))]
+pub struct PNCounterMap<K: Ord> {
+    map: ORMap<K, PNCounter>,
+}
+
+impl<K: Ord> Default for PNCounterMap<K> {
+    fn default() -> Self {
+        Self {
+            map: ORMap::default(),
+        }
+    }
+}
+
+impl<K: Member> PNCounterMap<K> {
+    /// The empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The operation that adds `by` to `key`'s counter.
+    pub fn increment(&self, replica: &ReplicaId, key: K, by: u64) -> ORMapOp<K, PNCounter> {
+        self.map
+            .update(replica, key, |c| c.apply(c.increment(replica, by)))
+    }
+
+    /// The operation that subtracts `by` from `key`'s counter.
+    pub fn decrement(&self, replica: &ReplicaId, key: K, by: u64) -> ORMapOp<K, PNCounter> {
+        self.map
+            .update(replica, key, |c| c.apply(c.decrement(replica, by)))
+    }
+
+    /// The operation that removes `key` (and so resets its counter) as seen here.
+    pub fn remove(&self, key: &K) -> ORMapOp<K, PNCounter> {
+        self.map.remove(key)
+    }
+
+    /// The value of `key`'s counter.
+    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<i128>
+    where
+        K: Borrow<Q>,
+    {
+        self.map.get(key).map(|c| c.value())
+    }
+
+    /// Keys with their counter values, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, i128)> + '_ {
+        self.map.iter().map(|(key, c)| (key, c.value()))
+    }
+
+    /// How many keys the map holds.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The underlying map of counters.
+    pub fn as_or_map(&self) -> &ORMap<K, PNCounter> {
+        &self.map
+    }
+}
+
+impl<K: Member> ReplicatedData for PNCounterMap<K> {
+    fn merge(&mut self, other: &Self) {
+        self.map.merge(&other.map);
+    }
+}
+
+impl<K: Member> OpBased for PNCounterMap<K> {
+    type Op = ORMapOp<K, PNCounter>;
+
+    fn apply(&mut self, op: Self::Op) {
+        self.map.apply(op);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::laws::{self, LawSubject};
+
+    impl LawSubject for PNCounterMap<u8> {
+        /// `(key, Some(delta))` changes a counter, `(key, None)` removes the key.
+        type Action = (u8, Option<i8>);
+        fn act(&self, replica: &ReplicaId, action: &Self::Action) -> Vec<Self::Op> {
+            let key = action.0 % 4;
+            vec![match action.1 {
+                Some(delta) if delta >= 0 => {
+                    self.increment(replica, key, delta.unsigned_abs().into())
+                }
+                Some(delta) => self.decrement(replica, key, delta.unsigned_abs().into()),
+                None => self.remove(&key),
+            }]
+        }
+        fn keeps_observations(before: &Self, other: &Self, merged: &Self) -> bool {
+            crate::crdt::or_map::keeps_dotted_versions(&before.map, &other.map, &merged.map)
+        }
+    }
+
+    laws::law_tests!(PNCounterMap<u8>);
+
+    #[test]
+    fn counts_per_key_from_every_replica() {
+        let replicas: Vec<_> = (0..3).map(laws::replica).collect();
+        let merged = replicas.iter().fold(PNCounterMap::new(), |acc, r| {
+            let mut mine = PNCounterMap::new();
+            mine.apply(mine.increment(r, 'a', 2));
+            mine.apply(mine.decrement(r, 'b', 1));
+            acc.merged(&mine)
+        });
+        assert_eq!(merged.iter().collect::<Vec<_>>(), [(&'a', 6), (&'b', -3)]);
+    }
+}
