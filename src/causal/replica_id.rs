@@ -1,5 +1,6 @@
+use std::cmp::Ordering;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{self, AtomicU64};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(a.node(), b.node());
 /// assert_ne!(a, b, "every boot gets its own incarnation");
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReplicaId {
     node: Arc<str>,
     incarnation: u64,
@@ -52,9 +53,11 @@ impl ReplicaId {
             .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         let previous = LAST
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last.saturating_add(1)))
-            })
+            .fetch_update(
+                atomic::Ordering::Relaxed,
+                atomic::Ordering::Relaxed,
+                |last| Some(now.max(last.saturating_add(1))),
+            )
             .unwrap_or_else(|last| last);
         Self::new(node, now.max(previous.saturating_add(1)))
     }
@@ -67,6 +70,23 @@ impl ReplicaId {
     /// Which boot of the node this identity belongs to.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+}
+
+/// Replica ids order by incarnation, then node name: a total order, and since
+/// fresh incarnations are unique per boot, one integer comparison nearly always
+/// decides (version vectors compare ids on every lookup).
+impl Ord for ReplicaId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.incarnation
+            .cmp(&other.incarnation)
+            .then_with(|| self.node.cmp(&other.node))
+    }
+}
+
+impl PartialOrd for ReplicaId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -92,6 +112,19 @@ mod tests {
         for pair in ids.windows(2) {
             assert!(pair[0].incarnation() < pair[1].incarnation());
         }
+    }
+
+    #[test]
+    fn order_is_total_and_agrees_with_equality() {
+        let ids = [
+            ReplicaId::new("b", 1),
+            ReplicaId::new("a", 2),
+            ReplicaId::new("a", 1),
+        ];
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, [ids[2].clone(), ids[0].clone(), ids[1].clone()]);
+        assert_eq!(ids[0].cmp(&ReplicaId::new("b", 1)), Ordering::Equal);
     }
 
     #[test]

@@ -161,3 +161,32 @@ pub(crate) fn apply_keyed_delta<K: Ord, E: Dotted>(
         }
     }
 }
+
+/// Checks dotted entries decoded from untrusted bytes and puts them in dot order.
+///
+/// Rejects counter-0 dots, dots the context has not observed, and a dot that
+/// appears twice. The merge relies on all three: one dot names one entry.
+pub(crate) fn validated<E: Dotted>(
+    mut entries: Vec<E>,
+    context: &CausalContext,
+) -> Result<Vec<E>, String> {
+    entries.sort_by(|a, b| a.dot().cmp(b.dot()));
+    if let Some(bad) = entries
+        .iter()
+        .find(|e| e.dot().counter == 0 || !context.contains(e.dot()))
+    {
+        return Err(format!("dot {:?} is outside the causal context", bad.dot()));
+    }
+    ensure_unique_dots(entries.iter().map(Dotted::dot))?;
+    Ok(entries)
+}
+
+/// Rejects a dot that tags more than one entry of a decoded state.
+pub(crate) fn ensure_unique_dots<'a>(dots: impl Iterator<Item = &'a Dot>) -> Result<(), String> {
+    let mut all: Vec<&Dot> = dots.collect();
+    all.sort_unstable();
+    match all.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(format!("dot {:?} tags two entries", pair[0])),
+        None => Ok(()),
+    }
+}

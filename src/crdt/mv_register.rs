@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{apply_delta, merge_dotted};
+use super::kernel::{apply_delta, merge_dotted, validated};
 use super::{OpBased, Payload, ReplicatedData};
 use crate::causal::{CausalContext, Dot, ReplicaId};
 
@@ -24,10 +24,28 @@ use crate::causal::{CausalContext, Dot, ReplicaId};
 /// assert_eq!(left.values().collect::<Vec<_>>(), [&'w']);
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound(deserialize = "T: Payload"))]
+#[serde(bound(deserialize = "T: Payload"), try_from = "Wire<T>")]
 pub struct MVRegister<T> {
     context: CausalContext,
     values: Vec<(Dot, T)>,
+}
+
+/// The decoded form, checked before it becomes a register.
+#[derive(Deserialize)]
+struct Wire<T> {
+    context: CausalContext,
+    values: Vec<(Dot, T)>,
+}
+
+impl<T: Payload> TryFrom<Wire<T>> for MVRegister<T> {
+    type Error = String;
+
+    fn try_from(wire: Wire<T>) -> Result<Self, String> {
+        Ok(Self {
+            values: validated(wire.values, &wire.context)?,
+            context: wire.context,
+        })
+    }
 }
 
 /// A write to an [`MVRegister`]: the new value under a new dot, and the dots of
@@ -160,6 +178,24 @@ mod tests {
             values == (1..=n as u8).collect::<Vec<_>>()
         }
         quickcheck(property as fn(u8) -> bool);
+    }
+
+    #[test]
+    fn decoding_rejects_values_outside_the_context_or_sharing_a_dot() {
+        let a = laws::replica(0);
+        let mut register = MVRegister::new();
+        register.apply(register.write(&a, 1u8));
+        let unseen = Dot::new(a.clone(), 9);
+        let outside = (register.context.clone(), vec![(unseen, 2u8)]);
+        let shared = (
+            register.context.clone(),
+            vec![(Dot::new(a.clone(), 1), 1u8), (Dot::new(a, 1), 2)],
+        );
+        for (bad, why) in [(outside, "outside"), (shared, "two entries")] {
+            let bytes = crate::codec::encode(&bad).unwrap();
+            let err = crate::codec::decode::<MVRegister<u8>>(&bytes).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 
     #[test]

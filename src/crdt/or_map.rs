@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{apply_keyed_delta, merge_keyed};
+use super::kernel::{apply_keyed_delta, ensure_unique_dots, merge_keyed, validated};
 use super::{Member, OpBased, ReplicatedData};
 use crate::causal::{CausalContext, Dot, ReplicaId};
 
@@ -33,10 +33,39 @@ use crate::causal::{CausalContext, Dot, ReplicaId};
 /// assert_eq!(left.get("hits").map(|c| c.value()), Some(5));
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound(deserialize = "K: Member, V: ReplicatedData"))]
+#[serde(
+    bound(deserialize = "K: Member, V: ReplicatedData"),
+    try_from = "Wire<K, V>"
+)]
 pub struct ORMap<K: Ord, V> {
     context: CausalContext,
     entries: BTreeMap<K, Vec<(Dot, V)>>,
+}
+
+/// The decoded form, checked before it becomes a map.
+#[derive(Deserialize)]
+struct Wire<K: Ord, V> {
+    context: CausalContext,
+    entries: BTreeMap<K, Vec<(Dot, V)>>,
+}
+
+impl<K: Member, V: ReplicatedData> TryFrom<Wire<K, V>> for ORMap<K, V> {
+    type Error = String;
+
+    fn try_from(wire: Wire<K, V>) -> Result<Self, String> {
+        let mut entries = BTreeMap::new();
+        for (key, values) in wire.entries {
+            let values = validated(values, &wire.context)?;
+            if !values.is_empty() {
+                entries.insert(key, values);
+            }
+        }
+        ensure_unique_dots(entries.values().flatten().map(|(dot, _)| dot))?;
+        Ok(Self {
+            context: wire.context,
+            entries,
+        })
+    }
 }
 
 /// An operation on an [`ORMap`].

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::kernel::{apply_keyed_delta, merge_keyed};
+use super::kernel::{apply_keyed_delta, ensure_unique_dots, merge_keyed, validated};
 use super::{Member, OpBased, ReplicatedData};
 use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
 
@@ -291,21 +291,16 @@ impl<T: Member> TryFrom<Wire<T>> for ORSet<T> {
         let context = CausalContext::from_parts(vector, cloud);
         let mut entries = BTreeMap::new();
         for (member, compact_dots) in wire.entries {
-            let mut dots = compact_dots
+            let dots = compact_dots
                 .into_iter()
                 .map(dot)
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(unseen) = dots.iter().find(|d| !context.contains(d)) {
-                return Err(format!(
-                    "element dot {unseen:?} is outside the causal context"
-                ));
-            }
-            dots.sort_unstable();
-            dots.dedup();
+            let dots = validated(dots, &context)?;
             if !dots.is_empty() && entries.insert(member, dots).is_some() {
                 return Err("an element appears twice".into());
             }
         }
+        ensure_unique_dots(entries.values().flatten())?;
         Ok(ORSet { context, entries })
     }
 }

@@ -212,4 +212,11 @@ fn decoding_rejects_dots_outside_the_table_or_the_context() {
     assert!(ORSet::try_from(unseen)
         .unwrap_err()
         .contains("causal context"));
+    let shared: Wire<u8> = Wire {
+        replicas: vec![laws::replica(0)],
+        vector: vec![(0, 1)],
+        cloud: vec![],
+        entries: vec![(1, vec![(0, 1)]), (2, vec![(0, 1)])],
+    };
+    assert!(ORSet::try_from(shared).unwrap_err().contains("two entries"));
 }
