@@ -37,3 +37,8 @@ pub use crdt::{
     ReplicatedData, ReverseClock, Timestamped, WallClock,
 };
 pub use error::{Error, Result};
+
+/// Compiles and runs the README's examples with the doc tests, so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
