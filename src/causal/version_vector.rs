@@ -71,9 +71,9 @@ impl VersionVector {
 
     /// Records the next event of `replica` and returns its dot.
     pub fn increment(&mut self, replica: &ReplicaId) -> Dot {
-        let counter = self.get(replica).saturating_add(1);
-        self.observe(&Dot::new(replica.clone(), counter));
-        Dot::new(replica.clone(), counter)
+        let dot = Dot::new(replica.clone(), self.get(replica).saturating_add(1));
+        self.observe(&dot);
+        dot
     }
 
     /// Raises the entry of `dot.replica` to at least `dot.counter`.

@@ -245,7 +245,7 @@ impl<T: Member> Serialize for ORSet<T> {
             .map(|(member, dots)| Ok((member, dots.iter().map(compact).collect::<Result<_, _>>()?)))
             .collect::<Result<_, S::Error>>()?;
         WireRef {
-            replicas: replicas.clone(),
+            replicas,
             vector,
             cloud,
             entries,
