@@ -28,6 +28,75 @@ pub enum Error {
         /// The version this build writes and reads.
         supported: u8,
     },
+    /// A key holds a value of another type than the one asked for.
+    #[error("key {key:?} holds a {found}, not a {expected}")]
+    WrongType {
+        /// The key.
+        key: String,
+        /// The type tag the caller asked for.
+        expected: String,
+        /// The type tag stored under the key.
+        found: String,
+    },
+    /// The key was deleted; a deleted key stays deleted and cannot be reused.
+    #[error("key {key:?} was deleted and cannot be used again")]
+    Deleted {
+        /// The key.
+        key: String,
+    },
+    /// A value's Rust type was never registered with the Replicator's type registry.
+    #[error("type {what} is not registered; register it before starting the Replicator")]
+    UnregisteredType {
+        /// The Rust type, or the type tag received from a peer.
+        what: String,
+    },
+    /// A type tag is already registered for another Rust type, or a type twice.
+    #[error("cannot register {what}: {reason}")]
+    Registration {
+        /// The type or tag.
+        what: String,
+        /// What clashed.
+        reason: String,
+    },
+    /// A value's encoding is too large to travel in one message.
+    #[error("value of key {key:?} encodes to {bytes} bytes, over the {limit}-byte message limit")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// The encoded size of the value.
+        bytes: usize,
+        /// The configured maximum message size.
+        limit: usize,
+    },
+    /// A write or read did not reach its consistency level in time. For a write,
+    /// the local update stands and spreads later by gossip.
+    #[error(
+        "{operation} of key {key:?} reached {reached} of {required} replicas before its timeout"
+    )]
+    Timeout {
+        /// `"write"` or `"read"`.
+        operation: &'static str,
+        /// The key.
+        key: String,
+        /// How many replicas (this one included) had answered.
+        reached: usize,
+        /// How many the consistency level required.
+        required: usize,
+    },
+    /// The Replicator actor is gone or did not answer.
+    #[error("the replicator is unavailable: {reason}")]
+    Unavailable {
+        /// What ractor reported.
+        reason: String,
+    },
+    /// Starting a cluster component (NodeServer, actor) failed.
+    #[error("cannot start {what}: {reason}")]
+    Start {
+        /// The component.
+        what: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Shorthand for results whose error is [`Error`].

@@ -28,6 +28,7 @@
 pub mod causal;
 pub mod codec;
 pub mod crdt;
+pub mod ddata;
 mod error;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};

@@ -1,0 +1,26 @@
+//! Distributed Data: a key-value store of CRDTs, replicated by gossip between
+//! the nodes of a ractor cluster, like Akka's Distributed Data.
+//!
+//! Every node runs one Replicator. Reads and writes are local and never wait
+//! for the network (unless a stronger [`WriteConsistency`] / [`ReadConsistency`]
+//! asks for it); changes spread by an eager push right after each update and by
+//! periodic digest anti-entropy, so replicas converge through concurrent writes,
+//! lost messages, partitions and restarts.
+//!
+//! The protocol lives in [`ReplicatorCore`], a sans-IO state machine; the
+//! [`Replicator`] actor only moves messages, timers and effects in and out of it.
+
+mod consistency;
+mod core;
+mod key;
+mod registry;
+mod rng;
+pub mod wire;
+
+pub use self::consistency::{ReadConsistency, WriteConsistency};
+pub use self::core::{
+    CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReplicatorCore, RequestId,
+    Snapshot, Timer,
+};
+pub use self::key::Key;
+pub use self::registry::{ErasedData, TypeRegistry};

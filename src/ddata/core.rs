@@ -1,0 +1,693 @@
+//! The Replicator's whole protocol as a sans-IO state machine.
+//!
+//! [`ReplicatorCore`] never reads a clock, a socket or a disk. Callers feed it
+//! verbs (a local update, a message from a peer, a timer that fired, a peer that
+//! came up or went down) and drain one ordered batch of [`Effect`]s from each.
+//! Time enters only as [`Timer`]s the core asks to be scheduled; randomness only
+//! through the seed given to [`ReplicatorCore::new`]. The actor shell
+//! ([`Replicator`](super::Replicator)) and the deterministic simulation drive the
+//! very same code.
+//!
+//! Ordering rule of a batch: a [`Effect::Persist`] comes before the
+//! [`Effect::Send`] and the [`Effect::WriteDone`] that depend on it, so a caller
+//! that runs effects in order never announces a state it has not stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::causal::ReplicaId;
+use crate::crdt::ReplicatedData;
+use crate::error::{Error, Result};
+
+use super::consistency::{ReadConsistency, WriteConsistency};
+use super::key::Key;
+use super::registry::{ErasedData, TypeRegistry};
+use super::rng::SplitMix64;
+use super::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
+
+mod remote;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+use requests::{PendingRead, PendingWrite};
+
+/// A peer is named by its node name: after a restart it keeps its name and gets
+/// new actor ids and a new replica incarnation.
+pub type PeerName = String;
+
+/// The caller's number for a write or read, echoed in its
+/// [`Effect::WriteDone`] / [`Effect::ReadDone`].
+pub type RequestId = u64;
+
+/// Tunables of the protocol. [`Default`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// How often anti-entropy sends digests to one random reachable peer. Default 1 s.
+    pub gossip_interval: Duration,
+    /// How long local updates collect before their keys are pushed to every
+    /// reachable peer, so that a burst of updates travels as one message per
+    /// peer. Zero pushes at once. Default 1 ms.
+    pub push_window: Duration,
+    /// How long changes of a key collect before listeners hear of it (at most
+    /// one notification per key per interval). Default 5 ms.
+    pub notify_interval: Duration,
+    /// The budget of one message in bytes. Must stay well below the receiving
+    /// node's frame limit (ractor_cluster's default is 16 MiB). Default 4 MiB;
+    /// a value whose encoding does not fit is refused.
+    pub max_message_bytes: usize,
+    /// How many key digests one anti-entropy round sends at most. A store with
+    /// more keys is covered in turns over several rounds. Default 10,000.
+    pub max_digest_keys_per_round: usize,
+    /// Which keys produce [`Effect::Persist`]. Default: none.
+    pub durable: KeySelection,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            gossip_interval: Duration::from_secs(1),
+            push_window: Duration::from_millis(1),
+            notify_interval: Duration::from_millis(5),
+            max_message_bytes: 4 << 20,
+            max_digest_keys_per_round: 10_000,
+            durable: KeySelection::None,
+        }
+    }
+}
+
+/// A set of keys, by name or by name prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeySelection {
+    /// No key.
+    #[default]
+    None,
+    /// Every key.
+    All,
+    /// Keys with one of these exact names or starting with one of these
+    /// prefixes.
+    Matching {
+        /// Exact names.
+        names: BTreeSet<String>,
+        /// Name prefixes.
+        prefixes: Vec<String>,
+    },
+}
+
+impl KeySelection {
+    /// Whether `key` is in the selection.
+    pub fn contains(&self, key: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::All => true,
+            Self::Matching { names, prefixes } => {
+                names.contains(key) || prefixes.iter().any(|prefix| key.starts_with(prefix))
+            }
+        }
+    }
+}
+
+/// A timer the core asked for, handed back through [`ReplicatorCore::handle_timer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// Time for an anti-entropy round.
+    Gossip,
+    /// The push window closed: send the keys updated since the last push.
+    Push,
+    /// The notification interval closed: tell listeners what changed.
+    Notify,
+    /// The deadline of a write or read (the core's own request number).
+    Deadline(u64),
+}
+
+/// What the caller must do, in order, after a verb.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Effect {
+    /// Deliver `message` to the Replicator of node `to`.
+    Send {
+        /// The receiving node.
+        to: PeerName,
+        /// The message.
+        message: PeerMessage,
+    },
+    /// Store the current state of `key` (durable keys only; see
+    /// [`CoreConfig::durable`]). Read it with [`ReplicatorCore::lookup`].
+    Persist {
+        /// The key.
+        key: String,
+    },
+    /// These keys changed (or were deleted) since the last notification; tell
+    /// their listeners the current state, read with [`ReplicatorCore::lookup`].
+    Notify {
+        /// The keys, each once.
+        keys: Vec<String>,
+    },
+    /// Call [`ReplicatorCore::handle_timer`] with `timer` after `after`.
+    Schedule {
+        /// The timer.
+        timer: Timer,
+        /// The delay.
+        after: Duration,
+    },
+    /// A write finished: reached its consistency level, or timed out (the
+    /// local write stands either way).
+    WriteDone {
+        /// The caller's request number.
+        request: RequestId,
+        /// The nodes known to hold the write (this one first), or why the level
+        /// was not reached.
+        result: Result<Vec<PeerName>>,
+    },
+    /// A read finished.
+    ReadDone {
+        /// The caller's request number.
+        request: RequestId,
+        /// The merged answer and the nodes that gave it (this one first).
+        result: Result<(Snapshot, Vec<PeerName>)>,
+    },
+}
+
+/// An owned copy of what a key holds.
+#[derive(Debug)]
+pub enum Snapshot {
+    /// The key was never written (or its writes have not arrived).
+    Absent,
+    /// The key was deleted.
+    Deleted,
+    /// A live value.
+    Live(Box<dyn ErasedData>),
+}
+
+/// What a key holds, borrowed from the core.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    /// The key was never written (or its writes have not arrived).
+    Absent,
+    /// The key was deleted.
+    Deleted,
+    /// A live value and its type tag.
+    Live {
+        /// The type tag.
+        tag: &'a str,
+        /// The value.
+        value: &'a dyn ErasedData,
+    },
+}
+
+impl Lookup<'_> {
+    /// An owned copy.
+    pub fn to_snapshot(self) -> Snapshot {
+        match self {
+            Self::Absent => Snapshot::Absent,
+            Self::Deleted => Snapshot::Deleted,
+            Self::Live { value, .. } => Snapshot::Live(value.clone_erased()),
+        }
+    }
+}
+
+/// Counters of what the core did, for tests and monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Messages from peers that could not be decoded at all.
+    pub rejected_messages: u64,
+    /// Entries inside decodable messages that were rejected (bad state bytes,
+    /// unknown type tag, a type clash with the local value).
+    pub rejected_entries: u64,
+    /// Entries too large for one message, not sent.
+    pub oversized_entries: u64,
+    /// Remote states merged that changed a local value.
+    pub changing_merges: u64,
+    /// Messages handed out as [`Effect::Send`].
+    pub messages_sent: u64,
+}
+
+pub(crate) enum Slot {
+    Live {
+        tag: Arc<str>,
+        data: Box<dyn ErasedData>,
+    },
+    Deleted,
+}
+
+pub(crate) struct Entry {
+    slot: Slot,
+    /// Digest of the current state; `None` after a change until next needed.
+    digest: Option<Digest>,
+    /// Encoded size when last encoded: decides whether an update must be
+    /// checked against the message budget before it is accepted.
+    encoded_len: usize,
+}
+
+impl Entry {
+    fn new(slot: Slot) -> Self {
+        Self {
+            slot,
+            digest: None,
+            encoded_len: 0,
+        }
+    }
+}
+
+/// The Replicator's protocol state for one node. See the [module docs](self).
+pub struct ReplicatorCore {
+    node: PeerName,
+    replica: ReplicaId,
+    config: CoreConfig,
+    types: Arc<TypeRegistry>,
+    entries: BTreeMap<String, Entry>,
+    /// Known peers, reachable or not: all of them count as members for
+    /// `Majority` and `All`, so a partition cannot shrink a majority.
+    peers: BTreeMap<PeerName, bool>,
+    rng: SplitMix64,
+    writes: BTreeMap<u64, PendingWrite>,
+    reads: BTreeMap<u64, PendingRead>,
+    to_push: BTreeSet<String>,
+    push_armed: bool,
+    to_notify: BTreeSet<String>,
+    notify_armed: bool,
+    next_digest_chunk: u32,
+    stats: CoreStats,
+    out: Vec<Effect>,
+}
+
+impl ReplicatorCore {
+    /// A core for node `node`, writing as `replica`, decoding values with
+    /// `types`; `seed` drives its random choices.
+    pub fn new(
+        node: impl Into<PeerName>,
+        replica: ReplicaId,
+        types: Arc<TypeRegistry>,
+        config: CoreConfig,
+        seed: u64,
+    ) -> Self {
+        Self {
+            node: node.into(),
+            replica,
+            config,
+            types,
+            entries: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            rng: SplitMix64::new(seed),
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            to_push: BTreeSet::new(),
+            push_armed: false,
+            to_notify: BTreeSet::new(),
+            notify_armed: false,
+            next_digest_chunk: 0,
+            stats: CoreStats::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Starts the gossip timer. Call once, before anything else.
+    pub fn start(&mut self) -> Vec<Effect> {
+        self.schedule(Timer::Gossip, self.config.gossip_interval);
+        self.take_effects()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The replica id local updates write with.
+    pub fn replica(&self) -> &ReplicaId {
+        &self.replica
+    }
+
+    /// The type registry values are decoded with.
+    pub fn types(&self) -> &Arc<TypeRegistry> {
+        &self.types
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Counters of rejected input and of work done.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Members of the cluster as far as this node knows: itself and every
+    /// known peer, reachable or not.
+    pub fn members(&self) -> usize {
+        1 + self.peers.len()
+    }
+
+    /// The names of peers currently reachable.
+    pub fn reachable_peers(&self) -> impl Iterator<Item = &str> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, reachable)| **reachable)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The names of every key this node holds, tombstones included.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// What `key` holds here.
+    pub fn lookup(&self, key: &str) -> Lookup<'_> {
+        match self.entries.get(key).map(|entry| &entry.slot) {
+            None => Lookup::Absent,
+            Some(Slot::Deleted) => Lookup::Deleted,
+            Some(Slot::Live { tag, data }) => Lookup::Live {
+                tag,
+                value: data.as_ref(),
+            },
+        }
+    }
+
+    /// The local value of `key`: `Ok(None)` if absent, an error if deleted or
+    /// of another type.
+    pub fn get<T: ReplicatedData>(&self, key: &Key<T>) -> Result<Option<&T>> {
+        let tag = self.types.require_tag_of::<T>()?;
+        snapshot_ref_as::<T>(key.name(), &tag, self.lookup(key.name()))
+    }
+
+    /// Applies `modify` to the local value of `key` (the type's default if
+    /// absent) and starts spreading the result at consistency `level`.
+    ///
+    /// Errors come back at once and change nothing: the key is deleted, holds
+    /// another type, `T` is not registered, or the new value would not fit in a
+    /// message. Otherwise the outcome arrives later as [`Effect::WriteDone`]
+    /// (in the returned batch already for [`WriteConsistency::Local`]).
+    pub fn update<T, F>(
+        &mut self,
+        request: RequestId,
+        key: &Key<T>,
+        level: WriteConsistency,
+        modify: F,
+    ) -> Result<Vec<Effect>>
+    where
+        T: ReplicatedData + Default,
+        F: FnOnce(&mut T, &ReplicaId),
+    {
+        let tag = self.types.require_tag_of::<T>()?;
+        let name = key.name();
+        let limit = self.value_limit(name);
+        let entry = match self.entries.get_mut(name) {
+            Some(entry) => entry,
+            None => self
+                .entries
+                .entry(name.to_string())
+                .or_insert(Entry::new(Slot::Live {
+                    tag: tag.clone(),
+                    data: Box::new(T::default()),
+                })),
+        };
+        let value = match &mut entry.slot {
+            Slot::Deleted => return Err(Error::Deleted { key: name.into() }),
+            Slot::Live { tag: found, data } => {
+                if *found != tag {
+                    return Err(wrong_type(name, &tag, found));
+                }
+                data.as_any_mut()
+                    .downcast_mut::<T>()
+                    .ok_or_else(|| wrong_type(name, &tag, found))?
+            }
+        };
+        // Encoding every update would cost as much as the update of a large
+        // value; only a value already near the budget is checked (on a copy,
+        // so a refused update leaves no trace).
+        if entry.encoded_len >= limit / 2 {
+            let mut candidate = value.clone();
+            modify(&mut candidate, &self.replica);
+            let bytes = candidate.encode_erased()?.len();
+            if bytes > limit {
+                return Err(Error::ValueTooLarge {
+                    key: name.into(),
+                    bytes,
+                    limit,
+                });
+            }
+            *value = candidate;
+            entry.encoded_len = bytes;
+        } else {
+            modify(value, &self.replica);
+        }
+        entry.digest = None;
+        self.changed_locally(request, name, level);
+        Ok(self.take_effects())
+    }
+
+    /// Deletes `key` for good, at consistency `level`: a tombstone replaces the
+    /// value and wins every merge, and later updates of the key fail.
+    pub fn delete<T: ReplicatedData>(
+        &mut self,
+        request: RequestId,
+        key: &Key<T>,
+        level: WriteConsistency,
+    ) -> Result<Vec<Effect>> {
+        let tag = self.types.require_tag_of::<T>()?;
+        let name = key.name();
+        match self.entries.get_mut(name) {
+            Some(Entry {
+                slot: Slot::Deleted,
+                ..
+            }) => return Err(Error::Deleted { key: name.into() }),
+            Some(Entry {
+                slot: Slot::Live { tag: found, .. },
+                ..
+            }) if *found != tag => return Err(wrong_type(name, &tag, found)),
+            Some(entry) => *entry = Entry::new(Slot::Deleted),
+            None => {
+                self.entries
+                    .insert(name.to_string(), Entry::new(Slot::Deleted));
+            }
+        }
+        self.changed_locally(request, name, level);
+        Ok(self.take_effects())
+    }
+
+    /// Reads `key` at consistency `level`; the answer arrives as
+    /// [`Effect::ReadDone`] (in the returned batch already for
+    /// [`ReadConsistency::Local`]).
+    pub fn read<T: ReplicatedData>(
+        &mut self,
+        request: RequestId,
+        key: &Key<T>,
+        level: ReadConsistency,
+    ) -> Result<Vec<Effect>> {
+        let tag = self.types.require_tag_of::<T>()?;
+        if let Lookup::Live { tag: found, .. } = self.lookup(key.name()) {
+            if found != &*tag {
+                return Err(wrong_type(key.name(), &tag, found));
+            }
+        }
+        self.start_read(request, key.name(), level);
+        Ok(self.take_effects())
+    }
+
+    /// Counts a message from a peer that could not be decoded at all. Its bytes
+    /// changed nothing; the shell logs it.
+    pub fn record_undecodable_message(&mut self) {
+        self.stats.rejected_messages += 1;
+    }
+
+    /// Peer `peer` is reachable (new, or back after being down): it gets every
+    /// digest at once so that it catches up, and pending requests go to it too.
+    pub fn peer_up(&mut self, peer: &str) -> Vec<Effect> {
+        if peer == self.node {
+            return Vec::new();
+        }
+        let was_reachable = self.peers.insert(peer.to_string(), true);
+        if was_reachable != Some(true) {
+            self.send_all_digests(peer);
+            self.resend_pending_to(peer);
+        }
+        self.take_effects()
+    }
+
+    /// Peer `peer` is unreachable, or a configured member not reached yet. It
+    /// still counts as a member, so majorities keep their meaning during a
+    /// partition.
+    pub fn peer_down(&mut self, peer: &str) -> Vec<Effect> {
+        if peer != self.node {
+            self.peers.insert(peer.to_string(), false);
+        }
+        self.take_effects()
+    }
+
+    /// Peer `peer` left the cluster for good and no longer counts as a member.
+    pub fn peer_removed(&mut self, peer: &str) -> Vec<Effect> {
+        self.peers.remove(peer);
+        self.take_effects()
+    }
+
+    fn changed_locally(&mut self, request: RequestId, key: &str, level: WriteConsistency) {
+        self.mark_changed(key);
+        let (required, timeout) = level.required(self.members());
+        if required <= 1 {
+            self.mark_for_push(key);
+            self.out.push(Effect::WriteDone {
+                request,
+                result: Ok(vec![self.node.clone()]),
+            });
+        } else {
+            self.start_write(request, key, required, timeout);
+        }
+    }
+
+    /// Bookkeeping after the local state of `key` changed, by any path.
+    fn mark_changed(&mut self, key: &str) {
+        if self.config.durable.contains(key) {
+            self.out.push(Effect::Persist { key: key.into() });
+        }
+        self.to_notify.insert(key.to_string());
+        if !self.notify_armed {
+            self.notify_armed = true;
+            self.schedule(Timer::Notify, self.config.notify_interval);
+        }
+    }
+
+    fn mark_for_push(&mut self, key: &str) {
+        self.to_push.insert(key.to_string());
+        if !self.push_armed {
+            self.push_armed = true;
+            self.schedule(Timer::Push, self.config.push_window);
+        }
+    }
+
+    fn schedule(&mut self, timer: Timer, after: Duration) {
+        self.out.push(Effect::Schedule { timer, after });
+    }
+
+    fn send(&mut self, to: &str, message: PeerMessage) {
+        self.stats.messages_sent += 1;
+        self.out.push(Effect::Send {
+            to: to.to_string(),
+            message,
+        });
+    }
+
+    fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The largest state a key may encode to and still travel in one message.
+    fn value_limit(&self, key: &str) -> usize {
+        self.config.max_message_bytes.saturating_sub(
+            super::wire::MESSAGE_OVERHEAD + super::wire::ENTRY_OVERHEAD + key.len() + 64,
+        )
+    }
+
+    /// The wire form of `key`'s state, refreshing its digest on the way.
+    /// `None` (logged and counted) if it cannot be encoded or is too large.
+    fn wire_entry(&mut self, key: &str) -> Option<WireEntry> {
+        match self.encode_entry(key)? {
+            Ok(entry) => Some(entry),
+            Err(err) => {
+                if matches!(err, Error::ValueTooLarge { .. }) {
+                    self.stats.oversized_entries += 1;
+                }
+                tracing::error!(key, error = %err, "a value cannot be replicated");
+                None
+            }
+        }
+    }
+
+    /// The wire form of `key`'s state (`None` if absent), refreshing its digest.
+    fn encode_entry(&mut self, key: &str) -> Option<Result<WireEntry>> {
+        let limit = self.value_limit(key);
+        let entry = self.entries.get_mut(key)?;
+        let value = match &entry.slot {
+            Slot::Deleted => {
+                entry.digest = Some(TOMBSTONE_DIGEST);
+                WireValue::Deleted
+            }
+            Slot::Live { tag, data } => {
+                let state = match data.encode_erased() {
+                    Ok(state) => state,
+                    Err(err) => return Some(Err(err)),
+                };
+                entry.encoded_len = state.len();
+                entry.digest = Some(digest_of(&state));
+                if state.len() > limit {
+                    return Some(Err(Error::ValueTooLarge {
+                        key: key.into(),
+                        bytes: state.len(),
+                        limit,
+                    }));
+                }
+                WireValue::Live {
+                    tag: tag.to_string(),
+                    state,
+                }
+            }
+        };
+        Some(Ok(WireEntry {
+            key: key.to_string(),
+            value,
+        }))
+    }
+
+    /// The digest of `key`'s state, computed if stale.
+    fn digest(&mut self, key: &str) -> Option<Digest> {
+        let entry = self.entries.get_mut(key)?;
+        if let Some(digest) = entry.digest {
+            return Some(digest);
+        }
+        let digest = match &entry.slot {
+            Slot::Deleted => TOMBSTONE_DIGEST,
+            Slot::Live { data, .. } => match data.encode_erased() {
+                Ok(state) => {
+                    entry.encoded_len = state.len();
+                    digest_of(&state)
+                }
+                Err(err) => {
+                    tracing::error!(key, error = %err, "cannot encode a value; it is not replicated");
+                    return None;
+                }
+            },
+        };
+        entry.digest = Some(digest);
+        Some(digest)
+    }
+}
+
+fn wrong_type(key: &str, expected: &str, found: &str) -> Error {
+    Error::WrongType {
+        key: key.into(),
+        expected: expected.into(),
+        found: found.into(),
+    }
+}
+
+/// `lookup` as a `T`: `Ok(None)` if absent, an error if deleted or of another type.
+pub(crate) fn snapshot_ref_as<'a, T: ReplicatedData>(
+    key: &str,
+    tag: &str,
+    lookup: Lookup<'a>,
+) -> Result<Option<&'a T>> {
+    match lookup {
+        Lookup::Absent => Ok(None),
+        Lookup::Deleted => Err(Error::Deleted { key: key.into() }),
+        Lookup::Live { tag: found, value } => value
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, tag, found)),
+    }
+}
+
+impl Snapshot {
+    /// The snapshot as a `T`: `Ok(None)` if absent, an error if deleted or of
+    /// another type.
+    pub fn into_typed<T: ReplicatedData>(self, key: &str) -> Result<Option<T>> {
+        match self {
+            Self::Absent => Ok(None),
+            Self::Deleted => Err(Error::Deleted { key: key.into() }),
+            Self::Live(value) => match value.as_any().downcast_ref::<T>() {
+                Some(value) => Ok(Some(value.clone())),
+                None => Err(wrong_type(key, std::any::type_name::<T>(), "another type")),
+            },
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The verbs that come from outside the local user: peer messages and timers,
+//! and the gossip they drive (eager push and digest anti-entropy).
+
+use std::collections::BTreeSet;
+
+use super::{Effect, PeerName, ReplicatorCore, Slot, Timer};
+use crate::ddata::wire::{
+    chunk_of, digest_budget, split_by_budget, Digest, PeerMessage, WireEntry, WireValue,
+    TOMBSTONE_DIGEST,
+};
+use crate::error::{Error, Result};
+
+impl ReplicatorCore {
+    /// A message from the Replicator of node `from`.
+    pub fn handle_message(&mut self, from: &str, message: PeerMessage) -> Vec<Effect> {
+        match message {
+            PeerMessage::Entries { entries } => {
+                for entry in entries {
+                    self.merge_remote(from, entry);
+                }
+            }
+            PeerMessage::Write { request, entry } => {
+                if self.merge_remote(from, entry) {
+                    self.send(from, PeerMessage::WriteAck { request });
+                }
+            }
+            PeerMessage::WriteAck { request } => self.write_acked(from, request),
+            PeerMessage::Read { request, key } => self.answer_read(from, request, &key),
+            PeerMessage::ReadReply { request, entry } => self.read_answered(from, request, entry),
+            PeerMessage::Digest {
+                chunk,
+                of_chunks,
+                complete,
+                digests,
+            } => self.compare_digests(from, chunk, of_chunks, complete, digests),
+            PeerMessage::Request { keys } => self.send_entries(from, keys),
+        }
+        self.take_effects()
+    }
+
+    /// A timer asked for in an [`Effect::Schedule`] fired.
+    pub fn handle_timer(&mut self, timer: Timer) -> Vec<Effect> {
+        match timer {
+            Timer::Gossip => {
+                self.schedule(Timer::Gossip, self.config.gossip_interval);
+                self.gossip_round();
+            }
+            Timer::Push => {
+                self.push_armed = false;
+                self.push();
+            }
+            Timer::Notify => {
+                self.notify_armed = false;
+                if !self.to_notify.is_empty() {
+                    let keys = std::mem::take(&mut self.to_notify).into_iter().collect();
+                    self.out.push(Effect::Notify { keys });
+                }
+            }
+            Timer::Deadline(id) => self.deadline_passed(id),
+        }
+        self.take_effects()
+    }
+
+    /// Merges a state from `from`; says whether it was accepted (merged, or
+    /// already subsumed). A rejected entry is logged and counted and changes
+    /// nothing.
+    pub(super) fn merge_remote(&mut self, from: &str, entry: WireEntry) -> bool {
+        let outcome = self
+            .decode_slot(entry.value)
+            .and_then(|slot| self.merge_slot(&entry.key, slot));
+        match outcome {
+            Ok(_) => true,
+            Err(err) => {
+                self.stats.rejected_entries += 1;
+                tracing::warn!(peer = from, key = entry.key, error = %err, "rejected a replicated entry");
+                false
+            }
+        }
+    }
+
+    pub(super) fn decode_slot(&self, value: WireValue) -> Result<Slot> {
+        match value {
+            WireValue::Deleted => Ok(Slot::Deleted),
+            WireValue::Live { tag, state } => {
+                let canonical =
+                    self.types
+                        .canonical_tag(&tag)
+                        .ok_or_else(|| Error::UnregisteredType {
+                            what: format!("tag {tag:?}"),
+                        })?;
+                let data = self.types.decode(&canonical, &state)?;
+                Ok(Slot::Live {
+                    tag: canonical,
+                    data,
+                })
+            }
+        }
+    }
+
+    /// Merges `incoming` into the local state of `key`; says whether it changed.
+    pub(super) fn merge_slot(&mut self, key: &str, incoming: Slot) -> Result<bool> {
+        let changed = match self.entries.get_mut(key) {
+            None => {
+                self.entries
+                    .insert(key.to_string(), super::Entry::new(incoming));
+                true
+            }
+            Some(entry) => {
+                let changed = match (&mut entry.slot, incoming) {
+                    (Slot::Deleted, _) => false,
+                    (slot @ Slot::Live { .. }, Slot::Deleted) => {
+                        *slot = Slot::Deleted;
+                        true
+                    }
+                    (
+                        Slot::Live { tag, data },
+                        Slot::Live {
+                            tag: other,
+                            data: theirs,
+                        },
+                    ) => {
+                        if *tag != other {
+                            return Err(super::wrong_type(key, tag, &other));
+                        }
+                        data.merge_erased(theirs.as_ref())
+                            .ok_or_else(|| super::wrong_type(key, tag, &other))?
+                    }
+                };
+                if changed {
+                    entry.digest = None;
+                }
+                changed
+            }
+        };
+        if changed {
+            self.stats.changing_merges += 1;
+            self.mark_changed(key);
+        }
+        Ok(changed)
+    }
+
+    fn gossip_round(&mut self) {
+        let reachable: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
+        if reachable.is_empty() {
+            return;
+        }
+        let peer = reachable[self.rng.below(reachable.len())].clone();
+        let chunks = self.digest_chunk_count();
+        let chunk = self.next_digest_chunk % chunks;
+        self.next_digest_chunk = chunk.wrapping_add(1);
+        self.send_digest_chunk(&peer, chunk, chunks);
+    }
+
+    /// Into how many chunks the keys are divided so that one round's digests
+    /// stay within both the per-round key limit and half a message.
+    fn digest_chunk_count(&self) -> u32 {
+        let keys = self.entries.len();
+        let by_count = keys.div_ceil(self.config.max_digest_keys_per_round.max(1));
+        let bytes: usize = self.entries.keys().map(|key| digest_budget(key)).sum();
+        let by_bytes = (2 * bytes).div_ceil(self.config.max_message_bytes.max(1));
+        u32::try_from(by_count.max(by_bytes).max(1)).unwrap_or(u32::MAX)
+    }
+
+    pub(super) fn send_all_digests(&mut self, peer: &str) {
+        let chunks = self.digest_chunk_count();
+        for chunk in 0..chunks {
+            self.send_digest_chunk(peer, chunk, chunks);
+        }
+    }
+
+    fn send_digest_chunk(&mut self, peer: &str, chunk: u32, of_chunks: u32) {
+        let keys: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|key| of_chunks <= 1 || chunk_of(key, of_chunks) == chunk)
+            .cloned()
+            .collect();
+        let digests: Vec<(String, Digest)> = keys
+            .into_iter()
+            .filter_map(|key| self.digest(&key).map(|digest| (key, digest)))
+            .collect();
+        let mut parts = split_by_budget(digests, self.config.max_message_bytes, |(key, _)| {
+            digest_budget(key)
+        });
+        if parts.is_empty() {
+            // An empty chunk still tells the peer to send what this node lacks.
+            parts.push(Vec::new());
+        }
+        let complete = parts.len() == 1;
+        for digests in parts {
+            self.send(
+                peer,
+                PeerMessage::Digest {
+                    chunk,
+                    of_chunks,
+                    complete,
+                    digests,
+                },
+            );
+        }
+    }
+
+    /// Answers a digest: sends the states that differ or that the peer lacks,
+    /// and asks for those that differ or that this node lacks.
+    fn compare_digests(
+        &mut self,
+        from: &str,
+        chunk: u32,
+        of_chunks: u32,
+        complete: bool,
+        digests: Vec<(String, Digest)>,
+    ) {
+        let mut to_send = Vec::new();
+        let mut wanted = Vec::new();
+        for (key, theirs) in &digests {
+            if !self.entries.contains_key(key) {
+                wanted.push(key.clone());
+                continue;
+            }
+            let Some(ours) = self.digest(key) else {
+                continue;
+            };
+            if ours == *theirs {
+                continue;
+            }
+            // A tombstone wins every merge: nothing needs to travel towards it.
+            if *theirs != TOMBSTONE_DIGEST {
+                to_send.push(key.clone());
+            }
+            if ours != TOMBSTONE_DIGEST {
+                wanted.push(key.clone());
+            }
+        }
+        if complete {
+            let listed: BTreeSet<&str> = digests.iter().map(|(key, _)| key.as_str()).collect();
+            to_send.extend(
+                self.entries
+                    .keys()
+                    .filter(|key| of_chunks <= 1 || chunk_of(key, of_chunks) == chunk)
+                    .filter(|key| !listed.contains(key.as_str()))
+                    .cloned(),
+            );
+        }
+        self.send_entries(from, to_send);
+        let limit = self.config.max_message_bytes;
+        for keys in split_by_budget(wanted, limit, |key| digest_budget(key)) {
+            self.send(from, PeerMessage::Request { keys });
+        }
+    }
+
+    pub(super) fn send_entries(&mut self, to: &str, keys: Vec<String>) {
+        let entries: Vec<WireEntry> = keys.iter().filter_map(|key| self.wire_entry(key)).collect();
+        let limit = self.config.max_message_bytes;
+        for entries in split_by_budget(entries, limit, WireEntry::budget) {
+            self.send(to, PeerMessage::Entries { entries });
+        }
+    }
+
+    /// Eager push: the keys updated locally since the last push go to every
+    /// reachable peer. Unreachable peers catch up by anti-entropy.
+    fn push(&mut self) {
+        let keys = std::mem::take(&mut self.to_push);
+        let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
+        if peers.is_empty() {
+            return;
+        }
+        let entries: Vec<WireEntry> = keys.iter().filter_map(|key| self.wire_entry(key)).collect();
+        let limit = self.config.max_message_bytes;
+        for entries in split_by_budget(entries, limit, WireEntry::budget) {
+            for peer in &peers {
+                self.send(
+                    peer,
+                    PeerMessage::Entries {
+                        entries: entries.clone(),
+                    },
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Writes and reads above `Local` consistency: who was asked, who answered,
+//! and what happens at the deadline.
+
+use std::time::Duration;
+
+use super::{Effect, PeerName, ReplicatorCore, RequestId, Slot, Timer};
+use crate::ddata::consistency::ReadConsistency;
+use crate::ddata::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
+use crate::error::{Error, Result};
+
+pub(crate) struct PendingWrite {
+    request: RequestId,
+    key: String,
+    required: usize,
+    /// Nodes holding the write, this one first.
+    acked: Vec<PeerName>,
+    entry: WireEntry,
+}
+
+pub(crate) struct PendingRead {
+    request: RequestId,
+    key: String,
+    required: usize,
+    /// Nodes that answered, this one first.
+    answered: Vec<PeerName>,
+    /// The merge of the remote answers so far.
+    merged: Option<Slot>,
+    /// What each remote node answered, to repair those left behind.
+    answer_digests: Vec<(PeerName, Option<Digest>)>,
+}
+
+impl ReplicatorCore {
+    /// Request numbers on the wire are drawn at random rather than counted, so
+    /// that late answers to a previous incarnation of this node cannot be taken
+    /// for answers to a new request.
+    fn wire_request_number(&mut self) -> u64 {
+        loop {
+            let id = self.rng.next_u64();
+            if !self.writes.contains_key(&id) && !self.reads.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub(super) fn start_write(
+        &mut self,
+        request: RequestId,
+        key: &str,
+        required: usize,
+        timeout: Duration,
+    ) {
+        let entry = match self.encode_entry(key) {
+            Some(Ok(entry)) => entry,
+            Some(Err(err)) => {
+                self.out.push(Effect::WriteDone {
+                    request,
+                    result: Err(err),
+                });
+                return;
+            }
+            None => unreachable_entry(key),
+        };
+        let id = self.wire_request_number();
+        let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
+        for peer in &peers {
+            self.send(
+                peer,
+                PeerMessage::Write {
+                    request: id,
+                    entry: entry.clone(),
+                },
+            );
+        }
+        self.schedule(Timer::Deadline(id), timeout);
+        self.writes.insert(
+            id,
+            PendingWrite {
+                request,
+                key: key.to_string(),
+                required,
+                acked: vec![self.node.clone()],
+                entry,
+            },
+        );
+    }
+
+    pub(super) fn write_acked(&mut self, from: &str, id: u64) {
+        let Some(write) = self.writes.get_mut(&id) else {
+            return;
+        };
+        if !write.acked.iter().any(|node| node == from) {
+            write.acked.push(from.to_string());
+        }
+        if write.acked.len() >= write.required {
+            if let Some(write) = self.writes.remove(&id) {
+                self.out.push(Effect::WriteDone {
+                    request: write.request,
+                    result: Ok(write.acked),
+                });
+            }
+        }
+    }
+
+    pub(super) fn start_read(&mut self, request: RequestId, key: &str, level: ReadConsistency) {
+        let (required, timeout) = level.required(self.members());
+        if required <= 1 {
+            let snapshot = self.lookup(key).to_snapshot();
+            self.out.push(Effect::ReadDone {
+                request,
+                result: Ok((snapshot, vec![self.node.clone()])),
+            });
+            return;
+        }
+        let id = self.wire_request_number();
+        let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
+        for peer in &peers {
+            self.send(
+                peer,
+                PeerMessage::Read {
+                    request: id,
+                    key: key.to_string(),
+                },
+            );
+        }
+        self.schedule(Timer::Deadline(id), timeout);
+        self.reads.insert(
+            id,
+            PendingRead {
+                request,
+                key: key.to_string(),
+                required,
+                answered: vec![self.node.clone()],
+                merged: None,
+                answer_digests: Vec::new(),
+            },
+        );
+    }
+
+    /// A peer's read: answered with this node's state, or with `None` if the
+    /// key is absent. A state that cannot travel gets no answer, so the reader
+    /// times out instead of taking "absent" for an answer.
+    pub(super) fn answer_read(&mut self, from: &str, request: u64, key: &str) {
+        let entry = match self.encode_entry(key) {
+            None => None,
+            Some(Ok(entry)) => Some(entry),
+            Some(Err(err)) => {
+                tracing::error!(key, error = %err, "cannot answer a read");
+                return;
+            }
+        };
+        self.send(from, PeerMessage::ReadReply { request, entry });
+    }
+
+    pub(super) fn read_answered(&mut self, from: &str, id: u64, entry: Option<WireEntry>) {
+        let Some(read) = self.reads.get(&id) else {
+            return;
+        };
+        if read.answered.iter().any(|node| node == from) {
+            return;
+        }
+        let answer = match entry {
+            None => None,
+            Some(entry) if entry.key != read.key => {
+                self.reject_answer(from, &read.key.clone(), "answer for another key".into());
+                return;
+            }
+            Some(entry) => {
+                let digest = match &entry.value {
+                    WireValue::Deleted => TOMBSTONE_DIGEST,
+                    WireValue::Live { state, .. } => digest_of(state),
+                };
+                match self.decode_slot(entry.value) {
+                    Ok(slot) => Some((slot, digest)),
+                    Err(err) => {
+                        self.reject_answer(from, &entry.key, err.to_string());
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(read) = self.reads.get_mut(&id) else {
+            return;
+        };
+        let digest = match answer {
+            None => None,
+            Some((slot, digest)) => {
+                if let Err(err) = merge_answers(&mut read.merged, slot, &read.key) {
+                    let key = read.key.clone();
+                    self.reject_answer(from, &key, err.to_string());
+                    return;
+                }
+                Some(digest)
+            }
+        };
+        read.answered.push(from.to_string());
+        read.answer_digests.push((from.to_string(), digest));
+        if read.answered.len() >= read.required {
+            self.finish_read(id);
+        }
+    }
+
+    fn reject_answer(&mut self, from: &str, key: &str, reason: String) {
+        self.stats.rejected_entries += 1;
+        tracing::warn!(peer = from, key, reason, "rejected a read answer");
+    }
+
+    /// Merges the answers into the local replica (read repair), sends the
+    /// result to the nodes that answered with less, and reports it.
+    fn finish_read(&mut self, id: u64) {
+        let Some(read) = self.reads.remove(&id) else {
+            return;
+        };
+        if let Some(slot) = read.merged {
+            if let Err(err) = self.merge_slot(&read.key, slot) {
+                self.out.push(Effect::ReadDone {
+                    request: read.request,
+                    result: Err(err),
+                });
+                return;
+            }
+        }
+        if let Some(merged) = self.digest(&read.key) {
+            let behind: Vec<PeerName> = read
+                .answer_digests
+                .into_iter()
+                .filter(|(_, digest)| *digest != Some(merged))
+                .map(|(peer, _)| peer)
+                .collect();
+            if !behind.is_empty() {
+                if let Some(entry) = self.wire_entry(&read.key) {
+                    for peer in &behind {
+                        self.send(
+                            peer,
+                            PeerMessage::Entries {
+                                entries: vec![entry.clone()],
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let snapshot = self.lookup(&read.key).to_snapshot();
+        self.out.push(Effect::ReadDone {
+            request: read.request,
+            result: Ok((snapshot, read.answered)),
+        });
+    }
+
+    pub(super) fn deadline_passed(&mut self, id: u64) {
+        if let Some(write) = self.writes.remove(&id) {
+            self.out.push(Effect::WriteDone {
+                request: write.request,
+                result: Err(Error::Timeout {
+                    operation: "write",
+                    key: write.key,
+                    reached: write.acked.len(),
+                    required: write.required,
+                }),
+            });
+        } else if let Some(read) = self.reads.remove(&id) {
+            self.out.push(Effect::ReadDone {
+                request: read.request,
+                result: Err(Error::Timeout {
+                    operation: "read",
+                    key: read.key,
+                    reached: read.answered.len(),
+                    required: read.required,
+                }),
+            });
+        }
+    }
+
+    /// A peer that came (back) up gets the pending requests it has not answered.
+    pub(super) fn resend_pending_to(&mut self, peer: &str) {
+        let writes: Vec<PeerMessage> = self
+            .writes
+            .iter()
+            .filter(|(_, write)| !write.acked.iter().any(|node| node == peer))
+            .map(|(id, write)| PeerMessage::Write {
+                request: *id,
+                entry: write.entry.clone(),
+            })
+            .collect();
+        let reads: Vec<PeerMessage> = self
+            .reads
+            .iter()
+            .filter(|(_, read)| !read.answered.iter().any(|node| node == peer))
+            .map(|(id, read)| PeerMessage::Read {
+                request: *id,
+                key: read.key.clone(),
+            })
+            .collect();
+        for message in writes.into_iter().chain(reads) {
+            self.send(peer, message);
+        }
+    }
+}
+
+fn merge_answers(merged: &mut Option<Slot>, answer: Slot, key: &str) -> Result<()> {
+    match (merged.as_mut(), answer) {
+        (None, answer) => *merged = Some(answer),
+        (Some(Slot::Deleted), _) => {}
+        (Some(slot), Slot::Deleted) => *slot = Slot::Deleted,
+        (
+            Some(Slot::Live { tag, data }),
+            Slot::Live {
+                tag: other,
+                data: theirs,
+            },
+        ) => {
+            if *tag != other {
+                return Err(super::wrong_type(key, tag, &other));
+            }
+            data.merge_erased(theirs.as_ref())
+                .ok_or_else(|| super::wrong_type(key, tag, &other))?;
+        }
+    }
+    Ok(())
+}
+
+/// `start_write` runs right after the local write created the entry.
+fn unreachable_entry(key: &str) -> ! {
+    unreachable!("the entry of {key:?} was written just before it is replicated")
+}

@@ -1,0 +1,413 @@
+use super::*;
+use crate::codec;
+use crate::ddata::wire::Envelope;
+use crate::{GCounter, ORSet, OpBased};
+
+fn core(name: &str, config: CoreConfig) -> ReplicatorCore {
+    let mut core = ReplicatorCore::new(
+        name,
+        ReplicaId::new(name, 1),
+        Arc::new(TypeRegistry::with_builtins()),
+        config,
+        7,
+    );
+    core.start();
+    core
+}
+
+fn sends(effects: &[Effect]) -> Vec<(&str, &PeerMessage)> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Send { to, message } => Some((to.as_str(), message)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Delivers every send in `effects` from `from` to `to` through the codec,
+/// returning what `to` does in answer.
+fn deliver(from: &ReplicatorCore, to: &mut ReplicatorCore, effects: Vec<Effect>) -> Vec<Effect> {
+    let mut answers = Vec::new();
+    for effect in effects {
+        if let Effect::Send {
+            to: target,
+            message,
+        } = effect
+        {
+            assert_eq!(target, to.node());
+            let bytes = codec::encode(&Envelope {
+                from: from.node().into(),
+                message,
+            })
+            .unwrap();
+            let envelope: Envelope = codec::decode(&bytes).unwrap();
+            answers.extend(to.handle_message(&envelope.from, envelope.message));
+        }
+    }
+    answers
+}
+
+fn increment(
+    core: &mut ReplicatorCore,
+    key: &Key<GCounter>,
+    level: WriteConsistency,
+) -> Vec<Effect> {
+    core.update(1, key, level, |c, me| c.apply(c.increment(me, 1)))
+        .unwrap()
+}
+
+#[test]
+fn a_local_update_is_pushed_to_every_reachable_peer_when_the_window_closes() {
+    let mut a = core("a", CoreConfig::default());
+    a.peer_up("b");
+    a.peer_up("c");
+    a.peer_down("c");
+    let effects = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::WriteDone { result: Ok(_), .. })));
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Schedule {
+            timer: Timer::Push,
+            ..
+        }
+    )));
+    assert!(sends(&effects).is_empty(), "pushes wait for the window");
+
+    let pushed = a.handle_timer(Timer::Push);
+    let targets: Vec<&str> = sends(&pushed).iter().map(|(to, _)| *to).collect();
+    assert_eq!(targets, ["b"], "unreachable c catches up by anti-entropy");
+}
+
+#[test]
+fn changes_are_notified_once_per_interval_with_each_key_once() {
+    let mut a = core("a", CoreConfig::default());
+    let hits = Key::new("hits");
+    let first = increment(&mut a, &hits, WriteConsistency::Local);
+    let second = increment(&mut a, &hits, WriteConsistency::Local);
+    let notify_timers = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Schedule {
+                        timer: Timer::Notify,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(notify_timers(&first) + notify_timers(&second), 1);
+    let notified = a.handle_timer(Timer::Notify);
+    assert!(matches!(&notified[..], [Effect::Notify { keys }] if keys == &["hits".to_string()]));
+    assert!(a.handle_timer(Timer::Notify).is_empty());
+}
+
+#[test]
+fn a_deleted_key_refuses_updates_and_wins_merges() {
+    let (mut a, mut b) = (
+        core("a", CoreConfig::default()),
+        core("b", CoreConfig::default()),
+    );
+    let hits = Key::new("hits");
+    increment(&mut b, &hits, WriteConsistency::Local);
+    a.delete(1, &hits, WriteConsistency::Local).unwrap();
+    let err = a
+        .update(2, &hits, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Deleted { .. }), "{err}");
+    assert!(matches!(
+        a.delete(3, &hits, WriteConsistency::Local),
+        Err(Error::Deleted { .. })
+    ));
+
+    b.peer_up("a");
+    let pushed = b.handle_timer(Timer::Push);
+    deliver(&b, &mut a, pushed);
+    assert!(
+        matches!(a.lookup("hits"), Lookup::Deleted),
+        "a live value cannot undo a delete"
+    );
+
+    a.peer_up("b");
+    let digests = a.handle_timer(Timer::Gossip);
+    let request = deliver(&a, &mut b, digests);
+    let tombstone = deliver(&b, &mut a, request);
+    deliver(&a, &mut b, tombstone);
+    assert!(matches!(b.lookup("hits"), Lookup::Deleted));
+}
+
+#[test]
+fn a_key_keeps_its_type() {
+    let mut a = core("a", CoreConfig::default());
+    increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    let as_set: Key<ORSet<String>> = Key::new("hits");
+    let err = a
+        .update(2, &as_set, WriteConsistency::Local, |s, me| {
+            s.apply(s.add(me, "x".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongType { .. }), "{err}");
+    assert!(a.get(&as_set).is_err());
+    assert_eq!(
+        a.get(&Key::<GCounter>::new("hits"))
+            .unwrap()
+            .unwrap()
+            .value(),
+        1
+    );
+}
+
+#[test]
+fn a_value_too_large_for_a_message_is_refused_and_leaves_the_old_value() {
+    let config = CoreConfig {
+        max_message_bytes: 4_096,
+        ..CoreConfig::default()
+    };
+    let mut a = core("a", config);
+    let key: Key<ORSet<String>> = Key::new("big");
+    let mut last_ok = 0;
+    let mut refused = None;
+    for i in 0..1_000 {
+        let result = a.update(i, &key, WriteConsistency::Local, |s, me| {
+            s.apply(s.add(me, format!("element number {i:05}")))
+        });
+        match result {
+            Ok(_) => {
+                last_ok = i;
+                // The size is learned when the value is encoded for its push.
+                a.handle_timer(Timer::Push);
+                a.digest("big");
+            }
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the set outgrows 4 KiB");
+    assert!(
+        matches!(err, Error::ValueTooLarge { limit, .. } if limit < 4_096),
+        "{err}"
+    );
+    assert_eq!(a.get(&key).unwrap().unwrap().len() as u64, last_ok + 1);
+}
+
+#[test]
+fn anti_entropy_moves_only_the_keys_that_differ() {
+    let (mut a, mut b) = (
+        core("a", CoreConfig::default()),
+        core("b", CoreConfig::default()),
+    );
+    let shared: Vec<Key<GCounter>> = (0..100).map(|i| Key::new(format!("k{i}"))).collect();
+    for key in &shared {
+        increment(&mut a, key, WriteConsistency::Local);
+    }
+    for key in &shared {
+        let value = a.get(key).unwrap().unwrap().clone();
+        b.update(0, key, WriteConsistency::Local, |c, _| c.merge(&value))
+            .unwrap();
+    }
+    increment(&mut a, &shared[3], WriteConsistency::Local);
+    increment(&mut b, &Key::new("only-b"), WriteConsistency::Local);
+
+    a.peer_up("b");
+    let digests = a.handle_timer(Timer::Gossip);
+    let answer = deliver(&a, &mut b, digests);
+    let mut sent_keys: Vec<&str> = Vec::new();
+    let mut requested: Vec<&str> = Vec::new();
+    for (_, message) in sends(&answer) {
+        match message {
+            PeerMessage::Entries { entries } => {
+                sent_keys.extend(entries.iter().map(|e| e.key.as_str()))
+            }
+            PeerMessage::Request { keys } => requested.extend(keys.iter().map(String::as_str)),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    sent_keys.sort_unstable();
+    assert_eq!(sent_keys, ["k3", "only-b"]);
+    assert_eq!(requested, ["k3"]);
+
+    let reply = deliver(&b, &mut a, answer);
+    deliver(&a, &mut b, reply);
+    for key in shared.iter().chain([&Key::new("only-b")]) {
+        assert_eq!(a.get(key).unwrap(), b.get(key).unwrap(), "{key}");
+    }
+}
+
+#[test]
+fn durable_keys_are_persisted_before_the_write_is_reported_or_sent() {
+    let config = CoreConfig {
+        durable: KeySelection::Matching {
+            names: BTreeSet::new(),
+            prefixes: vec!["cart/".into()],
+        },
+        ..CoreConfig::default()
+    };
+    let mut a = core("a", config);
+    a.peer_up("b");
+    let effects = increment(
+        &mut a,
+        &Key::new("cart/alice"),
+        WriteConsistency::To {
+            n: 2,
+            timeout: Duration::from_secs(1),
+        },
+    );
+    let persist = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Persist { .. }));
+    let send = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Send { .. }));
+    assert!(persist.is_some() && persist < send, "{effects:?}");
+
+    let plain = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    assert!(!plain.iter().any(|e| matches!(e, Effect::Persist { .. })));
+}
+
+#[test]
+fn a_write_that_misses_its_level_times_out_but_stands_locally() {
+    let mut a = core("a", CoreConfig::default());
+    a.peer_up("b");
+    a.peer_down("c");
+    let key = Key::new("hits");
+    let effects = increment(
+        &mut a,
+        &key,
+        WriteConsistency::All {
+            timeout: Duration::from_millis(50),
+        },
+    );
+    let deadline = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Schedule {
+                timer: timer @ Timer::Deadline(_),
+                ..
+            } => Some(*timer),
+            _ => None,
+        })
+        .expect("a deadline is scheduled");
+    let mut b = core("b", CoreConfig::default());
+    let acks = deliver(&a, &mut b, effects);
+    assert!(
+        a.handle_message("b", sends(&acks)[0].1.clone()).is_empty(),
+        "two of three acknowledged: not done yet"
+    );
+    let timed_out = a.handle_timer(deadline);
+    assert!(matches!(
+        &timed_out[..],
+        [Effect::WriteDone {
+            result: Err(Error::Timeout {
+                reached: 2,
+                required: 3,
+                ..
+            }),
+            ..
+        }]
+    ));
+    assert_eq!(a.get(&key).unwrap().unwrap().value(), 1);
+}
+
+#[test]
+fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
+    let mut a = core("a", CoreConfig::default());
+    let good = {
+        let mut counter = GCounter::new();
+        counter.apply(counter.increment(&ReplicaId::new("b", 1), 4));
+        WireEntry {
+            key: "good".into(),
+            value: WireValue::Live {
+                tag: "GCounter".into(),
+                state: codec::encode(&counter).unwrap(),
+            },
+        }
+    };
+    let garbage = WireEntry {
+        key: "bad".into(),
+        value: WireValue::Live {
+            tag: "GCounter".into(),
+            state: vec![codec::WIRE_VERSION, 0xc1, 0xff],
+        },
+    };
+    let unknown = WireEntry {
+        key: "alien".into(),
+        value: WireValue::Live {
+            tag: "NoSuchType".into(),
+            state: vec![codec::WIRE_VERSION],
+        },
+    };
+    a.handle_message(
+        "b",
+        PeerMessage::Entries {
+            entries: vec![garbage, good, unknown],
+        },
+    );
+    assert_eq!(a.stats().rejected_entries, 2);
+    assert_eq!(a.keys().collect::<Vec<_>>(), ["good"]);
+    assert_eq!(
+        a.get(&Key::<GCounter>::new("good"))
+            .unwrap()
+            .unwrap()
+            .value(),
+        4
+    );
+}
+
+#[test]
+fn a_majority_read_merges_the_answers_and_repairs_the_replicas_behind() {
+    let (mut a, mut b, mut c) = (
+        core("a", CoreConfig::default()),
+        core("b", CoreConfig::default()),
+        core("c", CoreConfig::default()),
+    );
+    let key = Key::new("hits");
+    increment(&mut b, &key, WriteConsistency::Local);
+    for (core, peers) in [
+        (&mut a, ["b", "c"]),
+        (&mut b, ["a", "c"]),
+        (&mut c, ["a", "b"]),
+    ] {
+        for peer in peers {
+            core.peer_up(peer);
+        }
+    }
+    let effects = a
+        .read(9, &key, ReadConsistency::majority(Duration::from_secs(1)))
+        .unwrap();
+    let to_b: Vec<Effect> = effects
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Send { to, .. } if to == "b"))
+        .collect();
+    let answer = deliver(&a, &mut b, to_b);
+    let done = deliver(&b, &mut a, answer);
+    let result = done.into_iter().find_map(|e| match e {
+        Effect::ReadDone { request: 9, result } => Some(result),
+        _ => None,
+    });
+    let (snapshot, answered) = result
+        .expect("b's answer completes a majority of 3")
+        .unwrap();
+    assert_eq!(answered, ["a", "b"]);
+    assert_eq!(
+        snapshot
+            .into_typed::<GCounter>("hits")
+            .unwrap()
+            .unwrap()
+            .value(),
+        1
+    );
+    assert_eq!(
+        a.get(&key).unwrap().unwrap().value(),
+        1,
+        "the local replica is repaired"
+    );
+}

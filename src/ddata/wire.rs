@@ -1,0 +1,251 @@
+//! The messages Replicators exchange, and the size budget that keeps every
+//! message far below ractor_cluster's frame limit (a frame one byte over the
+//! limit kills the whole session).
+//!
+//! Every message travels as [`codec::encode`](crate::codec::encode) of an
+//! [`Envelope`]; each value inside it is itself a codec encoding, tagged with
+//! its type so a node can decode a key it has never used.
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A stable 64-bit hash of a value's encoding. Two replicas whose digests of a
+/// key agree hold the same state (up to a 2⁻⁶⁴ collision).
+pub type Digest = u64;
+
+/// The digest every tombstone has.
+pub const TOMBSTONE_DIGEST: Digest = u64::MAX;
+
+/// Bytes of framing counted per entry on top of its key, tag and state: the
+/// MessagePack headers of the entry, generously rounded up.
+pub const ENTRY_OVERHEAD: usize = 32;
+
+/// Bytes counted per message on top of its entries.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
+/// One message from a Replicator, with the node name it comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sending node's name, which identifies it as a peer.
+    pub from: String,
+    /// What it says.
+    pub message: PeerMessage,
+}
+
+/// What Replicators say to each other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// States to merge: an eager push after local updates, an answer to a
+    /// [`Digest`](Self::Digest) or to a [`Request`](Self::Request), or a read repair.
+    Entries {
+        /// The states, at most one per key.
+        entries: Vec<WireEntry>,
+    },
+    /// A state to merge and acknowledge, for a write above `Local` consistency.
+    Write {
+        /// The writer's request number, echoed in the acknowledgement.
+        request: u64,
+        /// The written key's state.
+        entry: WireEntry,
+    },
+    /// The state of a [`Write`](Self::Write) is merged here.
+    WriteAck {
+        /// The writer's request number.
+        request: u64,
+    },
+    /// Asks for one key's state, for a read above `Local` consistency.
+    Read {
+        /// The reader's request number, echoed in the answer.
+        request: u64,
+        /// The key.
+        key: String,
+    },
+    /// The answer to a [`Read`](Self::Read): the key's state, or `None` if absent.
+    ReadReply {
+        /// The reader's request number.
+        request: u64,
+        /// The state, if this replica has the key.
+        entry: Option<WireEntry>,
+    },
+    /// Anti-entropy: the digests of the sender's keys in one chunk of the key
+    /// space (keys whose [`chunk_of`] is `chunk` among `of_chunks`).
+    Digest {
+        /// Which chunk.
+        chunk: u32,
+        /// Into how many chunks the sender divided its keys.
+        of_chunks: u32,
+        /// Whether `digests` lists every key of the chunk the sender has. A
+        /// chunk too large for one message travels in several parts, and a
+        /// partial list says nothing about the keys it leaves out.
+        complete: bool,
+        /// Key names with the digest of their state.
+        digests: Vec<(String, Digest)>,
+    },
+    /// Asks for the states of these keys (found to differ or missing).
+    Request {
+        /// The key names.
+        keys: Vec<String>,
+    },
+}
+
+/// One key's state on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// The key's name.
+    pub key: String,
+    /// Its state.
+    pub value: WireValue,
+}
+
+/// A key's state on the wire: a tagged encoding, or the tombstone of a deleted key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WireValue {
+    /// A live value.
+    Live {
+        /// The type tag from the [`TypeRegistry`](super::TypeRegistry).
+        tag: String,
+        /// The value's codec encoding.
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+    },
+    /// The key was deleted; this wins every merge.
+    Deleted,
+}
+
+impl WireEntry {
+    /// An upper bound of the entry's share of a message's encoded size.
+    pub fn budget(&self) -> usize {
+        entry_budget(&self.key, &self.value)
+    }
+}
+
+/// An upper bound of an entry's share of a message's encoded size.
+pub fn entry_budget(key: &str, value: &WireValue) -> usize {
+    let value_bytes = match value {
+        WireValue::Live { tag, state } => tag.len() + state.len(),
+        WireValue::Deleted => 0,
+    };
+    key.len() + value_bytes + ENTRY_OVERHEAD
+}
+
+/// An upper bound of a digest line's share of a message's encoded size.
+pub fn digest_budget(key: &str) -> usize {
+    key.len() + 16
+}
+
+/// The digest of a live value's encoding.
+pub fn digest_of(state: &[u8]) -> Digest {
+    // A live value must never share the tombstone's digest, or a tombstone and
+    // that value would be taken for equal and the deletion would not spread.
+    xxh3_64(state).min(TOMBSTONE_DIGEST - 1)
+}
+
+/// Which of `of_chunks` anti-entropy chunks `key` belongs to. Stable across
+/// nodes and builds, because both sides of a digest exchange must agree.
+pub fn chunk_of(key: &str, of_chunks: u32) -> u32 {
+    let chunks = u64::from(of_chunks.max(1));
+    u32::try_from(xxh3_64(key.as_bytes()) % chunks).unwrap_or(0)
+}
+
+/// Splits `items` into consecutive groups whose budgets each stay within
+/// `limit` bytes (a group always takes at least one item).
+pub fn split_by_budget<T>(
+    items: Vec<T>,
+    limit: usize,
+    budget: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut used = MESSAGE_OVERHEAD;
+    for item in items {
+        let cost = budget(&item);
+        if !current.is_empty() && used + cost > limit {
+            groups.push(std::mem::take(&mut current));
+            used = MESSAGE_OVERHEAD;
+        }
+        used += cost;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn entry(key: &str, state_len: usize) -> WireEntry {
+        WireEntry {
+            key: key.to_string(),
+            value: WireValue::Live {
+                tag: "ORSet<String>".to_string(),
+                state: vec![0xA5; state_len],
+            },
+        }
+    }
+
+    #[test]
+    fn the_budget_bounds_the_encoded_size_of_a_message() {
+        for (count, state_len) in [(1, 0), (1, 70_000), (50, 10), (200, 300), (3, 1 << 17)] {
+            let entries: Vec<WireEntry> = (0..count)
+                .map(|i| entry(&format!("key-{i}"), state_len))
+                .collect();
+            let budget = MESSAGE_OVERHEAD + entries.iter().map(WireEntry::budget).sum::<usize>();
+            let envelope = Envelope {
+                from: "some-node-name".into(),
+                message: PeerMessage::Entries { entries },
+            };
+            let encoded = codec::encode(&envelope).unwrap().len();
+            assert!(
+                encoded <= budget,
+                "{encoded} bytes encoded, budget {budget}"
+            );
+        }
+    }
+
+    #[test]
+    fn digest_lines_stay_within_their_budget() {
+        let digests: Vec<(String, Digest)> =
+            (0..500).map(|i| (format!("k{i}"), u64::MAX - 1)).collect();
+        let budget =
+            MESSAGE_OVERHEAD + digests.iter().map(|(k, _)| digest_budget(k)).sum::<usize>();
+        let envelope = Envelope {
+            from: "n".into(),
+            message: PeerMessage::Digest {
+                chunk: u32::MAX,
+                of_chunks: u32::MAX,
+                complete: true,
+                digests,
+            },
+        };
+        assert!(codec::encode(&envelope).unwrap().len() <= budget);
+    }
+
+    #[test]
+    fn split_by_budget_keeps_every_group_under_the_limit_and_the_order() {
+        let items: Vec<usize> = (0..100).map(|i| (i * 37) % 500).collect();
+        let groups = split_by_budget(items.clone(), 2_000, |n| *n);
+        assert_eq!(groups.concat(), items);
+        for group in &groups {
+            let used: usize = MESSAGE_OVERHEAD + group.iter().sum::<usize>();
+            assert!(group.len() == 1 || used <= 2_000);
+        }
+    }
+
+    #[test]
+    fn chunks_are_stable_and_in_range() {
+        assert_eq!(chunk_of("cart/alice", 7), chunk_of("cart/alice", 7));
+        for i in 0..1000 {
+            assert!(chunk_of(&format!("k{i}"), 7) < 7);
+        }
+        assert_eq!(chunk_of("anything", 0), 0);
+    }
+
+    #[test]
+    fn a_live_digest_never_equals_the_tombstone_digest() {
+        assert_ne!(digest_of(b"whatever"), TOMBSTONE_DIGEST);
+    }
+}
