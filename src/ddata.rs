@@ -12,15 +12,23 @@
 
 mod consistency;
 mod core;
+mod discovery;
+mod handle;
 mod key;
 mod registry;
+mod replicator;
 mod rng;
 pub mod wire;
 
 pub use self::consistency::{ReadConsistency, WriteConsistency};
 pub use self::core::{
-    CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReplicatorCore, RequestId,
-    Snapshot, Timer,
+    CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReadOutcome, ReplicatorCore,
+    RequestId, Snapshot, Timer,
 };
+pub use self::discovery::{
+    replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, SessionDiscovery,
+};
+pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
 pub use self::registry::{ErasedData, TypeRegistry};
+pub use self::replicator::{Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState};

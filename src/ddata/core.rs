@@ -121,6 +121,9 @@ pub enum Timer {
     Deadline(u64),
 }
 
+/// A finished read: the merged state, and the nodes that answered (this one first).
+pub type ReadOutcome = (Snapshot, Vec<PeerName>);
+
 /// What the caller must do, in order, after a verb.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -165,7 +168,7 @@ pub enum Effect {
         /// The caller's request number.
         request: RequestId,
         /// The merged answer and the nodes that gave it (this one first).
-        result: Result<(Snapshot, Vec<PeerName>)>,
+        result: Result<ReadOutcome>,
     },
 }
 

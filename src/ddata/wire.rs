@@ -9,6 +9,10 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+/// The ractor variant name every Replicator message travels under. Peer
+/// messages are ractor casts whose arguments are one codec-encoded [`Envelope`].
+pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v1";
+
 /// A stable 64-bit hash of a value's encoding. Two replicas whose digests of a
 /// key agree hold the same state (up to a 2⁻⁶⁴ collision).
 pub type Digest = u64;

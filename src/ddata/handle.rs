@@ -1,0 +1,403 @@
+//! The typed handle users hold: [`DistributedData`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorRef, Message};
+use tokio::sync::oneshot;
+
+use super::consistency::{ReadConsistency, WriteConsistency};
+use super::core::{CoreConfig, CoreStats, Lookup, PeerName, ReplicatorCore};
+use super::discovery::{replicator_name, Discovery};
+use super::key::Key;
+use super::registry::TypeRegistry;
+use super::replicator::{
+    Inbound, Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState, Reply,
+    Subscription,
+};
+use crate::causal::ReplicaId;
+use crate::crdt::ReplicatedData;
+use crate::error::{Error, Result};
+
+/// What a listener hears about a key it subscribed to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change<T> {
+    /// The key's value changed (a local update, a merge from a peer, a read
+    /// repair), or the listener just subscribed and the key has a value.
+    Changed {
+        /// The key.
+        key: Key<T>,
+        /// Its current value.
+        value: T,
+    },
+    /// The key was deleted.
+    Deleted {
+        /// The key.
+        key: Key<T>,
+    },
+}
+
+impl<T: Send + 'static> Message for Change<T> {}
+
+/// How to start a Replicator: [`ReplicatorConfig::new`] then `with_*`.
+pub struct ReplicatorConfig {
+    node: PeerName,
+    replica: Option<ReplicaId>,
+    types: TypeRegistry,
+    core: CoreConfig,
+    discovery: Option<Box<dyn Discovery>>,
+    discovery_interval: Duration,
+    members: Vec<PeerName>,
+    seed: Option<u64>,
+}
+
+impl ReplicatorConfig {
+    /// A Replicator for node `node` (unique in the cluster) with the built-in
+    /// types, the default [`CoreConfig`] and no peers.
+    pub fn new(node: impl Into<PeerName>) -> Self {
+        Self {
+            node: node.into(),
+            replica: None,
+            types: TypeRegistry::with_builtins(),
+            core: CoreConfig::default(),
+            discovery: None,
+            discovery_interval: Duration::from_millis(100),
+            members: Vec::new(),
+            seed: None,
+        }
+    }
+
+    /// Finds peers with `discovery`, polled every `discovery_interval`
+    /// (default 100 ms) and whenever a message arrives from an unknown peer.
+    pub fn with_discovery(mut self, discovery: impl Discovery) -> Self {
+        self.discovery = Some(Box::new(discovery));
+        self
+    }
+
+    /// How often discovery is polled.
+    pub fn with_discovery_interval(mut self, interval: Duration) -> Self {
+        self.discovery_interval = interval;
+        self
+    }
+
+    /// Protocol settings (gossip interval, push window, notification interval,
+    /// message budget).
+    pub fn with_core(mut self, core: CoreConfig) -> Self {
+        self.core = core;
+        self
+    }
+
+    /// Nodes that count as members from the start, reachable or not, so that
+    /// `Majority` and `All` mean the whole configured cluster even before every
+    /// node is up.
+    pub fn with_members(mut self, members: impl IntoIterator<Item = impl Into<PeerName>>) -> Self {
+        self.members = members.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Writes as `replica` instead of a fresh incarnation of the node. Only for
+    /// a replica whose complete state was recovered: re-using an id whose
+    /// writes were lost hides new writes.
+    pub fn with_replica(mut self, replica: ReplicaId) -> Self {
+        self.replica = Some(replica);
+        self
+    }
+
+    /// Registers a user type under a stable tag (see [`TypeRegistry::register`]).
+    pub fn register<T: ReplicatedData>(mut self, tag: &str) -> Result<Self> {
+        self.types.register::<T>(tag)?;
+        Ok(self)
+    }
+
+    /// Seeds the Replicator's random peer choices (default: from the replica id).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+/// A handle to the local Replicator: cheap to clone, safe to share between tasks.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use ractor_replicated::ddata::{DistributedData, Key, ReadConsistency, ReplicatorConfig, WriteConsistency};
+/// use ractor_replicated::{GCounter, OpBased};
+///
+/// # async fn demo() -> ractor_replicated::Result<()> {
+/// let dd = DistributedData::start(ReplicatorConfig::new("node-a")).await?;
+/// let hits: Key<GCounter> = Key::new("hits");
+/// dd.update(&hits, WriteConsistency::Local, |c, me| c.apply(c.increment(me, 1))).await?;
+/// let majority = WriteConsistency::majority(Duration::from_secs(1));
+/// dd.update(&hits, majority, |c, me| c.apply(c.increment(me, 1))).await?;
+/// assert_eq!(dd.get(&hits, ReadConsistency::Local).await?.map(|c| c.value()), Some(2));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DistributedData {
+    actor: ActorRef<ReplicatorMessage>,
+    node: Arc<str>,
+    replica: ReplicaId,
+    types: Arc<TypeRegistry>,
+}
+
+impl DistributedData {
+    /// Starts the node's Replicator, registered under a node-unique name so
+    /// that peers find it.
+    pub async fn start(config: ReplicatorConfig) -> Result<Self> {
+        let replica = config
+            .replica
+            .unwrap_or_else(|| ReplicaId::fresh(config.node.clone()));
+        let types = Arc::new(config.types);
+        let seed = config.seed.unwrap_or_else(|| {
+            replica.incarnation() ^ xxhash_rust::xxh3::xxh3_64(config.node.as_bytes())
+        });
+        let mut core = ReplicatorCore::new(
+            config.node.clone(),
+            replica.clone(),
+            types.clone(),
+            config.core,
+            seed,
+        );
+        for member in &config.members {
+            core.peer_down(member);
+        }
+        let arguments = ReplicatorArguments {
+            core,
+            discovery: config.discovery,
+            discovery_interval: config.discovery_interval,
+        };
+        let (actor, _) = Actor::spawn(Some(replicator_name(&config.node)), Replicator, arguments)
+            .await
+            .map_err(|err| Error::Start {
+                what: "the Replicator actor",
+                reason: err.to_string(),
+            })?;
+        Ok(Self {
+            actor,
+            node: config.node.into(),
+            replica,
+            types,
+        })
+    }
+
+    /// The node this Replicator runs on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The replica id local updates write with.
+    pub fn replica_id(&self) -> &ReplicaId {
+        &self.replica
+    }
+
+    /// The Replicator actor.
+    pub fn actor(&self) -> &ActorRef<ReplicatorMessage> {
+        &self.actor
+    }
+
+    fn command(
+        &self,
+        command: impl FnOnce(&mut ReplicatorState) -> Vec<super::core::Effect> + Send + 'static,
+    ) -> Result<()> {
+        self.actor
+            .cast(ReplicatorMessage(Inbound::Command(Box::new(command))))
+            .map_err(|err| Error::Unavailable {
+                reason: err.to_string(),
+            })
+    }
+
+    async fn ask<R: Send + 'static>(
+        &self,
+        command: impl FnOnce(&mut ReplicatorState, oneshot::Sender<R>) -> Vec<super::core::Effect>
+            + Send
+            + 'static,
+    ) -> Result<R> {
+        let (sender, receiver) = oneshot::channel();
+        self.command(move |state| command(state, sender))?;
+        receiver.await.map_err(|_| Error::Unavailable {
+            reason: "the Replicator stopped before answering".into(),
+        })
+    }
+
+    /// Applies `modify` to the local value of `key` (its type's default if the
+    /// key is new) inside the Replicator, then spreads it at `level`.
+    ///
+    /// `modify` gets the value and this replica's id (the writer of every dot
+    /// and counter entry it mints). The local write happens first and stands
+    /// even if `level` is not reached: [`Error::Timeout`] then only says that
+    /// not enough replicas confirmed in time; gossip spreads the write later.
+    /// A deleted key gives [`Error::Deleted`], a key of another type
+    /// [`Error::WrongType`], a value too large for one message
+    /// [`Error::ValueTooLarge`]; these change nothing.
+    pub async fn update<T, F>(&self, key: &Key<T>, level: WriteConsistency, modify: F) -> Result<()>
+    where
+        T: ReplicatedData + Default,
+        F: FnOnce(&mut T, &ReplicaId) + Send + 'static,
+    {
+        let key = key.clone();
+        self.ask(move |state, sender| {
+            let reply = Reply::Write(Box::new(move |result| {
+                let _ = sender.send(result.map(drop));
+            }));
+            let request = state.expect_reply(reply);
+            match state.core.update(request, &key, level, modify) {
+                Ok(effects) => effects,
+                Err(err) => {
+                    if let Some(Reply::Write(reply)) = state.reply_now(request) {
+                        reply(Err(err));
+                    }
+                    Vec::new()
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Deletes `key` for good at `level`. Its tombstone wins every merge, and
+    /// every later update of the key fails with [`Error::Deleted`].
+    pub async fn delete<T: ReplicatedData>(
+        &self,
+        key: &Key<T>,
+        level: WriteConsistency,
+    ) -> Result<()> {
+        let key = key.clone();
+        self.ask(move |state, sender| {
+            let reply = Reply::Write(Box::new(move |result| {
+                let _ = sender.send(result.map(drop));
+            }));
+            let request = state.expect_reply(reply);
+            match state.core.delete(request, &key, level) {
+                Ok(effects) => effects,
+                Err(err) => {
+                    if let Some(Reply::Write(reply)) = state.reply_now(request) {
+                        reply(Err(err));
+                    }
+                    Vec::new()
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Reads `key` at `level`: `Ok(None)` if no replica asked has it,
+    /// [`Error::Deleted`] if it was deleted. Above `Local`, the answers are
+    /// merged and the merge repairs this replica and those that answered with
+    /// less.
+    pub async fn get<T: ReplicatedData>(
+        &self,
+        key: &Key<T>,
+        level: ReadConsistency,
+    ) -> Result<Option<T>> {
+        let key = key.clone();
+        self.ask(move |state, sender| {
+            let name = key.name().to_string();
+            let reply = Reply::Read(Box::new(move |result| {
+                let _ =
+                    sender.send(result.and_then(|(snapshot, _)| snapshot.into_typed::<T>(&name)));
+            }));
+            let request = state.expect_reply(reply);
+            match state.core.read(request, &key, level) {
+                Ok(effects) => effects,
+                Err(err) => {
+                    if let Some(Reply::Read(reply)) = state.reply_now(request) {
+                        reply(Err(err));
+                    }
+                    Vec::new()
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Sends `listener` a [`Change`] whenever `key` changes or is deleted, and
+    /// the current value right away if the key has one. Changes of one key are
+    /// coalesced within the notification interval. A listener that stopped is
+    /// dropped at the next notification.
+    pub async fn subscribe<T, M>(&self, key: &Key<T>, listener: ActorRef<M>) -> Result<()>
+    where
+        T: ReplicatedData,
+        M: Message + From<Change<T>>,
+    {
+        let tag = self.types.require_tag_of::<T>()?;
+        let typed_key = key.clone();
+        let listener_id = listener.get_id();
+        let notify = move |lookup: Lookup<'_>| -> bool {
+            let change = match lookup {
+                Lookup::Absent => return true,
+                Lookup::Deleted => Change::Deleted {
+                    key: typed_key.clone(),
+                },
+                Lookup::Live { tag: found, value } => {
+                    match value
+                        .as_any()
+                        .downcast_ref::<T>()
+                        .filter(|_| found == &*tag)
+                    {
+                        Some(value) => Change::Changed {
+                            key: typed_key.clone(),
+                            value: value.clone(),
+                        },
+                        None => return true,
+                    }
+                }
+            };
+            listener.cast(M::from(change)).is_ok()
+        };
+        let name = key.name().to_string();
+        self.ask(move |state, sender| {
+            let alive = notify(state.core.lookup(&name));
+            if alive {
+                state
+                    .subscriptions
+                    .entry(name)
+                    .or_default()
+                    .push(Subscription {
+                        listener: listener_id,
+                        notify: Box::new(notify),
+                    });
+            }
+            let _ = sender.send(());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// Stops sending changes of `key` to `listener`.
+    pub async fn unsubscribe<T>(&self, key: &Key<T>, listener: ActorId) -> Result<()> {
+        let name = key.name().to_string();
+        self.ask(move |state, sender| {
+            if let Some(subscriptions) = state.subscriptions.get_mut(&name) {
+                subscriptions.retain(|subscription| subscription.listener != listener);
+                if subscriptions.is_empty() {
+                    state.subscriptions.remove(&name);
+                }
+            }
+            let _ = sender.send(());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// The peers this Replicator can reach now, by node name.
+    pub async fn reachable_peers(&self) -> Result<Vec<PeerName>> {
+        self.ask(|state, sender| {
+            let _ = sender.send(state.peers.keys().cloned().collect());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// Counters of rejected input and work done.
+    pub async fn stats(&self) -> Result<CoreStats> {
+        self.ask(|state, sender| {
+            let _ = sender.send(state.core.stats().clone());
+            Vec::new()
+        })
+        .await
+    }
+
+    /// Stops the Replicator and waits until it has stopped. In-memory state is lost.
+    pub async fn stop(&self) {
+        let _ = self.actor.stop_and_wait(None, None).await;
+    }
+}

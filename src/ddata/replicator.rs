@@ -1,0 +1,304 @@
+//! The Replicator actor: a thin shell that moves messages, timers and effects
+//! in and out of a [`ReplicatorCore`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use ractor::concurrency::JoinHandle;
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+
+use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
+use super::discovery::{DiscoveredPeer, Discovery};
+use super::wire::{Envelope, MESSAGE_VARIANT};
+use crate::codec;
+use crate::error::Result;
+
+/// The messages of the [`Replicator`] actor. Only peer messages cross the
+/// network; everything else is built by [`DistributedData`](super::DistributedData).
+pub struct ReplicatorMessage(pub(crate) Inbound);
+
+pub(crate) enum Inbound {
+    /// A message from another node's Replicator.
+    Peer(Envelope),
+    /// Bytes from the network that are not a valid peer message.
+    Undecodable(String),
+    /// Work from the local handle, run inside the actor.
+    Command(Command),
+    /// A timer the core asked for.
+    Tick(Timer),
+    /// Time to poll discovery.
+    Discover,
+}
+
+pub(crate) type Command = Box<dyn FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send>;
+
+impl ractor::Message for ReplicatorMessage {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
+        match self.0 {
+            Inbound::Peer(envelope) => {
+                let args = codec::encode(&envelope).map_err(|err| {
+                    tracing::error!(error = %err, "cannot encode a peer message");
+                    BoxedDowncastErr
+                })?;
+                Ok(SerializedMessage::Cast {
+                    variant: MESSAGE_VARIANT.to_string(),
+                    args,
+                    metadata: None,
+                })
+            }
+            _ => Err(BoxedDowncastErr),
+        }
+    }
+
+    /// Never fails: bytes that are not a peer message become
+    /// [`Inbound::Undecodable`], so the Replicator counts and logs them instead
+    /// of ractor dropping them silently.
+    fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
+        let inbound = match message {
+            SerializedMessage::Cast { variant, args, .. } if variant == MESSAGE_VARIANT => {
+                match codec::decode::<Envelope>(&args) {
+                    Ok(envelope) => Inbound::Peer(envelope),
+                    Err(err) => Inbound::Undecodable(err.to_string()),
+                }
+            }
+            SerializedMessage::Cast { variant, .. } | SerializedMessage::Call { variant, .. } => {
+                Inbound::Undecodable(format!("unknown message variant {variant:?}"))
+            }
+            SerializedMessage::CallReply(..) => {
+                Inbound::Undecodable("a call reply, but the Replicator makes no calls".into())
+            }
+        };
+        Ok(Self(inbound))
+    }
+}
+
+pub(crate) enum Reply {
+    Write(Box<dyn FnOnce(Result<Vec<PeerName>>) + Send>),
+    Read(Box<dyn FnOnce(Result<ReadOutcome>) + Send>),
+}
+
+pub(crate) struct Subscription {
+    pub(crate) listener: ActorId,
+    /// Sends the key's state to the listener; false once the listener is gone.
+    pub(crate) notify: Box<dyn Fn(Lookup<'_>) -> bool + Send>,
+}
+
+/// What [`Replicator`] is started with.
+pub struct ReplicatorArguments {
+    pub(crate) core: ReplicatorCore,
+    pub(crate) discovery: Option<Box<dyn Discovery>>,
+    pub(crate) discovery_interval: Duration,
+}
+
+/// The Replicator's state: its core plus what the shell must remember.
+pub struct ReplicatorState {
+    pub(crate) core: ReplicatorCore,
+    next_request: RequestId,
+    replies: HashMap<RequestId, Reply>,
+    pub(crate) subscriptions: BTreeMap<String, Vec<Subscription>>,
+    pub(crate) peers: BTreeMap<PeerName, ActorRef<ReplicatorMessage>>,
+    discovery: Option<Box<dyn Discovery>>,
+    discovery_timer: Option<JoinHandle<()>>,
+}
+
+impl ReplicatorState {
+    /// Registers the reply of a request and returns its number.
+    pub(crate) fn expect_reply(&mut self, reply: Reply) -> RequestId {
+        self.next_request += 1;
+        self.replies.insert(self.next_request, reply);
+        self.next_request
+    }
+
+    /// Answers a request at once, for errors found before the core acted.
+    pub(crate) fn reply_now(&mut self, request: RequestId) -> Option<Reply> {
+        self.replies.remove(&request)
+    }
+}
+
+/// The Replicator actor. Start it through
+/// [`DistributedData::start`](super::DistributedData::start), which also
+/// registers it under its node-unique name so peers discover it.
+pub struct Replicator;
+
+impl Actor for Replicator {
+    type Msg = ReplicatorMessage;
+    type State = ReplicatorState;
+    type Arguments = ReplicatorArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> std::result::Result<Self::State, ActorProcessingErr> {
+        let mut state = ReplicatorState {
+            core: args.core,
+            next_request: 0,
+            replies: HashMap::new(),
+            subscriptions: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            discovery: args.discovery,
+            discovery_timer: None,
+        };
+        if state.discovery.is_some() {
+            let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
+            state.discovery_timer = Some(myself.send_interval(args.discovery_interval, || {
+                ReplicatorMessage(Inbound::Discover)
+            }));
+        }
+        let effects = state.core.start();
+        run_effects(&myself, &mut state, effects);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.discovery_timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let effects = match message.0 {
+            Inbound::Peer(envelope) => {
+                if !state.peers.contains_key(&envelope.from) {
+                    // Its answers would have nowhere to go: look again.
+                    let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
+                }
+                state.core.handle_message(&envelope.from, envelope.message)
+            }
+            Inbound::Undecodable(reason) => {
+                tracing::warn!(
+                    node = state.core.node(),
+                    reason,
+                    "rejected an undecodable peer message"
+                );
+                state.core.record_undecodable_message();
+                Vec::new()
+            }
+            Inbound::Command(command) => command(state),
+            Inbound::Tick(timer) => state.core.handle_timer(timer),
+            Inbound::Discover => discover(state).await,
+        };
+        run_effects(&myself, state, effects);
+        Ok(())
+    }
+}
+
+/// Polls discovery and tells the core which peers came and went. A peer whose
+/// proxy changed restarted or reconnected: it is reported down and up again so
+/// that it gets every digest and catches up.
+async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
+    let Some(discovery) = &state.discovery else {
+        return Vec::new();
+    };
+    let found: BTreeMap<PeerName, ActorRef<ReplicatorMessage>> = discovery
+        .discover()
+        .await
+        .into_iter()
+        .filter(|peer| peer.node != state.core.node())
+        .map(|DiscoveredPeer { node, replicator }| (node, replicator))
+        .collect();
+    let mut effects = Vec::new();
+    let gone: Vec<PeerName> = state
+        .peers
+        .keys()
+        .filter(|node| !found.contains_key(*node))
+        .cloned()
+        .collect();
+    for node in gone {
+        state.peers.remove(&node);
+        tracing::debug!(node, "peer replicator gone");
+        effects.extend(state.core.peer_down(&node));
+    }
+    for (node, replicator) in found {
+        let known = state.peers.get(&node).map(|known| known.get_id());
+        if known == Some(replicator.get_id()) {
+            continue;
+        }
+        if known.is_some() {
+            effects.extend(state.core.peer_down(&node));
+        }
+        tracing::debug!(node, "peer replicator up");
+        state.peers.insert(node.clone(), replicator);
+        effects.extend(state.core.peer_up(&node));
+    }
+    effects
+}
+
+pub(crate) fn run_effects(
+    myself: &ActorRef<ReplicatorMessage>,
+    state: &mut ReplicatorState,
+    effects: Vec<Effect>,
+) {
+    for effect in effects {
+        match effect {
+            Effect::Send { to, message } => {
+                let Some(peer) = state.peers.get(&to) else {
+                    tracing::debug!(peer = to, "no route to peer; anti-entropy will cover it");
+                    continue;
+                };
+                let envelope = Envelope {
+                    from: state.core.node().to_string(),
+                    message,
+                };
+                if peer
+                    .cast(ReplicatorMessage(Inbound::Peer(envelope)))
+                    .is_err()
+                {
+                    tracing::debug!(peer = to, "peer proxy stopped");
+                }
+            }
+            Effect::Schedule { timer, after } => {
+                let tick = move || ReplicatorMessage(Inbound::Tick(timer));
+                if after.is_zero() {
+                    let _ = myself.cast(tick());
+                } else {
+                    myself.send_after(after, tick);
+                }
+            }
+            Effect::Notify { keys } => notify(state, keys),
+            Effect::WriteDone { request, result } => match state.replies.remove(&request) {
+                Some(Reply::Write(reply)) => reply(result),
+                Some(Reply::Read(_)) | None => {
+                    tracing::error!(request, "a write finished that nobody waits for")
+                }
+            },
+            Effect::ReadDone { request, result } => match state.replies.remove(&request) {
+                Some(Reply::Read(reply)) => reply(result),
+                Some(Reply::Write(_)) | None => {
+                    tracing::error!(request, "a read finished that nobody waits for")
+                }
+            },
+            // Durable storage (a later release) consumes these; in memory
+            // there is nothing to store.
+            Effect::Persist { .. } => {}
+        }
+    }
+}
+
+fn notify(state: &mut ReplicatorState, keys: Vec<String>) {
+    for key in keys {
+        let Some(subscriptions) = state.subscriptions.get_mut(&key) else {
+            continue;
+        };
+        let lookup = state.core.lookup(&key);
+        subscriptions.retain(|subscription| (subscription.notify)(lookup));
+        if subscriptions.is_empty() {
+            state.subscriptions.remove(&key);
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Distributed Data across several ractor_cluster nodes inside one process,
+//! connected over loopback TCP, with real Replicator actors.
+
+mod support;
+
+use std::time::Duration;
+
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+use ractor::ActorRef;
+use ractor_replicated::ddata::wire::MESSAGE_VARIANT;
+use ractor_replicated::ddata::{
+    Change, CoreConfig, Discovery, Key, ReadConsistency, SessionDiscovery, WriteConsistency,
+};
+use ractor_replicated::{Error, GCounter, ORSet, OpBased};
+use support::{cluster, eventually, listener, next_matching, test_core_config};
+
+const BOUND: Duration = Duration::from_secs(10);
+const LEVEL_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_update_reaches_every_node_and_its_listeners() {
+    let nodes = cluster("spread", 3, test_core_config()).await;
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    let (probe, mut changes) = listener::<Change<ORSet<String>>>().await;
+    nodes[2].dd.subscribe(&cart, probe.clone()).await.unwrap();
+
+    nodes[0]
+        .dd
+        .update(&cart, WriteConsistency::Local, |set, me| {
+            set.apply(set.add(me, "milk".to_string()))
+        })
+        .await
+        .unwrap();
+
+    let change = next_matching(&mut changes, BOUND, |_| true).await;
+    match change {
+        Change::Changed { key, value } => {
+            assert_eq!(key, cart);
+            assert_eq!(value.iter().collect::<Vec<_>>(), ["milk"]);
+        }
+        other => panic!("expected a change, got {other:?}"),
+    }
+    for node in &nodes {
+        let value = node.dd.get(&cart, ReadConsistency::Local).await.unwrap();
+        assert!(
+            value.is_some_and(|set| set.contains("milk")),
+            "{}",
+            node.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_on_every_node_converge() {
+    let nodes = cluster("concurrent", 3, test_core_config()).await;
+    let hits: Key<GCounter> = Key::new("hits");
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let dd = node.dd.clone();
+        let (hits, cart) = (hits.clone(), cart.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                dd.update(&hits, WriteConsistency::Local, |c, me| {
+                    c.apply(c.increment(me, 1))
+                })
+                .await
+                .unwrap();
+                let item = format!("item-{i}-{n}");
+                dd.update(&cart, WriteConsistency::Local, move |s, me| {
+                    s.apply(s.add(me, item))
+                })
+                .await
+                .unwrap();
+            }
+            // Everyone removes an item everyone else may be adding concurrently.
+            dd.update(&cart, WriteConsistency::Local, |s, _| {
+                s.apply(s.remove("item-0-0"))
+            })
+            .await
+            .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eventually("all nodes converge", BOUND, || async {
+        let mut values = Vec::new();
+        for node in &nodes {
+            let counter = node.dd.get(&hits, ReadConsistency::Local).await.unwrap();
+            let set = node.dd.get(&cart, ReadConsistency::Local).await.unwrap();
+            values.push((counter.map(|c| c.value()), set));
+        }
+        values.iter().all(|v| v == &values[0]) && values[0].0 == Some(150)
+    })
+    .await;
+    let set = nodes[1]
+        .dd
+        .get(&cart, ReadConsistency::Local)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(set.len(), 149, "150 adds, one observed remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_consistency_level_is_reached_when_all_nodes_are_up() {
+    let nodes = cluster("levels", 3, test_core_config()).await;
+    let key: Key<GCounter> = Key::new("levels");
+    let increment =
+        |c: &mut GCounter, me: &ractor_replicated::ReplicaId| c.apply(c.increment(me, 1));
+    let writes = [
+        WriteConsistency::Local,
+        WriteConsistency::To {
+            n: 2,
+            timeout: LEVEL_TIMEOUT,
+        },
+        WriteConsistency::majority(LEVEL_TIMEOUT),
+        WriteConsistency::All {
+            timeout: LEVEL_TIMEOUT,
+        },
+    ];
+    for (i, level) in writes.into_iter().enumerate() {
+        nodes[i % 3]
+            .dd
+            .update(&key, level, increment)
+            .await
+            .unwrap();
+    }
+    // A write at All is merged on every node before it returns.
+    for node in &nodes {
+        let local = node.dd.get(&key, ReadConsistency::Local).await.unwrap();
+        assert!(local.is_some_and(|c| c.value() >= 3), "{}", node.name);
+    }
+    let reads = [
+        ReadConsistency::From {
+            n: 2,
+            timeout: LEVEL_TIMEOUT,
+        },
+        ReadConsistency::majority(LEVEL_TIMEOUT),
+        ReadConsistency::All {
+            timeout: LEVEL_TIMEOUT,
+        },
+    ];
+    for level in reads {
+        let value = nodes[1]
+            .dd
+            .get(&key, level)
+            .await
+            .unwrap()
+            .map(|c| c.value());
+        assert_eq!(value, Some(4), "{level:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_node_down_majority_succeeds_all_times_out_and_the_write_stands() {
+    let nodes = cluster("down", 3, test_core_config()).await;
+    nodes[2].shut_down().await;
+    eventually("the stopped node is seen gone", BOUND, || async {
+        nodes[0]
+            .dd
+            .reachable_peers()
+            .await
+            .is_ok_and(|p| p.len() == 1)
+    })
+    .await;
+    let key: Key<GCounter> = Key::new("k");
+    nodes[0]
+        .dd
+        .update(&key, WriteConsistency::majority(LEVEL_TIMEOUT), |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+    let read = nodes[1]
+        .dd
+        .get(&key, ReadConsistency::majority(LEVEL_TIMEOUT))
+        .await;
+    assert_eq!(read.unwrap().map(|c| c.value()), Some(1));
+
+    let all = WriteConsistency::All {
+        timeout: Duration::from_millis(300),
+    };
+    let err = nodes[0]
+        .dd
+        .update(&key, all, |c, me| c.apply(c.increment(me, 1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                reached: 2,
+                required: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let local = nodes[0].dd.get(&key, ReadConsistency::Local).await.unwrap();
+    assert_eq!(
+        local.map(|c| c.value()),
+        Some(2),
+        "a timed-out write stands locally"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_reaches_listeners_everywhere_and_the_key_cannot_be_reused() {
+    let nodes = cluster("delete", 3, test_core_config()).await;
+    let key: Key<ORSet<String>> = Key::new("doomed");
+    nodes[0]
+        .dd
+        .update(
+            &key,
+            WriteConsistency::All {
+                timeout: LEVEL_TIMEOUT,
+            },
+            |s, me| s.apply(s.add(me, "x".into())),
+        )
+        .await
+        .unwrap();
+    let (probe, mut changes) = listener::<Change<ORSet<String>>>().await;
+    nodes[2].dd.subscribe(&key, probe).await.unwrap();
+    let first = next_matching(&mut changes, BOUND, |_| true).await;
+    assert!(
+        matches!(first, Change::Changed { .. }),
+        "subscribing reports the current value"
+    );
+
+    nodes[1]
+        .dd
+        .delete(&key, WriteConsistency::majority(LEVEL_TIMEOUT))
+        .await
+        .unwrap();
+    let deleted = next_matching(&mut changes, BOUND, |c| matches!(c, Change::Deleted { .. })).await;
+    assert_eq!(deleted, Change::Deleted { key: key.clone() });
+
+    for node in &nodes {
+        eventually("the tombstone arrives", BOUND, || async {
+            matches!(
+                node.dd.get(&key, ReadConsistency::Local).await,
+                Err(Error::Deleted { .. })
+            )
+        })
+        .await;
+        let err = node
+            .dd
+            .update(&key, WriteConsistency::Local, |s, me| {
+                s.apply(s.add(me, "y".into()))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Deleted { .. }), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_of_a_busy_key_are_coalesced_and_end_with_the_latest_value() {
+    let core = CoreConfig {
+        notify_interval: Duration::from_millis(50),
+        ..test_core_config()
+    };
+    let nodes = cluster("coalesce", 2, core).await;
+    let key: Key<GCounter> = Key::new("busy");
+    let (probe, mut changes) = listener::<Change<GCounter>>().await;
+    nodes[0].dd.subscribe(&key, probe).await.unwrap();
+    let updates: Vec<_> = (0..200)
+        .map(|_| {
+            let dd = nodes[0].dd.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                dd.update(&key, WriteConsistency::Local, |c, me| {
+                    c.apply(c.increment(me, 1))
+                })
+                .await
+            })
+        })
+        .collect();
+    for update in updates {
+        update.await.unwrap().unwrap();
+    }
+    let mut seen = 0;
+    next_matching(&mut changes, BOUND, |change| {
+        seen += 1;
+        matches!(change, Change::Changed { value, .. } if value.value() == 200)
+    })
+    .await;
+    assert!(seen < 200, "{seen} notifications for 200 updates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_listener_is_dropped_and_others_still_hear() {
+    let nodes = cluster("dead-listener", 1, test_core_config()).await;
+    let key: Key<GCounter> = Key::new("k");
+    let (dead, _) = listener::<Change<GCounter>>().await;
+    let (alive, mut changes) = listener::<Change<GCounter>>().await;
+    nodes[0].dd.subscribe(&key, dead.clone()).await.unwrap();
+    nodes[0].dd.subscribe(&key, alive).await.unwrap();
+    dead.stop_and_wait(None, None).await.unwrap();
+    nodes[0]
+        .dd
+        .update(&key, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+    next_matching(&mut changes, BOUND, |_| true).await;
+    nodes[0].dd.unsubscribe(&key, dead.get_id()).await.unwrap();
+}
+
+/// A message type that puts arbitrary bytes on the wire under the
+/// Replicator's variant name (or another), as a broken or hostile peer would.
+struct RawBytes {
+    variant: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl ractor::Message for RawBytes {
+    fn serializable() -> bool {
+        true
+    }
+    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+        Ok(SerializedMessage::Cast {
+            variant: self.variant.to_string(),
+            args: self.bytes,
+            metadata: None,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_are_counted_and_change_nothing() {
+    let nodes = cluster("garbage", 2, test_core_config()).await;
+    let key: Key<GCounter> = Key::new("k");
+    nodes[1]
+        .dd
+        .update(&key, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 5))
+        })
+        .await
+        .unwrap();
+
+    let peers = SessionDiscovery::new(nodes[0].server.clone())
+        .discover()
+        .await;
+    let target = peers
+        .into_iter()
+        .find(|peer| peer.node == nodes[1].name)
+        .expect("node 0 has a proxy of node 1's Replicator");
+    let proxy: ActorRef<RawBytes> = target.replicator.get_cell().into();
+    let garbage = [
+        (MESSAGE_VARIANT, vec![]),
+        (MESSAGE_VARIANT, vec![1, 0xc1, 0xff, 0x00]),
+        (MESSAGE_VARIANT, vec![99, 1, 2, 3]),
+        ("some.other.variant", vec![1, 2, 3]),
+    ];
+    let sent = garbage.len() as u64;
+    for (variant, bytes) in garbage {
+        proxy.cast(RawBytes { variant, bytes }).unwrap();
+    }
+    eventually("the garbage is counted", BOUND, || async {
+        nodes[1].dd.stats().await.unwrap().rejected_messages == sent
+    })
+    .await;
+
+    let value = nodes[1].dd.get(&key, ReadConsistency::Local).await.unwrap();
+    assert_eq!(value.map(|c| c.value()), Some(5), "no state change");
+    nodes[0]
+        .dd
+        .update(
+            &key,
+            WriteConsistency::All {
+                timeout: LEVEL_TIMEOUT,
+            },
+            |c, me| c.apply(c.increment(me, 1)),
+        )
+        .await
+        .expect("node 1 still serves its peers");
+    let value = nodes[1].dd.get(&key, ReadConsistency::Local).await.unwrap();
+    assert_eq!(value.map(|c| c.value()), Some(6));
+}

@@ -1,0 +1,180 @@
+//! Several ractor_cluster nodes in one test process, on loopback, each with a
+//! Replicator that finds its peers through its NodeServer's sessions.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use ractor_replicated::ddata::{CoreConfig, DistributedData, ReplicatorConfig, SessionDiscovery};
+use tokio::sync::mpsc;
+
+pub const COOKIE: &str = "in-process-test-cookie";
+
+pub struct TestNode {
+    pub name: String,
+    pub port: u16,
+    pub server: ActorRef<NodeServerMessage>,
+    pub dd: DistributedData,
+}
+
+impl TestNode {
+    /// Stops the Replicator and the NodeServer (its sessions close, peers see it go).
+    pub async fn shut_down(&self) {
+        self.dd.stop().await;
+        let _ = self.server.stop_and_wait(None, None).await;
+    }
+}
+
+/// A port that was free a moment ago (ractor_cluster reports no bound port).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Node names are process-global in ractor: every cluster gets its own prefix.
+fn unique_prefix(label: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{label}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn test_core_config() -> CoreConfig {
+    CoreConfig {
+        gossip_interval: Duration::from_millis(100),
+        ..CoreConfig::default()
+    }
+}
+
+/// `size` nodes, fully connected, every Replicator seeing every other.
+pub async fn cluster(label: &str, size: usize, core: CoreConfig) -> Vec<TestNode> {
+    let prefix = unique_prefix(label);
+    let mut nodes = Vec::new();
+    for i in 0..size {
+        let name = format!("{prefix}-n{i}");
+        let port = free_port();
+        let server = NodeServer::new(
+            port,
+            COOKIE.into(),
+            name.clone(),
+            "127.0.0.1".into(),
+            None,
+            None,
+        )
+        .with_listen_addr(Ipv4Addr::LOCALHOST.into());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .expect("node server starts");
+        let config = ReplicatorConfig::new(name.clone())
+            .with_discovery(SessionDiscovery::new(server.clone()))
+            .with_discovery_interval(Duration::from_millis(20))
+            .with_core(core.clone());
+        let dd = DistributedData::start(config)
+            .await
+            .expect("replicator starts");
+        nodes.push(TestNode {
+            name,
+            port,
+            server,
+            dd,
+        });
+    }
+    for i in 0..size {
+        for j in i + 1..size {
+            let address = (Ipv4Addr::LOCALHOST, nodes[j].port);
+            eventually("a connection", Duration::from_secs(10), || async {
+                ractor_cluster::client_connect(&nodes[i].server, address)
+                    .await
+                    .is_ok()
+            })
+            .await;
+        }
+    }
+    for node in &nodes {
+        eventually("every peer discovered", Duration::from_secs(10), || async {
+            node.dd
+                .reachable_peers()
+                .await
+                .is_ok_and(|p| p.len() == size - 1)
+        })
+        .await;
+    }
+    nodes
+}
+
+/// Polls `check` until it holds; panics after `bound`.
+pub async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + bound;
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        poll.tick().await;
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reached within {bound:?}: {what}"
+        );
+    }
+}
+
+/// An actor that forwards every message it receives into a channel.
+pub struct Forwarder<M>(std::marker::PhantomData<fn() -> M>);
+
+impl<M: ractor::Message> Actor for Forwarder<M> {
+    type Msg = M;
+    type State = mpsc::UnboundedSender<M>;
+    type Arguments = mpsc::UnboundedSender<M>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<M>,
+        sender: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(sender)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<M>,
+        message: M,
+        sender: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = sender.send(message);
+        Ok(())
+    }
+}
+
+/// A listener actor and the channel its messages arrive on.
+pub async fn listener<M: ractor::Message>() -> (ActorRef<M>, mpsc::UnboundedReceiver<M>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let (actor, _) = Actor::spawn(None, Forwarder::<M>(std::marker::PhantomData), sender)
+        .await
+        .expect("listener starts");
+    (actor, receiver)
+}
+
+/// The next message on `receiver` that `accept` takes, within `bound`.
+pub async fn next_matching<M>(
+    receiver: &mut mpsc::UnboundedReceiver<M>,
+    bound: Duration,
+    mut accept: impl FnMut(&M) -> bool,
+) -> M {
+    tokio::time::timeout(bound, async {
+        loop {
+            let message = receiver.recv().await.expect("listener channel open");
+            if accept(&message) {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("the expected notification arrived in time")
+}
