@@ -1,9 +1,13 @@
 //! Replicated state for [ractor](https://docs.rs/ractor) clusters.
 //!
-//! This release holds the foundation: the causal vocabulary ([`causal`]), a
-//! library of pure state-based CRDTs ([`crdt`]) whose merges are joins, and the
-//! one wire format ([`codec`]). Distributed Data (a gossip-replicated key-value
-//! store of CRDTs), its durable storage and replicated event sourcing build on it.
+//! * [`causal`]: the causal vocabulary (replica ids, dots, version vectors);
+//! * [`crdt`]: pure state-based CRDTs whose merges are joins;
+//! * [`ddata`]: Distributed Data, a key-value store of CRDTs replicated by
+//!   gossip between the nodes of a ractor cluster (one Replicator actor per
+//!   node, consistency levels, listeners);
+//! * [`codec`]: the one wire and disk format.
+//!
+//! Durable storage and replicated event sourcing build on these.
 //!
 //! ```
 //! use ractor_replicated::{codec, OpBased, ORSet, ReplicaId, ReplicatedData};
@@ -43,3 +47,8 @@ pub use error::{Error, Result};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// Compiles the code of the Distributed Data guide with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/distributed-data.md")]
+struct DistributedDataGuideDoctests;

@@ -381,3 +381,72 @@ async fn garbage_bytes_are_counted_and_change_nothing() {
     let value = nodes[1].dd.get(&key, ReadConsistency::Local).await.unwrap();
     assert_eq!(value.map(|c| c.value()), Some(6));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_keys_travel_in_budgeted_messages_and_an_oversized_value_is_refused() {
+    let core = CoreConfig {
+        max_message_bytes: 16 * 1024,
+        ..test_core_config()
+    };
+    let nodes = cluster("budget", 2, core).await;
+    let keys: Vec<Key<GCounter>> = (0..3_000)
+        .map(|i| Key::new(format!("key-{i:05}")))
+        .collect();
+    for key in &keys {
+        nodes[0]
+            .dd
+            .update(key, WriteConsistency::Local, |c, me| {
+                c.apply(c.increment(me, 1))
+            })
+            .await
+            .unwrap();
+    }
+    let last = keys.last().unwrap();
+    eventually("every key arrives", BOUND, || async {
+        nodes[1]
+            .dd
+            .get(last, ReadConsistency::Local)
+            .await
+            .is_ok_and(|v| v.is_some())
+    })
+    .await;
+    for key in &keys {
+        let value = nodes[1].dd.get(key, ReadConsistency::Local).await.unwrap();
+        assert_eq!(value.map(|c| c.value()), Some(1), "{key}");
+    }
+
+    let big: Key<ORSet<String>> = Key::new("big");
+    let mut refused = None;
+    for i in 0..2_000 {
+        let item = format!("a rather long cart item name, number {i:05}");
+        let result = nodes[0]
+            .dd
+            .update(&big, WriteConsistency::Local, move |s, me| {
+                s.apply(s.add(me, item))
+            })
+            .await;
+        if let Err(err) = result {
+            refused = Some(err);
+            break;
+        }
+    }
+    let err = refused.expect("the set outgrows the 16 KiB budget");
+    assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
+    // The session survived: new writes still spread.
+    nodes[0]
+        .dd
+        .update(
+            &keys[0],
+            WriteConsistency::All {
+                timeout: LEVEL_TIMEOUT,
+            },
+            |c, me| c.apply(c.increment(me, 1)),
+        )
+        .await
+        .unwrap();
+    let stats = nodes[0].dd.stats().await.unwrap();
+    assert_eq!(
+        stats.oversized_entries, 0,
+        "nothing oversized was ever sent"
+    );
+}

@@ -234,13 +234,18 @@ pub(crate) enum Slot {
     Deleted,
 }
 
+/// Updates of a key accepted without measuring its encoding, at most.
+const UNCHECKED_UPDATES: u32 = 64;
+
 pub(crate) struct Entry {
     slot: Slot,
     /// Digest of the current state; `None` after a change until next needed.
     digest: Option<Digest>,
-    /// Encoded size when last encoded: decides whether an update must be
-    /// checked against the message budget before it is accepted.
+    /// Encoded size when last encoded, and updates since: together they
+    /// decide whether an update must be checked against the message budget
+    /// before it is accepted.
     encoded_len: usize,
+    unchecked_updates: u32,
 }
 
 impl Entry {
@@ -249,7 +254,13 @@ impl Entry {
             slot,
             digest: None,
             encoded_len: 0,
+            unchecked_updates: 0,
         }
+    }
+
+    fn encoded(&mut self, len: usize) {
+        self.encoded_len = len;
+        self.unchecked_updates = 0;
     }
 }
 
@@ -417,9 +428,12 @@ impl ReplicatorCore {
             }
         };
         // Encoding every update would cost as much as the update of a large
-        // value; only a value already near the budget is checked (on a copy,
-        // so a refused update leaves no trace).
-        if entry.encoded_len >= limit / 2 {
+        // value. A value is checked (on a copy, so that a refused update leaves
+        // no trace) when it was near the budget when last encoded, or after a
+        // run of unchecked updates; only a single update that adds more than
+        // half the budget at once can slip through, and its push is then
+        // refused and counted instead.
+        if entry.encoded_len >= limit / 2 || entry.unchecked_updates >= UNCHECKED_UPDATES {
             let mut candidate = value.clone();
             modify(&mut candidate, &self.replica);
             let bytes = candidate.encode_erased()?.len();
@@ -431,9 +445,10 @@ impl ReplicatorCore {
                 });
             }
             *value = candidate;
-            entry.encoded_len = bytes;
+            entry.encoded(bytes);
         } else {
             modify(value, &self.replica);
+            entry.unchecked_updates += 1;
         }
         entry.digest = None;
         self.changed_locally(request, name, level);
@@ -611,6 +626,7 @@ impl ReplicatorCore {
                     Err(err) => return Some(Err(err)),
                 };
                 entry.encoded_len = state.len();
+                entry.unchecked_updates = 0;
                 entry.digest = Some(digest_of(&state));
                 if state.len() > limit {
                     return Some(Err(Error::ValueTooLarge {
@@ -641,7 +657,7 @@ impl ReplicatorCore {
             Slot::Deleted => TOMBSTONE_DIGEST,
             Slot::Live { data, .. } => match data.encode_erased() {
                 Ok(state) => {
-                    entry.encoded_len = state.len();
+                    entry.encoded(state.len());
                     digest_of(&state)
                 }
                 Err(err) => {

@@ -7,7 +7,7 @@ use ractor::{Actor, ActorId, ActorRef, Message};
 use tokio::sync::oneshot;
 
 use super::consistency::{ReadConsistency, WriteConsistency};
-use super::core::{CoreConfig, CoreStats, Lookup, PeerName, ReplicatorCore};
+use super::core::{CoreConfig, CoreStats, Effect, Lookup, PeerName, ReplicatorCore, RequestId};
 use super::discovery::{replicator_name, Discovery};
 use super::key::Key;
 use super::registry::TypeRegistry;
@@ -197,7 +197,7 @@ impl DistributedData {
 
     fn command(
         &self,
-        command: impl FnOnce(&mut ReplicatorState) -> Vec<super::core::Effect> + Send + 'static,
+        command: impl FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send + 'static,
     ) -> Result<()> {
         self.actor
             .cast(ReplicatorMessage(Inbound::Command(Box::new(command))))
@@ -208,15 +208,31 @@ impl DistributedData {
 
     async fn ask<R: Send + 'static>(
         &self,
-        command: impl FnOnce(&mut ReplicatorState, oneshot::Sender<R>) -> Vec<super::core::Effect>
-            + Send
-            + 'static,
+        command: impl FnOnce(&mut ReplicatorState, oneshot::Sender<R>) -> Vec<Effect> + Send + 'static,
     ) -> Result<R> {
         let (sender, receiver) = oneshot::channel();
         self.command(move |state| command(state, sender))?;
         receiver.await.map_err(|_| Error::Unavailable {
             reason: "the Replicator stopped before answering".into(),
         })
+    }
+
+    /// Runs a write of the core inside the Replicator and waits for its outcome.
+    async fn write(
+        &self,
+        write: impl FnOnce(&mut ReplicatorCore, RequestId) -> Result<Vec<Effect>> + Send + 'static,
+    ) -> Result<()> {
+        self.ask(move |state, sender| {
+            let reply = Reply::Write(Box::new(move |result| {
+                let _ = sender.send(result.map(drop));
+            }));
+            let request = state.expect_reply(reply);
+            write(&mut state.core, request).unwrap_or_else(|err| {
+                state.fail(request, err);
+                Vec::new()
+            })
+        })
+        .await?
     }
 
     /// Applies `modify` to the local value of `key` (its type's default if the
@@ -235,22 +251,8 @@ impl DistributedData {
         F: FnOnce(&mut T, &ReplicaId) + Send + 'static,
     {
         let key = key.clone();
-        self.ask(move |state, sender| {
-            let reply = Reply::Write(Box::new(move |result| {
-                let _ = sender.send(result.map(drop));
-            }));
-            let request = state.expect_reply(reply);
-            match state.core.update(request, &key, level, modify) {
-                Ok(effects) => effects,
-                Err(err) => {
-                    if let Some(Reply::Write(reply)) = state.reply_now(request) {
-                        reply(Err(err));
-                    }
-                    Vec::new()
-                }
-            }
-        })
-        .await?
+        self.write(move |core, request| core.update(request, &key, level, modify))
+            .await
     }
 
     /// Deletes `key` for good at `level`. Its tombstone wins every merge, and
@@ -261,22 +263,8 @@ impl DistributedData {
         level: WriteConsistency,
     ) -> Result<()> {
         let key = key.clone();
-        self.ask(move |state, sender| {
-            let reply = Reply::Write(Box::new(move |result| {
-                let _ = sender.send(result.map(drop));
-            }));
-            let request = state.expect_reply(reply);
-            match state.core.delete(request, &key, level) {
-                Ok(effects) => effects,
-                Err(err) => {
-                    if let Some(Reply::Write(reply)) = state.reply_now(request) {
-                        reply(Err(err));
-                    }
-                    Vec::new()
-                }
-            }
-        })
-        .await?
+        self.write(move |core, request| core.delete(request, &key, level))
+            .await
     }
 
     /// Reads `key` at `level`: `Ok(None)` if no replica asked has it,
@@ -296,15 +284,10 @@ impl DistributedData {
                     sender.send(result.and_then(|(snapshot, _)| snapshot.into_typed::<T>(&name)));
             }));
             let request = state.expect_reply(reply);
-            match state.core.read(request, &key, level) {
-                Ok(effects) => effects,
-                Err(err) => {
-                    if let Some(Reply::Read(reply)) = state.reply_now(request) {
-                        reply(Err(err));
-                    }
-                    Vec::new()
-                }
-            }
+            state.core.read(request, &key, level).unwrap_or_else(|err| {
+                state.fail(request, err);
+                Vec::new()
+            })
         })
         .await?
     }

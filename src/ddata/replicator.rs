@@ -12,7 +12,7 @@ use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, Request
 use super::discovery::{DiscoveredPeer, Discovery};
 use super::wire::{Envelope, MESSAGE_VARIANT};
 use crate::codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The messages of the [`Replicator`] actor. Only peer messages cross the
 /// network; everything else is built by [`DistributedData`](super::DistributedData).
@@ -114,9 +114,13 @@ impl ReplicatorState {
         self.next_request
     }
 
-    /// Answers a request at once, for errors found before the core acted.
-    pub(crate) fn reply_now(&mut self, request: RequestId) -> Option<Reply> {
-        self.replies.remove(&request)
+    /// Fails a request at once, for errors the core found before it acted.
+    pub(crate) fn fail(&mut self, request: RequestId, err: Error) {
+        match self.replies.remove(&request) {
+            Some(Reply::Write(reply)) => reply(Err(err)),
+            Some(Reply::Read(reply)) => reply(Err(err)),
+            None => {}
+        }
     }
 }
 
