@@ -46,12 +46,14 @@ pub type RequestId = u64;
 pub struct CoreConfig {
     /// How often anti-entropy sends digests to one random reachable peer. Default 1 s.
     pub gossip_interval: Duration,
-    /// How long local updates collect before their keys are pushed to every
-    /// reachable peer, so that a burst of updates travels as one message per
-    /// peer. Zero pushes at once. Default 1 ms.
+    /// The push window. An update when no push went out within the window is
+    /// pushed to every reachable peer at once; updates during the window
+    /// collect and travel together when it closes, one message per peer.
+    /// Default 1 ms.
     pub push_window: Duration,
-    /// How long changes of a key collect before listeners hear of it (at most
-    /// one notification per key per interval). Default 5 ms.
+    /// The notification interval: a change when no notification went out
+    /// within the interval is notified at once; later changes collect and are
+    /// notified together (each key once) when it closes. Default 5 ms.
     pub notify_interval: Duration,
     /// The budget of one message in bytes. Must stay well below the receiving
     /// node's frame limit (ractor_cluster's default is 16 MiB). Default 4 MiB;
@@ -278,9 +280,11 @@ pub struct ReplicatorCore {
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
     to_push: BTreeSet<String>,
-    push_armed: bool,
+    /// A push went out less than `push_window` ago: further keys wait.
+    push_window_open: bool,
     to_notify: BTreeSet<String>,
-    notify_armed: bool,
+    /// A notification went out less than `notify_interval` ago.
+    notify_window_open: bool,
     next_digest_chunk: u32,
     stats: CoreStats,
     out: Vec<Effect>,
@@ -307,9 +311,9 @@ impl ReplicatorCore {
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             to_push: BTreeSet::new(),
-            push_armed: false,
+            push_window_open: false,
             to_notify: BTreeSet::new(),
-            notify_armed: false,
+            notify_window_open: false,
             next_digest_chunk: 0,
             stats: CoreStats::default(),
             out: Vec::new(),
@@ -559,17 +563,29 @@ impl ReplicatorCore {
             self.out.push(Effect::Persist { key: key.into() });
         }
         self.to_notify.insert(key.to_string());
-        if !self.notify_armed {
-            self.notify_armed = true;
-            self.schedule(Timer::Notify, self.config.notify_interval);
+        if !self.notify_window_open {
+            self.notify();
         }
     }
 
+    /// Pushes at once when no push went out within the window, so a lone
+    /// update travels without delay; during a burst, keys collect until the
+    /// window closes and travel together.
     fn mark_for_push(&mut self, key: &str) {
         self.to_push.insert(key.to_string());
-        if !self.push_armed {
-            self.push_armed = true;
-            self.schedule(Timer::Push, self.config.push_window);
+        if !self.push_window_open {
+            self.push();
+        }
+    }
+
+    /// Notifies the changed keys and opens a window in which further changes
+    /// collect (leading and trailing edge, like the push).
+    pub(super) fn notify(&mut self) {
+        let keys: Vec<String> = std::mem::take(&mut self.to_notify).into_iter().collect();
+        self.notify_window_open = !keys.is_empty();
+        if self.notify_window_open {
+            self.out.push(Effect::Notify { keys });
+            self.schedule(Timer::Notify, self.config.notify_interval);
         }
     }
 

@@ -45,17 +45,8 @@ impl ReplicatorCore {
                 self.schedule(Timer::Gossip, self.config.gossip_interval);
                 self.gossip_round();
             }
-            Timer::Push => {
-                self.push_armed = false;
-                self.push();
-            }
-            Timer::Notify => {
-                self.notify_armed = false;
-                if !self.to_notify.is_empty() {
-                    let keys = std::mem::take(&mut self.to_notify).into_iter().collect();
-                    self.out.push(Effect::Notify { keys });
-                }
-            }
+            Timer::Push => self.push(),
+            Timer::Notify => self.notify(),
             Timer::Deadline(id) => self.deadline_passed(id),
         }
         self.take_effects()
@@ -257,9 +248,15 @@ impl ReplicatorCore {
     }
 
     /// Eager push: the keys updated locally since the last push go to every
-    /// reachable peer. Unreachable peers catch up by anti-entropy.
-    fn push(&mut self) {
+    /// reachable peer, and a window opens in which further keys collect.
+    /// Unreachable peers catch up by anti-entropy.
+    pub(super) fn push(&mut self) {
         let keys = std::mem::take(&mut self.to_push);
+        self.push_window_open = !keys.is_empty();
+        if !self.push_window_open {
+            return;
+        }
+        self.schedule(Timer::Push, self.config.push_window);
         let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
         if peers.is_empty() {
             return;

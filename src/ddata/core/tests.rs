@@ -58,52 +58,63 @@ fn increment(
 }
 
 #[test]
-fn a_local_update_is_pushed_to_every_reachable_peer_when_the_window_closes() {
+fn a_lone_update_is_pushed_at_once_and_a_burst_collects_until_the_window_closes() {
     let mut a = core("a", CoreConfig::default());
     a.peer_up("b");
     a.peer_up("c");
     a.peer_down("c");
-    let effects = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
-    assert!(effects
+    let first = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    assert!(first
         .iter()
         .any(|e| matches!(e, Effect::WriteDone { result: Ok(_), .. })));
-    assert!(effects.iter().any(|e| matches!(
-        e,
-        Effect::Schedule {
-            timer: Timer::Push,
-            ..
-        }
-    )));
-    assert!(sends(&effects).is_empty(), "pushes wait for the window");
-
-    let pushed = a.handle_timer(Timer::Push);
-    let targets: Vec<&str> = sends(&pushed).iter().map(|(to, _)| *to).collect();
+    let targets: Vec<&str> = sends(&first).iter().map(|(to, _)| *to).collect();
     assert_eq!(targets, ["b"], "unreachable c catches up by anti-entropy");
+
+    let second = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    let third = increment(&mut a, &Key::new("misses"), WriteConsistency::Local);
+    assert!(
+        sends(&second).is_empty() && sends(&third).is_empty(),
+        "the window is open"
+    );
+    let pushed = a.handle_timer(Timer::Push);
+    match &sends(&pushed)[..] {
+        [("b", PeerMessage::Entries { entries })] => {
+            let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+            assert_eq!(keys, ["hits", "misses"]);
+        }
+        other => panic!("one message with both keys expected, got {other:?}"),
+    }
+    assert!(sends(&a.handle_timer(Timer::Push)).is_empty());
+    let after_quiet = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    assert_eq!(
+        sends(&after_quiet).len(),
+        1,
+        "the window closed: pushed at once again"
+    );
 }
 
 #[test]
-fn changes_are_notified_once_per_interval_with_each_key_once() {
+fn a_change_is_notified_at_once_and_a_burst_once_per_interval() {
     let mut a = core("a", CoreConfig::default());
     let hits = Key::new("hits");
-    let first = increment(&mut a, &hits, WriteConsistency::Local);
-    let second = increment(&mut a, &hits, WriteConsistency::Local);
-    let notify_timers = |effects: &[Effect]| {
+    let notified = |effects: &[Effect]| -> Vec<Vec<String>> {
         effects
             .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    Effect::Schedule {
-                        timer: Timer::Notify,
-                        ..
-                    }
-                )
+            .filter_map(|e| match e {
+                Effect::Notify { keys } => Some(keys.clone()),
+                _ => None,
             })
-            .count()
+            .collect()
     };
-    assert_eq!(notify_timers(&first) + notify_timers(&second), 1);
-    let notified = a.handle_timer(Timer::Notify);
-    assert!(matches!(&notified[..], [Effect::Notify { keys }] if keys == &["hits".to_string()]));
+    let first = increment(&mut a, &hits, WriteConsistency::Local);
+    assert_eq!(notified(&first), [["hits".to_string()]]);
+    let second = increment(&mut a, &hits, WriteConsistency::Local);
+    let third = increment(&mut a, &hits, WriteConsistency::Local);
+    assert!(notified(&second).is_empty() && notified(&third).is_empty());
+    assert_eq!(
+        notified(&a.handle_timer(Timer::Notify)),
+        [["hits".to_string()]]
+    );
     assert!(a.handle_timer(Timer::Notify).is_empty());
 }
 
