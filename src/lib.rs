@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod causal;
+pub mod cluster;
 pub mod codec;
 pub mod crdt;
 pub mod ddata;

@@ -1,3 +1,239 @@
-//! Harness for tests that run ractor_replicated nodes as separate OS processes on
-//! 127.0.0.1. The node binary and the tests arrive with the Distributed Data work;
-//! the crate exists now so the workspace layout is stable.
+//! Harness for tests that run ractor_replicated nodes as separate OS processes
+//! on 127.0.0.1: each node is the `node` binary of this crate, driven through
+//! its stdin and stdout one line at a time.
+//!
+//! Every process is killed (SIGKILL) and reaped when its [`NodeProcess`] is
+//! dropped, so a failing or panicking test leaves nothing behind. A node whose
+//! test process dies anyway sees its stdin close and exits.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long one command may take before the test fails.
+const ANSWER_BOUND: Duration = Duration::from_secs(60);
+
+/// One node process.
+pub struct NodeProcess {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    answers: Receiver<String>,
+}
+
+impl NodeProcess {
+    /// Starts `binary` as node `name` on `port`, dialling `seeds` and counting
+    /// `members` as the cluster; returns once it printed `ready`.
+    pub fn start(
+        binary: &Path,
+        name: &str,
+        port: u16,
+        seeds: &[String],
+        members: &[String],
+    ) -> Self {
+        let stderr = if std::env::var_os("RUST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let mut child = Command::new(binary)
+            .args(["--name", name, "--port", &port.to_string()])
+            .args(["--seeds", &seeds.join(","), "--members", &members.join(",")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = Self {
+            name: name.to_string(),
+            child,
+            stdin,
+            answers,
+        };
+        let first = node.next_line();
+        assert_eq!(first, "ready", "{name} did not start");
+        node
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn next_line(&mut self) -> String {
+        match self.answers.recv_timeout(ANSWER_BOUND) {
+            Ok(line) => line,
+            Err(err) => panic!(
+                "{} gave no answer within {ANSWER_BOUND:?}: {err}",
+                self.name
+            ),
+        }
+    }
+
+    /// Sends one command and returns its answer, `Err` for a refused command.
+    pub fn ask(&mut self, command: &str) -> Result<Value, String> {
+        writeln!(self.stdin, "{command}")
+            .and_then(|()| self.stdin.flush())
+            .unwrap_or_else(|err| panic!("{} does not take commands: {err}", self.name));
+        let line = self.next_line();
+        let answer: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("{} answered {line:?}: {err}", self.name));
+        match (answer.get("ok"), answer.get("err")) {
+            (Some(value), _) => Ok(value.clone()),
+            (_, Some(err)) => Err(err.as_str().unwrap_or_default().to_string()),
+            _ => panic!("{} answered {line:?}", self.name),
+        }
+    }
+
+    /// Like [`ask`](Self::ask), but a refused command fails the test.
+    pub fn must(&mut self, command: &str) -> Value {
+        self.ask(command)
+            .unwrap_or_else(|err| panic!("{} refused {command:?}: {err}", self.name))
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: a frozen node keeps
+    /// its TCP sessions open but says nothing, like a node behind a blackholed
+    /// link.
+    pub fn signal(&mut self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("the kill command runs");
+        assert!(status.success(), "kill {signal} {} failed", self.name);
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // A frozen process must be thawed to be reaped promptly.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago (ractor_cluster reports no bound port).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A cluster of node processes on loopback; every node lists every other as a
+/// seed and as a member. Nodes can be killed and restarted under the same name
+/// and port.
+pub struct LoopbackCluster {
+    binary: PathBuf,
+    names: Vec<String>,
+    ports: Vec<u16>,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl LoopbackCluster {
+    /// A cluster of `size` nodes, none started yet.
+    pub fn new(binary: impl Into<PathBuf>, label: &str, size: usize) -> Self {
+        Self {
+            binary: binary.into(),
+            names: (0..size).map(|i| format!("{label}-{i}")).collect(),
+            ports: (0..size).map(|_| free_port()).collect(),
+            nodes: (0..size).map(|_| None).collect(),
+        }
+    }
+
+    /// Starts every node and waits until each reaches every other.
+    pub fn start_all(&mut self) {
+        for i in 0..self.names.len() {
+            self.start(i);
+        }
+        self.wait_connected();
+    }
+
+    /// Starts (or restarts) node `i`.
+    pub fn start(&mut self, i: usize) {
+        let seeds: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        self.nodes[i] = None;
+        self.nodes[i] = Some(NodeProcess::start(
+            &self.binary,
+            &self.names[i],
+            self.ports[i],
+            &seeds,
+            &self.names,
+        ));
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    /// Node `i`, which must be running.
+    pub fn node(&mut self, i: usize) -> &mut NodeProcess {
+        self.nodes[i].as_mut().expect("the node is running")
+    }
+
+    /// The running nodes.
+    pub fn running(&mut self) -> impl Iterator<Item = &mut NodeProcess> {
+        self.nodes.iter_mut().flatten()
+    }
+
+    /// Waits until every running node's Replicator reaches every other running one.
+    pub fn wait_connected(&mut self) {
+        let running = self.nodes.iter().flatten().count();
+        for node in self.nodes.iter_mut().flatten() {
+            eventually("every peer reachable", Duration::from_secs(30), || {
+                node.must("peers").as_array().map_or(0, Vec::len) == running - 1
+            });
+        }
+    }
+
+    /// Asks every running node `command` until all answer the same, within
+    /// `bound`; returns the common answer.
+    pub fn converged(&mut self, command: &str, bound: Duration) -> Value {
+        let mut answers = Vec::new();
+        eventually(&format!("all nodes agree on {command:?}"), bound, || {
+            answers = self.running().map(|node| node.must(command)).collect();
+            answers.iter().all(|answer| answer == &answers[0])
+        });
+        answers.swap_remove(0)
+    }
+}
+
+/// Polls `check` until it holds; panics after `bound`.
+pub fn eventually(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "not reached within {bound:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use ractor::ActorRef;
+use ractor::{ActorCell, ActorRef};
 use ractor_cluster::NodeServerMessage;
 
 use super::replicator::ReplicatorMessage;
@@ -33,6 +33,11 @@ pub type DiscoveryFuture<'a> = Pin<Box<dyn Future<Output = Vec<DiscoveredPeer>> 
 /// Lists the peer Replicators reachable right now. The Replicator polls it and
 /// turns appearances and disappearances into peer-up and peer-down events.
 pub trait Discovery: Send + Sync + 'static {
+    /// Called once when the Replicator starts, e.g. to make it findable.
+    fn register(&self, replicator: &ActorCell) {
+        let _ = replicator;
+    }
+
     /// The peers reachable now.
     fn discover(&self) -> DiscoveryFuture<'_>;
 }

@@ -148,7 +148,8 @@ impl Actor for Replicator {
             discovery: args.discovery,
             discovery_timer: None,
         };
-        if state.discovery.is_some() {
+        if let Some(discovery) = &state.discovery {
+            discovery.register(&myself.get_cell());
             let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
             state.discovery_timer = Some(myself.send_interval(args.discovery_interval, || {
                 ReplicatorMessage(Inbound::Discover)

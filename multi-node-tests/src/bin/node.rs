@@ -1,0 +1,408 @@
+//! One ractor_replicated node as an OS process, driven line by line.
+//!
+//! `node --name N --port P [--seeds host:port,...] [--members a,b] [--cookie C] [--gossip-ms MS]`
+//!
+//! It prints `ready` once its NodeServer and Replicator run, then reads one
+//! command per line on stdin and answers each with one JSON line on stdout:
+//! `{"ok": value}` or `{"err": "reason"}`. See `Command::run` for the commands.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
+use ractor_replicated::ddata::{
+    Change, CoreConfig, DistributedData, Key, ReadConsistency, ReplicatorConfig, WriteConsistency,
+};
+use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+struct Options {
+    name: String,
+    port: u16,
+    seeds: Vec<String>,
+    members: Vec<String>,
+    cookie: String,
+    gossip: Duration,
+}
+
+fn options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let mut options = Options {
+        name: String::new(),
+        port: 0,
+        seeds: Vec::new(),
+        members: Vec::new(),
+        cookie: "ractor_replicated".into(),
+        gossip: Duration::from_millis(200),
+    };
+    let list = |value: String| -> Vec<String> {
+        value
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--name" => options.name = value,
+            "--port" => options.port = value.parse().map_err(|_| "bad --port")?,
+            "--seeds" => options.seeds = list(value),
+            "--members" => options.members = list(value),
+            "--cookie" => options.cookie = value,
+            "--gossip-ms" => {
+                options.gossip =
+                    Duration::from_millis(value.parse().map_err(|_| "bad --gossip-ms")?)
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if options.name.is_empty() || options.port == 0 {
+        return Err("--name and --port are required".into());
+    }
+    Ok(options)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Records, for each change of a watched timestamp register, how long ago
+/// (wall clock, same machine) the writer stamped it.
+struct Watcher;
+
+impl Actor for Watcher {
+    type Msg = Change<LWWRegister<u64>>;
+    type State = mpsc::UnboundedSender<u64>;
+    type Arguments = mpsc::UnboundedSender<u64>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        sender: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(sender)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        change: Self::Msg,
+        sender: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Change::Changed { value, .. } = change {
+            if let Some(stamp) = value.value() {
+                let _ = sender.send(now_micros().saturating_sub(*stamp));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Node {
+    dd: DistributedData,
+    latencies: mpsc::UnboundedReceiver<u64>,
+    latency_sender: mpsc::UnboundedSender<u64>,
+}
+
+fn arg<'a>(words: &'a [&str], index: usize) -> Result<&'a str, String> {
+    words
+        .get(index)
+        .copied()
+        .ok_or_else(|| format!("missing argument {index}"))
+}
+
+fn number<T: std::str::FromStr>(words: &[&str], index: usize) -> Result<T, String> {
+    arg(words, index)?
+        .parse()
+        .map_err(|_| format!("argument {index} is not a number"))
+}
+
+fn error(err: ractor_replicated::Error) -> String {
+    err.to_string()
+}
+
+impl Node {
+    async fn run(&mut self, line: &str) -> Result<Value, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let dd = &self.dd;
+        let local = WriteConsistency::Local;
+        let read = ReadConsistency::Local;
+        match arg(&words, 0)? {
+            "peers" => Ok(json!(dd.reachable_peers().await.map_err(error)?)),
+            "replica" => Ok(json!(dd.replica_id().to_string())),
+            "inc" => {
+                let (key, by): (Key<GCounter>, u64) =
+                    (Key::new(arg(&words, 1)?), number(&words, 2)?);
+                dd.update(&key, local, move |c, me| c.apply(c.increment(me, by)))
+                    .await
+                    .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "inc-many" => {
+                let (key, times): (Key<GCounter>, u64) =
+                    (Key::new(arg(&words, 1)?), number(&words, 2)?);
+                for _ in 0..times {
+                    dd.update(&key, local, |c, me| c.apply(c.increment(me, 1)))
+                        .await
+                        .map_err(error)?;
+                }
+                Ok(Value::Null)
+            }
+            "pn" => {
+                let (key, by): (Key<PNCounter>, i64) =
+                    (Key::new(arg(&words, 1)?), number(&words, 2)?);
+                dd.update(&key, local, move |c, me| c.apply(c.change(me, by)))
+                    .await
+                    .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "add" | "remove" => {
+                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let element = arg(&words, 2)?.to_string();
+                let add = words[0] == "add";
+                dd.update(&key, local, move |s, me| {
+                    let op = if add {
+                        s.add(me, element)
+                    } else {
+                        s.remove(&element)
+                    };
+                    s.apply(op);
+                })
+                .await
+                .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "set" => {
+                let key: Key<LWWRegister<String>> = Key::new(arg(&words, 1)?);
+                let value = arg(&words, 2)?.to_string();
+                dd.update(&key, local, move |r, me| r.apply(r.set(me, value)))
+                    .await
+                    .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "map" => {
+                let key: Key<ORMap<String, PNCounter>> = Key::new(arg(&words, 1)?);
+                let field = arg(&words, 2)?.to_string();
+                let by: i64 = number(&words, 3)?;
+                dd.update(&key, local, move |m, me| {
+                    m.apply(m.update(me, field, |c| c.apply(c.change(me, by))))
+                })
+                .await
+                .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "get" => self.get(arg(&words, 1)?, arg(&words, 2)?).await,
+            "fill" => {
+                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                for i in 0..count {
+                    let key: Key<GCounter> = Key::new(format!("{prefix}-{i}"));
+                    dd.update(&key, local, |c, me| c.apply(c.increment(me, 1)))
+                        .await
+                        .map_err(error)?;
+                }
+                Ok(Value::Null)
+            }
+            "sum" => {
+                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (mut present, mut sum) = (0u64, 0u128);
+                for i in 0..count {
+                    let key: Key<GCounter> = Key::new(format!("{prefix}-{i}"));
+                    if let Some(counter) = dd.get(&key, read).await.map_err(error)? {
+                        present += 1;
+                        sum += counter.value();
+                    }
+                }
+                Ok(json!({ "present": present, "sum": sum as u64 }))
+            }
+            "inc-majority" => {
+                let key: Key<GCounter> = Key::new(arg(&words, 1)?);
+                let timeout = Duration::from_millis(number(&words, 2)?);
+                let level = WriteConsistency::majority(timeout);
+                dd.update(&key, level, |c, me| c.apply(c.increment(me, 1)))
+                    .await
+                    .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "get-majority" => {
+                let key: Key<GCounter> = Key::new(arg(&words, 1)?);
+                let timeout = Duration::from_millis(number(&words, 2)?);
+                let value = dd
+                    .get(&key, ReadConsistency::majority(timeout))
+                    .await
+                    .map_err(error)?;
+                Ok(json!(value.map(|c| c.value() as u64)))
+            }
+            "stamp" => {
+                let key: Key<LWWRegister<u64>> = Key::new(arg(&words, 1)?);
+                let stamp = now_micros();
+                dd.update(&key, local, move |r, me| r.apply(r.set(me, stamp)))
+                    .await
+                    .map_err(error)?;
+                Ok(Value::Null)
+            }
+            "watch" => {
+                let key: Key<LWWRegister<u64>> = Key::new(arg(&words, 1)?);
+                let (watcher, _) = Actor::spawn(None, Watcher, self.latency_sender.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                dd.subscribe(&key, watcher).await.map_err(error)?;
+                Ok(Value::Null)
+            }
+            "latencies" => {
+                let mut all = Vec::new();
+                while let Ok(micros) = self.latencies.try_recv() {
+                    all.push(micros);
+                }
+                Ok(json!(all))
+            }
+            "throughput" => self.throughput(arg(&words, 1)?, number(&words, 2)?).await,
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+
+    async fn get(&self, kind: &str, name: &str) -> Result<Value, String> {
+        let dd = &self.dd;
+        let read = ReadConsistency::Local;
+        Ok(match kind {
+            "counter" => json!(dd
+                .get(&Key::<GCounter>::new(name), read)
+                .await
+                .map_err(error)?
+                .map(|c| c.value() as u64)),
+            "pn" => json!(dd
+                .get(&Key::<PNCounter>::new(name), read)
+                .await
+                .map_err(error)?
+                .map(|c| c.value() as i64)),
+            "set" => json!(dd
+                .get(&Key::<ORSet<String>>::new(name), read)
+                .await
+                .map_err(error)?
+                .map(|s| s.iter().cloned().collect::<Vec<_>>())),
+            "lww" => json!(dd
+                .get(&Key::<LWWRegister<String>>::new(name), read)
+                .await
+                .map_err(error)?
+                .and_then(|r| r.value().cloned())),
+            "map" => json!(dd
+                .get(&Key::<ORMap<String, PNCounter>>::new(name), read)
+                .await
+                .map_err(error)?
+                .map(|m| m
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value() as i64))
+                    .collect::<BTreeMap<_, _>>())),
+            other => return Err(format!("unknown kind {other:?}")),
+        })
+    }
+
+    /// Local updates of one counter key per second, one at a time (each
+    /// awaited) or pipelined (all sent, then all awaited).
+    async fn throughput(&self, mode: &str, count: u64) -> Result<Value, String> {
+        let key: Key<GCounter> = Key::new(format!("throughput-{mode}"));
+        let started = std::time::Instant::now();
+        match mode {
+            "sequential" => {
+                for _ in 0..count {
+                    self.dd
+                        .update(&key, WriteConsistency::Local, |c, me| {
+                            c.apply(c.increment(me, 1))
+                        })
+                        .await
+                        .map_err(error)?;
+                }
+            }
+            "pipelined" => {
+                let updates: Vec<_> = (0..count)
+                    .map(|_| {
+                        let dd = self.dd.clone();
+                        let key = key.clone();
+                        tokio::spawn(async move {
+                            dd.update(&key, WriteConsistency::Local, |c, me| {
+                                c.apply(c.increment(me, 1))
+                            })
+                            .await
+                        })
+                    })
+                    .collect();
+                for update in updates {
+                    update.await.map_err(|e| e.to_string())?.map_err(error)?;
+                }
+            }
+            other => return Err(format!("unknown mode {other:?}")),
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(json!({ "updates": count, "seconds": seconds, "per_second": count as f64 / seconds }))
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let options = match options() {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("node: {err}");
+            std::process::exit(2);
+        }
+    };
+    let cluster = ClusterConfig::new(&options.name, "127.0.0.1", options.port, &options.cookie)
+        .with_seeds(options.seeds.clone());
+    let cluster = ClusterNode::start(cluster)
+        .await
+        .expect("the node server starts");
+    let core = CoreConfig {
+        gossip_interval: options.gossip,
+        ..CoreConfig::default()
+    };
+    let config = ReplicatorConfig::new(&options.name)
+        .with_discovery(cluster.discovery())
+        .with_members(
+            options
+                .members
+                .iter()
+                .filter(|m| **m != options.name)
+                .cloned(),
+        )
+        .with_core(core);
+    let dd = DistributedData::start(config)
+        .await
+        .expect("the replicator starts");
+    let (latency_sender, latencies) = mpsc::unbounded_channel();
+    let mut node = Node {
+        dd,
+        latencies,
+        latency_sender,
+    };
+
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await.expect("stdout");
+    stdout.flush().await.expect("stdout");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "quit" {
+            break;
+        }
+        let answer = match node.run(&line).await {
+            Ok(value) => json!({ "ok": value }),
+            Err(err) => json!({ "err": err }),
+        };
+        let mut text = answer.to_string();
+        text.push('\n');
+        if stdout.write_all(text.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+            break;
+        }
+    }
+    cluster.stop().await;
+}
