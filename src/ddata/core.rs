@@ -562,7 +562,10 @@ impl ReplicatorCore {
         if self.config.durable.contains(key) {
             self.out.push(Effect::Persist { key: key.into() });
         }
-        self.to_notify.insert(key.to_string());
+        // Most updates hit a key already waiting: look before allocating.
+        if !self.to_notify.contains(key) {
+            self.to_notify.insert(key.to_string());
+        }
         if !self.notify_window_open {
             self.notify();
         }
@@ -572,7 +575,9 @@ impl ReplicatorCore {
     /// update travels without delay; during a burst, keys collect until the
     /// window closes and travel together.
     fn mark_for_push(&mut self, key: &str) {
-        self.to_push.insert(key.to_string());
+        if !self.to_push.contains(key) {
+            self.to_push.insert(key.to_string());
+        }
         if !self.push_window_open {
             self.push();
         }
