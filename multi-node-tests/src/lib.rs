@@ -130,6 +130,7 @@ impl Drop for NodeProcess {
         // A frozen process must be thawed to be reaped promptly.
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         self.kill();
     }
