@@ -13,6 +13,7 @@
 mod consistency;
 mod core;
 mod discovery;
+pub mod durable;
 mod handle;
 mod key;
 mod registry;

@@ -89,6 +89,16 @@ pub enum Error {
         /// What ractor reported.
         reason: String,
     },
+    /// A durable store failed, or holds something that cannot be decoded.
+    #[error("durable store {path}{}: {reason}", key.as_ref().map(|k| format!(", key {k:?}")).unwrap_or_default())]
+    Store {
+        /// Where the store keeps its data (a file path, or "memory").
+        path: String,
+        /// The key concerned, if one.
+        key: Option<String>,
+        /// What went wrong.
+        reason: String,
+    },
     /// Starting a cluster component (NodeServer, actor) failed.
     #[error("cannot start {what}: {reason}")]
     Start {

@@ -507,6 +507,16 @@ impl ReplicatorCore {
         Ok(self.take_effects())
     }
 
+    /// Merges a state recovered from a durable store, before the core serves
+    /// anything. The state is not persisted again; listeners will hear of it.
+    pub fn recover(&mut self, key: &str, value: WireValue) -> Result<()> {
+        let slot = self.decode_slot(value)?;
+        self.merge_slot(key, slot)?;
+        self.out
+            .retain(|effect| !matches!(effect, Effect::Persist { .. }));
+        Ok(())
+    }
+
     /// Counts a message from a peer that could not be decoded at all. Its bytes
     /// changed nothing; the shell logs it.
     pub fn record_undecodable_message(&mut self) {

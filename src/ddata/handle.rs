@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use super::consistency::{ReadConsistency, WriteConsistency};
 use super::core::{CoreConfig, CoreStats, Effect, Lookup, PeerName, ReplicatorCore, RequestId};
 use super::discovery::{replicator_name, Discovery};
+use super::durable::Durability;
 use super::key::Key;
 use super::registry::TypeRegistry;
 use super::replicator::{
@@ -49,6 +50,7 @@ pub struct ReplicatorConfig {
     discovery_interval: Duration,
     members: Vec<PeerName>,
     seed: Option<u64>,
+    durability: Option<Durability>,
 }
 
 impl ReplicatorConfig {
@@ -64,7 +66,16 @@ impl ReplicatorConfig {
             discovery_interval: Duration::from_millis(100),
             members: Vec::new(),
             seed: None,
+            durability: None,
         }
+    }
+
+    /// Keeps the selected keys in a durable store. On start, every stored key
+    /// is loaded and merged before the Replicator serves anything, and the
+    /// node writes under an incarnation above every one it used before.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
     }
 
     /// Finds peers with `discovery`, polled every `discovery_interval`
@@ -144,9 +155,26 @@ impl DistributedData {
     /// Starts the node's Replicator, registered under a node-unique name so
     /// that peers find it.
     pub async fn start(config: ReplicatorConfig) -> Result<Self> {
-        let replica = config
-            .replica
-            .unwrap_or_else(|| ReplicaId::fresh(config.node.clone()));
+        let mut core_config = config.core;
+        let mut durability = config.durability;
+        let mut recovered = None;
+        let replica = match (&mut durability, config.replica) {
+            (_, Some(replica)) => replica,
+            (None, None) => ReplicaId::fresh(config.node.clone()),
+            (Some(durability), None) => {
+                let loaded = durability.store.load()?;
+                let fresh = ReplicaId::fresh(config.node.clone()).incarnation();
+                let incarnation = loaded
+                    .last_incarnation
+                    .map_or(fresh, |last| fresh.max(last.saturating_add(1)));
+                durability.store.set_incarnation(incarnation)?;
+                recovered = Some(loaded);
+                ReplicaId::new(config.node.clone(), incarnation)
+            }
+        };
+        if let Some(durability) = &durability {
+            core_config.durable = durability.keys.clone();
+        }
         let types = Arc::new(config.types);
         let seed = config.seed.unwrap_or_else(|| {
             replica.incarnation() ^ xxhash_rust::xxh3::xxh3_64(config.node.as_bytes())
@@ -155,16 +183,26 @@ impl DistributedData {
             config.node.clone(),
             replica.clone(),
             types.clone(),
-            config.core,
+            core_config,
             seed,
         );
         for member in &config.members {
             core.peer_down(member);
         }
+        if let (Some(recovered), Some(durability)) = (recovered, &durability) {
+            for (key, value) in recovered.entries {
+                core.recover(&key, value).map_err(|err| Error::Store {
+                    path: durability.store.location(),
+                    key: Some(key.clone()),
+                    reason: err.to_string(),
+                })?;
+            }
+        }
         let arguments = ReplicatorArguments {
             core,
             discovery: config.discovery,
             discovery_interval: config.discovery_interval,
+            store: durability.map(|durability| (durability.store, durability.mode)),
         };
         let (actor, _) = Actor::spawn(Some(replicator_name(&config.node)), Replicator, arguments)
             .await

@@ -10,7 +10,8 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
 use super::discovery::{DiscoveredPeer, Discovery};
-use super::wire::{Envelope, MESSAGE_VARIANT};
+use super::durable::{DurableStore, WriteMode};
+use super::wire::{Envelope, WireValue, MESSAGE_VARIANT};
 use crate::codec;
 use crate::error::{Error, Result};
 
@@ -29,6 +30,8 @@ pub(crate) enum Inbound {
     Tick(Timer),
     /// Time to poll discovery.
     Discover,
+    /// Time to flush a write-behind store.
+    Flush,
 }
 
 pub(crate) type Command = Box<dyn FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send>;
@@ -93,6 +96,56 @@ pub struct ReplicatorArguments {
     pub(crate) core: ReplicatorCore,
     pub(crate) discovery: Option<Box<dyn Discovery>>,
     pub(crate) discovery_interval: Duration,
+    pub(crate) store: Option<(Box<dyn DurableStore>, WriteMode)>,
+}
+
+/// The durable store and what has not reached its disk yet.
+pub(crate) struct Storage {
+    store: Box<dyn DurableStore>,
+    mode: WriteMode,
+    unflushed: bool,
+}
+
+impl Storage {
+    /// Writes `key`'s current state to the store.
+    fn persist(&mut self, core: &ReplicatorCore, key: &str) -> Result<()> {
+        let value = match core.lookup(key) {
+            Lookup::Absent => return self.store.remove(key),
+            Lookup::Deleted => WireValue::Deleted,
+            Lookup::Live { tag, value } => WireValue::Live {
+                tag: tag.to_string(),
+                state: value.encode_erased()?,
+            },
+        };
+        self.store.store(key, &value)?;
+        self.unflushed = true;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.unflushed {
+            self.store.flush()?;
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+
+    /// Write-through: nothing is announced (acknowledged, answered, sent)
+    /// before the states it depends on are on disk.
+    fn flush_before_announcing(&mut self) -> Result<()> {
+        match self.mode {
+            WriteMode::WriteThrough => self.flush(),
+            WriteMode::WriteBehind { .. } => Ok(()),
+        }
+    }
+
+    fn failure(&self, reason: &str) -> Error {
+        Error::Store {
+            path: self.store.location(),
+            key: None,
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// The Replicator's state: its core plus what the shell must remember.
@@ -103,7 +156,8 @@ pub struct ReplicatorState {
     pub(crate) subscriptions: BTreeMap<String, Vec<Subscription>>,
     pub(crate) peers: BTreeMap<PeerName, ActorRef<ReplicatorMessage>>,
     discovery: Option<Box<dyn Discovery>>,
-    discovery_timer: Option<JoinHandle<()>>,
+    timers: Vec<JoinHandle<()>>,
+    storage: Option<Storage>,
 }
 
 impl ReplicatorState {
@@ -146,14 +200,26 @@ impl Actor for Replicator {
             subscriptions: BTreeMap::new(),
             peers: BTreeMap::new(),
             discovery: args.discovery,
-            discovery_timer: None,
+            timers: Vec::new(),
+            storage: args.store.map(|(store, mode)| Storage {
+                store,
+                mode,
+                unflushed: false,
+            }),
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&myself.get_cell());
             let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
-            state.discovery_timer = Some(myself.send_interval(args.discovery_interval, || {
-                ReplicatorMessage(Inbound::Discover)
-            }));
+            state
+                .timers
+                .push(myself.send_interval(args.discovery_interval, || {
+                    ReplicatorMessage(Inbound::Discover)
+                }));
+        }
+        if let Some(WriteMode::WriteBehind { interval }) = state.storage.as_ref().map(|s| s.mode) {
+            state
+                .timers
+                .push(myself.send_interval(interval, || ReplicatorMessage(Inbound::Flush)));
         }
         let effects = state.core.start();
         run_effects(&myself, &mut state, effects);
@@ -165,8 +231,13 @@ impl Actor for Replicator {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        if let Some(timer) = state.discovery_timer.take() {
+        for timer in state.timers.drain(..) {
             timer.abort();
+        }
+        if let Some(storage) = &mut state.storage {
+            if let Err(err) = storage.flush() {
+                tracing::error!(error = %err, "cannot flush the durable store on stop");
+            }
         }
         Ok(())
     }
@@ -197,6 +268,12 @@ impl Actor for Replicator {
             Inbound::Command(command) => command(state),
             Inbound::Tick(timer) => state.core.handle_timer(timer),
             Inbound::Discover => discover(state).await,
+            Inbound::Flush => {
+                if let Some(Err(err)) = state.storage.as_mut().map(Storage::flush) {
+                    tracing::error!(error = %err, "cannot flush the durable store");
+                }
+                Vec::new()
+            }
         };
         run_effects(&myself, state, effects);
         Ok(())
@@ -249,7 +326,18 @@ pub(crate) fn run_effects(
     state: &mut ReplicatorState,
     effects: Vec<Effect>,
 ) {
+    // A store failure in this batch fails the writes it acknowledges.
+    let mut store_failure: Option<String> = None;
     for effect in effects {
+        if matches!(
+            effect,
+            Effect::Send { .. } | Effect::WriteDone { .. } | Effect::ReadDone { .. }
+        ) {
+            if let Some(Err(err)) = state.storage.as_mut().map(Storage::flush_before_announcing) {
+                tracing::error!(error = %err, "cannot flush the durable store");
+                store_failure = Some(err.to_string());
+            }
+        }
         match effect {
             Effect::Send { to, message } => {
                 let Some(peer) = state.peers.get(&to) else {
@@ -276,8 +364,22 @@ pub(crate) fn run_effects(
                 }
             }
             Effect::Notify { keys } => notify(state, keys),
+            Effect::Persist { key } => {
+                if let Some(storage) = &mut state.storage {
+                    if let Err(err) = storage.persist(&state.core, &key) {
+                        tracing::error!(key, error = %err, "cannot store a durable key");
+                        store_failure = Some(err.to_string());
+                    }
+                }
+            }
             Effect::WriteDone { request, result } => match state.replies.remove(&request) {
-                Some(Reply::Write(reply)) => reply(result),
+                Some(Reply::Write(reply)) => {
+                    let failed = store_failure.as_deref().zip(state.storage.as_ref());
+                    match (result, failed) {
+                        (Ok(_), Some((reason, storage))) => reply(Err(storage.failure(reason))),
+                        (result, _) => reply(result),
+                    }
+                }
                 Some(Reply::Read(_)) | None => {
                     tracing::error!(request, "a write finished that nobody waits for")
                 }
@@ -288,10 +390,10 @@ pub(crate) fn run_effects(
                     tracing::error!(request, "a read finished that nobody waits for")
                 }
             },
-            // Durable storage (a later release) consumes these; in memory
-            // there is nothing to store.
-            Effect::Persist { .. } => {}
         }
+    }
+    if let Some(Err(err)) = state.storage.as_mut().map(Storage::flush_before_announcing) {
+        tracing::error!(error = %err, "cannot flush the durable store");
     }
 }
 

@@ -68,10 +68,7 @@ pub async fn cluster(label: &str, size: usize, core: CoreConfig) -> Vec<TestNode
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .expect("node server starts");
-        let config = ReplicatorConfig::new(name.clone())
-            .with_discovery(SessionDiscovery::new(server.clone()))
-            .with_discovery_interval(Duration::from_millis(20))
-            .with_core(core.clone());
+        let config = replicator_config(&name, &server, core.clone());
         let dd = DistributedData::start(config)
             .await
             .expect("replicator starts");
@@ -103,6 +100,37 @@ pub async fn cluster(label: &str, size: usize, core: CoreConfig) -> Vec<TestNode
         .await;
     }
     nodes
+}
+
+/// The Replicator configuration of a test node.
+pub fn replicator_config(
+    name: &str,
+    server: &ActorRef<NodeServerMessage>,
+    core: CoreConfig,
+) -> ReplicatorConfig {
+    ReplicatorConfig::new(name)
+        .with_discovery(SessionDiscovery::new(server.clone()))
+        .with_discovery_interval(Duration::from_millis(20))
+        .with_core(core)
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        Self(std::env::temp_dir().join(format!(
+            "ractor_replicated-{}-{}",
+            unique_prefix(label),
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Polls `check` until it holds; panics after `bound`.

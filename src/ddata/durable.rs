@@ -1,0 +1,283 @@
+//! Durable storage of Distributed Data: a narrow store trait, an in-memory
+//! implementation for tests, and the sled implementation.
+//!
+//! A store holds, for one node, the state of each durable key (a type tag and
+//! the codec encoding, or a tombstone) and the last incarnation the node wrote
+//! under. A restarted node always writes under a new, larger incarnation, so
+//! it never re-mints a dot or counter entry of a previous life, whether or not
+//! every key it wrote was durable.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::core::KeySelection;
+use super::wire::WireValue;
+use crate::error::Result;
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+/// Everything a store holds for one node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recovered {
+    /// The incarnation the node last wrote under, if it ever started.
+    pub last_incarnation: Option<u64>,
+    /// Each durable key's last stored state.
+    pub entries: BTreeMap<String, WireValue>,
+}
+
+/// Where a Replicator keeps its durable keys. Implementations decide how to
+/// make `store` and `remove` durable; [`flush`](Self::flush) must not return
+/// before everything written so far survives a crash of the process.
+pub trait DurableStore: Send + 'static {
+    /// Everything stored for this node. An entry that cannot be decoded is an
+    /// error naming the store and the key.
+    fn load(&mut self) -> Result<Recovered>;
+    /// Records the incarnation the node writes under from now on (durably).
+    fn set_incarnation(&mut self, incarnation: u64) -> Result<()>;
+    /// Stores `key`'s state.
+    fn store(&mut self, key: &str, value: &WireValue) -> Result<()>;
+    /// Forgets `key`.
+    fn remove(&mut self, key: &str) -> Result<()>;
+    /// Makes every earlier `store` and `remove` durable.
+    fn flush(&mut self) -> Result<()>;
+    /// Where the store keeps its data, for error messages.
+    fn location(&self) -> String;
+}
+
+/// When a durable key's new state reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Before the update is acknowledged (and before a read repair returns).
+    /// An acknowledged write survives a crash.
+    WriteThrough,
+    /// Within `interval` after the update, which is acknowledged at once.
+    /// Updates acknowledged in the last `interval` before a crash are lost on
+    /// this replica (they survive on the peers they reached).
+    WriteBehind {
+        /// How often written states are flushed.
+        interval: Duration,
+    },
+}
+
+/// Durability settings of a Replicator.
+pub struct Durability {
+    pub(crate) store: Box<dyn DurableStore>,
+    pub(crate) keys: KeySelection,
+    pub(crate) mode: WriteMode,
+}
+
+impl Durability {
+    /// Keeps the keys in `keys` in `store`, write-through.
+    pub fn new(store: impl DurableStore, keys: KeySelection) -> Self {
+        Self {
+            store: Box::new(store),
+            keys,
+            mode: WriteMode::WriteThrough,
+        }
+    }
+
+    /// Chooses when states reach the disk.
+    pub fn with_mode(mut self, mode: WriteMode) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// A store in memory, shared by its clones: it survives a Replicator's stop
+/// and restart within one process, which is what tests need.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: std::sync::Arc<std::sync::Mutex<Recovered>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Recovered) -> R) -> R {
+        let mut guard = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+}
+
+impl DurableStore for MemoryStore {
+    fn load(&mut self) -> Result<Recovered> {
+        Ok(self.with(|recovered| recovered.clone()))
+    }
+
+    fn set_incarnation(&mut self, incarnation: u64) -> Result<()> {
+        self.with(|recovered| recovered.last_incarnation = Some(incarnation));
+        Ok(())
+    }
+
+    fn store(&mut self, key: &str, value: &WireValue) -> Result<()> {
+        self.with(|recovered| recovered.entries.insert(key.to_string(), value.clone()));
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &str) -> Result<()> {
+        self.with(|recovered| recovered.entries.remove(key));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// What a store writes per key: the wire form, so a stored entry decodes
+/// exactly like a replicated one. Generic so that storing borrows the value.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredEntry<V> {
+    pub(crate) value: V,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ddata::registry::{ErasedData, TypeRegistry};
+    use crate::{
+        Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, OpBased,
+        PNCounter, PNCounterMap, ReplicaId,
+    };
+
+    /// A directory under the system's temporary directory, removed on drop.
+    pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(label: &str) -> Self {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Self(std::env::temp_dir().join(format!(
+                "ractor_replicated-{label}-{}-{unique}",
+                std::process::id()
+            )))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn samples() -> Vec<(&'static str, Box<dyn ErasedData>)> {
+        let me = ReplicaId::new("a", 1);
+        let mut counter = GCounter::new();
+        counter.apply(counter.increment(&me, 7));
+        let mut pn = PNCounter::new();
+        pn.apply(pn.change(&me, -3));
+        let mut flag = Flag::default();
+        flag.apply(flag.switch_on());
+        let mut gset = GSet::<String>::new();
+        gset.apply(gset.insert("g".to_string()));
+        let mut set = ORSet::<String>::new();
+        set.apply(set.add(&me, "x".to_string()));
+        set.apply(set.add(&me, "y".to_string()));
+        set.apply(set.remove("x"));
+        let mut lww = LWWRegister::<String>::new();
+        lww.apply(lww.set(&me, "v".to_string()));
+        let mut mv = MVRegister::<String>::new();
+        mv.apply(mv.write(&me, "m".to_string()));
+        let mut lww_map = LWWMap::<String, String>::new();
+        lww_map.apply(lww_map.insert(&me, "k".to_string(), "v".to_string()));
+        let mut pn_map = PNCounterMap::<String>::new();
+        pn_map.apply(pn_map.increment(&me, "k".to_string(), 4));
+        let mut or_map = ORMap::<String, PNCounter>::new();
+        or_map.apply(or_map.update(&me, "k".to_string(), |c| c.apply(c.change(&me, 2))));
+        let mut multi = ORMultiMap::<String, String>::new();
+        multi.apply(multi.add_binding(&me, "k".to_string(), "v".to_string()));
+        vec![
+            ("GCounter", Box::new(counter)),
+            ("PNCounter", Box::new(pn)),
+            ("Flag", Box::new(flag)),
+            ("GSet<String>", Box::new(gset)),
+            ("ORSet<String>", Box::new(set)),
+            ("LWWRegister<String>", Box::new(lww)),
+            ("MVRegister<String>", Box::new(mv)),
+            ("LWWMap<String,String>", Box::new(lww_map)),
+            ("PNCounterMap<String>", Box::new(pn_map)),
+            ("ORMap<String,PNCounter>", Box::new(or_map)),
+            ("ORMultiMap<String,String>", Box::new(multi)),
+        ]
+    }
+
+    #[test]
+    fn every_crdt_type_round_trips_through_sled() {
+        let dir = TempDir::new("round-trip");
+        let types = TypeRegistry::with_builtins();
+        // Built once: the LWW register's timestamp comes from the wall clock.
+        let samples = samples();
+        {
+            let mut store = SledStore::open(&dir.0, "node-a").unwrap();
+            store.set_incarnation(42).unwrap();
+            for (tag, value) in &samples {
+                let wire = WireValue::Live {
+                    tag: tag.to_string(),
+                    state: value.encode_erased().unwrap(),
+                };
+                store.store(tag, &wire).unwrap();
+            }
+            store.store("gone", &WireValue::Deleted).unwrap();
+            store.store("forgotten", &WireValue::Deleted).unwrap();
+            store.remove("forgotten").unwrap();
+            store.flush().unwrap();
+        }
+        let mut store = SledStore::open(&dir.0, "node-a").unwrap();
+        let recovered = store.load().unwrap();
+        assert_eq!(recovered.last_incarnation, Some(42));
+        assert_eq!(recovered.entries.get("gone"), Some(&WireValue::Deleted));
+        assert!(!recovered.entries.contains_key("forgotten"));
+        for (tag, value) in &samples {
+            let Some(WireValue::Live { tag: found, state }) = recovered.entries.get(*tag) else {
+                panic!("{tag} was not recovered");
+            };
+            let decoded = types.decode(found, state).unwrap();
+            assert!(decoded.eq_erased(value.as_ref()), "{tag}");
+        }
+        let other_node = SledStore::open(&dir.0, "node-b");
+        assert!(
+            other_node.is_err(),
+            "sled locks the database for one process"
+        );
+    }
+
+    #[test]
+    fn an_undecodable_entry_is_an_error_naming_the_file_and_the_key() {
+        let dir = TempDir::new("corrupt");
+        {
+            let db = sled::open(&dir.0).unwrap();
+            let tree = db.open_tree("ddata/node-a").unwrap();
+            tree.insert("cart/alice", &[1u8, 0xc1, 0x00][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(&dir.0, "node-a")
+            .unwrap()
+            .load()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("cart/alice"), "{message}");
+        assert!(message.contains(&dir.0.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn a_memory_store_is_shared_by_its_clones() {
+        let mut store = MemoryStore::new();
+        let mut clone = store.clone();
+        store.store("k", &WireValue::Deleted).unwrap();
+        assert_eq!(clone.load().unwrap().entries.len(), 1);
+    }
+}

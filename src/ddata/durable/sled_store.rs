@@ -1,0 +1,115 @@
+use std::path::{Path, PathBuf};
+
+use super::{DurableStore, Recovered, StoredEntry};
+use crate::codec;
+use crate::ddata::wire::WireValue;
+use crate::error::{Error, Result};
+
+const INCARNATION: &[u8] = b"incarnation";
+
+/// A [`DurableStore`] in a sled database (0.34).
+///
+/// One database may hold several nodes: each node's entries live in the tree
+/// `ddata/<node>` under the key's name, its incarnation in `ddata-meta/<node>`.
+/// Values are codec encodings (version byte + MessagePack).
+pub struct SledStore {
+    path: PathBuf,
+    entries: sled::Tree,
+    meta: sled::Tree,
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database at `path` for node `node`. The
+    /// Replicator decides when to flush (see [`WriteMode`](super::WriteMode)).
+    pub fn open(path: impl AsRef<Path>, node: &str) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |err: sled::Error| Error::Store {
+            path: path.display().to_string(),
+            key: None,
+            reason: err.to_string(),
+        };
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .open()
+            .map_err(fail)?;
+        let entries = db.open_tree(format!("ddata/{node}")).map_err(fail)?;
+        let meta = db.open_tree(format!("ddata-meta/{node}")).map_err(fail)?;
+        Ok(Self {
+            path,
+            entries,
+            meta,
+            db,
+        })
+    }
+
+    fn error(&self, key: Option<&str>, reason: impl ToString) -> Error {
+        Error::Store {
+            path: self.path.display().to_string(),
+            key: key.map(str::to_string),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl DurableStore for SledStore {
+    fn load(&mut self) -> Result<Recovered> {
+        let last_incarnation = match self
+            .meta
+            .get(INCARNATION)
+            .map_err(|e| self.error(None, e))?
+        {
+            None => None,
+            Some(bytes) => Some(
+                codec::decode::<u64>(&bytes).map_err(|e| self.error(Some("<incarnation>"), e))?,
+            ),
+        };
+        let mut recovered = Recovered {
+            last_incarnation,
+            ..Recovered::default()
+        };
+        for item in self.entries.iter() {
+            let (key, bytes) = item.map_err(|e| self.error(None, e))?;
+            let key = String::from_utf8(key.to_vec()).map_err(|_| {
+                self.error(Some(&String::from_utf8_lossy(&key)), "key is not UTF-8")
+            })?;
+            let entry: StoredEntry<WireValue> =
+                codec::decode(&bytes).map_err(|e| self.error(Some(&key), e))?;
+            recovered.entries.insert(key, entry.value);
+        }
+        Ok(recovered)
+    }
+
+    fn set_incarnation(&mut self, incarnation: u64) -> Result<()> {
+        let bytes = codec::encode(&incarnation)?;
+        self.meta
+            .insert(INCARNATION, bytes)
+            .map_err(|e| self.error(Some("<incarnation>"), e))?;
+        self.flush()
+    }
+
+    fn store(&mut self, key: &str, value: &WireValue) -> Result<()> {
+        let bytes = codec::encode(&StoredEntry { value })?;
+        self.entries
+            .insert(key.as_bytes(), bytes)
+            .map_err(|e| self.error(Some(key), e))?;
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &str) -> Result<()> {
+        self.entries
+            .remove(key.as_bytes())
+            .map_err(|e| self.error(Some(key), e))?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.db.flush().map_err(|e| self.error(None, e))?;
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}

@@ -1,0 +1,173 @@
+//! Durable Distributed Data: state that survives a Replicator's restart.
+
+mod support;
+
+use std::time::Duration;
+
+use ractor_replicated::ddata::durable::{Durability, SledStore};
+use ractor_replicated::ddata::wire::WireValue;
+use ractor_replicated::ddata::{
+    Change, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
+};
+use ractor_replicated::{codec, Error, GCounter, ORSet, OpBased};
+use support::{
+    cluster, eventually, listener, next_matching, replicator_config, test_core_config, TempDir,
+};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn durable(config: ReplicatorConfig, dir: &TempDir, node: &str) -> ReplicatorConfig {
+    let store = SledStore::open(&dir.0, node).expect("the store opens");
+    config.with_durability(Durability::new(store, KeySelection::All))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replicator_recovers_every_value_and_listeners_see_it() {
+    let dir = TempDir::new("restart");
+    let hits: Key<GCounter> = Key::new("hits");
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    let doomed: Key<GCounter> = Key::new("doomed");
+    let local = WriteConsistency::Local;
+
+    let dd = DistributedData::start(durable(ReplicatorConfig::new("solo"), &dir, "solo"))
+        .await
+        .unwrap();
+    dd.update(&hits, local, |c, me| c.apply(c.increment(me, 3)))
+        .await
+        .unwrap();
+    for item in ["milk", "eggs"] {
+        dd.update(&cart, local, move |s, me| s.apply(s.add(me, item.into())))
+            .await
+            .unwrap();
+    }
+    dd.update(&cart, local, |s, _| s.apply(s.remove("eggs")))
+        .await
+        .unwrap();
+    dd.update(&doomed, local, |c, me| c.apply(c.increment(me, 1)))
+        .await
+        .unwrap();
+    dd.delete(&doomed, local).await.unwrap();
+    let first_life = dd.replica_id().clone();
+    dd.stop().await;
+
+    let dd = DistributedData::start(durable(ReplicatorConfig::new("solo"), &dir, "solo"))
+        .await
+        .unwrap();
+    assert!(dd.replica_id().incarnation() > first_life.incarnation());
+    let read = ReadConsistency::Local;
+    assert_eq!(
+        dd.get(&hits, read).await.unwrap().map(|c| c.value()),
+        Some(3)
+    );
+    let items = dd
+        .get(&cart, read)
+        .await
+        .unwrap()
+        .map(|s| s.iter().cloned().collect::<Vec<_>>());
+    assert_eq!(items, Some(vec!["milk".to_string()]));
+    assert!(matches!(
+        dd.get(&doomed, read).await,
+        Err(Error::Deleted { .. })
+    ));
+
+    let (probe, mut changes) = listener::<Change<GCounter>>().await;
+    dd.subscribe(&hits, probe).await.unwrap();
+    let recovered = next_matching(&mut changes, BOUND, |_| true).await;
+    assert!(matches!(recovered, Change::Changed { value, .. } if value.value() == 3));
+
+    // The new incarnation's increments add to the recovered ones.
+    dd.update(&hits, local, |c, me| c.apply(c.increment(me, 2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        dd.get(&hits, read).await.unwrap().map(|c| c.value()),
+        Some(5)
+    );
+    dd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_restart_with_the_value_they_had_merged() {
+    let dirs = [TempDir::new("pair-0"), TempDir::new("pair-1")];
+    let mut nodes = cluster("pair", 2, test_core_config()).await;
+    // Replace the in-memory Replicators with durable ones on the same servers.
+    for (node, dir) in nodes.iter_mut().zip(&dirs) {
+        node.dd.stop().await;
+        let config = replicator_config(&node.name, &node.server, test_core_config());
+        node.dd = DistributedData::start(durable(config, dir, &node.name))
+            .await
+            .unwrap();
+    }
+    for node in &nodes {
+        eventually("the durable replicators see each other", BOUND, || async {
+            node.dd.reachable_peers().await.is_ok_and(|p| p.len() == 1)
+        })
+        .await;
+    }
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    for (i, node) in nodes.iter().enumerate() {
+        for n in 0..10 {
+            let item = format!("item-{i}-{n}");
+            node.dd
+                .update(&cart, WriteConsistency::Local, move |s, me| {
+                    s.apply(s.add(me, item))
+                })
+                .await
+                .unwrap();
+        }
+    }
+    eventually("both hold the merge", BOUND, || async {
+        let a = nodes[0]
+            .dd
+            .get(&cart, ReadConsistency::Local)
+            .await
+            .unwrap();
+        let b = nodes[1]
+            .dd
+            .get(&cart, ReadConsistency::Local)
+            .await
+            .unwrap();
+        a.as_ref().is_some_and(|s| s.len() == 20) && a == b
+    })
+    .await;
+    let merged = nodes[0]
+        .dd
+        .get(&cart, ReadConsistency::Local)
+        .await
+        .unwrap();
+
+    for (node, dir) in nodes.iter_mut().zip(&dirs) {
+        node.dd.stop().await;
+        let config = replicator_config(&node.name, &node.server, test_core_config());
+        node.dd = DistributedData::start(durable(config, dir, &node.name))
+            .await
+            .unwrap();
+        // Read before any gossip could help: the merge itself was stored.
+        let value = node.dd.get(&cart, ReadConsistency::Local).await.unwrap();
+        assert_eq!(value, merged, "{}", node.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
+    let dir = TempDir::new("corrupt");
+    {
+        let mut store = SledStore::open(&dir.0, "broken").unwrap();
+        use ractor_replicated::ddata::durable::DurableStore;
+        let garbage = WireValue::Live {
+            tag: "GCounter".into(),
+            state: vec![codec::WIRE_VERSION, 0xc1],
+        };
+        store.store("cart/alice", &garbage).unwrap();
+        store.flush().unwrap();
+    }
+    let result =
+        DistributedData::start(durable(ReplicatorConfig::new("broken"), &dir, "broken")).await;
+    let Err(err) = result else {
+        panic!("a corrupted entry must stop the start");
+    };
+    let message = err.to_string();
+    assert!(matches!(err, Error::Store { .. }), "{message}");
+    assert!(message.contains("cart/alice"), "{message}");
+    assert!(message.contains(&dir.0.display().to_string()), "{message}");
+}
