@@ -28,22 +28,29 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `binary` as node `name` on `port`, dialling `seeds` and counting
-    /// `members` as the cluster; returns once it printed `ready`.
+    /// `members` as the cluster, keeping its keys durable in `data` if given;
+    /// returns once it printed `ready`.
     pub fn start(
         binary: &Path,
         name: &str,
         port: u16,
         seeds: &[String],
         members: &[String],
+        data: Option<&Path>,
     ) -> Self {
         let stderr = if std::env::var_os("RUST_LOG").is_some() {
             Stdio::inherit()
         } else {
             Stdio::null()
         };
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--name", name, "--port", &port.to_string()])
-            .args(["--seeds", &seeds.join(","), "--members", &members.join(",")])
+            .args(["--seeds", &seeds.join(","), "--members", &members.join(",")]);
+        if let Some(data) = data {
+            command.arg("--data").arg(data);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -150,6 +157,7 @@ pub struct LoopbackCluster {
     names: Vec<String>,
     ports: Vec<u16>,
     nodes: Vec<Option<NodeProcess>>,
+    data: Option<PathBuf>,
 }
 
 impl LoopbackCluster {
@@ -160,7 +168,19 @@ impl LoopbackCluster {
             names: (0..size).map(|i| format!("{label}-{i}")).collect(),
             ports: (0..size).map(|_| free_port()).collect(),
             nodes: (0..size).map(|_| None).collect(),
+            data: None,
         }
+    }
+
+    /// A cluster whose nodes keep every key durable in their own sled
+    /// database, in a temporary directory removed when the cluster is dropped.
+    pub fn durable(binary: impl Into<PathBuf>, label: &str, size: usize) -> Self {
+        let mut cluster = Self::new(binary, label, size);
+        let base =
+            std::env::temp_dir().join(format!("ractor_replicated-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        cluster.data = Some(base);
+        cluster
     }
 
     /// Starts every node and waits until each reaches every other.
@@ -179,12 +199,14 @@ impl LoopbackCluster {
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
         self.nodes[i] = None;
+        let data = self.data.as_ref().map(|base| base.join(&self.names[i]));
         self.nodes[i] = Some(NodeProcess::start(
             &self.binary,
             &self.names[i],
             self.ports[i],
             &seeds,
             &self.names,
+            data.as_deref(),
         ));
     }
 
@@ -224,6 +246,17 @@ impl LoopbackCluster {
             answers.iter().all(|answer| answer == &answers[0])
         });
         answers.swap_remove(0)
+    }
+}
+
+impl Drop for LoopbackCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        if let Some(base) = &self.data {
+            let _ = std::fs::remove_dir_all(base);
+        }
     }
 }
 

@@ -132,3 +132,46 @@ fn a_silent_node_is_disconnected_by_heartbeat_and_rejoins_when_it_wakes() {
     cluster.wait_connected();
     assert_eq!(cluster.converged("get counter hits", CONVERGE), json!(4));
 }
+
+#[test]
+fn durable_nodes_killed_together_lose_no_acknowledged_write() {
+    let mut cluster = LoopbackCluster::durable(NODE, "durable", 3);
+    cluster.start_all();
+    std::thread::scope(|scope| {
+        for (i, node) in cluster.running().enumerate() {
+            scope.spawn(move || {
+                node.must(&format!("inc-many own-{i} 100"));
+                node.must("inc-many shared 100");
+                for n in 0..20 {
+                    node.must(&format!("add cart item-{i}-{n}"));
+                }
+            });
+        }
+    });
+    // Every write above was acknowledged; kill -9 all three at once, before
+    // gossip has necessarily spread anything.
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    cluster.start_all();
+    assert_eq!(
+        cluster.converged("get counter shared", CONVERGE),
+        json!(300)
+    );
+    for i in 0..3 {
+        assert_eq!(
+            cluster.converged(&format!("get counter own-{i}"), CONVERGE),
+            json!(100)
+        );
+    }
+    let cart = cluster.converged("get set cart", CONVERGE);
+    assert_eq!(cart.as_array().map(Vec::len), Some(60), "{cart}");
+    // New incarnations: fresh writes add to the recovered ones.
+    for i in 0..3 {
+        cluster.node(i).must("inc shared 1");
+    }
+    assert_eq!(
+        cluster.converged("get counter shared", CONVERGE),
+        json!(303)
+    );
+}

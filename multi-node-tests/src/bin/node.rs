@@ -1,6 +1,8 @@
 //! One ractor_replicated node as an OS process, driven line by line.
 //!
-//! `node --name N --port P [--seeds host:port,...] [--members a,b] [--cookie C] [--gossip-ms MS]`
+//! `node --name N --port P [--seeds host:port,...] [--members a,b] [--cookie C] [--gossip-ms MS] [--data DIR]`
+//!
+//! With `--data`, every key is durable (write-through) in a sled database in DIR.
 //!
 //! It prints `ready` once its NodeServer and Replicator run, then reads one
 //! command per line on stdin and answers each with one JSON line on stdout:
@@ -11,8 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
+use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
-    Change, CoreConfig, DistributedData, Key, ReadConsistency, ReplicatorConfig, WriteConsistency,
+    Change, CoreConfig, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig,
+    WriteConsistency,
 };
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter};
 use serde_json::{json, Value};
@@ -26,6 +30,7 @@ struct Options {
     members: Vec<String>,
     cookie: String,
     gossip: Duration,
+    data: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -37,6 +42,7 @@ fn options() -> Result<Options, String> {
         members: Vec::new(),
         cookie: "ractor_replicated".into(),
         gossip: Duration::from_millis(200),
+        data: None,
     };
     let list = |value: String| -> Vec<String> {
         value
@@ -53,6 +59,7 @@ fn options() -> Result<Options, String> {
             "--seeds" => options.seeds = list(value),
             "--members" => options.members = list(value),
             "--cookie" => options.cookie = value,
+            "--data" => options.data = Some(value),
             "--gossip-ms" => {
                 options.gossip =
                     Duration::from_millis(value.parse().map_err(|_| "bad --gossip-ms")?)
@@ -366,7 +373,7 @@ async fn main() {
         gossip_interval: options.gossip,
         ..CoreConfig::default()
     };
-    let config = ReplicatorConfig::new(&options.name)
+    let mut config = ReplicatorConfig::new(&options.name)
         .with_discovery(cluster.discovery())
         .with_members(
             options
@@ -376,6 +383,10 @@ async fn main() {
                 .cloned(),
         )
         .with_core(core);
+    if let Some(data) = &options.data {
+        let store = SledStore::open(data, &options.name).expect("the durable store opens");
+        config = config.with_durability(Durability::new(store, KeySelection::All));
+    }
     let dd = DistributedData::start(config)
         .await
         .expect("the replicator starts");
