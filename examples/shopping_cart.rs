@@ -5,6 +5,9 @@
 //! membership helper, then edit one cart at the same time: adds and removes,
 //! including an add and a remove of the same item on different nodes. The
 //! program prints every node's cart once they agree, and how long that took.
+//!
+//! With `-- --durable DIR`, every node keeps the cart in a sled database under
+//! DIR: run it twice and the second run starts from the first run's cart.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -13,8 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
+use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
-    DistributedData, Key, ReadConsistency, ReplicatorConfig, WriteConsistency,
+    DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
 };
 use ractor_replicated::{ORSet, OpBased};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -38,6 +42,11 @@ const SCRIPTS: [&[(&str, &str)]; NODES] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let durable = args.iter().position(|arg| arg == "--durable").map(|at| {
+        args.get(at + 1)
+            .expect("--durable takes a directory")
+            .clone()
+    });
     match args.iter().position(|arg| arg == "--node") {
         Some(at) => {
             let index: usize = args[at + 1].parse().expect("--node takes an index");
@@ -45,9 +54,9 @@ fn main() {
                 .split(',')
                 .map(|p| p.parse().expect("a port"))
                 .collect();
-            node(index, ports);
+            node(index, ports, durable);
         }
-        None => orchestrate(),
+        None => orchestrate(durable),
     }
 }
 
@@ -59,14 +68,14 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn start(index: usize, ports: &[u16]) -> Self {
-        let ports = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut child = Command::new(std::env::current_exe().expect("this program's path"))
-            .args(["--node", &index.to_string(), &ports])
+    fn start(index: usize, ports: &[u16], durable: Option<&str>) -> Self {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut command = Command::new(std::env::current_exe().expect("this program's path"));
+        command.args(["--node", &index.to_string(), &ports.join(",")]);
+        if let Some(dir) = durable {
+            command.args(["--durable", dir]);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -117,10 +126,12 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
-fn orchestrate() {
+fn orchestrate(durable: Option<String>) {
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let started = Instant::now();
-    let mut nodes: Vec<NodeProcess> = (0..NODES).map(|i| NodeProcess::start(i, &ports)).collect();
+    let mut nodes: Vec<NodeProcess> = (0..NODES)
+        .map(|i| NodeProcess::start(i, &ports, durable.as_deref()))
+        .collect();
     for node in &mut nodes {
         assert_eq!(node.answer(), "ready");
     }
@@ -139,6 +150,11 @@ fn orchestrate() {
         "{NODES} node processes up and connected after {} ms",
         started.elapsed().as_millis()
     );
+    if let Some(dir) = &durable {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            println!("  node-{i} cart recovered from {dir}: {}", node.ask("cart"));
+        }
+    }
     for (i, script) in SCRIPTS.iter().enumerate() {
         let steps: Vec<String> = script
             .iter()
@@ -180,7 +196,7 @@ fn orchestrate() {
 }
 
 #[tokio::main]
-async fn node(index: usize, ports: Vec<u16>) {
+async fn node(index: usize, ports: Vec<u16>, durable: Option<String>) {
     let name = format!("node-{index}");
     let seeds = ports.iter().map(|port| format!("127.0.0.1:{port}"));
     let config = ClusterConfig::new(&name, "127.0.0.1", ports[index], "shopping-cart-demo")
@@ -191,9 +207,14 @@ async fn node(index: usize, ports: Vec<u16>) {
     let members = (0..ports.len())
         .filter(|i| *i != index)
         .map(|i| format!("node-{i}"));
-    let replicator = ReplicatorConfig::new(&name)
+    let mut replicator = ReplicatorConfig::new(&name)
         .with_discovery(cluster.discovery())
         .with_members(members);
+    if let Some(dir) = durable {
+        let store = SledStore::open(std::path::Path::new(&dir).join(&name), &name)
+            .expect("the cart store opens");
+        replicator = replicator.with_durability(Durability::new(store, KeySelection::All));
+    }
     let dd = DistributedData::start(replicator)
         .await
         .expect("the replicator starts");

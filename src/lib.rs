@@ -53,3 +53,8 @@ struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/distributed-data.md")]
 struct DistributedDataGuideDoctests;
+
+/// Compiles the code of the durability guide with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/durability.md")]
+struct DurabilityGuideDoctests;

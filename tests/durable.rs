@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use ractor_replicated::ddata::durable::{Durability, SledStore};
+use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
     Change, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
@@ -170,4 +170,64 @@ async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
     assert!(matches!(err, Error::Store { .. }), "{message}");
     assert!(message.contains("cart/alice"), "{message}");
     assert!(message.contains(&dir.0.display().to_string()), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_coalesces_writes_and_flushes_them_on_stop() {
+    let dir = TempDir::new("behind");
+    let config = || {
+        let store = SledStore::open(&dir.0, "behind").expect("the store opens");
+        let mode = WriteMode::WriteBehind {
+            interval: Duration::from_secs(3600),
+        };
+        ReplicatorConfig::new("behind")
+            .with_durability(Durability::new(store, KeySelection::All).with_mode(mode))
+    };
+    let hits: Key<GCounter> = Key::new("hits");
+    let dd = DistributedData::start(config()).await.unwrap();
+    for _ in 0..100 {
+        dd.update(&hits, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+    }
+    dd.stop().await;
+    let dd = DistributedData::start(config()).await.unwrap();
+    let value = dd.get(&hits, ReadConsistency::Local).await.unwrap();
+    assert_eq!(value.map(|c| c.value()), Some(100));
+    dd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_selected_keys_are_stored() {
+    let dir = TempDir::new("selected");
+    let config = || {
+        let store = SledStore::open(&dir.0, "picky").expect("the store opens");
+        let keys = KeySelection::Matching {
+            names: ["settings".to_string()].into(),
+            prefixes: vec!["cart/".into()],
+        };
+        ReplicatorConfig::new("picky").with_durability(Durability::new(store, keys))
+    };
+    let local = WriteConsistency::Local;
+    let dd = DistributedData::start(config()).await.unwrap();
+    for name in ["settings", "cart/alice", "scratch"] {
+        let key: Key<GCounter> = Key::new(name);
+        dd.update(&key, local, |c, me| c.apply(c.increment(me, 1)))
+            .await
+            .unwrap();
+    }
+    dd.stop().await;
+    let dd = DistributedData::start(config()).await.unwrap();
+    for (name, expected) in [
+        ("settings", Some(1)),
+        ("cart/alice", Some(1)),
+        ("scratch", None),
+    ] {
+        let key: Key<GCounter> = Key::new(name);
+        let value = dd.get(&key, ReadConsistency::Local).await.unwrap();
+        assert_eq!(value.map(|c| c.value()), expected, "{name}");
+    }
+    dd.stop().await;
 }

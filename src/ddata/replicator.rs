@@ -1,7 +1,7 @@
 //! The Replicator actor: a thin shell that moves messages, timers and effects
 //! in and out of a [`ReplicatorCore`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
@@ -103,10 +103,24 @@ pub struct ReplicatorArguments {
 pub(crate) struct Storage {
     store: Box<dyn DurableStore>,
     mode: WriteMode,
+    /// Write-behind: keys changed since the last flush, each written once then.
+    pending: BTreeSet<String>,
     unflushed: bool,
 }
 
 impl Storage {
+    /// Notes that `key` changed: written now (write-through) or at the next
+    /// flush (write-behind, which so writes a busy key once per interval).
+    fn record(&mut self, core: &ReplicatorCore, key: String) -> Result<()> {
+        match self.mode {
+            WriteMode::WriteThrough => self.persist(core, &key),
+            WriteMode::WriteBehind { .. } => {
+                self.pending.insert(key);
+                Ok(())
+            }
+        }
+    }
+
     /// Writes `key`'s current state to the store.
     fn persist(&mut self, core: &ReplicatorCore, key: &str) -> Result<()> {
         let value = match core.lookup(key) {
@@ -122,7 +136,11 @@ impl Storage {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Writes the pending keys and makes everything written durable.
+    fn flush(&mut self, core: &ReplicatorCore) -> Result<()> {
+        for key in std::mem::take(&mut self.pending) {
+            self.persist(core, &key)?;
+        }
         if self.unflushed {
             self.store.flush()?;
             self.unflushed = false;
@@ -132,9 +150,9 @@ impl Storage {
 
     /// Write-through: nothing is announced (acknowledged, answered, sent)
     /// before the states it depends on are on disk.
-    fn flush_before_announcing(&mut self) -> Result<()> {
+    fn flush_before_announcing(&mut self, core: &ReplicatorCore) -> Result<()> {
         match self.mode {
-            WriteMode::WriteThrough => self.flush(),
+            WriteMode::WriteThrough => self.flush(core),
             WriteMode::WriteBehind { .. } => Ok(()),
         }
     }
@@ -204,6 +222,7 @@ impl Actor for Replicator {
             storage: args.store.map(|(store, mode)| Storage {
                 store,
                 mode,
+                pending: BTreeSet::new(),
                 unflushed: false,
             }),
         };
@@ -235,7 +254,7 @@ impl Actor for Replicator {
             timer.abort();
         }
         if let Some(storage) = &mut state.storage {
-            if let Err(err) = storage.flush() {
+            if let Err(err) = storage.flush(&state.core) {
                 tracing::error!(error = %err, "cannot flush the durable store on stop");
             }
         }
@@ -269,7 +288,7 @@ impl Actor for Replicator {
             Inbound::Tick(timer) => state.core.handle_timer(timer),
             Inbound::Discover => discover(state).await,
             Inbound::Flush => {
-                if let Some(Err(err)) = state.storage.as_mut().map(Storage::flush) {
+                if let Some(Err(err)) = state.storage.as_mut().map(|s| s.flush(&state.core)) {
                     tracing::error!(error = %err, "cannot flush the durable store");
                 }
                 Vec::new()
@@ -333,7 +352,12 @@ pub(crate) fn run_effects(
             effect,
             Effect::Send { .. } | Effect::WriteDone { .. } | Effect::ReadDone { .. }
         ) {
-            if let Some(Err(err)) = state.storage.as_mut().map(Storage::flush_before_announcing) {
+            let core = &state.core;
+            if let Some(Err(err)) = state
+                .storage
+                .as_mut()
+                .map(|s| s.flush_before_announcing(core))
+            {
                 tracing::error!(error = %err, "cannot flush the durable store");
                 store_failure = Some(err.to_string());
             }
@@ -366,8 +390,8 @@ pub(crate) fn run_effects(
             Effect::Notify { keys } => notify(state, keys),
             Effect::Persist { key } => {
                 if let Some(storage) = &mut state.storage {
-                    if let Err(err) = storage.persist(&state.core, &key) {
-                        tracing::error!(key, error = %err, "cannot store a durable key");
+                    if let Err(err) = storage.record(&state.core, key) {
+                        tracing::error!(error = %err, "cannot store a durable key");
                         store_failure = Some(err.to_string());
                     }
                 }
@@ -392,7 +416,12 @@ pub(crate) fn run_effects(
             },
         }
     }
-    if let Some(Err(err)) = state.storage.as_mut().map(Storage::flush_before_announcing) {
+    let core = &state.core;
+    if let Some(Err(err)) = state
+        .storage
+        .as_mut()
+        .map(|s| s.flush_before_announcing(core))
+    {
         tracing::error!(error = %err, "cannot flush the durable store");
     }
 }
