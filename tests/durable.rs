@@ -231,3 +231,48 @@ async fn only_selected_keys_are_stored() {
     }
     dd.stop().await;
 }
+
+/// A store whose disk is full: every write fails.
+struct FullDisk;
+
+impl ractor_replicated::ddata::durable::DurableStore for FullDisk {
+    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Recovered> {
+        Ok(Default::default())
+    }
+    fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {
+        Ok(())
+    }
+    fn store(&mut self, key: &str, _: &WireValue) -> ractor_replicated::Result<()> {
+        Err(Error::Store {
+            path: self.location(),
+            key: Some(key.into()),
+            reason: "no space left on device".into(),
+        })
+    }
+    fn remove(&mut self, _: &str) -> ractor_replicated::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> ractor_replicated::Result<()> {
+        Ok(())
+    }
+    fn location(&self) -> String {
+        "full-disk".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_fails_the_update_instead_of_acknowledging_it() {
+    let config =
+        ReplicatorConfig::new("full").with_durability(Durability::new(FullDisk, KeySelection::All));
+    let dd = DistributedData::start(config).await.unwrap();
+    let hits: Key<GCounter> = Key::new("hits");
+    let err = dd
+        .update(&hits, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    dd.stop().await;
+}
