@@ -35,6 +35,7 @@ pub mod codec;
 pub mod crdt;
 pub mod ddata;
 mod error;
+pub mod persistence;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
 pub use crdt::{

@@ -1,0 +1,108 @@
+//! The replication core of replicated event sourcing, and its vocabulary.
+
+use std::cmp::Ordering;
+use std::fmt::Debug;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::causal::{CausalOrder, ReplicaId, VersionVector};
+
+mod log;
+
+pub use log::ReplicatedLog;
+
+/// One journaled event with what replication needs to know about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope<E> {
+    /// The replica that persisted the event.
+    pub origin: ReplicaId,
+    /// Its number among the origin's events, from 1.
+    pub origin_seq: u64,
+    /// The event's causal past, itself included (`version[origin] == origin_seq`).
+    pub version: VersionVector,
+    /// The origin's wall clock when it persisted the event, in milliseconds;
+    /// only used to resolve concurrent events.
+    pub timestamp: i64,
+    /// The event.
+    pub event: E,
+}
+
+impl<E> EventEnvelope<E> {
+    /// Whether `self` happened before `other`.
+    pub fn happened_before(&self, other: &Self) -> bool {
+        other.version.get(&self.origin) >= self.origin_seq
+            && !(self.origin == other.origin && self.origin_seq == other.origin_seq)
+    }
+
+    /// Whether neither event happened before the other.
+    pub fn concurrent_with(&self, other: &Self) -> bool {
+        self.version.compare(&other.version) == CausalOrder::Concurrent
+    }
+}
+
+/// What the event handler learns about the event it applies.
+#[derive(Clone, Copy, Debug)]
+pub struct EventMeta<'a> {
+    /// The replica that persisted the event.
+    pub origin: &'a ReplicaId,
+    /// The origin's timestamp of the event.
+    pub timestamp: i64,
+    /// Whether the event is concurrent with an event applied before it: its
+    /// causal past does not include everything applied so far. Handlers that
+    /// merge conflicting updates look at this.
+    pub concurrent: bool,
+}
+
+/// The event side of a replicated event-sourced entity: a pure, deterministic
+/// function from state and event to state. It need not commute: replicas
+/// apply the same events in the same order.
+pub trait EventHandler: Send + 'static {
+    /// The events.
+    type Event: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + 'static;
+    /// The state events build.
+    type State: Clone + Debug + Default + Send + 'static;
+
+    /// Applies one event.
+    fn apply(&self, state: &mut Self::State, event: &Self::Event, meta: EventMeta<'_>);
+}
+
+/// Decides the order of concurrent events. Every replica must use the same
+/// resolver. The contract: `order` is a pure, deterministic total order (it
+/// may look only at its arguments), so that replicas holding the same events
+/// apply them in the same order, whatever order they arrived in.
+pub trait ConflictResolver<E>: Send + 'static {
+    /// Which of two concurrent events is applied first.
+    fn order(&self, first: &EventEnvelope<E>, second: &EventEnvelope<E>) -> Ordering;
+}
+
+/// Last writer wins: of two concurrent events, the one with the later
+/// timestamp (then the larger replica id) is applied last, so its effect
+/// stands where the events overwrite each other.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LastWriterWins;
+
+impl<E> ConflictResolver<E> for LastWriterWins {
+    fn order(&self, first: &EventEnvelope<E>, second: &EventEnvelope<E>) -> Ordering {
+        (first.timestamp, &first.origin, first.origin_seq).cmp(&(
+            second.timestamp,
+            &second.origin,
+            second.origin_seq,
+        ))
+    }
+}
+
+/// A resolver from a function; the function must keep the [`ConflictResolver`]
+/// contract.
+pub struct ResolveWith<F>(pub F);
+
+impl<E, F> ConflictResolver<E> for ResolveWith<F>
+where
+    F: Fn(&EventEnvelope<E>, &EventEnvelope<E>) -> Ordering + Send + 'static,
+{
+    fn order(&self, first: &EventEnvelope<E>, second: &EventEnvelope<E>) -> Ordering {
+        (self.0)(first, second).then_with(|| {
+            (&first.origin, first.origin_seq).cmp(&(&second.origin, second.origin_seq))
+        })
+    }
+}
