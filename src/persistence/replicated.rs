@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::causal::{CausalOrder, ReplicaId, VersionVector};
 
+mod entity;
 mod log;
 
+pub use entity::{
+    Effect, EntityArguments, EntityMessage, EntityState, ReplicatedEntity,
+    ReplicatedEventSourcedActor, ReplicationContext,
+};
 pub use log::ReplicatedLog;
 
 /// One journaled event with what replication needs to know about it.

@@ -75,29 +75,50 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         self.waiting.len()
     }
 
-    /// Persists local events at `timestamp`: each gets the next sequence
-    /// number of this replica and, as version, everything applied so far.
-    /// Returns the envelopes to journal and replicate.
+    /// Persists local events at `timestamp`: [`stamp`](Self::stamp)s them and
+    /// applies them. Returns the envelopes to journal and replicate.
     pub fn persist(
         &mut self,
         events: Vec<H::Event>,
         timestamp: i64,
     ) -> Vec<EventEnvelope<H::Event>> {
-        let mut persisted = Vec::with_capacity(events.len());
-        for event in events {
-            let mut version = self.seen.clone();
-            let dot = version.increment(&self.replica);
-            let envelope = EventEnvelope {
-                origin: self.replica.clone(),
-                origin_seq: dot.counter,
-                version,
-                timestamp,
-                event,
-            };
+        let stamped = self.stamp(events, timestamp);
+        for envelope in &stamped {
             self.deliver(envelope.clone());
-            persisted.push(envelope);
         }
-        persisted
+        stamped
+    }
+
+    /// Stamps local events without applying them: each gets the next sequence
+    /// number of this replica and, as version, everything applied so far plus
+    /// the events stamped before it. An entity journals the envelopes first and
+    /// then applies them with [`receive`](Self::receive), so that an event that
+    /// failed to reach the journal is never applied.
+    pub fn stamp(&self, events: Vec<H::Event>, timestamp: i64) -> Vec<EventEnvelope<H::Event>> {
+        let mut version = self.seen.clone();
+        events
+            .into_iter()
+            .map(|event| {
+                let dot = version.increment(&self.replica);
+                EventEnvelope {
+                    origin: self.replica.clone(),
+                    origin_seq: dot.counter,
+                    version: version.clone(),
+                    timestamp,
+                    event,
+                }
+            })
+            .collect()
+    }
+
+    /// The event handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The replica this log persists as.
+    pub fn replica(&self) -> &ReplicaId {
+        &self.replica
     }
 
     /// Takes in an event from a peer (or the journal). Returns the events that
