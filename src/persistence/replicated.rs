@@ -10,12 +10,14 @@ use crate::causal::{CausalOrder, ReplicaId, VersionVector};
 
 mod entity;
 mod log;
+mod protocol;
 
 pub use entity::{
     Effect, EntityArguments, EntityMessage, EntityState, ReplicatedEntity,
     ReplicatedEventSourcedActor, ReplicationContext,
 };
 pub use log::ReplicatedLog;
+pub use protocol::{Replication, ReplicationEffect, ReplicationMessage};
 
 /// One journaled event with what replication needs to know about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
