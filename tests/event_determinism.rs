@@ -16,6 +16,9 @@ use ractor_replicated::persistence::replicated::{
 };
 use ractor_replicated::{ReplicaId, VersionVector};
 use serde::{Deserialize, Serialize};
+use support::Rng;
+
+mod support;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Op {
@@ -52,26 +55,6 @@ impl EventHandler for Arithmetic {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
-}
-
 fn seeds() -> u64 {
     std::env::var("EVENT_SEEDS")
         .ok()
@@ -91,21 +74,21 @@ fn history<R: ConflictResolver<Op>>(seed: u64, resolver: impl Fn() -> R) -> Resu
         .map(|replica| ReplicatedLog::new(replica.clone(), Arithmetic, resolver()))
         .collect();
     let mut pool: Vec<EventEnvelope<Op>> = Vec::new();
-    for _ in 0..(20 + rng.below(80)) {
-        let r = rng.below(3);
-        if rng.below(2) == 0 {
-            let ops = (0..1 + rng.below(2))
-                .map(|_| match rng.below(5) {
+    for _ in 0..(20 + rng.index(80)) {
+        let r = rng.index(3);
+        if rng.index(2) == 0 {
+            let ops = (0..1 + rng.index(2))
+                .map(|_| match rng.index(5) {
                     0 => Op::Reset,
-                    1 | 2 => Op::Times(rng.below(5) as i64 - 2),
-                    _ => Op::Add(rng.below(10) as i64),
+                    1 | 2 => Op::Times(rng.index(5) as i64 - 2),
+                    _ => Op::Add(rng.index(10) as i64),
                 })
                 .collect();
             // Few distinct timestamps: ties must be broken deterministically too.
-            let timestamp = rng.below(8) as i64;
+            let timestamp = rng.index(8) as i64;
             pool.extend(logs[r].persist(ops, timestamp));
         } else if !pool.is_empty() {
-            let envelope = pool[rng.below(pool.len())].clone();
+            let envelope = pool[rng.index(pool.len())].clone();
             logs[r].receive(envelope);
         }
     }

@@ -15,6 +15,9 @@ use ractor_replicated::persistence::replicated::{
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};
+use support::Rng;
+
+mod support;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Op {
@@ -34,21 +37,6 @@ impl EventHandler for Arithmetic {
             Op::Times(n) => state.0.wrapping_mul(*n),
         };
         state.1 += 1;
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
     }
 }
 

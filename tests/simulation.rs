@@ -32,6 +32,9 @@ use ractor_replicated::ddata::{
     TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet, OpBased, ReplicaId};
+use support::Rng;
+
+mod support;
 
 const DEFAULT_SEEDS: u64 = 1_000;
 
@@ -101,27 +104,6 @@ type Micros = u64;
 
 fn micros(duration: Duration) -> Micros {
     duration.as_micros() as Micros
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-    fn chance(&mut self, probability: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= probability
-    }
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high - low + 1)
-    }
 }
 
 enum Event {

@@ -239,6 +239,33 @@ pub(crate) enum Slot {
 /// Updates of a key accepted without measuring its encoding, at most.
 const UNCHECKED_UPDATES: u32 = 64;
 
+impl Slot {
+    /// Merges `incoming` into this state of `key`; says whether it changed.
+    /// A tombstone wins every merge; values of different types do not merge.
+    fn merge(&mut self, incoming: Slot, key: &str) -> Result<bool> {
+        match (&mut *self, incoming) {
+            (Slot::Deleted, _) => Ok(false),
+            (Slot::Live { .. }, Slot::Deleted) => {
+                *self = Slot::Deleted;
+                Ok(true)
+            }
+            (
+                Slot::Live { tag, data },
+                Slot::Live {
+                    tag: other,
+                    data: theirs,
+                },
+            ) => {
+                if *tag != other {
+                    return Err(wrong_type(key, tag, &other));
+                }
+                data.merge_erased(theirs.as_ref())
+                    .ok_or_else(|| wrong_type(key, tag, &other))
+            }
+        }
+    }
+}
+
 pub(crate) struct Entry {
     slot: Slot,
     /// Digest of the current state; `None` after a change until next needed.

@@ -97,26 +97,7 @@ impl ReplicatorCore {
                 true
             }
             Some(entry) => {
-                let changed = match (&mut entry.slot, incoming) {
-                    (Slot::Deleted, _) => false,
-                    (slot @ Slot::Live { .. }, Slot::Deleted) => {
-                        *slot = Slot::Deleted;
-                        true
-                    }
-                    (
-                        Slot::Live { tag, data },
-                        Slot::Live {
-                            tag: other,
-                            data: theirs,
-                        },
-                    ) => {
-                        if *tag != other {
-                            return Err(super::wrong_type(key, tag, &other));
-                        }
-                        data.merge_erased(theirs.as_ref())
-                            .ok_or_else(|| super::wrong_type(key, tag, &other))?
-                    }
-                };
+                let changed = entry.slot.merge(incoming, key)?;
                 if changed {
                     entry.digest = None;
                 }

@@ -297,22 +297,10 @@ impl ReplicatorCore {
 }
 
 fn merge_answers(merged: &mut Option<Slot>, answer: Slot, key: &str) -> Result<()> {
-    match (merged.as_mut(), answer) {
-        (None, answer) => *merged = Some(answer),
-        (Some(Slot::Deleted), _) => {}
-        (Some(slot), Slot::Deleted) => *slot = Slot::Deleted,
-        (
-            Some(Slot::Live { tag, data }),
-            Slot::Live {
-                tag: other,
-                data: theirs,
-            },
-        ) => {
-            if *tag != other {
-                return Err(super::wrong_type(key, tag, &other));
-            }
-            data.merge_erased(theirs.as_ref())
-                .ok_or_else(|| super::wrong_type(key, tag, &other))?;
+    match merged {
+        None => *merged = Some(answer),
+        Some(slot) => {
+            slot.merge(answer, key)?;
         }
     }
     Ok(())
