@@ -18,7 +18,6 @@ mod handle;
 mod key;
 mod registry;
 mod replicator;
-mod rng;
 pub mod wire;
 
 pub use self::consistency::{ReadConsistency, WriteConsistency};

@@ -36,6 +36,7 @@ pub mod crdt;
 pub mod ddata;
 mod error;
 pub mod persistence;
+mod rng;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
 pub use crdt::{

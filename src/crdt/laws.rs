@@ -13,6 +13,7 @@ use quickcheck::{Arbitrary, Gen};
 use super::{OpBased, ReplicatedData};
 use crate::causal::ReplicaId;
 use crate::codec;
+use crate::rng::SplitMix64;
 
 /// The `i`-th replica of a test.
 pub(crate) fn replica(i: usize) -> ReplicaId {
@@ -125,34 +126,6 @@ pub(crate) fn run<T: LawSubject>(history: &History<T::Action>) -> Run<T> {
     Run { states, ops }
 }
 
-/// SplitMix64: enough randomness to shuffle deliveries reproducibly from a seed.
-pub(crate) struct Shuffler(u64);
-
-impl Shuffler {
-    pub(crate) fn new(seed: u64) -> Self {
-        Shuffler(seed)
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    pub(crate) fn shuffle<X>(&mut self, items: &mut [X]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
-
 fn merge_all<'a, T: ReplicatedData>(states: impl Iterator<Item = &'a T>) -> Option<T> {
     states.fold(None, |acc: Option<T>, s| match acc {
         None => Some(s.clone()),
@@ -197,7 +170,7 @@ pub(crate) fn converges_under_any_merge_order<T: LawSubject>(history: History<T:
     let forward = merge_all(states.iter());
     let backward = merge_all(states.iter().rev());
     let mut shuffled: Vec<&T> = states.iter().collect();
-    Shuffler::new(history.seed).shuffle(&mut shuffled);
+    SplitMix64::new(history.seed).shuffle(&mut shuffled);
     // Pairwise tree: ((s0 ⊔ s1) ⊔ (s2 ⊔ s3)) ⊔ ...
     let mut level: Vec<T> = shuffled.into_iter().cloned().collect();
     while level.len() > 1 {
@@ -221,7 +194,7 @@ pub(crate) fn converges_under_any_merge_order<T: LawSubject>(history: History<T:
 pub(crate) fn operations_converge_in_any_order<T: LawSubject>(history: History<T::Action>) -> bool {
     let run = run::<T>(&history);
     let everything = merge_all(run.states.iter()).unwrap_or_default();
-    let mut shuffler = Shuffler::new(history.seed);
+    let mut shuffler = SplitMix64::new(history.seed);
     let mut delivery = run.ops.clone();
     for _ in 0..run.ops.len() / 3 {
         delivery.push(run.ops[shuffler.below(run.ops.len())].clone());

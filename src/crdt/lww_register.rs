@@ -179,7 +179,8 @@ impl<T: Payload> OpBased for LWWRegister<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crdt::laws::{self, LawSubject, Shuffler};
+    use crate::crdt::laws::{self, LawSubject};
+    use crate::rng::SplitMix64;
     use quickcheck::{quickcheck, Arbitrary, Gen};
 
     /// A write with a timestamp drawn from a tiny range, so that ties between
@@ -224,7 +225,7 @@ mod tests {
                 })
                 .collect();
             let mut shuffled = ops.clone();
-            Shuffler::new(seed).shuffle(&mut shuffled);
+            SplitMix64::new(seed).shuffle(&mut shuffled);
             let mut forward = LWWRegister::new();
             ops.into_iter().for_each(|op| forward.apply(op));
             let mut other_order = LWWRegister::new();

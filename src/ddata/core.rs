@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use super::consistency::{ReadConsistency, WriteConsistency};
 use super::key::Key;
 use super::registry::{ErasedData, TypeRegistry};
-use super::rng::SplitMix64;
 use super::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
+use crate::rng::SplitMix64;
 
 mod remote;
 mod requests;

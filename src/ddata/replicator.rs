@@ -352,14 +352,8 @@ pub(crate) fn run_effects(
             effect,
             Effect::Send { .. } | Effect::WriteDone { .. } | Effect::ReadDone { .. }
         ) {
-            let core = &state.core;
-            if let Some(Err(err)) = state
-                .storage
-                .as_mut()
-                .map(|s| s.flush_before_announcing(core))
-            {
-                tracing::error!(error = %err, "cannot flush the durable store");
-                store_failure = Some(err.to_string());
+            if let Some(failure) = flush_before_announcing(state) {
+                store_failure = Some(failure);
             }
         }
         match effect {
@@ -416,14 +410,19 @@ pub(crate) fn run_effects(
             },
         }
     }
+    flush_before_announcing(state);
+}
+
+/// Write-through flush ahead of an announcement; the failure, logged, if any.
+fn flush_before_announcing(state: &mut ReplicatorState) -> Option<String> {
     let core = &state.core;
-    if let Some(Err(err)) = state
+    let err = state
         .storage
-        .as_mut()
-        .map(|s| s.flush_before_announcing(core))
-    {
-        tracing::error!(error = %err, "cannot flush the durable store");
-    }
+        .as_mut()?
+        .flush_before_announcing(core)
+        .err()?;
+    tracing::error!(error = %err, "cannot flush the durable store");
+    Some(err.to_string())
 }
 
 fn notify(state: &mut ReplicatorState, keys: Vec<String>) {

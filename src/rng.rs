@@ -1,5 +1,6 @@
-/// SplitMix64: a tiny, fast, seedable generator. The core draws peer choices and
-/// request numbers from it so that a simulation replays exactly from its seed.
+/// SplitMix64: a tiny, fast, seedable generator. The Replicator core draws peer
+/// choices and request numbers from it so that a simulation replays exactly
+/// from its seed; the CRDT law tests shuffle deliveries with it.
 #[derive(Clone, Debug)]
 pub(crate) struct SplitMix64(u64);
 
@@ -20,5 +21,14 @@ impl SplitMix64 {
     /// the small bounds used here.
     pub(crate) fn below(&mut self, bound: usize) -> usize {
         (self.next_u64() % bound as u64) as usize
+    }
+
+    /// Shuffles `items` in place (Fisher–Yates).
+    #[cfg(test)]
+    pub(crate) fn shuffle<X>(&mut self, items: &mut [X]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
     }
 }
