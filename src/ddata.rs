@@ -12,7 +12,6 @@
 
 mod consistency;
 mod core;
-mod discovery;
 pub mod durable;
 mod handle;
 mod key;
@@ -25,10 +24,10 @@ pub use self::core::{
     CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReadOutcome, ReplicatorCore,
     RequestId, Snapshot, Timer,
 };
-pub use self::discovery::{
-    replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, SessionDiscovery,
-};
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
 pub use self::registry::{ErasedData, TypeRegistry};
 pub use self::replicator::{Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState};
+pub use crate::discovery::{
+    replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup, SessionDiscovery,
+};

@@ -1,7 +1,7 @@
 //! The crate's error type: every fallible public operation returns [`Error`].
 
 /// Everything that can go wrong in ractor_replicated, as a value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A value could not be serialised for the wire or for disk.
@@ -87,6 +87,14 @@ pub enum Error {
     #[error("the replicator is unavailable: {reason}")]
     Unavailable {
         /// What ractor reported.
+        reason: String,
+    },
+    /// An entity (a replica of a persistence id) is gone or did not answer.
+    #[error("entity {persistence_id:?} is unavailable: {reason}")]
+    EntityUnavailable {
+        /// The entity's persistence id.
+        persistence_id: String,
+        /// Why.
         reason: String,
     },
     /// A durable store failed, or holds something that cannot be decoded.

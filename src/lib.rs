@@ -5,9 +5,11 @@
 //! * [`ddata`]: Distributed Data, a key-value store of CRDTs replicated by
 //!   gossip between the nodes of a ractor cluster (one Replicator actor per
 //!   node, consistency levels, listeners);
+//! * [`persistence`]: replicated event sourcing, entities whose replicas
+//!   accept commands concurrently and journal vector-clock-tagged events;
+//! * [`cluster`] and [`discovery`]: the membership helper and how replicas
+//!   find each other;
 //! * [`codec`]: the one wire and disk format.
-//!
-//! Durable storage and replicated event sourcing build on these.
 //!
 //! ```
 //! use ractor_replicated::{codec, OpBased, ORSet, ReplicaId, ReplicatedData};
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod codec;
 pub mod crdt;
 pub mod ddata;
+pub mod discovery;
 mod error;
 pub mod persistence;
 mod rng;

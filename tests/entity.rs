@@ -3,13 +3,13 @@
 
 mod support;
 
-use ractor::call;
-use ractor_replicated::persistence::journal::{Journal, SledJournal};
+use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    Effect, EntityMessage, EventHandler, EventMeta, LastWriterWins, ReplicatedEntity,
-    ReplicatedEventSourcedActor, ReplicationContext,
+    Effect, Entity, EntityConfig, EventEnvelope, EventHandler, EventMeta, LastWriterWins,
+    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
 };
 use ractor_replicated::ReplicaId;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use support::TempDir;
 
@@ -58,30 +58,26 @@ impl ReplicatedEventSourcedActor for Counter {
     }
 }
 
-async fn send(entity: &ractor::ActorRef<EntityMessage<Counter>>, command: Command) -> Option<i64> {
-    call!(entity, EntityMessage::Command, command)
-        .expect("the entity answers")
+async fn send(entity: &Entity<Counter>, command: Command) -> Option<i64> {
+    entity
+        .command(command)
+        .await
         .expect("the journal takes the events")
+}
+
+async fn spawn<J: Journal + Sync>(journal: J, persistence_id: &str) -> Entity<Counter> {
+    let config = EntityConfig::new(persistence_id, ReplicaId::new("node-a", 1));
+    ReplicatedEntity::spawn(Counter, LastWriterWins, journal, config)
+        .await
+        .expect("the entity starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_persist_events_and_a_respawned_entity_recovers_them() {
     let dir = TempDir::new("entity");
-    let replica = ReplicaId::new("node-a", 1);
-    let spawn = || async {
-        let journal = SledJournal::open(&dir.0).expect("the journal opens");
-        ReplicatedEntity::spawn(
-            Counter,
-            LastWriterWins,
-            journal,
-            "counter-1",
-            replica.clone(),
-        )
-        .await
-        .expect("the entity starts")
-    };
+    let open = || SledJournal::open(&dir.0).expect("the journal opens");
 
-    let entity = spawn().await;
+    let entity = spawn(open(), "counter-1").await;
     assert_eq!(send(&entity, Command::Add(5)).await, Some(5));
     assert_eq!(
         send(&entity, Command::Add(0)).await,
@@ -90,45 +86,74 @@ async fn commands_persist_events_and_a_respawned_entity_recovers_them() {
     );
     assert_eq!(send(&entity, Command::Reset).await, None);
     assert_eq!(send(&entity, Command::Add(3)).await, Some(3));
-    entity.stop_and_wait(None, None).await.unwrap();
+    entity.stop().await;
 
-    let journal = SledJournal::open(&dir.0).unwrap();
+    let journal = open();
     assert_eq!(journal.highest_sequence("counter-1").unwrap(), 3);
     drop(journal);
 
-    let entity = spawn().await;
+    let entity = spawn(open(), "counter-1").await;
     assert_eq!(send(&entity, Command::Read).await, Some(3));
-    assert_eq!(call!(entity, EntityMessage::State).unwrap(), 3);
+    assert_eq!(entity.state().await.unwrap(), 3);
     assert_eq!(send(&entity, Command::Add(1)).await, Some(4));
-    entity.stop_and_wait(None, None).await.unwrap();
+    entity.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_a_crash_of_pipelined_commands() {
+    let disk = MemoryJournal::new();
+    let entity = spawn(disk.clone(), "counter-3").await;
+    // Many commands in flight at once share journal flushes (group commit);
+    // each is acknowledged only once its flush is done.
+    let replies: Vec<_> = (1..=500)
+        .map(|n| {
+            let entity = entity.clone();
+            tokio::spawn(async move { entity.command(Command::Add(n)).await })
+        })
+        .collect();
+    for reply in replies {
+        reply.await.unwrap().expect("acknowledged");
+    }
+    let acknowledged = entity.state().await.unwrap();
+    assert_eq!(acknowledged, (1..=500).sum::<i64>());
+    // A crash: the actor is gone without stopping, the disk keeps what was flushed.
+    entity.actor().kill_and_wait(None).await.unwrap();
+    disk.lose_unflushed();
+
+    let entity = spawn(disk.clone(), "counter-3").await;
+    assert_eq!(entity.state().await.unwrap(), acknowledged);
+    entity.stop().await;
 }
 
 /// A journal whose disk is gone: nothing can be appended.
 struct BrokenJournal;
 
+fn io_error(persistence_id: &str) -> ractor_replicated::Error {
+    ractor_replicated::Error::Store {
+        path: "broken".into(),
+        key: Some(persistence_id.into()),
+        reason: "input/output error".into(),
+    }
+}
+
 impl Journal for BrokenJournal {
     fn append<E: Serialize>(
         &mut self,
         persistence_id: &str,
-        _: &[ractor_replicated::persistence::replicated::EventEnvelope<E>],
+        _: &[EventEnvelope<E>],
     ) -> ractor_replicated::Result<usize> {
-        Err(ractor_replicated::Error::Store {
-            path: "broken".into(),
-            key: Some(persistence_id.into()),
-            reason: "input/output error".into(),
-        })
+        Err(io_error(persistence_id))
     }
 
-    fn read_from<E: serde::de::DeserializeOwned>(
+    fn flush(&mut self) -> ractor_replicated::Result<()> {
+        Ok(())
+    }
+
+    fn read_from<E: DeserializeOwned>(
         &self,
         _: &str,
         _: u64,
-    ) -> ractor_replicated::Result<
-        Vec<(
-            u64,
-            ractor_replicated::persistence::replicated::EventEnvelope<E>,
-        )>,
-    > {
+    ) -> ractor_replicated::Result<Vec<(u64, EventEnvelope<E>)>> {
         Ok(Vec::new())
     }
 
@@ -139,17 +164,50 @@ impl Journal for BrokenJournal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_the_journal_refuses_is_neither_applied_nor_acknowledged() {
-    let entity = ReplicatedEntity::spawn(
-        Counter,
-        LastWriterWins,
-        BrokenJournal,
-        "counter-2",
-        ReplicaId::new("node-a", 1),
-    )
-    .await
-    .unwrap();
-    let outcome = call!(entity, EntityMessage::Command, Command::Add(2)).unwrap();
+    let entity = spawn(BrokenJournal, "counter-2").await;
+    let outcome = entity.command(Command::Add(2)).await;
     assert!(outcome.is_err_and(|err| err.to_string().contains("input/output error")));
-    assert_eq!(call!(entity, EntityMessage::State).unwrap(), 0);
-    entity.stop_and_wait(None, None).await.unwrap();
+    assert_eq!(entity.state().await.unwrap(), 0);
+    entity.stop().await;
+}
+
+/// A journal that takes appends but cannot make them durable.
+struct UnflushableJournal(MemoryJournal);
+
+impl Journal for UnflushableJournal {
+    fn append<E: Serialize>(
+        &mut self,
+        persistence_id: &str,
+        events: &[EventEnvelope<E>],
+    ) -> ractor_replicated::Result<usize> {
+        self.0.append(persistence_id, events)
+    }
+
+    fn flush(&mut self) -> ractor_replicated::Result<()> {
+        Err(io_error("flush"))
+    }
+
+    fn read_from<E: DeserializeOwned>(
+        &self,
+        persistence_id: &str,
+        from: u64,
+    ) -> ractor_replicated::Result<Vec<(u64, EventEnvelope<E>)>> {
+        self.0.read_from(persistence_id, from)
+    }
+
+    fn highest_sequence(&self, persistence_id: &str) -> ractor_replicated::Result<u64> {
+        self.0.highest_sequence(persistence_id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_cannot_flush_fails_the_command_and_stops_the_entity() {
+    let entity = spawn(UnflushableJournal(MemoryJournal::new()), "counter-4").await;
+    let outcome = entity.command(Command::Add(2)).await;
+    assert!(outcome.is_err_and(|err| err.to_string().contains("input/output error")));
+    let after = entity.state().await;
+    assert!(
+        after.is_err_and(|err| err.to_string().contains("unavailable")),
+        "its memory may be ahead of its disk: it must not answer"
+    );
 }

@@ -5,14 +5,14 @@ mod support;
 
 use std::time::Duration;
 
-use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::ActorRef;
 use ractor_replicated::ddata::wire::MESSAGE_VARIANT;
 use ractor_replicated::ddata::{
-    Change, CoreConfig, Discovery, Key, ReadConsistency, SessionDiscovery, WriteConsistency,
+    Change, CoreConfig, Discovery, Key, PeerGroup, ReadConsistency, SessionDiscovery,
+    WriteConsistency,
 };
 use ractor_replicated::{Error, GCounter, ORSet, OpBased};
-use support::{cluster, eventually, listener, next_matching, test_core_config};
+use support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes};
 
 const BOUND: Duration = Duration::from_secs(10);
 const LEVEL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -307,26 +307,6 @@ async fn a_stopped_listener_is_dropped_and_others_still_hear() {
     nodes[0].dd.unsubscribe(&key, dead.get_id()).await.unwrap();
 }
 
-/// A message type that puts arbitrary bytes on the wire under the
-/// Replicator's variant name (or another), as a broken or hostile peer would.
-struct RawBytes {
-    variant: &'static str,
-    bytes: Vec<u8>,
-}
-
-impl ractor::Message for RawBytes {
-    fn serializable() -> bool {
-        true
-    }
-    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
-        Ok(SerializedMessage::Cast {
-            variant: self.variant.to_string(),
-            args: self.bytes,
-            metadata: None,
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_are_counted_and_change_nothing() {
     let nodes = cluster("garbage", 2, test_core_config()).await;
@@ -340,13 +320,13 @@ async fn garbage_bytes_are_counted_and_change_nothing() {
         .unwrap();
 
     let peers = SessionDiscovery::new(nodes[0].server.clone())
-        .discover()
+        .discover(&PeerGroup::replicators())
         .await;
     let target = peers
         .into_iter()
         .find(|peer| peer.node == nodes[1].name)
         .expect("node 0 has a proxy of node 1's Replicator");
-    let proxy: ActorRef<RawBytes> = target.replicator.get_cell().into();
+    let proxy: ActorRef<RawBytes> = target.actor.into();
     let garbage = [
         (MESSAGE_VARIANT, vec![]),
         (MESSAGE_VARIANT, vec![1, 0xc1, 0xff, 0x00]),

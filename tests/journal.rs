@@ -72,6 +72,7 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
     {
         let mut journal = SledJournal::open(&dir.0).unwrap();
         journal.append("cart-1", &events).unwrap();
+        journal.flush().unwrap();
     }
     let journal = SledJournal::open(&dir.0).unwrap();
     let mut recovered = ReplicatedLog::new(ReplicaId::new("a", 1), Names, LastWriterWins);

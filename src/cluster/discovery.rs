@@ -1,48 +1,39 @@
 use ractor::ActorCell;
 
 use super::SCOPE;
-use crate::ddata::{replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture};
+use crate::discovery::{DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup};
 
-const REPLICATOR_GROUP: &str = "replicators";
-
-/// Finds peer Replicators through a process group of the [`SCOPE`] scope,
-/// which ractor_cluster keeps in sync across sessions. The Replicator joins the
-/// group when it starts.
+/// Finds peers through process groups of the [`SCOPE`] scope, one per
+/// [`PeerGroup`], which ractor_cluster keeps in sync across sessions. Members
+/// join their group when they start.
 ///
 /// Process groups are process-global: use this with one NodeServer per
 /// process. Several nodes in one process (tests) use
-/// [`SessionDiscovery`](crate::ddata::SessionDiscovery) instead.
+/// [`SessionDiscovery`](crate::discovery::SessionDiscovery) instead.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessGroupDiscovery;
 
 impl ProcessGroupDiscovery {
-    /// The discovery; all instances share the one process group.
+    /// The discovery; all instances share the process groups.
     pub fn new() -> Self {
         Self
     }
 }
 
 impl Discovery for ProcessGroupDiscovery {
-    fn register(&self, replicator: &ActorCell) {
-        ractor::pg::join_scoped(
-            SCOPE.into(),
-            REPLICATOR_GROUP.into(),
-            vec![replicator.clone()],
-        );
+    fn register(&self, group: &PeerGroup, actor: &ActorCell) {
+        ractor::pg::join_scoped(SCOPE.into(), group.name().into(), vec![actor.clone()]);
     }
 
-    fn discover(&self) -> DiscoveryFuture<'_> {
+    fn discover(&self, group: &PeerGroup) -> DiscoveryFuture<'_> {
+        let group = group.clone();
         Box::pin(async move {
-            let prefix = replicator_name("");
-            ractor::pg::get_scoped_members(&SCOPE.to_string(), &REPLICATOR_GROUP.to_string())
+            ractor::pg::get_scoped_members(&SCOPE.to_string(), &group.name().to_string())
                 .into_iter()
                 .filter(|cell| !cell.get_id().is_local())
-                .filter_map(|cell| {
-                    let node = cell.get_name()?.strip_prefix(&prefix)?.to_string();
-                    Some(DiscoveredPeer {
-                        node,
-                        replicator: cell.into(),
-                    })
+                .filter_map(|actor| {
+                    let node = group.node_of(&actor.get_name()?)?.to_string();
+                    Some(DiscoveredPeer { node, actor })
                 })
                 .collect()
         })

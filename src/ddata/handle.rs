@@ -8,7 +8,6 @@ use tokio::sync::oneshot;
 
 use super::consistency::{ReadConsistency, WriteConsistency};
 use super::core::{CoreConfig, CoreStats, Effect, Lookup, PeerName, ReplicatorCore, RequestId};
-use super::discovery::{replicator_name, Discovery};
 use super::durable::Durability;
 use super::key::Key;
 use super::registry::TypeRegistry;
@@ -18,6 +17,7 @@ use super::replicator::{
 };
 use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
+use crate::discovery::{replicator_name, Discovery};
 use crate::error::{Error, Result};
 
 /// What a listener hears about a key it subscribed to.

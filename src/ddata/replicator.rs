@@ -9,10 +9,10 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
-use super::discovery::{DiscoveredPeer, Discovery};
 use super::durable::{DurableStore, WriteMode};
 use super::wire::{Envelope, WireValue, MESSAGE_VARIANT};
 use crate::codec;
+use crate::discovery::{DiscoveredPeer, Discovery, PeerGroup};
 use crate::error::{Error, Result};
 
 /// The messages of the [`Replicator`] actor. Only peer messages cross the
@@ -227,7 +227,7 @@ impl Actor for Replicator {
             }),
         };
         if let Some(discovery) = &state.discovery {
-            discovery.register(&myself.get_cell());
+            discovery.register(&PeerGroup::replicators(), &myself.get_cell());
             let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
             state
                 .timers
@@ -307,11 +307,11 @@ async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
         return Vec::new();
     };
     let found: BTreeMap<PeerName, ActorRef<ReplicatorMessage>> = discovery
-        .discover()
+        .discover(&PeerGroup::replicators())
         .await
         .into_iter()
         .filter(|peer| peer.node != state.core.node())
-        .map(|DiscoveredPeer { node, replicator }| (node, replicator))
+        .map(|DiscoveredPeer { node, actor }| (node, actor.into()))
         .collect();
     let mut effects = Vec::new();
     let gone: Vec<PeerName> = state

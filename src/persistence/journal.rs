@@ -9,8 +9,10 @@ use crate::causal::VersionVector;
 use crate::error::Result;
 use crate::persistence::replicated::EventEnvelope;
 
+mod memory_journal;
 mod sled_journal;
 
+pub use memory_journal::MemoryJournal;
 pub use sled_journal::SledJournal;
 
 /// Where replicated events are journaled.
@@ -19,6 +21,11 @@ pub use sled_journal::SledJournal;
 /// order this replica stored them. An event is identified across replicas by
 /// its origin and origin sequence number; storing it twice is a no-op, so
 /// replicated events may arrive duplicated.
+///
+/// Appends are atomic but need not be durable until [`flush`](Self::flush),
+/// so that an entity can make a burst of commands durable with one disk sync
+/// (group commit). A crash may lose appends since the last flush, but only a
+/// suffix: never an event while keeping one appended after it.
 pub trait Journal: Send + 'static {
     /// Stores `events` atomically (all or none), skipping those already
     /// stored, and returns how many were new.
@@ -27,6 +34,9 @@ pub trait Journal: Send + 'static {
         persistence_id: &str,
         events: &[EventEnvelope<E>],
     ) -> Result<usize>;
+
+    /// Makes every append so far durable.
+    fn flush(&mut self) -> Result<()>;
 
     /// The events stored from local sequence number `from` on, with their
     /// local sequence numbers, in local order.

@@ -13,8 +13,8 @@ mod log;
 mod protocol;
 
 pub use entity::{
-    Effect, EntityArguments, EntityMessage, EntityState, ReplicatedEntity,
-    ReplicatedEventSourcedActor, ReplicationContext,
+    Effect, Entity, EntityConfig, EntityMessage, EntityStats, ReplicatedEntity,
+    ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
 };
 pub use log::ReplicatedLog;
 pub use protocol::{Replication, ReplicationEffect, ReplicationMessage};

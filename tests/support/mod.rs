@@ -246,3 +246,25 @@ impl Rng {
         }
     }
 }
+
+/// Bytes sent to a remote actor as a message of any variant: garbage on the
+/// wire, to check that receivers reject it without harm.
+pub struct RawBytes {
+    pub variant: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl ractor::Message for RawBytes {
+    fn serializable() -> bool {
+        true
+    }
+    fn serialize(
+        self,
+    ) -> Result<ractor::message::SerializedMessage, ractor::message::BoxedDowncastErr> {
+        Ok(ractor::message::SerializedMessage::Cast {
+            variant: self.variant.to_string(),
+            args: self.bytes,
+            metadata: None,
+        })
+    }
+}

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -16,11 +17,21 @@ use crate::persistence::replicated::EventEnvelope;
 /// (8 bytes, big-endian, so trees iterate in order) to the codec encoding of
 /// the [`EventEnvelope`], and the tree `origins/<id>` maps an event's origin
 /// and origin sequence number to its local sequence number: the index that
-/// makes appends idempotent. Both are written in one transaction and flushed
-/// before `append` returns.
+/// makes appends idempotent. Both are written in one transaction; sled's log
+/// is sequential, so a crash before [`Journal::flush`] loses a suffix of the
+/// appends.
 pub struct SledJournal {
     path: PathBuf,
     db: sled::Db,
+    /// The open trees and the next local sequence number, per persistence id
+    /// this handle appended to.
+    appending: HashMap<String, Appending>,
+}
+
+struct Appending {
+    events: sled::Tree,
+    origins: sled::Tree,
+    next: u64,
 }
 
 impl SledJournal {
@@ -36,7 +47,11 @@ impl SledJournal {
                 key: None,
                 reason: err.to_string(),
             })?;
-        Ok(Self { path, db })
+        Ok(Self {
+            path,
+            db,
+            appending: HashMap::new(),
+        })
     }
 
     fn error(&self, key: Option<String>, reason: impl ToString) -> Error {
@@ -77,13 +92,25 @@ impl Journal for SledJournal {
         persistence_id: &str,
         events: &[EventEnvelope<E>],
     ) -> Result<usize> {
-        let (tree, origins) = self.trees(persistence_id)?;
         let encoded = events
             .iter()
             .map(|envelope| Ok((origin_key(envelope)?, codec::encode(envelope)?)))
             .collect::<Result<Vec<_>>>()?;
-        let next = self.highest_sequence(persistence_id)? + 1;
-        let outcome = (&tree, &origins).transaction(|(tree, origins)| {
+        // Taken out while in use; an append that fails reopens the trees.
+        let mut appending = match self.appending.remove(persistence_id) {
+            Some(appending) => appending,
+            None => {
+                let (events, origins) = self.trees(persistence_id)?;
+                let next = self.highest_sequence(persistence_id)? + 1;
+                Appending {
+                    events,
+                    origins,
+                    next,
+                }
+            }
+        };
+        let next = appending.next;
+        let outcome = (&appending.events, &appending.origins).transaction(|(tree, origins)| {
             let mut sequence = next;
             for (origin, bytes) in &encoded {
                 if origins.get(origin)?.is_some() {
@@ -95,14 +122,23 @@ impl Journal for SledJournal {
             }
             Ok::<_, ConflictableTransactionError<()>>(sequence - next)
         });
-        let stored = outcome.map_err(|err| match err {
-            TransactionError::Storage(err) => self.error(Some(persistence_id.into()), err),
-            TransactionError::Abort(()) => {
-                self.error(Some(persistence_id.into()), "append aborted")
+        let stored = match outcome {
+            Ok(stored) => stored,
+            Err(TransactionError::Storage(err)) => {
+                return Err(self.error(Some(persistence_id.into()), err))
             }
-        })?;
-        self.db.flush().map_err(|e| self.error(None, e))?;
+            Err(TransactionError::Abort(())) => {
+                return Err(self.error(Some(persistence_id.into()), "append aborted"))
+            }
+        };
+        appending.next += stored;
+        self.appending.insert(persistence_id.to_string(), appending);
         usize::try_from(stored).map_err(|e| self.error(None, e))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.db.flush().map_err(|e| self.error(None, e))?;
+        Ok(())
     }
 
     fn read_from<E: DeserializeOwned>(

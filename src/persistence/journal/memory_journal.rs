@@ -1,0 +1,126 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Journal;
+use crate::causal::ReplicaId;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::persistence::replicated::EventEnvelope;
+
+/// A [`Journal`] in memory, for tests and simulations. Clones share the same
+/// events, so a clone kept aside outlives an entity the way a disk does, and
+/// [`lose_unflushed`](Self::lose_unflushed) plays a crash.
+///
+/// Events are stored encoded, as on disk, so reading them back goes through
+/// the codec.
+#[derive(Clone, Default)]
+pub struct MemoryJournal {
+    inner: Arc<Mutex<Entities>>,
+}
+
+#[derive(Default)]
+struct Entities(HashMap<String, Stored>);
+
+#[derive(Default)]
+struct Stored {
+    /// Encoded envelopes in local order; local sequence number = index + 1.
+    events: Vec<Vec<u8>>,
+    origins: HashSet<(ReplicaId, u64)>,
+    origin_of: Vec<(ReplicaId, u64)>,
+    /// How many events the last flush made durable.
+    durable: usize,
+}
+
+impl MemoryJournal {
+    /// An empty journal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every event appended since the last flush, as a crash would.
+    pub fn lose_unflushed(&self) {
+        for stored in self.lock().0.values_mut() {
+            for origin in stored.origin_of.drain(stored.durable..) {
+                stored.origins.remove(&origin);
+            }
+            stored.events.truncate(stored.durable);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Entities> {
+        // The data stays consistent even if a holder panicked: every mutation
+        // below completes before anything can panic.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn append<E: Serialize>(
+        &mut self,
+        persistence_id: &str,
+        events: &[EventEnvelope<E>],
+    ) -> Result<usize> {
+        let encoded = events
+            .iter()
+            .map(|envelope| {
+                Ok((
+                    (envelope.origin.clone(), envelope.origin_seq),
+                    codec::encode(envelope)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut entities = self.lock();
+        let stored = entities.0.entry(persistence_id.to_string()).or_default();
+        let mut added = 0;
+        for (origin, bytes) in encoded {
+            if stored.origins.insert(origin.clone()) {
+                stored.origin_of.push(origin);
+                stored.events.push(bytes);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for stored in self.lock().0.values_mut() {
+            stored.durable = stored.events.len();
+        }
+        Ok(())
+    }
+
+    fn read_from<E: DeserializeOwned>(
+        &self,
+        persistence_id: &str,
+        from: u64,
+    ) -> Result<Vec<(u64, EventEnvelope<E>)>> {
+        let entities = self.lock();
+        let Some(stored) = entities.0.get(persistence_id) else {
+            return Ok(Vec::new());
+        };
+        let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
+        (1u64..)
+            .zip(&stored.events)
+            .skip(skip)
+            .map(|(sequence, bytes)| {
+                let envelope = codec::decode(bytes).map_err(|err| Error::Store {
+                    path: "memory".into(),
+                    key: Some(format!("{persistence_id}#{sequence}")),
+                    reason: err.to_string(),
+                })?;
+                Ok((sequence, envelope))
+            })
+            .collect()
+    }
+
+    fn highest_sequence(&self, persistence_id: &str) -> Result<u64> {
+        let entities = self.lock();
+        let count = entities.0.get(persistence_id).map_or(0, |s| s.events.len());
+        Ok(u64::try_from(count).unwrap_or(u64::MAX))
+    }
+}

@@ -1,0 +1,522 @@
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ractor::concurrency::JoinHandle;
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::handle::{Entity, EntityConfig, EntityStats};
+use super::{ReplicatedEventSourcedActor, ReplicationContext};
+use crate::codec;
+use crate::ddata::PeerName;
+use crate::discovery::{Discovery, PeerGroup};
+use crate::error::{Error, Result};
+use crate::persistence::journal::Journal;
+use crate::persistence::replicated::{
+    ConflictResolver, EventEnvelope, ReplicatedLog, Replication, ReplicationEffect,
+    ReplicationMessage,
+};
+
+/// The ractor message variant of replication messages between entities.
+pub const ENTITY_MESSAGE_VARIANT: &str = "ractor_replicated.entity.replication";
+
+/// The entity actor's messages. Only replication messages between replicas
+/// cross the network; the rest is built by the [`Entity`] handle.
+pub struct EntityMessage<B: ReplicatedEventSourcedActor>(pub(super) Inbound<B>);
+
+pub(super) enum Inbound<B: ReplicatedEventSourcedActor> {
+    Command(B::Command, oneshot::Sender<Result<Option<B::Reply>>>),
+    State(oneshot::Sender<B::State>),
+    Stats(oneshot::Sender<EntityStats>),
+    /// A message from another replica of the persistence id.
+    Peer(PeerEnvelope<B::Event>),
+    /// Bytes from the network that are not a replication message.
+    Undecodable(String),
+    Discover,
+    AntiEntropy,
+    /// Group commit: make what the commands before it journaled durable.
+    Flush,
+}
+
+/// A replication message with its sender, as it travels.
+#[derive(Serialize, Deserialize)]
+pub(super) struct PeerEnvelope<E> {
+    persistence_id: String,
+    from: PeerName,
+    message: ReplicationMessage<E>,
+}
+
+impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
+        let Inbound::Peer(envelope) = self.0 else {
+            return Err(BoxedDowncastErr);
+        };
+        let args = codec::encode(&envelope).map_err(|err| {
+            tracing::error!(error = %err, "cannot encode a replication message");
+            BoxedDowncastErr
+        })?;
+        Ok(SerializedMessage::Cast {
+            variant: ENTITY_MESSAGE_VARIANT.to_string(),
+            args,
+            metadata: None,
+        })
+    }
+
+    /// Never fails: bytes that are not a replication message become
+    /// [`Inbound::Undecodable`], so the entity counts and logs them instead
+    /// of ractor dropping them silently.
+    fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
+        let inbound = match message {
+            SerializedMessage::Cast { variant, args, .. } if variant == ENTITY_MESSAGE_VARIANT => {
+                match codec::decode(&args) {
+                    Ok(envelope) => Inbound::Peer(envelope),
+                    Err(err) => Inbound::Undecodable(err.to_string()),
+                }
+            }
+            SerializedMessage::Cast { variant, .. } | SerializedMessage::Call { variant, .. } => {
+                Inbound::Undecodable(format!("unknown message variant {variant:?}"))
+            }
+            SerializedMessage::CallReply(..) => {
+                Inbound::Undecodable("a call reply, but entities make no calls".into())
+            }
+        };
+        Ok(Self(inbound))
+    }
+}
+
+/// The entity's type parameters, held without owning any of them.
+type Parameters<B, R, J> = PhantomData<fn() -> (B, R, J)>;
+
+/// The entity actor: one replica of one persistence id. Spawn it with
+/// [`ReplicatedEntity::spawn`].
+pub struct ReplicatedEntity<B, R, J>(Parameters<B, R, J>);
+
+/// What an entity starts with.
+pub struct EntityArguments<B, R, J> {
+    behaviour: B,
+    resolver: R,
+    journal: J,
+    config: EntityConfig,
+}
+
+/// A reply that waits for the journal flush that makes what it reveals durable.
+type PendingReply = Box<dyn FnOnce(std::result::Result<(), &Error>) + Send>;
+
+/// A running entity's state: its replication core, journal and peers.
+pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
+    replication: Replication<B, R>,
+    journal: J,
+    persistence_id: String,
+    node: PeerName,
+    group: PeerGroup,
+    discovery: Option<Box<dyn Discovery>>,
+    peers: BTreeMap<PeerName, ActorRef<EntityMessage<B>>>,
+    /// Appended since the last flush.
+    unflushed: bool,
+    flush_scheduled: bool,
+    /// Local events to push to peers once durable: a peer must never hold an
+    /// event its origin could lose in a crash and then mint again.
+    unannounced: Vec<EventEnvelope<B::Event>>,
+    pending_replies: Vec<PendingReply>,
+    rejected_messages: u64,
+    timers: Vec<JoinHandle<()>>,
+}
+
+impl<B, R, J> ReplicatedEntity<B, R, J>
+where
+    B: ReplicatedEventSourcedActor + Sync,
+    B::State: Sync,
+    R: ConflictResolver<B::Event> + Sync,
+    J: Journal + Sync,
+{
+    /// Spawns a replica of a persistence id, first replaying its journal.
+    /// It is registered under a node-unique name made of the persistence id
+    /// and the node, so replicas find each other through `config`'s
+    /// discovery: spawn one per persistence id per node.
+    pub async fn spawn(
+        behaviour: B,
+        resolver: R,
+        journal: J,
+        config: EntityConfig,
+    ) -> Result<Entity<B>> {
+        let persistence_id = config.persistence_id.clone();
+        let name = PeerGroup::entity(&persistence_id).actor_name(config.replica.node());
+        let arguments = EntityArguments {
+            behaviour,
+            resolver,
+            journal,
+            config,
+        };
+        let (actor, _) = Actor::spawn(Some(name), Self(PhantomData), arguments)
+            .await
+            .map_err(|err| Error::Start {
+                what: "a replicated entity",
+                reason: err.to_string(),
+            })?;
+        Ok(Entity {
+            actor,
+            persistence_id,
+        })
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+impl<B, R, J> Actor for ReplicatedEntity<B, R, J>
+where
+    B: ReplicatedEventSourcedActor + Sync,
+    B::State: Sync,
+    R: ConflictResolver<B::Event> + Sync,
+    J: Journal + Sync,
+{
+    type Msg = EntityMessage<B>;
+    type State = EntityState<B, R, J>;
+    type Arguments = EntityArguments<B, R, J>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> std::result::Result<Self::State, ActorProcessingErr> {
+        let config = args.config;
+        let mut log = ReplicatedLog::new(config.replica.clone(), args.behaviour, args.resolver);
+        for (_, envelope) in args.journal.read_from(&config.persistence_id, 1)? {
+            log.receive(envelope);
+        }
+        let mut state = EntityState {
+            replication: Replication::new(log, config.max_message_bytes),
+            journal: args.journal,
+            group: PeerGroup::entity(&config.persistence_id),
+            persistence_id: config.persistence_id,
+            node: config.replica.node().to_string(),
+            discovery: config.discovery,
+            peers: BTreeMap::new(),
+            unflushed: false,
+            flush_scheduled: false,
+            unannounced: Vec::new(),
+            pending_replies: Vec::new(),
+            rejected_messages: 0,
+            timers: Vec::new(),
+        };
+        if let Some(discovery) = &state.discovery {
+            discovery.register(&state.group, &myself.get_cell());
+            let _ = myself.cast(EntityMessage(Inbound::Discover));
+            state
+                .timers
+                .push(myself.send_interval(config.discovery_interval, || {
+                    EntityMessage(Inbound::Discover)
+                }));
+            state
+                .timers
+                .push(myself.send_interval(config.anti_entropy_interval, || {
+                    EntityMessage(Inbound::AntiEntropy)
+                }));
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        for timer in state.timers.drain(..) {
+            timer.abort();
+        }
+        // Drained commands may wait for their flush.
+        let _ = flush(state);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let effects = match message.0 {
+            Inbound::Command(command, reply) => {
+                handle_command(&myself, state, command, reply);
+                Vec::new()
+            }
+            Inbound::State(reply) => {
+                let current = state.replication.log().state().clone();
+                answer_after_flush(&myself, state, move |_| {
+                    let _ = reply.send(current);
+                });
+                Vec::new()
+            }
+            Inbound::Stats(reply) => {
+                let _ = reply.send(stats(state));
+                Vec::new()
+            }
+            Inbound::Peer(envelope) => {
+                if envelope.persistence_id == state.persistence_id {
+                    state
+                        .replication
+                        .handle_message(&envelope.from, envelope.message)
+                } else {
+                    reject(state, "a message for another persistence id");
+                    Vec::new()
+                }
+            }
+            Inbound::Undecodable(reason) => {
+                reject(state, &reason);
+                Vec::new()
+            }
+            Inbound::Discover => discover(state).await,
+            Inbound::AntiEntropy => state.replication.tick(),
+            Inbound::Flush => {
+                state.flush_scheduled = false;
+                flush(state)?;
+                Vec::new()
+            }
+        };
+        run_effects(&myself, state, effects)
+    }
+}
+
+fn handle_command<B, R, J>(
+    myself: &ActorRef<EntityMessage<B>>,
+    state: &mut EntityState<B, R, J>,
+    command: B::Command,
+    reply: oneshot::Sender<Result<Option<B::Reply>>>,
+) where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    let log = state.replication.log();
+    let context = ReplicationContext {
+        replica: log.replica(),
+        persistence_id: &state.persistence_id,
+    };
+    let effect = log.handler().handle_command(log.state(), command, context);
+    if effect.events.is_empty() {
+        answer_after_flush(myself, state, move |flushed| {
+            let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
+        });
+        return;
+    }
+    let stamped = state.replication.log().stamp(effect.events, now_millis());
+    if let Err(err) = state.journal.append(&state.persistence_id, &stamped) {
+        // Atomic: nothing of the command reached the journal, so nothing is
+        // applied and the entity can go on.
+        tracing::error!(persistence_id = state.persistence_id, error = %err, "the journal refused a command's events");
+        let _ = reply.send(Err(err));
+        return;
+    }
+    state.unflushed = true;
+    for envelope in &stamped {
+        state.replication.log_mut().receive(envelope.clone());
+    }
+    state.unannounced.extend(stamped);
+    answer_after_flush(myself, state, move |flushed| {
+        let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
+    });
+}
+
+/// Answers once everything the answer may reveal is durable: at once if
+/// nothing waits for the journal, else after the next flush, in order.
+fn answer_after_flush<B, R, J>(
+    myself: &ActorRef<EntityMessage<B>>,
+    state: &mut EntityState<B, R, J>,
+    answer: impl FnOnce(std::result::Result<(), &Error>) + Send + 'static,
+) where
+    B: ReplicatedEventSourcedActor,
+    J: Journal,
+{
+    if !state.unflushed && state.pending_replies.is_empty() {
+        answer(Ok(()));
+        return;
+    }
+    state.pending_replies.push(Box::new(answer));
+    schedule_flush(myself, state);
+}
+
+/// The flush goes behind the messages already queued, so that one disk sync
+/// covers every command among them (group commit).
+fn schedule_flush<B, R, J>(myself: &ActorRef<EntityMessage<B>>, state: &mut EntityState<B, R, J>)
+where
+    B: ReplicatedEventSourcedActor,
+{
+    if !state.flush_scheduled {
+        state.flush_scheduled = myself.cast(EntityMessage(Inbound::Flush)).is_ok();
+    }
+}
+
+/// Makes the journal durable, then answers the waiting replies and pushes the
+/// new local events. A journal that cannot flush stops the entity: what it
+/// holds in memory may be ahead of its disk.
+fn flush<B, R, J>(state: &mut EntityState<B, R, J>) -> Result<()>
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    let outcome = if state.unflushed {
+        state.journal.flush()
+    } else {
+        Ok(())
+    };
+    state.unflushed = false;
+    for reply in state.pending_replies.drain(..) {
+        reply(outcome.as_ref().map(|_| ()));
+    }
+    if let Err(err) = outcome {
+        // Maybe not durable: never pushed, so no peer can hold an event this
+        // replica might mint again. If it was durable, anti-entropy carries
+        // it after the restart.
+        state.unannounced.clear();
+        tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot flush the journal; the entity stops");
+        return Err(err);
+    }
+    let events = std::mem::take(&mut state.unannounced);
+    let effects = state.replication.persisted(&events);
+    send(state, effects);
+    Ok(())
+}
+
+fn run_effects<B, R, J>(
+    myself: &ActorRef<EntityMessage<B>>,
+    state: &mut EntityState<B, R, J>,
+    effects: Vec<ReplicationEffect<B::Event>>,
+) -> std::result::Result<(), ActorProcessingErr>
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    let mut sends = Vec::new();
+    for effect in effects {
+        match effect {
+            ReplicationEffect::Journal(events) => {
+                // Already applied: a journal that refuses them stops the
+                // entity, which recovers from its journal and the peers.
+                if let Err(err) = state.journal.append(&state.persistence_id, &events) {
+                    tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot journal replicated events; the entity stops");
+                    return Err(err.into());
+                }
+                state.unflushed = true;
+                schedule_flush(myself, state);
+            }
+            send @ ReplicationEffect::Send { .. } => sends.push(send),
+        }
+    }
+    if !sends.is_empty() {
+        // Answers to peers may carry local events: durable first.
+        if state.unflushed || !state.unannounced.is_empty() {
+            flush(state)?;
+        }
+        send(state, sends);
+    }
+    Ok(())
+}
+
+fn send<B, R, J>(state: &EntityState<B, R, J>, effects: Vec<ReplicationEffect<B::Event>>)
+where
+    B: ReplicatedEventSourcedActor,
+{
+    for effect in effects {
+        let ReplicationEffect::Send { to, message } = effect else {
+            continue;
+        };
+        let Some(peer) = state.peers.get(&to) else {
+            tracing::debug!(
+                peer = to,
+                "no route to the replica; anti-entropy will cover it"
+            );
+            continue;
+        };
+        let envelope = PeerEnvelope {
+            persistence_id: state.persistence_id.clone(),
+            from: state.node.clone(),
+            message,
+        };
+        if peer.cast(EntityMessage(Inbound::Peer(envelope))).is_err() {
+            tracing::debug!(peer = to, "replica proxy stopped");
+        }
+    }
+}
+
+fn reject<B: ReplicatedEventSourcedActor, R, J>(state: &mut EntityState<B, R, J>, reason: &str) {
+    state.rejected_messages += 1;
+    tracing::warn!(
+        persistence_id = state.persistence_id,
+        reason,
+        "rejected an undecodable replication message"
+    );
+}
+
+fn stats<B, R, J>(state: &EntityState<B, R, J>) -> EntityStats
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+{
+    let log = state.replication.log();
+    EntityStats {
+        events: log.events().len(),
+        waiting: log.waiting(),
+        version: log.version().clone(),
+        reachable_peers: state.peers.keys().cloned().collect(),
+        rejected_messages: state.rejected_messages,
+    }
+}
+
+/// Polls discovery and tells replication which replicas came and went. A
+/// replica whose proxy changed restarted or reconnected: it is reported down
+/// and up again so that it catches up.
+async fn discover<B, R, J>(state: &mut EntityState<B, R, J>) -> Vec<ReplicationEffect<B::Event>>
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+{
+    let Some(discovery) = &state.discovery else {
+        return Vec::new();
+    };
+    let found: BTreeMap<PeerName, ActorRef<EntityMessage<B>>> = discovery
+        .discover(&state.group)
+        .await
+        .into_iter()
+        .filter(|peer| peer.node != state.node)
+        .map(|peer| (peer.node, peer.actor.into()))
+        .collect();
+    let gone: Vec<PeerName> = state
+        .peers
+        .keys()
+        .filter(|node| !found.contains_key(*node))
+        .cloned()
+        .collect();
+    for node in gone {
+        state.peers.remove(&node);
+        tracing::debug!(node, persistence_id = state.persistence_id, "replica gone");
+        state.replication.peer_down(&node);
+    }
+    let mut effects = Vec::new();
+    for (node, actor) in found {
+        let known = state.peers.get(&node).map(|known| known.get_id());
+        if known == Some(actor.get_id()) {
+            continue;
+        }
+        if known.is_some() {
+            state.replication.peer_down(&node);
+        }
+        tracing::debug!(node, persistence_id = state.persistence_id, "replica up");
+        state.peers.insert(node.clone(), actor);
+        effects.extend(state.replication.peer_up(&node));
+    }
+    effects
+}

@@ -1,0 +1,155 @@
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::oneshot;
+
+use super::actor::{EntityMessage, Inbound};
+use super::ReplicatedEventSourcedActor;
+use crate::causal::{ReplicaId, VersionVector};
+use crate::ddata::PeerName;
+use crate::discovery::Discovery;
+use crate::error::{Error, Result};
+
+/// How one replica of one persistence id runs.
+pub struct EntityConfig {
+    pub(super) persistence_id: String,
+    pub(super) replica: ReplicaId,
+    pub(super) discovery: Option<Box<dyn Discovery>>,
+    pub(super) discovery_interval: Duration,
+    pub(super) anti_entropy_interval: Duration,
+    pub(super) max_message_bytes: usize,
+}
+
+impl EntityConfig {
+    /// The replica `replica` of `persistence_id`, alone until
+    /// [`with_discovery`](Self::with_discovery) lets it find the others.
+    ///
+    /// A replica id belongs to its journal: keep it across restarts (the
+    /// journal holds every event it persisted, so its sequence numbers
+    /// continue), and take a new one for a new or wiped journal, or the
+    /// replica would mint event ids its peers already hold. The replica's
+    /// node name (`replica.node()`) must be its ractor_cluster node name.
+    pub fn new(persistence_id: impl Into<String>, replica: ReplicaId) -> Self {
+        Self {
+            persistence_id: persistence_id.into(),
+            replica,
+            discovery: None,
+            discovery_interval: Duration::from_millis(100),
+            anti_entropy_interval: Duration::from_secs(1),
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+
+    /// Finds the other replicas of the persistence id with `discovery`, the
+    /// same one the node's Replicator uses.
+    pub fn with_discovery(mut self, discovery: impl Discovery) -> Self {
+        self.discovery = Some(Box::new(discovery));
+        self
+    }
+
+    /// How often discovery is polled (default 100 ms).
+    pub fn with_discovery_interval(mut self, interval: Duration) -> Self {
+        self.discovery_interval = interval;
+        self
+    }
+
+    /// How often the replica sends its version to a peer, which answers with
+    /// the events it lacks (default 1 s). New events are pushed at once; this
+    /// repairs what pushes lost.
+    pub fn with_anti_entropy_interval(mut self, interval: Duration) -> Self {
+        self.anti_entropy_interval = interval;
+        self
+    }
+
+    /// The largest replication message, in bytes (default 4 MiB, well under
+    /// ractor_cluster's 16 MiB frame limit, which closes the session when
+    /// exceeded). A single larger event still travels alone.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+}
+
+/// What an entity has done, for tests and monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntityStats {
+    /// Events applied, local and replicated.
+    pub events: usize,
+    /// Replicated events waiting for their causal past.
+    pub waiting: usize,
+    /// What the replica has applied, per origin.
+    pub version: VersionVector,
+    /// The nodes whose replica is reachable now.
+    pub reachable_peers: Vec<PeerName>,
+    /// Replication messages from peers that could not be decoded.
+    pub rejected_messages: u64,
+}
+
+/// A handle to a running entity: one replica of one persistence id.
+pub struct Entity<B: ReplicatedEventSourcedActor> {
+    pub(super) actor: ActorRef<EntityMessage<B>>,
+    pub(super) persistence_id: String,
+}
+
+impl<B: ReplicatedEventSourcedActor> Clone for Entity<B> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: self.actor.clone(),
+            persistence_id: self.persistence_id.clone(),
+        }
+    }
+}
+
+impl<B: ReplicatedEventSourcedActor> Entity<B> {
+    /// Runs a command. Its events are journaled durably and applied before
+    /// the reply: `Ok(None)` if the handler gave no reply, an error if the
+    /// journal refused the events (which are then not applied).
+    pub async fn command(&self, command: B::Command) -> Result<Option<B::Reply>> {
+        self.ask(|reply| Inbound::Command(command, reply))
+            .await
+            .and_then(|outcome| outcome)
+    }
+
+    /// The current state.
+    pub async fn state(&self) -> Result<B::State> {
+        self.ask(Inbound::State).await
+    }
+
+    /// What the entity has done.
+    pub async fn stats(&self) -> Result<EntityStats> {
+        self.ask(Inbound::Stats).await
+    }
+
+    /// The persistence id.
+    pub fn persistence_id(&self) -> &str {
+        &self.persistence_id
+    }
+
+    /// The entity actor.
+    pub fn actor(&self) -> &ActorRef<EntityMessage<B>> {
+        &self.actor
+    }
+
+    /// Stops the entity after the commands already sent, and waits. Their
+    /// events are durable: the entity flushes its journal when it stops.
+    pub async fn stop(&self) {
+        let _ = self.actor.drain_and_wait(None).await;
+    }
+
+    async fn ask<R: Send + 'static>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<R>) -> Inbound<B>,
+    ) -> Result<R> {
+        let (sender, receiver) = oneshot::channel();
+        let unavailable = |reason: String| Error::EntityUnavailable {
+            persistence_id: self.persistence_id.clone(),
+            reason,
+        };
+        self.actor
+            .cast(EntityMessage(message(sender)))
+            .map_err(|err| unavailable(err.to_string()))?;
+        receiver
+            .await
+            .map_err(|_| unavailable("the entity stopped before answering".into()))
+    }
+}

@@ -1,0 +1,206 @@
+//! Replicas of one persistence id on three nodes in one process, over
+//! loopback ractor_cluster sessions: concurrent commands, restarts and
+//! garbage on the wire.
+
+mod support;
+
+use std::time::Duration;
+
+use ractor::ActorRef;
+use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
+use ractor_replicated::persistence::journal::MemoryJournal;
+use ractor_replicated::persistence::replicated::{
+    Effect, Entity, EntityConfig, EventHandler, EventMeta, LastWriterWins, ReplicatedEntity,
+    ReplicatedEventSourcedActor, ReplicationContext,
+};
+use ractor_replicated::ReplicaId;
+use serde::{Deserialize, Serialize};
+use support::{cluster, eventually, test_core_config, RawBytes, TestNode};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Records entries in the order it applies them: an order-sensitive state,
+/// so replicas agree only if they apply the same events in the same order.
+struct Ledger;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Recorded(String);
+
+impl EventHandler for Ledger {
+    type Event = Recorded;
+    type State = Vec<String>;
+
+    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
+        state.push(event.0.clone());
+    }
+}
+
+impl ReplicatedEventSourcedActor for Ledger {
+    type Command = String;
+    type Reply = usize;
+
+    fn handle_command(
+        &self,
+        state: &Vec<String>,
+        entry: String,
+        _: ReplicationContext<'_>,
+    ) -> Effect<Recorded, usize> {
+        Effect::persist([Recorded(entry)]).then_reply(state.len() + 1)
+    }
+}
+
+async fn spawn_replica(node: &TestNode, journal: MemoryJournal, id: &str) -> Entity<Ledger> {
+    let config = EntityConfig::new(id, ReplicaId::new(node.name.as_str(), 0))
+        .with_discovery(SessionDiscovery::new(node.server.clone()))
+        .with_discovery_interval(Duration::from_millis(20))
+        .with_anti_entropy_interval(Duration::from_millis(100));
+    ReplicatedEntity::spawn(Ledger, LastWriterWins, journal, config)
+        .await
+        .expect("the entity starts")
+}
+
+/// Every replica holds `expected` entries, in one order.
+async fn converged(replicas: &[Entity<Ledger>], expected: usize) -> bool {
+    let mut states = Vec::new();
+    for replica in replicas {
+        match replica.state().await {
+            Ok(state) if state.len() == expected => states.push(state),
+            _ => return false,
+        }
+    }
+    states.windows(2).all(|pair| pair[0] == pair[1])
+}
+
+async fn record_concurrently(replicas: &[Entity<Ledger>], label: &str, per_replica: usize) {
+    let writers: Vec<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(r, replica)| {
+            let replica = replica.clone();
+            let label = label.to_string();
+            tokio::spawn(async move {
+                for n in 0..per_replica {
+                    replica
+                        .command(format!("{label}-{r}-{n}"))
+                        .await
+                        .expect("the command is journaled");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("the writer finishes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_on_three_replicas_end_in_one_state() {
+    let nodes = cluster("entity-concurrent", 3, test_core_config()).await;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        replicas.push(spawn_replica(node, MemoryJournal::new(), "ledger-1").await);
+    }
+    eventually("the replicas see each other", BOUND, || async {
+        for replica in &replicas {
+            if replica.stats().await.map_or(0, |s| s.reachable_peers.len()) != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    record_concurrently(&replicas, "a", 100).await;
+    eventually("one state everywhere", BOUND, || converged(&replicas, 300)).await;
+
+    let state = replicas[0].state().await.unwrap();
+    let mut unique = state.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 300, "no entry applied twice");
+    for replica in &replicas {
+        replica.stop().await;
+    }
+    for node in &nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_recovers_its_journal_and_catches_up_on_what_it_missed() {
+    let nodes = cluster("entity-restart", 3, test_core_config()).await;
+    let disks: Vec<MemoryJournal> = (0..3).map(|_| MemoryJournal::new()).collect();
+    let mut replicas = Vec::new();
+    for (node, disk) in nodes.iter().zip(&disks) {
+        replicas.push(spawn_replica(node, disk.clone(), "ledger-2").await);
+    }
+    record_concurrently(&replicas, "before", 20).await;
+    eventually("converged before the crash", BOUND, || {
+        converged(&replicas, 60)
+    })
+    .await;
+
+    // Replica 2 crashes: what it had not flushed is gone.
+    replicas[2].actor().kill_and_wait(None).await.unwrap();
+    disks[2].lose_unflushed();
+    record_concurrently(&replicas[..2], "while-down", 20).await;
+
+    replicas[2] = spawn_replica(&nodes[2], disks[2].clone(), "ledger-2").await;
+    record_concurrently(&replicas, "after", 10).await;
+    eventually("converged after the restart", BOUND, || {
+        converged(&replicas, 130)
+    })
+    .await;
+    for replica in &replicas {
+        replica.stop().await;
+    }
+    for node in &nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_replication_messages_are_counted_and_change_nothing() {
+    let nodes = cluster("entity-garbage", 2, test_core_config()).await;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        replicas.push(spawn_replica(node, MemoryJournal::new(), "ledger-3").await);
+    }
+    replicas[1].command("kept".into()).await.unwrap();
+    eventually("replicated", BOUND, || converged(&replicas, 1)).await;
+
+    let group = PeerGroup::entity("ledger-3");
+    let discovery = SessionDiscovery::new(nodes[0].server.clone());
+    eventually("node 0 sees node 1's replica", BOUND, || async {
+        !discovery.discover(&group).await.is_empty()
+    })
+    .await;
+    let mut peers = discovery.discover(&group).await;
+    let proxy: ActorRef<RawBytes> = peers.remove(0).actor.into();
+    let variant = ractor_replicated::persistence::replicated::ENTITY_MESSAGE_VARIANT;
+    let garbage = [
+        (variant, vec![]),
+        (variant, vec![1, 0xc1, 0xff, 0x00]),
+        (variant, vec![99, 1, 2, 3]),
+        ("some.other.variant", vec![1, 2, 3]),
+    ];
+    let sent = garbage.len() as u64;
+    for (variant, bytes) in garbage {
+        proxy.cast(RawBytes { variant, bytes }).unwrap();
+    }
+    eventually("the garbage is counted", BOUND, || async {
+        replicas[1]
+            .stats()
+            .await
+            .is_ok_and(|stats| stats.rejected_messages == sent)
+    })
+    .await;
+    replicas[1].command("still working".into()).await.unwrap();
+    eventually("replication goes on", BOUND, || converged(&replicas, 2)).await;
+    for replica in &replicas {
+        replica.stop().await;
+    }
+    for node in &nodes {
+        node.shut_down().await;
+    }
+}
