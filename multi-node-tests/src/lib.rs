@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod ledger;
+
 /// How long one command may take before the test fails.
 const ANSWER_BOUND: Duration = Duration::from_secs(60);
 

@@ -13,7 +13,7 @@ mod log;
 mod protocol;
 
 pub use entity::{
-    Effect, Entity, EntityConfig, EntityMessage, EntityStats, ReplicatedEntity,
+    Effect, Entity, EntityConfig, EntityMessage, EntityStats, EventApplied, ReplicatedEntity,
     ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
 };
 pub use log::ReplicatedLog;

@@ -2,15 +2,19 @@
 //!
 //! `node --name N --port P [--seeds host:port,...] [--members a,b] [--cookie C] [--gossip-ms MS] [--data DIR]`
 //!
-//! With `--data`, every key is durable (write-through) in a sled database in DIR.
+//! With `--data`, every key is durable (write-through) in a sled database in
+//! DIR/ddata, and the ledger entity journals in DIR/journal; without it, the
+//! ledger journals in memory under a fresh replica id per boot.
 //!
 //! It prints `ready` once its NodeServer and Replicator run, then reads one
 //! command per line on stdin and answers each with one JSON line on stdout:
 //! `{"ok": value}` or `{"err": "reason"}`. See `Command::run` for the commands.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use multi_node_tests::ledger::{now_micros, LagWatcher, Ledger, LEDGER_ID};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::ddata::durable::{Durability, SledStore};
@@ -18,7 +22,11 @@ use ractor_replicated::ddata::{
     Change, CoreConfig, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig,
     WriteConsistency,
 };
-use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter};
+use ractor_replicated::persistence::journal::{MemoryJournal, SledJournal};
+use ractor_replicated::persistence::replicated::{
+    Entity, EntityConfig, LastWriterWins, ReplicatedEntity,
+};
+use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -73,12 +81,6 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Records, for each change of a watched timestamp register, how long ago
 /// (wall clock, same machine) the writer stamped it.
 struct Watcher;
@@ -112,9 +114,15 @@ impl Actor for Watcher {
 }
 
 struct Node {
+    name: String,
     dd: DistributedData,
     latencies: mpsc::UnboundedReceiver<u64>,
     latency_sender: mpsc::UnboundedSender<u64>,
+    ledger: Entity<Ledger>,
+    /// Entries acknowledged so far by each background writer, by prefix.
+    progress: Arc<Mutex<BTreeMap<String, u64>>>,
+    lags: mpsc::UnboundedReceiver<u64>,
+    lag_sender: mpsc::UnboundedSender<u64>,
 }
 
 fn arg<'a>(words: &'a [&str], index: usize) -> Result<&'a str, String> {
@@ -269,6 +277,80 @@ impl Node {
                 Ok(json!(all))
             }
             "throughput" => self.throughput(arg(&words, 1)?, number(&words, 2)?).await,
+            "record" => {
+                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                for n in 0..count {
+                    self.ledger
+                        .command(format!("{prefix}-{n}"))
+                        .await
+                        .map_err(error)?;
+                }
+                Ok(json!(count))
+            }
+            "record-background" => {
+                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (ledger, progress, prefix) = (
+                    self.ledger.clone(),
+                    self.progress.clone(),
+                    prefix.to_string(),
+                );
+                tokio::spawn(async move {
+                    for n in 0..count {
+                        if ledger.command(format!("{prefix}-{n}")).await.is_err() {
+                            break;
+                        }
+                        if let Ok(mut progress) = progress.lock() {
+                            progress.insert(prefix.clone(), n + 1);
+                        }
+                    }
+                });
+                Ok(Value::Null)
+            }
+            "progress" => {
+                let prefix = arg(&words, 1)?;
+                let progress = self.progress.lock().map_err(|e| e.to_string())?;
+                Ok(json!(progress.get(prefix).copied().unwrap_or(0)))
+            }
+            "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?)),
+            "ledger-stats" => {
+                let stats = self.ledger.stats().await.map_err(error)?;
+                Ok(json!({
+                    "events": stats.events,
+                    "waiting": stats.waiting,
+                    "peers": stats.reachable_peers,
+                    "rejected": stats.rejected_messages,
+                }))
+            }
+            "watch-lag" => {
+                let arguments = (self.name.clone(), self.lag_sender.clone());
+                let (watcher, _) = Actor::spawn(None, LagWatcher, arguments)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.ledger.subscribe(watcher).map_err(error)?;
+                Ok(Value::Null)
+            }
+            "lags" => {
+                let mut all = Vec::new();
+                while let Ok(micros) = self.lags.try_recv() {
+                    all.push(micros);
+                }
+                Ok(json!(all))
+            }
+            "ledger-throughput" => self.ledger_throughput(number(&words, 1)?).await,
+            "ledger-wait" => {
+                let events: usize = number(&words, 1)?;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let stats = self.ledger.stats().await.map_err(error)?;
+                    if stats.events >= events {
+                        return Ok(json!({ "done_micros": now_micros() }));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("{} of {events} events", stats.events));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             other => Err(format!("unknown command {other:?}")),
         }
     }
@@ -307,6 +389,30 @@ impl Node {
                     .collect::<BTreeMap<_, _>>())),
             other => return Err(format!("unknown kind {other:?}")),
         })
+    }
+
+    /// Commands on the ledger per second, all issued at once, then awaited:
+    /// their events share journal flushes.
+    async fn ledger_throughput(&self, count: u64) -> Result<Value, String> {
+        let started_micros = now_micros();
+        let started = Instant::now();
+        let commands: Vec<_> = (0..count)
+            .map(|n| {
+                let ledger = self.ledger.clone();
+                let entry = format!("{}-load-{n}", self.name);
+                tokio::spawn(async move { ledger.command(entry).await })
+            })
+            .collect();
+        for command in commands {
+            command.await.map_err(|e| e.to_string())?.map_err(error)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(json!({
+            "events": count,
+            "seconds": seconds,
+            "per_second": count as f64 / seconds,
+            "started_micros": started_micros,
+        }))
     }
 
     /// Local updates of one counter key per second, one at a time (each
@@ -349,6 +455,18 @@ impl Node {
     }
 }
 
+async fn start_ledger<J>(journal: J, replica: ReplicaId, cluster: &ClusterNode) -> Entity<Ledger>
+where
+    J: ractor_replicated::persistence::journal::Journal + Sync,
+{
+    let config = EntityConfig::new(LEDGER_ID, replica)
+        .with_discovery(cluster.discovery())
+        .with_anti_entropy_interval(Duration::from_millis(200));
+    ReplicatedEntity::spawn(Ledger, LastWriterWins, journal, config)
+        .await
+        .expect("the ledger starts")
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -384,17 +502,36 @@ async fn main() {
         )
         .with_core(core);
     if let Some(data) = &options.data {
-        let store = SledStore::open(data, &options.name).expect("the durable store opens");
+        let store = SledStore::open(format!("{data}/ddata"), &options.name)
+            .expect("the durable store opens");
         config = config.with_durability(Durability::new(store, KeySelection::All));
     }
     let dd = DistributedData::start(config)
         .await
         .expect("the replicator starts");
+    let ledger = match &options.data {
+        Some(data) => {
+            // The journal keeps every event this replica wrote: its id stays.
+            let journal = SledJournal::open(format!("{data}/journal")).expect("the journal opens");
+            let replica = ReplicaId::new(options.name.as_str(), 0);
+            start_ledger(journal, replica, &cluster).await
+        }
+        None => {
+            let replica = ReplicaId::fresh(options.name.as_str());
+            start_ledger(MemoryJournal::new(), replica, &cluster).await
+        }
+    };
     let (latency_sender, latencies) = mpsc::unbounded_channel();
+    let (lag_sender, lags) = mpsc::unbounded_channel();
     let mut node = Node {
+        name: options.name.clone(),
         dd,
         latencies,
         latency_sender,
+        ledger,
+        progress: Arc::default(),
+        lags,
+        lag_sender,
     };
 
     let mut stdout = tokio::io::stdout();
@@ -415,5 +552,6 @@ async fn main() {
             break;
         }
     }
+    node.ledger.stop().await;
     cluster.stop().await;
 }

@@ -31,6 +31,7 @@ pub(super) enum Inbound<B: ReplicatedEventSourcedActor> {
     Command(B::Command, oneshot::Sender<Result<Option<B::Reply>>>),
     State(oneshot::Sender<B::State>),
     Stats(oneshot::Sender<EntityStats>),
+    Subscribe(ActorRef<EventApplied<B::Event>>),
     /// A message from another replica of the persistence id.
     Peer(PeerEnvelope<B::Event>),
     /// Bytes from the network that are not a replication message.
@@ -40,6 +41,15 @@ pub(super) enum Inbound<B: ReplicatedEventSourcedActor> {
     /// Group commit: make what the commands before it journaled durable.
     Flush,
 }
+
+/// An event the entity applied, as its subscribers receive it: local events
+/// once durable, replicated ones once journaled, each in the causal order
+/// this replica delivered them (which respects causality but, for concurrent
+/// events, may differ from the canonical order the state is computed in).
+#[derive(Clone, Debug)]
+pub struct EventApplied<E>(pub EventEnvelope<E>);
+
+impl<E: Send + 'static> ractor::Message for EventApplied<E> {}
 
 /// A replication message with its sender, as it travels.
 #[derive(Serialize, Deserialize)]
@@ -125,6 +135,7 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     /// event its origin could lose in a crash and then mint again.
     unannounced: Vec<EventEnvelope<B::Event>>,
     pending_replies: Vec<PendingReply>,
+    subscribers: Vec<ActorRef<EventApplied<B::Event>>>,
     rejected_messages: u64,
     timers: Vec<JoinHandle<()>>,
 }
@@ -208,6 +219,7 @@ where
             flush_scheduled: false,
             unannounced: Vec::new(),
             pending_replies: Vec::new(),
+            subscribers: Vec::new(),
             rejected_messages: 0,
             timers: Vec::new(),
         };
@@ -261,6 +273,10 @@ where
             }
             Inbound::Stats(reply) => {
                 let _ = reply.send(stats(state));
+                Vec::new()
+            }
+            Inbound::Subscribe(subscriber) => {
+                state.subscribers.push(subscriber);
                 Vec::new()
             }
             Inbound::Peer(envelope) => {
@@ -387,6 +403,7 @@ where
     let events = std::mem::take(&mut state.unannounced);
     let effects = state.replication.persisted(&events);
     send(state, effects);
+    publish(state, &events);
     Ok(())
 }
 
@@ -412,6 +429,7 @@ where
                 }
                 state.unflushed = true;
                 schedule_flush(myself, state);
+                publish(state, &events);
             }
             send @ ReplicationEffect::Send { .. } => sends.push(send),
         }
@@ -450,6 +468,21 @@ where
             tracing::debug!(peer = to, "replica proxy stopped");
         }
     }
+}
+
+/// Tells the subscribers; those that stopped are dropped.
+fn publish<B, R, J>(state: &mut EntityState<B, R, J>, events: &[EventEnvelope<B::Event>])
+where
+    B: ReplicatedEventSourcedActor,
+{
+    if events.is_empty() {
+        return;
+    }
+    state.subscribers.retain(|subscriber| {
+        events
+            .iter()
+            .all(|event| subscriber.cast(EventApplied(event.clone())).is_ok())
+    });
 }
 
 fn reject<B: ReplicatedEventSourcedActor, R, J>(state: &mut EntityState<B, R, J>, reason: &str) {

@@ -3,7 +3,7 @@ use std::time::Duration;
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
-use super::actor::{EntityMessage, Inbound};
+use super::actor::{EntityMessage, EventApplied, Inbound};
 use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
 use crate::ddata::PeerName;
@@ -118,6 +118,18 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
     /// What the entity has done.
     pub async fn stats(&self) -> Result<EntityStats> {
         self.ask(Inbound::Stats).await
+    }
+
+    /// Sends `subscriber` every event this replica applies from now on, local
+    /// and replicated (see [`EventApplied`]): the feed for projections and
+    /// read models. A stopped subscriber is dropped.
+    pub fn subscribe(&self, subscriber: ActorRef<EventApplied<B::Event>>) -> Result<()> {
+        self.actor
+            .cast(EntityMessage(Inbound::Subscribe(subscriber)))
+            .map_err(|err| Error::EntityUnavailable {
+                persistence_id: self.persistence_id.clone(),
+                reason: err.to_string(),
+            })
     }
 
     /// The persistence id.

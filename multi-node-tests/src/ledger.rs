@@ -1,0 +1,95 @@
+//! The replicated entity the node processes run: a ledger that records
+//! entries in the order it applies them, so replicas agree only if they apply
+//! the same events in the same order, and an entry applied twice shows.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_replicated::persistence::replicated::{
+    Effect, EventApplied, EventHandler, EventMeta, ReplicatedEventSourcedActor, ReplicationContext,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// The persistence id every node's ledger replicates.
+pub const LEDGER_ID: &str = "ledger";
+
+/// The behaviour.
+pub struct Ledger;
+
+/// An entry, stamped with the writer's wall clock to measure replica lag.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The entry.
+    pub entry: String,
+    /// When the writer recorded it, in microseconds since the epoch.
+    pub at_micros: u64,
+}
+
+impl EventHandler for Ledger {
+    type Event = Recorded;
+    type State = Vec<String>;
+
+    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
+        state.push(event.entry.clone());
+    }
+}
+
+impl ReplicatedEventSourcedActor for Ledger {
+    type Command = String;
+    type Reply = usize;
+
+    fn handle_command(
+        &self,
+        state: &Vec<String>,
+        entry: String,
+        _: ReplicationContext<'_>,
+    ) -> Effect<Recorded, usize> {
+        let event = Recorded {
+            entry,
+            at_micros: now_micros(),
+        };
+        Effect::persist([event]).then_reply(state.len() + 1)
+    }
+}
+
+/// Microseconds since the epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Records, for each event another replica wrote, how long ago (wall clock,
+/// same machine) it was recorded: the replica lag.
+pub struct LagWatcher;
+
+/// What a [`LagWatcher`] needs: the local node, whose own events it skips,
+/// and where to send lags.
+pub type LagWatcherArguments = (String, mpsc::UnboundedSender<u64>);
+
+impl Actor for LagWatcher {
+    type Msg = EventApplied<Recorded>;
+    type State = LagWatcherArguments;
+    type Arguments = LagWatcherArguments;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        arguments: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(arguments)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        EventApplied(envelope): Self::Msg,
+        (node, lags): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if envelope.origin.node() != node.as_str() {
+            let _ = lags.send(now_micros().saturating_sub(envelope.event.at_micros));
+        }
+        Ok(())
+    }
+}
