@@ -9,10 +9,6 @@
 //! With `-- --durable DIR`, every node keeps the cart in a sled database under
 //! DIR: run it twice and the second run starts from the first run's cart.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
@@ -22,6 +18,11 @@ use ractor_replicated::ddata::{
 };
 use ractor_replicated::{ORSet, OpBased};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+#[path = "support/node_process.rs"]
+mod node_process;
+
+use node_process::{free_port, NodeProcess};
 
 const NODES: usize = 3;
 const CART: &str = "cart/alice";
@@ -60,77 +61,14 @@ fn main() {
     }
 }
 
-/// A node process talking to the orchestrator over stdin and stdout.
-struct NodeProcess {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl NodeProcess {
-    fn start(index: usize, ports: &[u16], durable: Option<&str>) -> Self {
-        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-        let mut command = Command::new(std::env::current_exe().expect("this program's path"));
-        command.args(["--node", &index.to_string(), &ports.join(",")]);
-        if let Some(dir) = durable {
-            command.args(["--durable", dir]);
-        }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("a node process starts");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn send(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").expect("the node takes commands");
-        self.stdin.flush().expect("the node takes commands");
-    }
-
-    fn answer(&mut self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the node answers within 30 s")
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        self.send(command);
-        self.answer()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("an ephemeral port");
-    listener.local_addr().expect("its address").port()
-}
-
 fn orchestrate(durable: Option<String>) {
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let started = Instant::now();
     let mut nodes: Vec<NodeProcess> = (0..NODES)
-        .map(|i| NodeProcess::start(i, &ports, durable.as_deref()))
+        .map(|i| {
+            let extra: Vec<&str> = durable.iter().flat_map(|dir| ["--durable", dir]).collect();
+            NodeProcess::start(i, &ports, &extra)
+        })
         .collect();
     for node in &mut nodes {
         assert_eq!(node.answer(), "ready");

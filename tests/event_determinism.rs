@@ -101,8 +101,7 @@ fn history<R: ConflictResolver<Op>>(seed: u64, resolver: impl Fn() -> R) -> Resu
         }
     }
 
-    let order =
-        |log: &ReplicatedLog<Arithmetic, R>| log.events().iter().map(id).collect::<Vec<_>>();
+    let order = |log: &ReplicatedLog<Arithmetic, R>| log.events().map(id).collect::<Vec<_>>();
     for (i, log) in logs.iter().enumerate() {
         if log.waiting() != 0 || log.events().len() != pool.len() {
             return Err(format!(
@@ -122,9 +121,9 @@ fn history<R: ConflictResolver<Op>>(seed: u64, resolver: impl Fn() -> R) -> Resu
                 logs[0].state()
             ));
         }
-        let events = log.events();
+        let events: Vec<_> = log.events().collect();
         for later in 0..events.len() {
-            if let Some(earlier) = (0..later).find(|&e| events[later].happened_before(&events[e])) {
+            if let Some(earlier) = (0..later).find(|&e| events[later].happened_before(events[e])) {
                 return Err(format!(
                     "r{i} applied event {later} before its cause {earlier}"
                 ));
@@ -210,7 +209,7 @@ fn of_two_concurrent_writes_the_later_one_wins_everywhere() {
         "b's events did not see a's"
     );
     assert_eq!(
-        LastWriterWins.order(&left.events()[0], &left.events()[2]),
+        LastWriterWins.order(left.events().next().unwrap(), left.events().nth(2).unwrap()),
         Ordering::Less
     );
 }

@@ -211,7 +211,7 @@ impl Sim {
         let first = self.replicas[0].log();
         for (i, replica) in self.replicas.iter().enumerate() {
             let log = replica.log();
-            if log.events() != first.events() {
+            if !log.events().eq(first.events()) {
                 return Err(format!("r{i} holds another order than r0"));
             }
             if log.state() != first.state() || log.state().1 as usize != self.persisted {
@@ -221,11 +221,7 @@ impl Sim {
                     first.state()
                 ));
             }
-            let own = log
-                .events()
-                .iter()
-                .filter(|e| e.origin.node() == NAMES[i])
-                .count();
+            let own = log.events().filter(|e| e.origin.node() == NAMES[i]).count();
             if self.journaled[i] != self.persisted - own {
                 return Err(format!(
                     "r{i} journaled {} replicated events, expected {}",

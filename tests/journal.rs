@@ -91,9 +91,10 @@ fn malformed_journal_bytes_are_an_error_naming_the_event() {
     let dir = TempDir::new("malformed");
     {
         let db = sled::open(&dir.0).unwrap();
-        let tree = db.open_tree("events/cart-1").unwrap();
-        tree.insert(1u64.to_be_bytes(), &[codec::WIRE_VERSION, 0xc1][..])
-            .unwrap();
+        let tree = db.open_tree("journal/cart-1").unwrap();
+        let mut key = vec![0];
+        key.extend(1u64.to_be_bytes());
+        tree.insert(key, &[codec::WIRE_VERSION, 0xc1][..]).unwrap();
         db.flush().unwrap();
     }
     let journal = SledJournal::open(&dir.0).unwrap();

@@ -1,7 +1,10 @@
-//! The replicated entity the node processes run: a ledger that records
+//! The replicated entities the node processes run: a ledger that records
 //! entries in the order it applies them, so replicas agree only if they apply
-//! the same events in the same order, and an entry applied twice shows.
+//! the same events in the same order, and an entry applied twice shows; and,
+//! for benchmarks, a tally that keeps only a count and an order-sensitive
+//! digest of the same events, so its state stays small.
 
+use std::hash::{Hash, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -13,9 +16,25 @@ use tokio::sync::mpsc;
 
 /// The persistence id every node's ledger replicates.
 pub const LEDGER_ID: &str = "ledger";
+/// The persistence id every node's tally replicates.
+pub const TALLY_ID: &str = "tally";
 
-/// The behaviour.
-pub struct Ledger;
+/// The behaviour: a ledger keeps every entry, a tally only counts them.
+pub struct Ledger {
+    /// Whether the state holds the entries themselves.
+    pub keep_entries: bool,
+}
+
+/// What a ledger or tally holds.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerState {
+    /// The entries, in the order applied (a ledger only).
+    pub entries: Vec<String>,
+    /// How many entries were applied.
+    pub count: u64,
+    /// A hash of the entries in the order applied.
+    pub digest: u64,
+}
 
 /// An entry, stamped with the writer's wall clock to measure replica lag.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,28 +47,34 @@ pub struct Recorded {
 
 impl EventHandler for Ledger {
     type Event = Recorded;
-    type State = Vec<String>;
+    type State = LedgerState;
 
-    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
-        state.push(event.entry.clone());
+    fn apply(&self, state: &mut LedgerState, event: &Recorded, _: EventMeta<'_>) {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        event.entry.hash(&mut hasher);
+        state.digest = state.digest.rotate_left(7) ^ hasher.finish();
+        state.count += 1;
+        if self.keep_entries {
+            state.entries.push(event.entry.clone());
+        }
     }
 }
 
 impl ReplicatedEventSourcedActor for Ledger {
     type Command = String;
-    type Reply = usize;
+    type Reply = u64;
 
     fn handle_command(
         &self,
-        state: &Vec<String>,
+        state: &LedgerState,
         entry: String,
         _: ReplicationContext<'_>,
-    ) -> Effect<Recorded, usize> {
+    ) -> Effect<Recorded, u64> {
         let event = Recorded {
             entry,
             at_micros: now_micros(),
         };
-        Effect::persist([event]).then_reply(state.len() + 1)
+        Effect::persist([event]).then_reply(state.count + 1)
     }
 }
 

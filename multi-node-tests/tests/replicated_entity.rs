@@ -25,8 +25,7 @@ fn assert_has_all(ledger: &[String], prefix: &str, count: u64) {
 }
 
 #[test]
-fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_lost_or_doubled()
-{
+fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_lost_or_doubled() {
     let mut cluster = LoopbackCluster::durable(NODE, "entity-kill", 3);
     cluster.start_all();
     std::thread::scope(|scope| {
@@ -39,10 +38,18 @@ fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_
     cluster.node(2).must("record-background doomed 100000");
     let mut acknowledged = 0;
     eventually("node 2 is writing", CONVERGE, || {
-        acknowledged = cluster.node(2).must("progress doomed").as_u64().unwrap_or(0);
+        acknowledged = cluster
+            .node(2)
+            .must("progress doomed")
+            .as_u64()
+            .unwrap_or(0);
         acknowledged >= 50
     });
-    acknowledged = cluster.node(2).must("progress doomed").as_u64().unwrap_or(0);
+    acknowledged = cluster
+        .node(2)
+        .must("progress doomed")
+        .as_u64()
+        .unwrap_or(0);
     cluster.kill(2);
 
     std::thread::scope(|scope| {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use multi_node_tests::ledger::{now_micros, LagWatcher, Ledger, LEDGER_ID};
+use multi_node_tests::ledger::{now_micros, LagWatcher, Ledger, LEDGER_ID, TALLY_ID};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::ddata::durable::{Durability, SledStore};
@@ -119,6 +119,7 @@ struct Node {
     latencies: mpsc::UnboundedReceiver<u64>,
     latency_sender: mpsc::UnboundedSender<u64>,
     ledger: Entity<Ledger>,
+    tally: Entity<Ledger>,
     /// Entries acknowledged so far by each background writer, by prefix.
     progress: Arc<Mutex<BTreeMap<String, u64>>>,
     lags: mpsc::UnboundedReceiver<u64>,
@@ -311,7 +312,7 @@ impl Node {
                 let progress = self.progress.lock().map_err(|e| e.to_string())?;
                 Ok(json!(progress.get(prefix).copied().unwrap_or(0)))
             }
-            "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?)),
+            "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?.entries)),
             "ledger-stats" => {
                 let stats = self.ledger.stats().await.map_err(error)?;
                 Ok(json!({
@@ -326,7 +327,7 @@ impl Node {
                 let (watcher, _) = Actor::spawn(None, LagWatcher, arguments)
                     .await
                     .map_err(|e| e.to_string())?;
-                self.ledger.subscribe(watcher).map_err(error)?;
+                self.tally.subscribe(watcher).map_err(error)?;
                 Ok(Value::Null)
             }
             "lags" => {
@@ -336,12 +337,24 @@ impl Node {
                 }
                 Ok(json!(all))
             }
-            "ledger-throughput" => self.ledger_throughput(number(&words, 1)?).await,
-            "ledger-wait" => {
+            "tally-record" => {
+                let count: u64 = number(&words, 1)?;
+                for n in 0..count {
+                    let entry = format!("{}-{n}", self.name);
+                    self.tally.command(entry).await.map_err(error)?;
+                }
+                Ok(json!(count))
+            }
+            "tally" => {
+                let state = self.tally.state().await.map_err(error)?;
+                Ok(json!({ "count": state.count, "digest": state.digest }))
+            }
+            "tally-throughput" => self.tally_throughput(number(&words, 1)?).await,
+            "tally-wait" => {
                 let events: usize = number(&words, 1)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
-                    let stats = self.ledger.stats().await.map_err(error)?;
+                    let stats = self.tally.stats().await.map_err(error)?;
                     if stats.events >= events {
                         return Ok(json!({ "done_micros": now_micros() }));
                     }
@@ -391,16 +404,16 @@ impl Node {
         })
     }
 
-    /// Commands on the ledger per second, all issued at once, then awaited:
+    /// Commands on the tally per second, all issued at once, then awaited:
     /// their events share journal flushes.
-    async fn ledger_throughput(&self, count: u64) -> Result<Value, String> {
+    async fn tally_throughput(&self, count: u64) -> Result<Value, String> {
         let started_micros = now_micros();
         let started = Instant::now();
         let commands: Vec<_> = (0..count)
             .map(|n| {
-                let ledger = self.ledger.clone();
+                let tally = self.tally.clone();
                 let entry = format!("{}-load-{n}", self.name);
-                tokio::spawn(async move { ledger.command(entry).await })
+                tokio::spawn(async move { tally.command(entry).await })
             })
             .collect();
         for command in commands {
@@ -455,14 +468,20 @@ impl Node {
     }
 }
 
-async fn start_ledger<J>(journal: J, replica: ReplicaId, cluster: &ClusterNode) -> Entity<Ledger>
+async fn start_ledger<J>(
+    persistence_id: &str,
+    keep_entries: bool,
+    journal: J,
+    replica: ReplicaId,
+    cluster: &ClusterNode,
+) -> Entity<Ledger>
 where
     J: ractor_replicated::persistence::journal::Journal + Sync,
 {
-    let config = EntityConfig::new(LEDGER_ID, replica)
+    let config = EntityConfig::new(persistence_id, replica)
         .with_discovery(cluster.discovery())
         .with_anti_entropy_interval(Duration::from_millis(200));
-    ReplicatedEntity::spawn(Ledger, LastWriterWins, journal, config)
+    ReplicatedEntity::spawn(Ledger { keep_entries }, LastWriterWins, journal, config)
         .await
         .expect("the ledger starts")
 }
@@ -509,16 +528,25 @@ async fn main() {
     let dd = DistributedData::start(config)
         .await
         .expect("the replicator starts");
-    let ledger = match &options.data {
+    let (ledger, tally) = match &options.data {
         Some(data) => {
             // The journal keeps every event this replica wrote: its id stays.
             let journal = SledJournal::open(format!("{data}/journal")).expect("the journal opens");
             let replica = ReplicaId::new(options.name.as_str(), 0);
-            start_ledger(journal, replica, &cluster).await
+            (
+                start_ledger(LEDGER_ID, true, journal.clone(), replica.clone(), &cluster).await,
+                start_ledger(TALLY_ID, false, journal, replica, &cluster).await,
+            )
         }
         None => {
-            let replica = ReplicaId::fresh(options.name.as_str());
-            start_ledger(MemoryJournal::new(), replica, &cluster).await
+            let (journal, replica) = (
+                MemoryJournal::new(),
+                ReplicaId::fresh(options.name.as_str()),
+            );
+            (
+                start_ledger(LEDGER_ID, true, journal.clone(), replica.clone(), &cluster).await,
+                start_ledger(TALLY_ID, false, journal, replica, &cluster).await,
+            )
         }
     };
     let (latency_sender, latencies) = mpsc::unbounded_channel();
@@ -529,6 +557,7 @@ async fn main() {
         latencies,
         latency_sender,
         ledger,
+        tally,
         progress: Arc::default(),
         lags,
         lag_sender,
@@ -553,5 +582,6 @@ async fn main() {
         }
     }
     node.ledger.stop().await;
+    node.tally.stop().await;
     cluster.stop().await;
 }

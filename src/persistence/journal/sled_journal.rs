@@ -1,25 +1,36 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use super::Journal;
+use crate::causal::ReplicaId;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::persistence::replicated::EventEnvelope;
 
+/// Keys of events: this byte, then the local sequence number (8 bytes,
+/// big-endian, so they iterate in order). The first byte leaves room for
+/// other kinds of records (snapshots) in the same tree.
+const EVENT: u8 = 0;
+
 /// A [`Journal`] in a sled (0.34) database.
 ///
-/// Per persistence id, the tree `events/<id>` maps the local sequence number
-/// (8 bytes, big-endian, so trees iterate in order) to the codec encoding of
-/// the [`EventEnvelope`], and the tree `origins/<id>` maps an event's origin
-/// and origin sequence number to its local sequence number: the index that
-/// makes appends idempotent. Both are written in one transaction; sled's log
-/// is sequential, so a crash before [`Journal::flush`] loses a suffix of the
-/// appends.
+/// Each persistence id has its tree, `journal/<id>`, mapping local sequence
+/// numbers to encoded [`EventEnvelope`]s. An append is one sled insert, or
+/// one atomic sled batch for several events; sled's log is sequential, so a
+/// crash before [`Journal::flush`] loses a suffix of the appends.
+///
+/// Appends are made idempotent by an index of the stored (origin, origin
+/// sequence number) pairs, built in memory from the tree when a handle first
+/// appends to a persistence id (an entity reads the whole journal when it
+/// starts anyway). A sled transaction keeping that index on disk cost four
+/// times the time of the append itself. One `SledJournal` must so be the only
+/// writer of a persistence id, as an entity is.
+///
+/// Clones share the database, so entities of different persistence ids can
+/// journal in one; each persistence id must be written through one handle.
 pub struct SledJournal {
     path: PathBuf,
     db: sled::Db,
@@ -29,9 +40,27 @@ pub struct SledJournal {
 }
 
 struct Appending {
-    events: sled::Tree,
-    origins: sled::Tree,
+    tree: sled::Tree,
     next: u64,
+    stored: HashSet<(ReplicaId, u64)>,
+}
+
+impl Clone for SledJournal {
+    /// Another handle on the same database, with nothing cached: the cache
+    /// is only valid for the handle that writes.
+    fn clone(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            db: self.db.clone(),
+            appending: HashMap::new(),
+        }
+    }
+}
+
+fn event_key(sequence: u64) -> [u8; 9] {
+    let mut key = [EVENT; 9];
+    key[1..].copy_from_slice(&sequence.to_be_bytes());
+    key
 }
 
 impl SledJournal {
@@ -62,28 +91,47 @@ impl SledJournal {
         }
     }
 
-    fn trees(&self, persistence_id: &str) -> Result<(sled::Tree, sled::Tree)> {
-        let open = |name: String| self.db.open_tree(name).map_err(|e| self.error(None, e));
-        Ok((
-            open(format!("events/{persistence_id}"))?,
-            open(format!("origins/{persistence_id}"))?,
-        ))
+    fn tree(&self, persistence_id: &str) -> Result<sled::Tree> {
+        self.db
+            .open_tree(format!("journal/{persistence_id}"))
+            .map_err(|e| self.error(None, e))
     }
 
     fn sequence_of(&self, persistence_id: &str, key: &[u8]) -> Result<u64> {
-        <[u8; 8]>::try_from(key)
+        key.strip_prefix(&[EVENT])
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
             .map(u64::from_be_bytes)
-            .map_err(|_| {
+            .ok_or_else(|| {
                 self.error(
                     Some(persistence_id.into()),
-                    "a sequence number is not 8 bytes",
+                    "an event key is not a sequence number",
                 )
             })
     }
-}
 
-fn origin_key<E>(envelope: &EventEnvelope<E>) -> Result<Vec<u8>> {
-    codec::encode(&(&envelope.origin, envelope.origin_seq))
+    /// The tree, its next sequence number and its index of stored events.
+    fn start_appending(&self, persistence_id: &str) -> Result<Appending> {
+        let tree = self.tree(persistence_id)?;
+        let next = self.highest_in(persistence_id, &tree)? + 1;
+        let stored = self
+            .read_from::<IgnoredAny>(persistence_id, 1)?
+            .into_iter()
+            .map(|(_, envelope)| (envelope.origin, envelope.origin_seq))
+            .collect();
+        Ok(Appending { tree, next, stored })
+    }
+
+    fn highest_in(&self, persistence_id: &str, tree: &sled::Tree) -> Result<u64> {
+        let last = tree
+            .range(event_key(0)..=event_key(u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(|e| self.error(None, e))?;
+        match last {
+            None => Ok(0),
+            Some((key, _)) => self.sequence_of(persistence_id, &key),
+        }
+    }
 }
 
 impl Journal for SledJournal {
@@ -92,48 +140,41 @@ impl Journal for SledJournal {
         persistence_id: &str,
         events: &[EventEnvelope<E>],
     ) -> Result<usize> {
-        let encoded = events
-            .iter()
-            .map(|envelope| Ok((origin_key(envelope)?, codec::encode(envelope)?)))
-            .collect::<Result<Vec<_>>>()?;
-        // Taken out while in use; an append that fails reopens the trees.
+        // Taken out while in use; an append that fails rebuilds it.
         let mut appending = match self.appending.remove(persistence_id) {
             Some(appending) => appending,
-            None => {
-                let (events, origins) = self.trees(persistence_id)?;
-                let next = self.highest_sequence(persistence_id)? + 1;
-                Appending {
-                    events,
-                    origins,
-                    next,
+            None => self.start_appending(persistence_id)?,
+        };
+        let mut fresh = Vec::new();
+        let mut fresh_ids = HashSet::new();
+        for envelope in events {
+            let id = (envelope.origin.clone(), envelope.origin_seq);
+            if !appending.stored.contains(&id) && fresh_ids.insert(id) {
+                fresh.push(codec::encode(envelope)?);
+            }
+        }
+        let mut sequence = appending.next;
+        let written = match fresh.as_slice() {
+            [] => Ok(()),
+            [bytes] => appending
+                .tree
+                .insert(&event_key(sequence)[..], bytes.as_slice())
+                .map(|_| ()),
+            many => {
+                let mut batch = sled::Batch::default();
+                for (offset, bytes) in (0u64..).zip(many) {
+                    batch.insert(&event_key(sequence + offset)[..], bytes.as_slice());
                 }
+                appending.tree.apply_batch(batch)
             }
         };
-        let next = appending.next;
-        let outcome = (&appending.events, &appending.origins).transaction(|(tree, origins)| {
-            let mut sequence = next;
-            for (origin, bytes) in &encoded {
-                if origins.get(origin)?.is_some() {
-                    continue;
-                }
-                origins.insert(origin.as_slice(), &sequence.to_be_bytes()[..])?;
-                tree.insert(&sequence.to_be_bytes()[..], bytes.as_slice())?;
-                sequence += 1;
-            }
-            Ok::<_, ConflictableTransactionError<()>>(sequence - next)
-        });
-        let stored = match outcome {
-            Ok(stored) => stored,
-            Err(TransactionError::Storage(err)) => {
-                return Err(self.error(Some(persistence_id.into()), err))
-            }
-            Err(TransactionError::Abort(())) => {
-                return Err(self.error(Some(persistence_id.into()), "append aborted"))
-            }
-        };
-        appending.next += stored;
+        written.map_err(|e| self.error(Some(persistence_id.into()), e))?;
+        let added = fresh.len();
+        sequence += u64::try_from(added).map_err(|e| self.error(None, e))?;
+        appending.next = sequence;
+        appending.stored.extend(fresh_ids);
         self.appending.insert(persistence_id.to_string(), appending);
-        usize::try_from(stored).map_err(|e| self.error(None, e))
+        Ok(added)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -146,9 +187,9 @@ impl Journal for SledJournal {
         persistence_id: &str,
         from: u64,
     ) -> Result<Vec<(u64, EventEnvelope<E>)>> {
-        let (tree, _) = self.trees(persistence_id)?;
+        let tree = self.tree(persistence_id)?;
         let mut events = Vec::new();
-        for item in tree.range(from.to_be_bytes()..) {
+        for item in tree.range(event_key(from)..=event_key(u64::MAX)) {
             let (key, bytes) = item.map_err(|e| self.error(None, e))?;
             let sequence = self.sequence_of(persistence_id, &key)?;
             let envelope = codec::decode(&bytes)
@@ -159,10 +200,6 @@ impl Journal for SledJournal {
     }
 
     fn highest_sequence(&self, persistence_id: &str) -> Result<u64> {
-        let (tree, _) = self.trees(persistence_id)?;
-        match tree.last().map_err(|e| self.error(None, e))? {
-            None => Ok(0),
-            Some((key, _)) => self.sequence_of(persistence_id, &key),
-        }
+        self.highest_in(persistence_id, &self.tree(persistence_id)?)
     }
 }

@@ -1,4 +1,5 @@
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use super::{ConflictResolver, EventEnvelope, EventHandler, EventMeta};
 use crate::causal::{ReplicaId, VersionVector};
@@ -29,15 +30,29 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     replica: ReplicaId,
     handler: H,
     resolver: R,
-    /// Everything applied, in canonical order.
-    events: Vec<EventEnvelope<H::Event>>,
+    /// Everything applied, in canonical order. Boxed: under concurrent load
+    /// late events go deep into the vector, and moving pointers instead of
+    /// envelopes made those insertions several times cheaper.
+    events: Vec<Box<EventEnvelope<H::Event>>>,
+    /// `dots[i]`: the origin (as an index into `origins`) and origin sequence
+    /// number of `events[i]`, so that finding an event's predecessors scans
+    /// integers instead of comparing replica ids.
+    dots: Vec<(usize, u64)>,
+    origins: Vec<ReplicaId>,
+    origin_index: HashMap<ReplicaId, usize>,
     /// Events received before their causal past.
     waiting: Vec<EventEnvelope<H::Event>>,
     /// The merge of the versions of every applied event.
     seen: VersionVector,
-    /// `checkpoints[k]`: the state after the first `k * CHECKPOINT_EVERY` events.
-    checkpoints: Vec<H::State>,
+    /// `checkpoints[k]`: the state after the first `k * CHECKPOINT_EVERY`
+    /// events, and the merge of their versions.
+    checkpoints: Vec<(H::State, VersionVector)>,
     state: H::State,
+    /// How many events of `events` the state reflects, in order.
+    applied: usize,
+    /// The first position where an event went since the state was last
+    /// brought up to date, if before `applied`: the state must be replayed.
+    stale_from: Option<usize>,
 }
 
 impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
@@ -48,10 +63,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             handler,
             resolver,
             events: Vec::new(),
+            dots: Vec::new(),
+            origins: Vec::new(),
+            origin_index: HashMap::new(),
             waiting: Vec::new(),
             seen: VersionVector::new(),
-            checkpoints: vec![H::State::default()],
+            checkpoints: vec![(H::State::default(), VersionVector::new())],
             state: H::State::default(),
+            applied: 0,
+            stale_from: None,
         }
     }
 
@@ -61,8 +81,10 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     }
 
     /// Every applied event, in the canonical order.
-    pub fn events(&self) -> &[EventEnvelope<H::Event>] {
-        &self.events
+    pub fn events(
+        &self,
+    ) -> impl ExactSizeIterator<Item = &EventEnvelope<H::Event>> + DoubleEndedIterator + '_ {
+        self.events.iter().map(|event| &**event)
     }
 
     /// What this replica has applied, per origin.
@@ -84,8 +106,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     ) -> Vec<EventEnvelope<H::Event>> {
         let stamped = self.stamp(events, timestamp);
         for envelope in &stamped {
-            self.deliver(envelope.clone());
+            self.insert(envelope.clone());
         }
+        self.bring_state_up_to_date();
         stamped
     }
 
@@ -125,24 +148,36 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// became applicable and were applied, in the order they were applied:
     /// none for a duplicate or an event still missing its causal past.
     pub fn receive(&mut self, envelope: EventEnvelope<H::Event>) -> Vec<EventEnvelope<H::Event>> {
-        if self.is_known(&envelope) {
-            return Vec::new();
-        }
-        self.waiting.push(envelope);
+        self.receive_all([envelope])
+    }
+
+    /// Takes in a batch of events, as [`receive`](Self::receive) does one by
+    /// one, but brings the state up to date once: a batch of late events
+    /// costs one replay, not one each.
+    pub fn receive_all(
+        &mut self,
+        envelopes: impl IntoIterator<Item = EventEnvelope<H::Event>>,
+    ) -> Vec<EventEnvelope<H::Event>> {
         let mut applied = Vec::new();
-        while let Some(ready) = self.waiting.iter().position(|e| self.is_deliverable(e)) {
-            let envelope = self.waiting.swap_remove(ready);
-            self.deliver(envelope.clone());
-            applied.push(envelope);
+        for envelope in envelopes {
+            if self.is_known(&envelope) {
+                continue;
+            }
+            self.waiting.push(envelope);
+            while let Some(ready) = self.waiting.iter().position(|e| self.is_deliverable(e)) {
+                let envelope = self.waiting.swap_remove(ready);
+                self.insert(envelope.clone());
+                applied.push(envelope);
+            }
         }
+        self.bring_state_up_to_date();
         applied
     }
 
     /// The applied events a peer whose version is `peer` lacks, in an order
     /// that respects causality.
     pub fn missing_for(&self, peer: &VersionVector) -> Vec<&EventEnvelope<H::Event>> {
-        self.events
-            .iter()
+        self.events()
             .filter(|e| e.origin_seq > peer.get(&e.origin))
             .collect()
     }
@@ -165,65 +200,87 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 .all(|(replica, n)| replica == &envelope.origin || n <= self.seen.get(replica))
     }
 
-    /// Inserts a deliverable event at its canonical place and brings the
-    /// state up to date.
+    /// Inserts a deliverable event at its canonical place; the state catches
+    /// up in [`bring_state_up_to_date`](Self::bring_state_up_to_date).
     ///
     /// Nothing applied depends on the new event, so it is a maximal element:
     /// in the canonical topological order it becomes available right after
     /// its last predecessor, and it goes before the first later event the
     /// resolver orders after it; the order of all other events is unchanged.
-    fn deliver(&mut self, envelope: EventEnvelope<H::Event>) {
+    fn insert(&mut self, envelope: EventEnvelope<H::Event>) {
+        // The event's causal past per origin index; an origin it has not
+        // seen has no event in it.
+        let mut past = vec![0; self.origins.len()];
+        for (replica, n) in envelope.version.iter() {
+            if let Some(&index) = self.origin_index.get(replica) {
+                past[index] = if replica == &envelope.origin {
+                    n.saturating_sub(1)
+                } else {
+                    n
+                };
+            }
+        }
         let available_from = self
-            .events
+            .dots
             .iter()
-            .rposition(|e| e.happened_before(&envelope))
+            .rposition(|&(origin, seq)| seq <= past[origin])
             .map_or(0, |last| last + 1);
         let position = (available_from..self.events.len())
             .find(|&i| self.resolver.order(&envelope, &self.events[i]) == Ordering::Less)
             .unwrap_or(self.events.len());
-        let appended = position == self.events.len();
-        if appended {
-            // Everything applied so far comes before it.
-            apply(&self.handler, &mut self.state, &envelope, &self.seen);
+        if position < self.applied {
+            self.stale_from = Some(self.stale_from.map_or(position, |p| p.min(position)));
         }
         self.seen.merge(&envelope.version);
-        self.events.insert(position, envelope);
-        if appended {
-            self.checkpoint_if_due();
-        } else {
-            self.replay_from(position);
-        }
+        let origin = match self.origin_index.get(&envelope.origin) {
+            Some(&index) => index,
+            None => {
+                self.origins.push(envelope.origin.clone());
+                self.origin_index
+                    .insert(envelope.origin.clone(), self.origins.len() - 1);
+                self.origins.len() - 1
+            }
+        };
+        self.dots.insert(position, (origin, envelope.origin_seq));
+        self.events.insert(position, Box::new(envelope));
     }
 
-    /// The merge of the versions of the first `end` events.
-    fn version_before(&self, end: usize) -> VersionVector {
-        let mut version = VersionVector::new();
-        for e in &self.events[..end] {
+    /// Applies the events the state does not reflect yet: those appended, in
+    /// order, or, after an insertion before applied events, everything from
+    /// the last checkpoint before it.
+    fn bring_state_up_to_date(&mut self) {
+        let start = match self.stale_from.take() {
+            Some(position) => {
+                let checkpoint = position / CHECKPOINT_EVERY;
+                self.checkpoints.truncate(checkpoint + 1);
+                self.state = self.checkpoints[checkpoint].0.clone();
+                checkpoint * CHECKPOINT_EVERY
+            }
+            None => self.applied,
+        };
+        let mut seen = if start == self.applied {
+            self.applied_version()
+        } else {
+            self.checkpoints[start / CHECKPOINT_EVERY].1.clone()
+        };
+        for i in start..self.events.len() {
+            apply(&self.handler, &mut self.state, &self.events[i], &seen);
+            seen.merge(&self.events[i].version);
+            if (i + 1) % CHECKPOINT_EVERY == 0 {
+                self.checkpoints.push((self.state.clone(), seen.clone()));
+            }
+        }
+        self.applied = self.events.len();
+    }
+
+    /// The merge of the versions of the events the state reflects.
+    fn applied_version(&self) -> VersionVector {
+        let checkpoint = self.applied / CHECKPOINT_EVERY;
+        let mut version = self.checkpoints[checkpoint].1.clone();
+        for e in &self.events[checkpoint * CHECKPOINT_EVERY..self.applied] {
             version.merge(&e.version);
         }
         version
-    }
-
-    fn checkpoint_if_due(&mut self) {
-        if self.events.len() % CHECKPOINT_EVERY == 0 {
-            self.checkpoints.push(self.state.clone());
-        }
-    }
-
-    fn replay_from(&mut self, position: usize) {
-        let checkpoint = position / CHECKPOINT_EVERY;
-        self.checkpoints.truncate(checkpoint + 1);
-        let mut state = self.checkpoints[checkpoint].clone();
-        let start = checkpoint * CHECKPOINT_EVERY;
-        let mut seen = self.version_before(start);
-        for i in start..self.events.len() {
-            apply(&self.handler, &mut state, &self.events[i], &seen);
-            seen.merge(&self.events[i].version);
-            if (i + 1) % CHECKPOINT_EVERY == 0 {
-                self.checkpoints.push(state.clone());
-            }
-        }
-        self.state = state;
     }
 }
 

@@ -119,10 +119,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     ) -> Vec<ReplicationEffect<H::Event>> {
         match message {
             ReplicationMessage::Events(events) => {
-                let applied: Vec<_> = events
-                    .into_iter()
-                    .flat_map(|envelope| self.log.receive(envelope))
-                    .collect();
+                let applied = self.log.receive_all(events);
                 if applied.is_empty() {
                     Vec::new()
                 } else {

@@ -204,9 +204,8 @@ where
     ) -> std::result::Result<Self::State, ActorProcessingErr> {
         let config = args.config;
         let mut log = ReplicatedLog::new(config.replica.clone(), args.behaviour, args.resolver);
-        for (_, envelope) in args.journal.read_from(&config.persistence_id, 1)? {
-            log.receive(envelope);
-        }
+        let journaled = args.journal.read_from(&config.persistence_id, 1)?;
+        log.receive_all(journaled.into_iter().map(|(_, envelope)| envelope));
         let mut state = EntityState {
             replication: Replication::new(log, config.max_message_bytes),
             journal: args.journal,
@@ -336,9 +335,10 @@ fn handle_command<B, R, J>(
         return;
     }
     state.unflushed = true;
-    for envelope in &stamped {
-        state.replication.log_mut().receive(envelope.clone());
-    }
+    state
+        .replication
+        .log_mut()
+        .receive_all(stamped.iter().cloned());
     state.unannounced.extend(stamped);
     answer_after_flush(myself, state, move |flushed| {
         let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));

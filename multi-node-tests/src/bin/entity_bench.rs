@@ -1,0 +1,157 @@
+//! Replicated event sourcing in a 3-process loopback cluster with sled
+//! journals: replica lag and events journaled per second, printed as JSON.
+//!
+//! ```sh
+//! cargo build --release -p multi-node-tests && target/release/entity_bench
+//! ```
+//!
+//! * lag: node 0 records entries one at a time (each acknowledged, so
+//!   journaled and flushed, before the next); nodes 1 and 2 subscribe to the
+//!   tally and record, when the event is applied there, how long ago node 0
+//!   stamped it (same machine, same clock);
+//! * throughput: first node 0 alone, then all three nodes at once, issue
+//!   commands without waiting (so they share journal flushes); each node
+//!   reports its commands per second, and the time until it has journaled
+//!   every event of all three gives its journaled events per second,
+//!   replicated ones included.
+
+use std::time::Duration;
+
+use multi_node_tests::LoopbackCluster;
+use serde_json::{json, Value};
+
+const LAG_SAMPLES: usize = 2_000;
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn lags(cluster: &mut LoopbackCluster) -> Value {
+    let mut samples: Vec<u64> = Vec::new();
+    for i in 1..3 {
+        let node: Vec<u64> =
+            serde_json::from_value(cluster.node(i).must("lags")).expect("microseconds");
+        samples.extend(node);
+    }
+    samples.sort_unstable();
+    if samples.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "samples": samples.len(),
+        "p50": percentile(&samples, 0.50),
+        "p90": percentile(&samples, 0.90),
+        "p99": percentile(&samples, 0.99),
+        "max": samples.last(),
+    })
+}
+
+fn micros(value: &Value, field: &str) -> u64 {
+    value[field].as_u64().expect("a timestamp")
+}
+
+fn main() {
+    // Commands per node in the throughput runs; `ENTITY_BENCH_EVENTS` overrides.
+    let load: u64 = std::env::var("ENTITY_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let binary = std::env::current_exe()
+        .expect("this program's path")
+        .with_file_name("node");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release -p multi-node-tests` first",
+        binary.display()
+    );
+    let mut cluster = LoopbackCluster::durable(&binary, "entity-bench", 3);
+    cluster.start_all();
+    multi_node_tests::eventually(
+        "the replicas see each other",
+        Duration::from_secs(10),
+        || {
+            (0..3).all(|i| {
+                cluster.node(i).must("ledger-stats")["peers"]
+                    .as_array()
+                    .map(Vec::len)
+                    == Some(2)
+            })
+        },
+    );
+    for i in 1..3 {
+        cluster.node(i).must("watch-lag");
+    }
+    cluster.node(0).must(&format!("tally-record {LAG_SAMPLES}"));
+    cluster.node(0).must(&format!("tally-wait {LAG_SAMPLES}"));
+    for i in 1..3 {
+        cluster.node(i).must(&format!("tally-wait {LAG_SAMPLES}"));
+    }
+    let idle_lag = lags(&mut cluster);
+
+    let mut expected = LAG_SAMPLES as u64;
+    let alone = cluster.node(0).must(&format!("tally-throughput {load}"));
+    expected += load;
+    let alone_started = micros(&alone, "started_micros");
+    let alone_journaled: Vec<Value> = (0..3)
+        .map(|i| {
+            let done = micros(
+                &cluster.node(i).must(&format!("tally-wait {expected}")),
+                "done_micros",
+            );
+            let seconds = done.saturating_sub(alone_started) as f64 / 1e6;
+            json!({ "events": load, "seconds": seconds, "per_second": load as f64 / seconds })
+        })
+        .collect();
+    let alone_lag = lags(&mut cluster);
+
+    let mut local = Vec::new();
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = cluster
+            .running()
+            .map(|node| scope.spawn(move || node.must(&format!("tally-throughput {load}"))))
+            .collect();
+        local = runs
+            .into_iter()
+            .map(|run| run.join().expect("a run"))
+            .collect();
+    });
+    expected += 3 * load;
+    let started = local
+        .iter()
+        .map(|run| micros(run, "started_micros"))
+        .min()
+        .unwrap_or(0);
+    let mut journaled = Vec::new();
+    for i in 0..3 {
+        let done = micros(
+            &cluster.node(i).must(&format!("tally-wait {expected}")),
+            "done_micros",
+        );
+        let seconds = done.saturating_sub(started) as f64 / 1e6;
+        journaled.push(json!({
+            "events": 3 * load,
+            "seconds": seconds,
+            "per_second": (3 * load) as f64 / seconds,
+        }));
+    }
+    let loaded_lag = lags(&mut cluster);
+    let tallies: Vec<Value> = (0..3).map(|i| cluster.node(i).must("tally")).collect();
+
+    let report = json!({
+        "cluster": "3 processes, loopback, release build, sled journals",
+        "replica_lag_us_one_writer_one_at_a_time": idle_lag,
+        "one_node_writing": {
+            "commands": alone,
+            "journaled_per_node": alone_journaled,
+            "replica_lag_us": alone_lag,
+        },
+        "three_nodes_writing": {
+            "commands_per_node": local,
+            "journaled_per_node": journaled,
+            "replica_lag_us": loaded_lag,
+        },
+        "tallies": tallies,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
