@@ -1,14 +1,17 @@
 //! Deterministic simulation of event replication between three replicas of
 //! one persistence id: messages go through the codec and are lost,
 //! duplicated, delayed (so reordered) and cut by partitions, while replicas
-//! persist events concurrently. After healing, anti-entropy must bring every
-//! replica to the same events, order and state. 1,000 seeds per `cargo test`;
+//! persist events concurrently and crash, losing what their journal had not
+//! flushed, then restart from their journal. After healing, anti-entropy must
+//! bring every replica to the same events, order and state, with every event
+//! journaled exactly once everywhere. 1,000 seeds per `cargo test`;
 //! `REPLICATION_SEEDS=100000` for more; a failure names its seed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use ractor_replicated::codec;
+use ractor_replicated::persistence::journal::{Journal, MemoryJournal};
 use ractor_replicated::persistence::replicated::{
     EventHandler, EventMeta, LastWriterWins, ReplicatedLog, Replication, ReplicationEffect,
     ReplicationMessage,
@@ -41,6 +44,7 @@ impl EventHandler for Arithmetic {
 }
 
 const NAMES: [&str; 3] = ["r0", "r1", "r2"];
+const ENTITY: &str = "entity";
 
 /// A message on the wire: delivery time, a tie breaker, receiver, sender, bytes.
 type InFlight = (u64, u64, usize, usize, Vec<u8>);
@@ -54,18 +58,28 @@ struct Sim {
     group: [u8; 3],
     healed: bool,
     persisted: usize,
-    journaled: Vec<usize>,
+    journals: Vec<MemoryJournal>,
+    crashes: usize,
+    /// Replicated events the log asked to journal twice: must stay empty.
+    journaled_twice: Vec<String>,
+}
+
+/// A replica as its entity starts: its log rebuilt from its journal.
+fn replica_from(journal: &MemoryJournal, index: usize) -> Replication<Arithmetic, LastWriterWins> {
+    let mut log = ReplicatedLog::new(ReplicaId::new(NAMES[index], 1), Arithmetic, LastWriterWins);
+    let journaled = journal
+        .read_from::<Op>(ENTITY, 1)
+        .expect("the journal reads back");
+    log.receive_all(journaled.into_iter().map(|(_, envelope)| envelope));
+    // Small budgets force catch-up to travel in many messages.
+    Replication::new(log, 300)
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
-        let replicas = NAMES
-            .iter()
-            .map(|name| {
-                let log = ReplicatedLog::new(ReplicaId::new(*name, 1), Arithmetic, LastWriterWins);
-                // Small budgets force catch-up to travel in many messages.
-                Replication::new(log, 300)
-            })
+        let journals: Vec<MemoryJournal> = NAMES.iter().map(|_| MemoryJournal::new()).collect();
+        let replicas = (0..NAMES.len())
+            .map(|i| replica_from(&journals[i], i))
             .collect();
         Self {
             rng: Rng(seed),
@@ -76,7 +90,9 @@ impl Sim {
             group: [0; 3],
             healed: false,
             persisted: 0,
-            journaled: vec![0; 3],
+            journals,
+            crashes: 0,
+            journaled_twice: Vec::new(),
         }
     }
 
@@ -87,7 +103,17 @@ impl Sim {
     fn run_effects(&mut self, from: usize, effects: Vec<ReplicationEffect<Op>>) {
         for effect in effects {
             match effect {
-                ReplicationEffect::Journal(events) => self.journaled[from] += events.len(),
+                ReplicationEffect::Journal(events) => {
+                    let new = self.journals[from]
+                        .append(ENTITY, &events)
+                        .expect("the journal appends");
+                    if new != events.len() {
+                        self.journaled_twice.push(format!(
+                            "r{from} asked to journal {} events, {new} of them new",
+                            events.len()
+                        ));
+                    }
+                }
                 ReplicationEffect::Send { to, message } => {
                     let to = NAMES
                         .iter()
@@ -130,7 +156,7 @@ impl Sim {
         }
     }
 
-    fn run(mut self) -> Result<(), String> {
+    fn run_to_end(&mut self) -> Result<(), String> {
         for a in 0..3 {
             for (b, name) in NAMES.iter().enumerate() {
                 if a != b {
@@ -142,6 +168,12 @@ impl Sim {
         for step in 0..300u64 {
             self.now = step * 10;
             self.deliver_until(self.now);
+            // Group commits happen when they happen.
+            for journal in &mut self.journals {
+                if self.rng.chance(0.5) {
+                    journal.flush().expect("flushes");
+                }
+            }
             match self.rng.below(10) {
                 0..=4 => {
                     let r = self.rng.below(3) as usize;
@@ -151,10 +183,20 @@ impl Sim {
                         Op::Add(self.rng.below(10) as i64)
                     };
                     let timestamp = self.rng.below(50) as i64;
-                    let events = self.replicas[r].log_mut().persist(vec![op], timestamp);
+                    // As an entity does: journal, flush, apply, then push.
+                    let events = self.replicas[r].log().stamp(vec![op], timestamp);
+                    self.journals[r].append(ENTITY, &events).expect("appends");
+                    self.journals[r].flush().expect("flushes");
+                    self.replicas[r]
+                        .log_mut()
+                        .receive_all(events.iter().cloned());
                     self.persisted += events.len();
                     let effects = self.replicas[r].persisted(&events);
                     self.run_effects(r, effects);
+                }
+                7 if self.rng.below(4) == 0 => {
+                    let r = self.rng.below(3) as usize;
+                    self.crash(r);
                 }
                 5 => {
                     let group = [0, self.rng.below(2) as u8, self.rng.below(2) as u8];
@@ -182,6 +224,24 @@ impl Sim {
             }
         }
         Err("no convergence 200 anti-entropy rounds after healing".into())
+    }
+
+    /// Replica `r` crashes and restarts from its journal, which lost what it
+    /// had not flushed; the others see its new incarnation come up.
+    fn crash(&mut self, r: usize) {
+        self.crashes += 1;
+        self.journals[r].lose_unflushed();
+        self.replicas[r] = replica_from(&self.journals[r], r);
+        for (other, name) in NAMES.iter().enumerate() {
+            if other == r || !self.connected(r, other) {
+                continue;
+            }
+            let effects = self.replicas[r].peer_up(name);
+            self.run_effects(r, effects);
+            self.replicas[other].peer_down(NAMES[r]);
+            let effects = self.replicas[other].peer_up(NAMES[r]);
+            self.run_effects(other, effects);
+        }
     }
 
     fn deliver_until(&mut self, time: u64) {
@@ -221,16 +281,21 @@ impl Sim {
                     first.state()
                 ));
             }
-            let own = log.events().filter(|e| e.origin.node() == NAMES[i]).count();
-            if self.journaled[i] != self.persisted - own {
+            let journaled = self.journals[i]
+                .read_from::<Op>(ENTITY, 1)
+                .map_err(|err| err.to_string())?
+                .len();
+            if journaled != self.persisted {
                 return Err(format!(
-                    "r{i} journaled {} replicated events, expected {}",
-                    self.journaled[i],
-                    self.persisted - own
+                    "r{i} journaled {journaled} events, expected {}",
+                    self.persisted
                 ));
             }
         }
-        Ok(())
+        match self.journaled_twice.first() {
+            Some(twice) => Err(twice.clone()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -240,9 +305,14 @@ fn replicas_of_an_entity_converge_through_loss_duplication_and_partitions() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000);
+    let mut crashes = 0;
     for seed in 0..seeds {
-        if let Err(failure) = Sim::new(seed).run() {
+        let mut sim = Sim::new(seed);
+        let outcome = sim.run_to_end();
+        crashes += sim.crashes;
+        if let Err(failure) = outcome {
             panic!("seed {seed}: {failure}");
         }
     }
+    assert!(crashes > seeds as usize, "crashes are exercised: {crashes}");
 }
