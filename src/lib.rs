@@ -63,3 +63,8 @@ struct DistributedDataGuideDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/durability.md")]
 struct DurabilityGuideDoctests;
+
+/// Runs the code of the replicated event sourcing guide with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/replicated-event-sourcing.md")]
+struct ReplicatedEventSourcingGuideDoctests;

@@ -153,6 +153,15 @@ fn history<R: ConflictResolver<Op>>(seed: u64, resolver: impl Fn() -> R) -> Resu
     if late.state() != logs[0].state() {
         return Err("a replica catching up from the log ends elsewhere".into());
     }
+    // Recovery computes the canonical order in one pass, from any order of
+    // the journal; it must be the order the incremental insertions built.
+    let mut journal: Vec<EventEnvelope<Op>> = pool.clone();
+    rng.shuffle(&mut journal);
+    let mut recovered = ReplicatedLog::new(replicas[1].clone(), Arithmetic, resolver());
+    recovered.recover(journal);
+    if order(&recovered) != order(&logs[0]) || recovered.state() != logs[0].state() {
+        return Err("a recovered replica holds another order or state".into());
+    }
     Ok(())
 }
 

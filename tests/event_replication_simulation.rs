@@ -70,7 +70,7 @@ fn replica_from(journal: &MemoryJournal, index: usize) -> Replication<Arithmetic
     let journaled = journal
         .read_from::<Op>(ENTITY, 1)
         .expect("the journal reads back");
-    log.receive_all(journaled.into_iter().map(|(_, envelope)| envelope));
+    log.recover(journaled.into_iter().map(|(_, envelope)| envelope));
     // Small budgets force catch-up to travel in many messages.
     Replication::new(log, 300)
 }

@@ -13,7 +13,9 @@
 //!   commands without waiting (so they share journal flushes); each node
 //!   reports its commands per second, and the time until it has journaled
 //!   every event of all three gives its journaled events per second,
-//!   replicated ones included.
+//!   replicated ones included;
+//! * recovery: the time node 0 takes to read its tally journal and rebuild
+//!   the state, as a restart does.
 
 use std::time::Duration;
 
@@ -137,6 +139,7 @@ fn main() {
     }
     let loaded_lag = lags(&mut cluster);
     let tallies: Vec<Value> = (0..3).map(|i| cluster.node(i).must("tally")).collect();
+    let recovery = cluster.node(0).must("tally-recovery");
 
     let report = json!({
         "cluster": "3 processes, loopback, release build, sled journals",
@@ -152,6 +155,7 @@ fn main() {
             "replica_lag_us": loaded_lag,
         },
         "tallies": tallies,
+        "recovery_of_the_tally_journal": recovery,
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }

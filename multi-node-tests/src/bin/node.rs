@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use multi_node_tests::ledger::{now_micros, LagWatcher, Ledger, LEDGER_ID, TALLY_ID};
+use multi_node_tests::ledger::{now_micros, LagWatcher, Ledger, Recorded, LEDGER_ID, TALLY_ID};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::ddata::durable::{Durability, SledStore};
@@ -22,9 +22,9 @@ use ractor_replicated::ddata::{
     Change, CoreConfig, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig,
     WriteConsistency,
 };
-use ractor_replicated::persistence::journal::{MemoryJournal, SledJournal};
+use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    Entity, EntityConfig, LastWriterWins, ReplicatedEntity,
+    Entity, EntityConfig, LastWriterWins, ReplicatedEntity, ReplicatedLog,
 };
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
@@ -124,6 +124,8 @@ struct Node {
     progress: Arc<Mutex<BTreeMap<String, u64>>>,
     lags: mpsc::UnboundedReceiver<u64>,
     lag_sender: mpsc::UnboundedSender<u64>,
+    /// A reading handle on the sled journal, with `--data`.
+    journal: Option<SledJournal>,
 }
 
 fn arg<'a>(words: &'a [&str], index: usize) -> Result<&'a str, String> {
@@ -350,6 +352,28 @@ impl Node {
                 Ok(json!({ "count": state.count, "digest": state.digest }))
             }
             "tally-throughput" => self.tally_throughput(number(&words, 1)?).await,
+            "tally-recovery" => {
+                // What a restart of the tally does before it takes commands:
+                // read the journal, rebuild the log and its state.
+                let journal = self
+                    .journal
+                    .as_ref()
+                    .ok_or("the node runs without --data")?;
+                let started = Instant::now();
+                let events = journal.read_from::<Recorded>(TALLY_ID, 1).map_err(error)?;
+                let read = started.elapsed().as_secs_f64();
+                let replica = ReplicaId::new(self.name.as_str(), 0);
+                let keep_entries = false;
+                let mut log = ReplicatedLog::new(replica, Ledger { keep_entries }, LastWriterWins);
+                let count = events.len();
+                log.recover(events.into_iter().map(|(_, envelope)| envelope));
+                Ok(json!({
+                    "events": count,
+                    "read_seconds": read,
+                    "seconds": started.elapsed().as_secs_f64(),
+                    "count": log.state().count,
+                }))
+            }
             "tally-wait" => {
                 let events: usize = number(&words, 1)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
@@ -528,10 +552,12 @@ async fn main() {
     let dd = DistributedData::start(config)
         .await
         .expect("the replicator starts");
+    let mut reading_journal = None;
     let (ledger, tally) = match &options.data {
         Some(data) => {
             // The journal keeps every event this replica wrote: its id stays.
             let journal = SledJournal::open(format!("{data}/journal")).expect("the journal opens");
+            reading_journal = Some(journal.clone());
             let replica = ReplicaId::new(options.name.as_str(), 0);
             (
                 start_ledger(LEDGER_ID, true, journal.clone(), replica.clone(), &cluster).await,
@@ -561,6 +587,7 @@ async fn main() {
         progress: Arc::default(),
         lags,
         lag_sender,
+        journal: reading_journal,
     };
 
     let mut stdout = tokio::io::stdout();

@@ -1,5 +1,5 @@
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::{ConflictResolver, EventEnvelope, EventHandler, EventMeta};
 use crate::causal::{ReplicaId, VersionVector};
@@ -174,6 +174,62 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         applied
     }
 
+    /// Takes in the events of a journal when the log starts: the same outcome
+    /// as [`receive_all`](Self::receive_all), computed in one pass over the
+    /// events in canonical order (a walk of the causal order that takes the
+    /// first by the resolver among the events available next) rather than by
+    /// inserting each at its place. A journal written under concurrent load
+    /// holds events far from their canonical places; recovering 200,000 of
+    /// them took seconds the other way. On a log that is not empty, it is
+    /// `receive_all`.
+    pub fn recover(&mut self, envelopes: impl IntoIterator<Item = EventEnvelope<H::Event>>) {
+        if !self.events.is_empty() || !self.waiting.is_empty() {
+            self.receive_all(envelopes);
+            return;
+        }
+        let mut by_origin: BTreeMap<ReplicaId, BTreeMap<u64, EventEnvelope<H::Event>>> =
+            BTreeMap::new();
+        for envelope in envelopes {
+            by_origin
+                .entry(envelope.origin.clone())
+                .or_default()
+                .entry(envelope.origin_seq)
+                .or_insert(envelope);
+        }
+        // Only an origin's next event can be available next.
+        let mut queues: Vec<VecDeque<EventEnvelope<H::Event>>> = by_origin
+            .into_values()
+            .map(|events| events.into_values().collect())
+            .collect();
+        loop {
+            let mut next: Option<(usize, &EventEnvelope<H::Event>)> = None;
+            for (origin, queue) in queues.iter().enumerate() {
+                let Some(head) = queue.front() else { continue };
+                if !self.is_deliverable(head) {
+                    continue;
+                }
+                let first = match next {
+                    Some((_, best)) => self.resolver.order(head, best) == Ordering::Less,
+                    None => true,
+                };
+                if first {
+                    next = Some((origin, head));
+                }
+            }
+            let Some(origin) = next.map(|(origin, _)| origin) else {
+                break;
+            };
+            let Some(envelope) = queues[origin].pop_front() else {
+                break;
+            };
+            let position = self.events.len();
+            self.place(position, envelope);
+        }
+        // Events whose past is missing wait for it, as received ones do.
+        self.waiting.extend(queues.into_iter().flatten());
+        self.bring_state_up_to_date();
+    }
+
     /// The applied events a peer whose version is `peer` lacks, in an order
     /// that respects causality.
     pub fn missing_for(&self, peer: &VersionVector) -> Vec<&EventEnvelope<H::Event>> {
@@ -231,6 +287,11 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         if position < self.applied {
             self.stale_from = Some(self.stale_from.map_or(position, |p| p.min(position)));
         }
+        self.place(position, envelope);
+    }
+
+    /// Puts an event at `position` of the canonical order.
+    fn place(&mut self, position: usize, envelope: EventEnvelope<H::Event>) {
         self.seen.merge(&envelope.version);
         let origin = match self.origin_index.get(&envelope.origin) {
             Some(&index) => index,

@@ -205,7 +205,7 @@ where
         let config = args.config;
         let mut log = ReplicatedLog::new(config.replica.clone(), args.behaviour, args.resolver);
         let journaled = args.journal.read_from(&config.persistence_id, 1)?;
-        log.receive_all(journaled.into_iter().map(|(_, envelope)| envelope));
+        log.recover(journaled.into_iter().map(|(_, envelope)| envelope));
         let mut state = EntityState {
             replication: Replication::new(log, config.max_message_bytes),
             journal: args.journal,
