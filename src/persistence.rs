@@ -2,14 +2,19 @@
 //! concurrently, journal vector-clock-tagged events and converge to the same
 //! state.
 //!
-//! This release holds:
-//! * [`replicated::ReplicatedLog`]: the replication core, a sans-IO state
-//!   machine that delivers events causally, orders them deterministically and
-//!   recomputes the state when a late concurrent event sorts before events
-//!   already applied;
-//! * [`journal`]: the journal trait and its sled implementation.
+//! * [`replicated`]: the behaviour trait
+//!   ([`ReplicatedEventSourcedActor`](replicated::ReplicatedEventSourcedActor)),
+//!   the entity actor that runs a replica
+//!   ([`ReplicatedEntity`](replicated::ReplicatedEntity)), conflict
+//!   resolvers, and the sans-IO cores: [`ReplicatedLog`](replicated::ReplicatedLog)
+//!   delivers events causally, orders them deterministically and recomputes
+//!   the state when a late concurrent event sorts before events already
+//!   applied; [`Replication`](replicated::Replication) exchanges events
+//!   between replicas;
+//! * [`journal`]: the journal trait, its sled implementation and an
+//!   in-memory one.
 //!
-//! The entity actor and the cluster transport build on them.
+//! The guide is `docs/replicated-event-sourcing.md`.
 
 pub mod journal;
 pub mod replicated;

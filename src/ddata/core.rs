@@ -293,7 +293,7 @@ impl Entry {
     }
 }
 
-/// The Replicator's protocol state for one node. See the [module docs](self).
+/// The Replicator's protocol state for one node; the module docs describe the protocol.
 pub struct ReplicatorCore {
     node: PeerName,
     replica: ReplicaId,

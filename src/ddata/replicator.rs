@@ -59,7 +59,7 @@ impl ractor::Message for ReplicatorMessage {
     }
 
     /// Never fails: bytes that are not a peer message become
-    /// [`Inbound::Undecodable`], so the Replicator counts and logs them instead
+    /// an undecodable message, so the Replicator counts and logs them instead
     /// of ractor dropping them silently.
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
         let inbound = match message {

@@ -80,7 +80,7 @@ impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
     }
 
     /// Never fails: bytes that are not a replication message become
-    /// [`Inbound::Undecodable`], so the entity counts and logs them instead
+    /// an undecodable message, so the entity counts and logs them instead
     /// of ractor dropping them silently.
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
         let inbound = match message {
