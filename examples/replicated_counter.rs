@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 #[path = "support/node_process.rs"]
 mod node_process;
 
-use node_process::{free_port, NodeProcess};
+use node_process::start_connected;
 
 const NODES: usize = 3;
 const INCREMENTS: u64 = 200;
@@ -115,28 +115,10 @@ fn main() {
 
 fn orchestrate() {
     let journals = std::env::temp_dir().join(format!("replicated_counter-{}", std::process::id()));
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let started = Instant::now();
-    let mut nodes: Vec<NodeProcess> = (0..NODES)
-        .map(|i| {
-            let journal = journals.join(format!("node-{i}"));
-            NodeProcess::start(i, &ports, &[journal.to_str().expect("a UTF-8 path")])
-        })
-        .collect();
-    for node in &mut nodes {
-        assert_eq!(node.answer(), "ready");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !nodes
-        .iter_mut()
-        .all(|node| node.ask("peers") == (NODES - 1).to_string())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the replicas did not find each other"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut nodes = start_connected(NODES, |i| {
+        vec![journals.join(format!("node-{i}")).display().to_string()]
+    });
     println!(
         "{NODES} node processes up, replicas of counter-1 connected after {} ms",
         started.elapsed().as_millis()

@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 #[path = "support/node_process.rs"]
 mod node_process;
 
-use node_process::{free_port, NodeProcess};
+use node_process::start_connected;
 
 const NODES: usize = 3;
 const CART: &str = "cart/alice";
@@ -62,28 +62,13 @@ fn main() {
 }
 
 fn orchestrate(durable: Option<String>) {
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let started = Instant::now();
-    let mut nodes: Vec<NodeProcess> = (0..NODES)
-        .map(|i| {
-            let extra: Vec<&str> = durable.iter().flat_map(|dir| ["--durable", dir]).collect();
-            NodeProcess::start(i, &ports, &extra)
-        })
-        .collect();
-    for node in &mut nodes {
-        assert_eq!(node.answer(), "ready");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !nodes
-        .iter_mut()
-        .all(|node| node.ask("peers") == (NODES - 1).to_string())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the nodes did not find each other"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut nodes = start_connected(NODES, |_| {
+        durable
+            .iter()
+            .flat_map(|dir| ["--durable".to_string(), dir.clone()])
+            .collect()
+    });
     println!(
         "{NODES} node processes up and connected after {} ms",
         started.elapsed().as_millis()

@@ -20,8 +20,8 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 
-use crate::codec;
 use crate::error::{Error, Result};
+use crate::remote_cast;
 
 mod discovery;
 
@@ -210,26 +210,18 @@ impl ractor::Message for MembershipMessage {
 
     fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
         match self.0 {
-            Inbound::Heartbeat { from } => Ok(SerializedMessage::Cast {
-                variant: MEMBERSHIP_VARIANT.into(),
-                args: codec::encode(&from).map_err(|_| BoxedDowncastErr)?,
-                metadata: None,
-            }),
+            Inbound::Heartbeat { from } => remote_cast::encode(MEMBERSHIP_VARIANT, &from),
             _ => Err(BoxedDowncastErr),
         }
     }
 
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        let inbound = match message {
-            SerializedMessage::Cast { variant, args, .. } if variant == MEMBERSHIP_VARIANT => {
-                match codec::decode::<String>(&args) {
-                    Ok(from) => Inbound::Heartbeat { from },
-                    Err(err) => Inbound::Undecodable(err.to_string()),
-                }
-            }
-            _ => Inbound::Undecodable("not a membership message".into()),
-        };
-        Ok(Self(inbound))
+        Ok(Self(
+            match remote_cast::decode(MEMBERSHIP_VARIANT, message) {
+                Ok(from) => Inbound::Heartbeat { from },
+                Err(reason) => Inbound::Undecodable(reason),
+            },
+        ))
     }
 }
 

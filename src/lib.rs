@@ -39,6 +39,7 @@ pub mod ddata;
 pub mod discovery;
 mod error;
 pub mod persistence;
+mod remote_cast;
 mod rng;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};

@@ -66,6 +66,29 @@ fn appends_are_atomic_ordered_and_idempotent() {
 }
 
 #[test]
+fn appends_stay_idempotent_out_of_order_and_after_reopening() {
+    let dir = TempDir::new("journal-gaps");
+    let (_, events) = two_replicas();
+    // events: a1, a2, b1, a3. a3 first, past a gap in a's sequence.
+    {
+        let mut journal = SledJournal::open(&dir.0).unwrap();
+        assert_eq!(journal.append("cart-1", &events[3..]).unwrap(), 1);
+        assert_eq!(journal.append("cart-1", &events[..1]).unwrap(), 1);
+        journal.flush().unwrap();
+    }
+    // A new handle rebuilds its index from the tree.
+    let mut journal = SledJournal::open(&dir.0).unwrap();
+    let doubled: Vec<_> = events.iter().chain(&events).cloned().collect();
+    assert_eq!(
+        journal.append("cart-1", &doubled).unwrap(),
+        2,
+        "only a2 and b1 are new, once each"
+    );
+    assert_eq!(journal.append("cart-1", &events).unwrap(), 0);
+    assert_eq!(journal.highest_sequence("cart-1").unwrap(), 4);
+}
+
+#[test]
 fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
     let dir = TempDir::new("recovery");
     let (original, events) = two_replicas();

@@ -273,3 +273,23 @@ pub fn eventually(what: &str, bound: Duration, mut check: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The `node` binary built next to the running program, for the benchmark
+/// programs of this crate; panics with the build command if it is missing.
+pub fn sibling_node_binary() -> PathBuf {
+    let binary = std::env::current_exe()
+        .expect("this program's path")
+        .with_file_name("node");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release -p multi-node-tests` first",
+        binary.display()
+    );
+    binary
+}
+
+/// The `p` quantile (0 to 1) of non-empty sorted samples, nearest rank.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

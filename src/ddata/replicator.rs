@@ -11,9 +11,9 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
 use super::durable::{DurableStore, WriteMode};
 use super::wire::{Envelope, WireValue, MESSAGE_VARIANT};
-use crate::codec;
 use crate::discovery::{DiscoveredPeer, Discovery, PeerGroup};
 use crate::error::{Error, Result};
+use crate::remote_cast;
 
 /// The messages of the [`Replicator`] actor. Only peer messages cross the
 /// network; everything else is built by [`DistributedData`](super::DistributedData).
@@ -43,40 +43,19 @@ impl ractor::Message for ReplicatorMessage {
 
     fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
         match self.0 {
-            Inbound::Peer(envelope) => {
-                let args = codec::encode(&envelope).map_err(|err| {
-                    tracing::error!(error = %err, "cannot encode a peer message");
-                    BoxedDowncastErr
-                })?;
-                Ok(SerializedMessage::Cast {
-                    variant: MESSAGE_VARIANT.to_string(),
-                    args,
-                    metadata: None,
-                })
-            }
+            Inbound::Peer(envelope) => remote_cast::encode(MESSAGE_VARIANT, &envelope),
             _ => Err(BoxedDowncastErr),
         }
     }
 
-    /// Never fails: bytes that are not a peer message become
-    /// an undecodable message, so the Replicator counts and logs them instead
-    /// of ractor dropping them silently.
+    /// Never fails: bytes that are not a peer message become an undecodable
+    /// message, so the Replicator counts and logs them instead of ractor
+    /// dropping them silently.
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        let inbound = match message {
-            SerializedMessage::Cast { variant, args, .. } if variant == MESSAGE_VARIANT => {
-                match codec::decode::<Envelope>(&args) {
-                    Ok(envelope) => Inbound::Peer(envelope),
-                    Err(err) => Inbound::Undecodable(err.to_string()),
-                }
-            }
-            SerializedMessage::Cast { variant, .. } | SerializedMessage::Call { variant, .. } => {
-                Inbound::Undecodable(format!("unknown message variant {variant:?}"))
-            }
-            SerializedMessage::CallReply(..) => {
-                Inbound::Undecodable("a call reply, but the Replicator makes no calls".into())
-            }
-        };
-        Ok(Self(inbound))
+        Ok(Self(match remote_cast::decode(MESSAGE_VARIANT, message) {
+            Ok(envelope) => Inbound::Peer(envelope),
+            Err(reason) => Inbound::Undecodable(reason),
+        }))
     }
 }
 

@@ -19,15 +19,10 @@
 
 use std::time::Duration;
 
-use multi_node_tests::LoopbackCluster;
+use multi_node_tests::{percentile, sibling_node_binary, LoopbackCluster};
 use serde_json::{json, Value};
 
 const LAG_SAMPLES: usize = 2_000;
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 fn lags(cluster: &mut LoopbackCluster) -> Value {
     let mut samples: Vec<u64> = Vec::new();
@@ -59,14 +54,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
-    let binary = std::env::current_exe()
-        .expect("this program's path")
-        .with_file_name("node");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release -p multi-node-tests` first",
-        binary.display()
-    );
+    let binary = sibling_node_binary();
     let mut cluster = LoopbackCluster::durable(&binary, "entity-bench", 3);
     cluster.start_all();
     multi_node_tests::eventually(

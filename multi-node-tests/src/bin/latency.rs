@@ -14,25 +14,13 @@
 
 use std::time::Duration;
 
-use multi_node_tests::LoopbackCluster;
+use multi_node_tests::{percentile, sibling_node_binary, LoopbackCluster};
 use serde_json::{json, Value};
 
 const UPDATES: usize = 1_000;
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn main() {
-    let binary = std::env::current_exe()
-        .expect("this program's path")
-        .with_file_name("node");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release -p multi-node-tests` first",
-        binary.display()
-    );
+    let binary = sibling_node_binary();
     let mut cluster = LoopbackCluster::new(&binary, "bench", 3);
     cluster.start_all();
     for i in 1..3 {

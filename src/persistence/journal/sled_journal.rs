@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -25,7 +25,8 @@ const EVENT: u8 = 0;
 /// Appends are made idempotent by an index of the stored (origin, origin
 /// sequence number) pairs, built in memory from the tree when a handle first
 /// appends to a persistence id (an entity reads the whole journal when it
-/// starts anyway). A sled transaction keeping that index on disk cost four
+/// starts anyway); it takes a few words per origin, since an origin's events
+/// arrive in order. A sled transaction keeping that index on disk cost four
 /// times the time of the append itself. One `SledJournal` must so be the only
 /// writer of a persistence id, as an entity is.
 ///
@@ -42,7 +43,40 @@ pub struct SledJournal {
 struct Appending {
     tree: sled::Tree,
     next: u64,
-    stored: HashSet<(ReplicaId, u64)>,
+    stored: StoredIds,
+}
+
+/// The (origin, origin sequence number) pairs a journal holds: per origin,
+/// the run 1..=n it holds without a gap, and the few it holds beyond a gap.
+#[derive(Default)]
+struct StoredIds(HashMap<ReplicaId, OriginRun>);
+
+#[derive(Default)]
+struct OriginRun {
+    contiguous: u64,
+    beyond: BTreeSet<u64>,
+}
+
+impl StoredIds {
+    /// Records the pair; false if it was there already.
+    fn insert(&mut self, origin: &ReplicaId, sequence: u64) -> bool {
+        let run = match self.0.get_mut(origin) {
+            Some(run) => run,
+            None => self.0.entry(origin.clone()).or_default(),
+        };
+        if sequence <= run.contiguous || run.beyond.contains(&sequence) {
+            return false;
+        }
+        if sequence == run.contiguous + 1 {
+            run.contiguous = sequence;
+            while run.beyond.remove(&(run.contiguous + 1)) {
+                run.contiguous += 1;
+            }
+        } else {
+            run.beyond.insert(sequence);
+        }
+        true
+    }
 }
 
 impl Clone for SledJournal {
@@ -113,11 +147,10 @@ impl SledJournal {
     fn start_appending(&self, persistence_id: &str) -> Result<Appending> {
         let tree = self.tree(persistence_id)?;
         let next = self.highest_in(persistence_id, &tree)? + 1;
-        let stored = self
-            .read_from::<IgnoredAny>(persistence_id, 1)?
-            .into_iter()
-            .map(|(_, envelope)| (envelope.origin, envelope.origin_seq))
-            .collect();
+        let mut stored = StoredIds::default();
+        for (_, envelope) in self.read_from::<IgnoredAny>(persistence_id, 1)? {
+            stored.insert(&envelope.origin, envelope.origin_seq);
+        }
         Ok(Appending { tree, next, stored })
     }
 
@@ -140,16 +173,18 @@ impl Journal for SledJournal {
         persistence_id: &str,
         events: &[EventEnvelope<E>],
     ) -> Result<usize> {
-        // Taken out while in use; an append that fails rebuilds it.
+        // Taken out while in use; an append that fails rebuilds it, so the
+        // index never holds an event that was not written.
         let mut appending = match self.appending.remove(persistence_id) {
             Some(appending) => appending,
             None => self.start_appending(persistence_id)?,
         };
         let mut fresh = Vec::new();
-        let mut fresh_ids = HashSet::new();
         for envelope in events {
-            let id = (envelope.origin.clone(), envelope.origin_seq);
-            if !appending.stored.contains(&id) && fresh_ids.insert(id) {
+            if appending
+                .stored
+                .insert(&envelope.origin, envelope.origin_seq)
+            {
                 fresh.push(codec::encode(envelope)?);
             }
         }
@@ -172,7 +207,6 @@ impl Journal for SledJournal {
         let added = fresh.len();
         sequence += u64::try_from(added).map_err(|e| self.error(None, e))?;
         appending.next = sequence;
-        appending.stored.extend(fresh_ids);
         self.appending.insert(persistence_id.to_string(), appending);
         Ok(added)
     }

@@ -10,7 +10,6 @@ use tokio::sync::oneshot;
 
 use super::handle::{Entity, EntityConfig, EntityStats};
 use super::{ReplicatedEventSourcedActor, ReplicationContext};
-use crate::codec;
 use crate::ddata::PeerName;
 use crate::discovery::{Discovery, PeerGroup};
 use crate::error::{Error, Result};
@@ -19,6 +18,7 @@ use crate::persistence::replicated::{
     ConflictResolver, EventEnvelope, ReplicatedLog, Replication, ReplicationEffect,
     ReplicationMessage,
 };
+use crate::remote_cast;
 
 /// The ractor message variant of replication messages between entities.
 pub const ENTITY_MESSAGE_VARIANT: &str = "ractor_replicated.entity.replication";
@@ -65,39 +65,22 @@ impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
     }
 
     fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
-        let Inbound::Peer(envelope) = self.0 else {
-            return Err(BoxedDowncastErr);
-        };
-        let args = codec::encode(&envelope).map_err(|err| {
-            tracing::error!(error = %err, "cannot encode a replication message");
-            BoxedDowncastErr
-        })?;
-        Ok(SerializedMessage::Cast {
-            variant: ENTITY_MESSAGE_VARIANT.to_string(),
-            args,
-            metadata: None,
-        })
+        match self.0 {
+            Inbound::Peer(envelope) => remote_cast::encode(ENTITY_MESSAGE_VARIANT, &envelope),
+            _ => Err(BoxedDowncastErr),
+        }
     }
 
-    /// Never fails: bytes that are not a replication message become
-    /// an undecodable message, so the entity counts and logs them instead
-    /// of ractor dropping them silently.
+    /// Never fails: bytes that are not a replication message become an
+    /// undecodable message, so the entity counts and logs them instead of
+    /// ractor dropping them silently.
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        let inbound = match message {
-            SerializedMessage::Cast { variant, args, .. } if variant == ENTITY_MESSAGE_VARIANT => {
-                match codec::decode(&args) {
-                    Ok(envelope) => Inbound::Peer(envelope),
-                    Err(err) => Inbound::Undecodable(err.to_string()),
-                }
-            }
-            SerializedMessage::Cast { variant, .. } | SerializedMessage::Call { variant, .. } => {
-                Inbound::Undecodable(format!("unknown message variant {variant:?}"))
-            }
-            SerializedMessage::CallReply(..) => {
-                Inbound::Undecodable("a call reply, but entities make no calls".into())
-            }
-        };
-        Ok(Self(inbound))
+        Ok(Self(
+            match remote_cast::decode(ENTITY_MESSAGE_VARIANT, message) {
+                Ok(envelope) => Inbound::Peer(envelope),
+                Err(reason) => Inbound::Undecodable(reason),
+            },
+        ))
     }
 }
 
