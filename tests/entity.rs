@@ -211,3 +211,25 @@ async fn a_journal_that_cannot_flush_fails_the_command_and_stops_the_entity() {
         "its memory may be ahead of its disk: it must not answer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_entity() {
+    let mut disk = MemoryJournal::new();
+    let entity = spawn(disk.clone(), "counter-5").await;
+    // Another writer under the same replica id got there first, as with a
+    // replica id reused for a second journal writer.
+    let mut other = ractor_replicated::persistence::replicated::ReplicatedLog::new(
+        ReplicaId::new("node-a", 1),
+        Counter,
+        LastWriterWins,
+    );
+    let theirs = other.persist(vec![Event::Added(100)], 0);
+    disk.append("counter-5", &theirs).unwrap();
+
+    let outcome = entity.command(Command::Add(1)).await;
+    assert!(outcome.is_err_and(|err| err.to_string().contains("already holds")));
+    assert!(entity.state().await.is_err(), "the entity stopped");
+    let journaled: Vec<(u64, EventEnvelope<Event>)> = disk.read_from("counter-5", 1).unwrap();
+    assert_eq!(journaled.len(), 1);
+    assert_eq!(journaled[0].1.event, Event::Added(100), "theirs stays");
+}

@@ -238,3 +238,34 @@ fn an_event_waits_for_its_causal_past_and_duplicates_are_dropped() {
     assert_eq!(reader.state().value, 7);
     assert_eq!(reader.state(), writer.state());
 }
+
+#[test]
+fn malformed_events_are_dropped_and_the_real_ones_still_apply() {
+    let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
+    let mut writer = ReplicatedLog::new(a.clone(), Arithmetic, LastWriterWins);
+    let mut reader = ReplicatedLog::new(b, Arithmetic, LastWriterWins);
+    let events = writer.persist(vec![Op::Add(2), Op::Times(3)], 1);
+
+    let mut ahead = events[0].clone();
+    ahead.version = VersionVector::new();
+    for _ in 0..1_000 {
+        ahead.version.increment(&a);
+    }
+    let mut sequence_zero = events[0].clone();
+    sequence_zero.origin_seq = 0;
+    let mut at_the_limit = events[1].clone();
+    at_the_limit.origin_seq = u64::MAX;
+    for forged in [ahead, sequence_zero, at_the_limit] {
+        assert!(reader.receive(forged).is_empty());
+    }
+    assert_eq!(reader.waiting(), 0, "nothing forged waits either");
+    assert_eq!(reader.receive_all(events.clone()).len(), 2);
+    assert_eq!(reader.state(), writer.state());
+
+    let mut recovered = ReplicatedLog::new(a, Arithmetic, LastWriterWins);
+    let mut forged = events[1].clone();
+    forged.origin_seq = 7;
+    recovered.recover(events.into_iter().chain([forged]));
+    assert_eq!(recovered.state(), writer.state());
+    assert_eq!(recovered.waiting(), 0);
+}

@@ -8,6 +8,11 @@ use crate::causal::{ReplicaId, VersionVector};
 /// replays at most this many events after its position.
 const CHECKPOINT_EVERY: usize = 64;
 
+/// At most this many received events wait for their causal past; more are
+/// dropped (anti-entropy sends them again), so a peer cannot grow the buffer
+/// without bound.
+const MAX_WAITING: usize = 100_000;
+
 /// The replication core of one replica of one entity (persistence id).
 ///
 /// * **Causal delivery**: an event is applied only after every event in its
@@ -160,7 +165,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     ) -> Vec<EventEnvelope<H::Event>> {
         let mut applied = Vec::new();
         for envelope in envelopes {
-            if self.is_known(&envelope) {
+            if !well_formed(&envelope) || self.is_known(&envelope) {
+                continue;
+            }
+            if self.waiting.len() >= MAX_WAITING {
+                tracing::warn!(
+                    origin = %envelope.origin,
+                    sequence = envelope.origin_seq,
+                    "too many events wait for their causal past; dropped one"
+                );
                 continue;
             }
             self.waiting.push(envelope);
@@ -189,7 +202,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         }
         let mut by_origin: BTreeMap<ReplicaId, BTreeMap<u64, EventEnvelope<H::Event>>> =
             BTreeMap::new();
-        for envelope in envelopes {
+        for envelope in envelopes.into_iter().filter(well_formed) {
             by_origin
                 .entry(envelope.origin.clone())
                 .or_default()
@@ -209,7 +222,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                     continue;
                 }
                 let first = match next {
-                    Some((_, best)) => self.resolver.order(head, best) == Ordering::Less,
+                    Some((_, best)) => self.order(head, best) == Ordering::Less,
                     None => true,
                 };
                 if first {
@@ -246,10 +259,19 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 .any(|w| w.origin == envelope.origin && w.origin_seq == envelope.origin_seq)
     }
 
+    /// The resolver's order, with ties broken by event identity, so that the
+    /// incremental insertion and the one-pass recovery agree even for a
+    /// resolver that leaves ties.
+    fn order(&self, first: &EventEnvelope<H::Event>, second: &EventEnvelope<H::Event>) -> Ordering {
+        self.resolver.order(first, second).then_with(|| {
+            (&first.origin, first.origin_seq).cmp(&(&second.origin, second.origin_seq))
+        })
+    }
+
     /// Its causal past is applied: the origin's previous event and every
     /// event of others it had seen.
     fn is_deliverable(&self, envelope: &EventEnvelope<H::Event>) -> bool {
-        envelope.origin_seq == self.seen.get(&envelope.origin) + 1
+        envelope.origin_seq == self.seen.get(&envelope.origin).saturating_add(1)
             && envelope
                 .version
                 .iter()
@@ -282,7 +304,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             .rposition(|&(origin, seq)| seq <= past[origin])
             .map_or(0, |last| last + 1);
         let position = (available_from..self.events.len())
-            .find(|&i| self.resolver.order(&envelope, &self.events[i]) == Ordering::Less)
+            .find(|&i| self.order(&envelope, &self.events[i]) == Ordering::Less)
             .unwrap_or(self.events.len());
         if position < self.applied {
             self.stale_from = Some(self.stale_from.map_or(position, |p| p.min(position)));
@@ -343,6 +365,24 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         }
         version
     }
+}
+
+/// An envelope whose identity and version agree: a sequence number from 1
+/// that its version holds for its origin. Anything else would corrupt the
+/// causal bookkeeping (a version ahead of the sequence would make the
+/// origin's real events look known), so it is dropped and logged.
+fn well_formed<E>(envelope: &EventEnvelope<E>) -> bool {
+    let ok = envelope.origin_seq != 0
+        && envelope.origin_seq != u64::MAX
+        && envelope.version.get(&envelope.origin) == envelope.origin_seq;
+    if !ok {
+        tracing::warn!(
+            origin = %envelope.origin,
+            sequence = envelope.origin_seq,
+            "dropped a malformed event: its version disagrees with its sequence number"
+        );
+    }
+    ok
 }
 
 fn apply<H: EventHandler>(

@@ -243,13 +243,17 @@ where
     ) -> std::result::Result<(), ActorProcessingErr> {
         let effects = match message.0 {
             Inbound::Command(command, reply) => {
-                handle_command(&myself, state, command, reply);
+                handle_command(&myself, state, command, reply)?;
                 Vec::new()
             }
             Inbound::State(reply) => {
                 let current = state.replication.log().state().clone();
-                answer_after_flush(&myself, state, move |_| {
-                    let _ = reply.send(current);
+                // If the flush fails, the state may hold events that are
+                // lost: no answer.
+                answer_after_flush(&myself, state, move |flushed| {
+                    if flushed.is_ok() {
+                        let _ = reply.send(current);
+                    }
                 });
                 Vec::new()
             }
@@ -292,7 +296,8 @@ fn handle_command<B, R, J>(
     state: &mut EntityState<B, R, J>,
     command: B::Command,
     reply: oneshot::Sender<Result<Option<B::Reply>>>,
-) where
+) -> Result<()>
+where
     B: ReplicatedEventSourcedActor,
     R: ConflictResolver<B::Event>,
     J: Journal,
@@ -307,15 +312,34 @@ fn handle_command<B, R, J>(
         answer_after_flush(myself, state, move |flushed| {
             let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
         });
-        return;
+        return Ok(());
     }
     let stamped = state.replication.log().stamp(effect.events, now_millis());
-    if let Err(err) = state.journal.append(&state.persistence_id, &stamped) {
-        // Atomic: nothing of the command reached the journal, so nothing is
-        // applied and the entity can go on.
-        tracing::error!(persistence_id = state.persistence_id, error = %err, "the journal refused a command's events");
-        let _ = reply.send(Err(err));
-        return;
+    match state.journal.append(&state.persistence_id, &stamped) {
+        Err(err) => {
+            // Atomic: nothing of the command reached the journal, so nothing
+            // is applied and the entity can go on.
+            tracing::error!(persistence_id = state.persistence_id, error = %err, "the journal refused a command's events");
+            let _ = reply.send(Err(err));
+            return Ok(());
+        }
+        Ok(added) if added != stamped.len() => {
+            // The journal already holds events under these ids: this replica
+            // is behind its own journal (a reused replica id, or a write
+            // reported failed that landed). Restarting from the journal is
+            // the way back.
+            let err = Error::Store {
+                path: state.persistence_id.clone(),
+                key: stamped
+                    .first()
+                    .map(|e| format!("{}#{}", e.origin, e.origin_seq)),
+                reason: "the journal already holds an event with this id; the entity stops".into(),
+            };
+            tracing::error!(persistence_id = state.persistence_id, error = %err, "event id already journaled");
+            let _ = reply.send(Err(err.clone()));
+            return Err(err);
+        }
+        Ok(_) => {}
     }
     state.unflushed = true;
     state
@@ -326,6 +350,7 @@ fn handle_command<B, R, J>(
     answer_after_flush(myself, state, move |flushed| {
         let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
     });
+    Ok(())
 }
 
 /// Answers once everything the answer may reveal is durable: at once if
