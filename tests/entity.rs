@@ -233,3 +233,94 @@ async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_e
     assert_eq!(journaled.len(), 1);
     assert_eq!(journaled[0].1.event, Event::Added(100), "theirs stays");
 }
+
+async fn spawn_snapshotting<J: Journal + Sync>(
+    journal: J,
+    persistence_id: &str,
+    every: usize,
+) -> Entity<Counter> {
+    let config = EntityConfig::new(persistence_id, ReplicaId::new("node-a", 1));
+    ReplicatedEntity::spawn_with_snapshots(Counter, LastWriterWins, journal, config, every)
+        .await
+        .expect("the entity starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshotting_entity_keeps_few_events_in_memory_and_restarts_from_its_snapshot() {
+    let dir = TempDir::new("entity-snapshots");
+    let open = || SledJournal::open(&dir.0).expect("the journal opens");
+    let entity = spawn_snapshotting(open(), "counter-6", 200).await;
+    for n in 1..=1_000 {
+        send(&entity, Command::Add(n)).await;
+    }
+    let stats = entity.stats().await.unwrap();
+    assert_eq!(stats.events, 1_000);
+    assert!(
+        stats.events - stats.compacted_events < 200 + 64,
+        "alone, a replica compacts all but the events since its last try: {stats:?}"
+    );
+    entity.stop().await;
+
+    let journal = open();
+    let snapshot = journal
+        .load_snapshot("counter-6")
+        .unwrap()
+        .expect("a snapshot was saved");
+    assert!(snapshot.events >= 800, "{snapshot:?}");
+    assert_eq!(
+        journal.highest_sequence("counter-6").unwrap(),
+        1_000,
+        "every event stays"
+    );
+    drop(journal);
+
+    let entity = spawn_snapshotting(open(), "counter-6", 200).await;
+    let stats = entity.stats().await.unwrap();
+    assert_eq!(stats.events, 1_000);
+    assert_eq!(
+        stats.compacted_events, snapshot.events,
+        "it started from the snapshot"
+    );
+    assert_eq!(entity.state().await.unwrap(), (1..=1_000).sum::<i64>());
+    assert_eq!(send(&entity, Command::Add(1)).await, Some(500_501));
+    entity.stop().await;
+
+    // Without snapshots, the whole journal gives the same state.
+    let entity = spawn(open(), "counter-6").await;
+    assert_eq!(entity.stats().await.unwrap().compacted_events, 0);
+    assert_eq!(entity.state().await.unwrap(), 500_501);
+    entity.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_passed_over_for_the_whole_journal() {
+    let disk = MemoryJournal::new();
+    let entity = spawn_snapshotting(disk.clone(), "counter-7", 100).await;
+    for n in 1..=300 {
+        send(&entity, Command::Add(n)).await;
+    }
+    entity.stop().await;
+    let good = disk.load_snapshot("counter-7").unwrap().expect("saved");
+    let expected = (1..=300).sum::<i64>();
+
+    let damaged = [
+        ractor_replicated::codec::encode(
+            &ractor_replicated::persistence::journal::StoredSnapshot {
+                state: vec![0xc1],
+                ..good.clone()
+            },
+        )
+        .unwrap(),
+        vec![0xff, 0x00, 0x13],
+        Vec::new(),
+    ];
+    for bytes in damaged {
+        disk.put_raw_snapshot("counter-7", bytes);
+        let entity = spawn_snapshotting(disk.clone(), "counter-7", 100).await;
+        let stats = entity.stats().await.unwrap();
+        assert_eq!(stats.compacted_events, 0, "the snapshot was not used");
+        assert_eq!(stats.events, 300);
+        assert_eq!(entity.state().await.unwrap(), expected);
+        entity.stop().await;
+    }
+}

@@ -49,12 +49,24 @@ impl ReplicatedEventSourcedActor for Ledger {
     }
 }
 
-async fn spawn_replica(node: &TestNode, journal: MemoryJournal, id: &str) -> Entity<Ledger> {
-    let config = EntityConfig::new(id, ReplicaId::new(node.name.as_str(), 0))
+fn replica_config(node: &TestNode, id: &str) -> EntityConfig {
+    EntityConfig::new(id, ReplicaId::new(node.name.as_str(), 0))
         .with_discovery(SessionDiscovery::new(node.server.clone()))
         .with_discovery_interval(Duration::from_millis(20))
-        .with_anti_entropy_interval(Duration::from_millis(100));
-    ReplicatedEntity::spawn(Ledger, LastWriterWins, journal, config)
+        .with_anti_entropy_interval(Duration::from_millis(100))
+}
+
+async fn spawn_replica(node: &TestNode, journal: MemoryJournal, id: &str) -> Entity<Ledger> {
+    ReplicatedEntity::spawn(Ledger, LastWriterWins, journal, replica_config(node, id))
+        .await
+        .expect("the entity starts")
+}
+
+const SNAPSHOT_EVERY: usize = 64;
+
+async fn spawn_snapshotting(node: &TestNode, journal: MemoryJournal, id: &str) -> Entity<Ledger> {
+    let config = replica_config(node, id);
+    ReplicatedEntity::spawn_with_snapshots(Ledger, LastWriterWins, journal, config, SNAPSHOT_EVERY)
         .await
         .expect("the entity starts")
 }
@@ -197,6 +209,99 @@ async fn garbage_replication_messages_are_counted_and_change_nothing() {
     .await;
     replicas[1].command("still working".into()).await.unwrap();
     eventually("replication goes on", BOUND, || converged(&replicas, 2)).await;
+    for replica in &replicas {
+        replica.stop().await;
+    }
+    for node in &nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshotting_replicas_serve_a_lagging_one_from_the_journal_and_reload_for_late_events() {
+    let nodes = cluster("entity-snapshots", 3, test_core_config()).await;
+    let disks: Vec<MemoryJournal> = (0..3).map(|_| MemoryJournal::new()).collect();
+    let mut replicas = Vec::new();
+    for (node, disk) in nodes.iter().zip(&disks) {
+        replicas.push(spawn_snapshotting(node, disk.clone(), "ledger-4").await);
+    }
+    // A replica that compacts before it finds its peers would read its
+    // journal back when their events arrive: correct, but not what this
+    // test is about.
+    eventually("the replicas see each other", BOUND, || async {
+        for replica in &replicas {
+            if replica.stats().await.map_or(0, |s| s.reachable_peers.len()) != 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    record_concurrently(&replicas, "together", 100).await;
+    eventually("converged", BOUND, || converged(&replicas, 300)).await;
+    for replica in &replicas {
+        let stats = replica.stats().await.unwrap();
+        assert_eq!(
+            stats.history_reloads, 0,
+            "compaction waits for what reachable peers have seen: {stats:?}"
+        );
+    }
+
+    // Replica 2 is away while the others go on and compact past it.
+    replicas[2].stop().await;
+    eventually("the others see it gone", BOUND, || async {
+        replicas[0]
+            .stats()
+            .await
+            .is_ok_and(|stats| stats.reachable_peers.len() == 1)
+    })
+    .await;
+    record_concurrently(&replicas[..2], "without-2", 150).await;
+    eventually("both compact past what replica 2 holds", BOUND, || async {
+        for replica in &replicas[..2] {
+            if replica.stats().await.map_or(0, |s| s.compacted_events) <= 300 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    // Meanwhile it took commands on its own: its events are concurrent with
+    // events the others compacted.
+    let alone = EntityConfig::new("ledger-4", ReplicaId::new(nodes[2].name.as_str(), 0));
+    let isolated = ReplicatedEntity::spawn_with_snapshots(
+        Ledger,
+        LastWriterWins,
+        disks[2].clone(),
+        alone,
+        SNAPSHOT_EVERY,
+    )
+    .await
+    .expect("the entity starts");
+    for n in 0..5 {
+        isolated.command(format!("alone-{n}")).await.unwrap();
+    }
+    isolated.stop().await;
+
+    replicas[2] = spawn_snapshotting(&nodes[2], disks[2].clone(), "ledger-4").await;
+    eventually("one state everywhere after the reunion", BOUND, || {
+        converged(&replicas, 605)
+    })
+    .await;
+    let mut reloads = 0;
+    for replica in &replicas[..2] {
+        reloads += replica.stats().await.unwrap().history_reloads;
+    }
+    assert!(
+        reloads > 0,
+        "the lone events sort among compacted ones: the others read their journals back"
+    );
+    let state = replicas[0].state().await.unwrap();
+    let mut unique = state.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 605, "no entry applied twice");
     for replica in &replicas {
         replica.stop().await;
     }

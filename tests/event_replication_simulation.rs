@@ -4,17 +4,21 @@
 //! persist events concurrently and crash, losing what their journal had not
 //! flushed, then restart from their journal. After healing, anti-entropy must
 //! bring every replica to the same events, order and state, with every event
-//! journaled exactly once everywhere. 1,000 seeds per `cargo test`;
-//! `REPLICATION_SEEDS=100000` for more; a failure names its seed.
+//! journaled exactly once everywhere. Every other seed snapshots: replicas
+//! compact their logs, save snapshots, restart from them, answer lagging
+//! peers from the journal and read the journal back when a late event may
+//! sort among compacted ones; their states must equal a replay of the whole
+//! journal. 1,000 seeds per `cargo test`; `REPLICATION_SEEDS=100000` for
+//! more; a failure names its seed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use ractor_replicated::codec;
-use ractor_replicated::persistence::journal::{Journal, MemoryJournal};
+use ractor_replicated::persistence::journal::{Journal, MemoryJournal, StoredSnapshot};
 use ractor_replicated::persistence::replicated::{
-    EventHandler, EventMeta, LastWriterWins, ReplicatedLog, Replication, ReplicationEffect,
-    ReplicationMessage,
+    Effects, EventHandler, EventMeta, LastWriterWins, ReplicatedLog, Replication,
+    ReplicationEffect, ReplicationMessage, Snapshot,
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};
@@ -62,24 +66,87 @@ struct Sim {
     crashes: usize,
     /// Replicated events the log asked to journal twice: must stay empty.
     journaled_twice: Vec<String>,
+    /// Compact and snapshot every this many events, if set.
+    snapshot_every: Option<usize>,
+    /// Per replica, where its last snapshot's recovery reads from.
+    snapshot_from: Vec<u64>,
+    counts: Counts,
 }
 
-/// A replica as its entity starts: its log rebuilt from its journal.
-fn replica_from(journal: &MemoryJournal, index: usize) -> Replication<Arithmetic, LastWriterWins> {
+/// How often the snapshot paths ran, summed over seeds.
+#[derive(Default, Debug)]
+struct Counts {
+    snapshots_saved: usize,
+    started_from_snapshot: usize,
+    served_from_journal: usize,
+    history_loads: usize,
+}
+
+/// A log rebuilt from the whole journal.
+fn replayed(journal: &MemoryJournal, index: usize) -> ReplicatedLog<Arithmetic, LastWriterWins> {
     let mut log = ReplicatedLog::new(ReplicaId::new(NAMES[index], 1), Arithmetic, LastWriterWins);
     let journaled = journal
         .read_from::<Op>(ENTITY, 1)
         .expect("the journal reads back");
     log.recover(journaled.into_iter().map(|(_, envelope)| envelope));
+    log
+}
+
+/// A replica as its entity starts: its log rebuilt from its journal, from
+/// its snapshot if it snapshots and has one that fits.
+fn replica_from(
+    journal: &MemoryJournal,
+    index: usize,
+    snapshot_every: Option<usize>,
+    counts: &mut Counts,
+) -> (Replication<Arithmetic, LastWriterWins>, u64) {
+    let mut log = ReplicatedLog::new(ReplicaId::new(NAMES[index], 1), Arithmetic, LastWriterWins);
+    let mut from = 1;
+    let stored = journal
+        .load_snapshot(ENTITY)
+        .expect("the snapshot reads back");
+    let started = match (snapshot_every, stored) {
+        (Some(_), Some(stored)) => {
+            let snapshot = Snapshot {
+                state: codec::decode(&stored.state).expect("the state decodes"),
+                version: stored.version,
+                events: stored.events,
+            };
+            let (known, later): (Vec<_>, Vec<_>) = journal
+                .read_from::<Op>(ENTITY, stored.from_sequence)
+                .expect("the journal reads back")
+                .into_iter()
+                .partition(|(sequence, _)| *sequence <= stored.sequence);
+            from = stored.from_sequence;
+            log.recover_from_snapshot(
+                snapshot,
+                known.into_iter().map(|(_, e)| e),
+                later.into_iter().map(|(_, e)| e),
+            )
+        }
+        _ => false,
+    };
+    if started {
+        counts.started_from_snapshot += 1;
+    } else {
+        log = replayed(journal, index);
+        from = 1;
+    }
     // Small budgets force catch-up to travel in many messages.
-    Replication::new(log, 300)
+    let replication = Replication::new(log, 300);
+    match snapshot_every {
+        Some(every) => (replication.with_snapshots(every), from),
+        None => (replication, from),
+    }
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
         let journals: Vec<MemoryJournal> = NAMES.iter().map(|_| MemoryJournal::new()).collect();
+        let snapshot_every = (seed % 2 == 1).then_some(64);
+        let mut counts = Counts::default();
         let replicas = (0..NAMES.len())
-            .map(|i| replica_from(&journals[i], i))
+            .map(|i| replica_from(&journals[i], i, snapshot_every, &mut counts).0)
             .collect();
         Self {
             rng: Rng(seed),
@@ -93,6 +160,9 @@ impl Sim {
             journals,
             crashes: 0,
             journaled_twice: Vec::new(),
+            snapshot_every,
+            snapshot_from: vec![1; NAMES.len()],
+            counts,
         }
     }
 
@@ -100,9 +170,45 @@ impl Sim {
         self.group[a] == self.group[b]
     }
 
-    fn run_effects(&mut self, from: usize, effects: Vec<ReplicationEffect<Op>>) {
+    fn run_effects(&mut self, from: usize, effects: Effects<Arithmetic>) {
         for effect in effects {
             match effect {
+                ReplicationEffect::Snapshot(snapshot) => {
+                    // As an entity does: what the snapshot covers is durable first.
+                    let journal = &mut self.journals[from];
+                    journal.flush().expect("flushes");
+                    let from_sequence = journal
+                        .first_sequence_outside(ENTITY, &snapshot.version, self.snapshot_from[from])
+                        .expect("the journal reads back");
+                    let stored = StoredSnapshot {
+                        state: codec::encode(&snapshot.state).expect("the state encodes"),
+                        version: snapshot.version,
+                        events: snapshot.events,
+                        from_sequence,
+                        sequence: journal.highest_sequence(ENTITY).expect("reads"),
+                    };
+                    journal.save_snapshot(ENTITY, &stored).expect("saves");
+                    self.snapshot_from[from] = from_sequence;
+                    self.counts.snapshots_saved += 1;
+                }
+                ReplicationEffect::ServeFromJournal { to, version } => {
+                    self.counts.served_from_journal += 1;
+                    let missing = self.journals[from]
+                        .missing_for::<Op>(ENTITY, &version)
+                        .expect("the journal reads back");
+                    let effects = self.replicas[from].events_for(&to, &missing);
+                    self.run_effects(from, effects);
+                }
+                ReplicationEffect::LoadHistory => {
+                    self.counts.history_loads += 1;
+                    let journaled = self.journals[from]
+                        .read_from::<Op>(ENTITY, 1)
+                        .expect("the journal reads back");
+                    self.snapshot_from[from] = 1;
+                    let effects =
+                        self.replicas[from].history_loaded(journaled.into_iter().map(|(_, e)| e));
+                    self.run_effects(from, effects);
+                }
                 ReplicationEffect::Journal(events) => {
                     let new = self.journals[from]
                         .append(ENTITY, &events)
@@ -177,14 +283,18 @@ impl Sim {
             match self.rng.below(10) {
                 0..=4 => {
                     let r = self.rng.below(3) as usize;
-                    let op = if self.rng.below(3) == 0 {
-                        Op::Times(self.rng.below(3) as i64 + 1)
-                    } else {
-                        Op::Add(self.rng.below(10) as i64)
-                    };
+                    let ops = (0..1 + self.rng.below(3))
+                        .map(|_| {
+                            if self.rng.below(3) == 0 {
+                                Op::Times(self.rng.below(3) as i64 + 1)
+                            } else {
+                                Op::Add(self.rng.below(10) as i64)
+                            }
+                        })
+                        .collect();
                     let timestamp = self.rng.below(50) as i64;
                     // As an entity does: journal, flush, apply, then push.
-                    let events = self.replicas[r].log().stamp(vec![op], timestamp);
+                    let events = self.replicas[r].log().stamp(ops, timestamp);
                     self.journals[r].append(ENTITY, &events).expect("appends");
                     self.journals[r].flush().expect("flushes");
                     self.replicas[r]
@@ -231,7 +341,10 @@ impl Sim {
     fn crash(&mut self, r: usize) {
         self.crashes += 1;
         self.journals[r].lose_unflushed();
-        self.replicas[r] = replica_from(&self.journals[r], r);
+        let (replica, from) =
+            replica_from(&self.journals[r], r, self.snapshot_every, &mut self.counts);
+        self.replicas[r] = replica;
+        self.snapshot_from[r] = from;
         for (other, name) in NAMES.iter().enumerate() {
             if other == r || !self.connected(r, other) {
                 continue;
@@ -264,15 +377,35 @@ impl Sim {
     fn converged(&self) -> bool {
         self.replicas
             .iter()
-            .all(|r| r.log().events().len() == self.persisted && r.log().waiting() == 0)
+            .all(|r| r.log().applied_events() == self.persisted as u64 && r.log().waiting() == 0)
     }
 
+    /// Every replica holds the same order and state, and a replica that
+    /// compacted holds the state a replay of its whole journal gives.
     fn check(&self) -> Result<(), String> {
-        let first = self.replicas[0].log();
+        let first = replayed(&self.journals[0], 0);
         for (i, replica) in self.replicas.iter().enumerate() {
             let log = replica.log();
-            if !log.events().eq(first.events()) {
+            let full = replayed(&self.journals[i], i);
+            if !full.events().eq(first.events()) {
                 return Err(format!("r{i} holds another order than r0"));
+            }
+            if !full
+                .events()
+                .rev()
+                .take(log.events().len())
+                .eq(log.events().rev())
+            {
+                return Err(format!(
+                    "r{i} keeps in memory other events than its journal's last"
+                ));
+            }
+            if log.state() != full.state() {
+                return Err(format!(
+                    "r{i} is in {:?}, a replay of its journal gives {:?}",
+                    log.state(),
+                    full.state()
+                ));
             }
             if log.state() != first.state() || log.state().1 as usize != self.persisted {
                 return Err(format!(
@@ -306,13 +439,28 @@ fn replicas_of_an_entity_converge_through_loss_duplication_and_partitions() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000);
     let mut crashes = 0;
+    let mut counts = Counts::default();
     for seed in 0..seeds {
         let mut sim = Sim::new(seed);
         let outcome = sim.run_to_end();
         crashes += sim.crashes;
+        counts.snapshots_saved += sim.counts.snapshots_saved;
+        counts.started_from_snapshot += sim.counts.started_from_snapshot;
+        counts.served_from_journal += sim.counts.served_from_journal;
+        counts.history_loads += sim.counts.history_loads;
         if let Err(failure) = outcome {
             panic!("seed {seed}: {failure}");
         }
     }
+    println!("{seeds} seeds, {crashes} crashes, {counts:?}");
     assert!(crashes > seeds as usize, "crashes are exercised: {crashes}");
+    if seeds >= 100 {
+        assert!(
+            counts.snapshots_saved > 0
+                && counts.started_from_snapshot > 0
+                && counts.served_from_journal > 0
+                && counts.history_loads > 0,
+            "every snapshot path runs: {counts:?}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 mod support;
 
-use ractor_replicated::persistence::journal::{Journal, SledJournal};
+use ractor_replicated::persistence::journal::{Journal, SledJournal, StoredSnapshot};
 use ractor_replicated::persistence::replicated::{
     EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
 };
@@ -140,4 +140,79 @@ fn malformed_replication_messages_are_decode_errors() {
         let _ = codec::decode::<EventEnvelope<String>>(&flipped);
         flipped[i] ^= 0xff;
     }
+}
+
+#[test]
+fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
+    let dir = TempDir::new("snapshots");
+    let (_, events) = two_replicas();
+    let mut prefix = VersionVector::new();
+    prefix.increment(&ReplicaId::new("a", 1));
+    prefix.increment(&ReplicaId::new("a", 1));
+    let snapshot = |state: &[&str], events: u64, from_sequence: u64| StoredSnapshot {
+        version: prefix.clone(),
+        events,
+        from_sequence,
+        sequence: 4,
+        state: codec::encode(&state).unwrap(),
+    };
+    {
+        let mut journal = SledJournal::open(&dir.0).unwrap();
+        journal.append("cart-1", &events).unwrap();
+        assert_eq!(journal.load_snapshot("cart-1").unwrap(), None);
+        // events: a1, a2, b1, a3; the prefix holds a1 and a2.
+        let from = journal
+            .first_sequence_outside("cart-1", &prefix, 1)
+            .unwrap();
+        assert_eq!(from, 3);
+        journal
+            .save_snapshot("cart-1", &snapshot(&["a1"], 1, 2))
+            .unwrap();
+        journal
+            .save_snapshot("cart-1", &snapshot(&["a1", "a2"], 2, from))
+            .unwrap();
+        journal.flush().unwrap();
+    }
+    let journal = SledJournal::open(&dir.0).unwrap();
+    assert_eq!(
+        journal.load_snapshot("cart-1").unwrap(),
+        Some(snapshot(&["a1", "a2"], 2, 3)),
+        "the last one saved"
+    );
+    assert_eq!(journal.load_snapshot("cart-2").unwrap(), None);
+    assert_eq!(
+        journal.highest_sequence("cart-1").unwrap(),
+        4,
+        "a snapshot is not an event"
+    );
+    assert_eq!(journal.read_from::<String>("cart-1", 1).unwrap().len(), 4);
+    let everything = events[3].version.clone();
+    assert_eq!(
+        journal
+            .first_sequence_outside("cart-1", &everything, 1)
+            .unwrap(),
+        5,
+        "past the end when the prefix holds every event"
+    );
+}
+
+#[test]
+fn a_malformed_snapshot_is_an_error_naming_it() {
+    let dir = TempDir::new("malformed-snapshot");
+    {
+        let db = sled::open(&dir.0).unwrap();
+        let tree = db.open_tree("journal/cart-1").unwrap();
+        tree.insert([1], &[codec::WIRE_VERSION, 0x93, 0x01][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let journal = SledJournal::open(&dir.0).unwrap();
+    let err = journal.load_snapshot("cart-1").unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err}");
+    assert!(err.to_string().contains("cart-1#snapshot"), "{err}");
+    assert_eq!(
+        journal.highest_sequence("cart-1").unwrap(),
+        0,
+        "events are apart"
+    );
 }

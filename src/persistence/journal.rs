@@ -2,8 +2,8 @@
 //! stored it, with what replication needs (origin, origin sequence number,
 //! version vector, timestamp).
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 
 use crate::causal::VersionVector;
 use crate::error::Result;
@@ -14,6 +14,27 @@ mod sled_journal;
 
 pub use memory_journal::MemoryJournal;
 pub use sled_journal::SledJournal;
+
+/// A snapshot as a journal keeps it: the state after a prefix of the
+/// canonical event order (see [`Snapshot`](crate::persistence::replicated::Snapshot)),
+/// with the state encoded by the entity, so that journals need not know the
+/// state's type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    /// The prefix the state reflects, as a version.
+    pub version: VersionVector,
+    /// How many events the prefix holds.
+    pub events: u64,
+    /// The local sequence number recovery reads from: every event stored
+    /// before it is in the prefix.
+    pub from_sequence: u64,
+    /// The highest local sequence number when the snapshot was taken. Events
+    /// stored after it must have seen the whole prefix for the snapshot to
+    /// hold; those up to it were already placed after the prefix.
+    pub sequence: u64,
+    /// The state, encoded with the crate's codec.
+    pub state: Vec<u8>,
+}
 
 /// Where replicated events are journaled.
 ///
@@ -63,4 +84,40 @@ pub trait Journal: Send + 'static {
 
     /// The highest local sequence number of `persistence_id` (0 if none).
     fn highest_sequence(&self, persistence_id: &str) -> Result<u64>;
+
+    /// Keeps `snapshot` as the snapshot of `persistence_id`, replacing the
+    /// one before. Durable, like appends, at the next [`flush`](Self::flush);
+    /// events are never deleted, so a snapshot only shortens recovery. The
+    /// default keeps none, for journals without snapshots: recovery then
+    /// replays every event.
+    fn save_snapshot(&mut self, persistence_id: &str, snapshot: &StoredSnapshot) -> Result<()> {
+        let _ = (persistence_id, snapshot);
+        Ok(())
+    }
+
+    /// The snapshot of `persistence_id`, if one was saved.
+    fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {
+        let _ = persistence_id;
+        Ok(None)
+    }
+
+    /// The lowest local sequence number, from `from` on, of an event outside
+    /// `prefix` (one past the highest if there is none): where recovery from
+    /// a snapshot of `prefix` starts reading.
+    fn first_sequence_outside(
+        &self,
+        persistence_id: &str,
+        prefix: &VersionVector,
+        from: u64,
+    ) -> Result<u64> {
+        let events = self.read_from::<IgnoredAny>(persistence_id, from)?;
+        let outside = events
+            .iter()
+            .find(|(_, envelope)| envelope.origin_seq > prefix.get(&envelope.origin))
+            .map(|(sequence, _)| *sequence);
+        match outside {
+            Some(sequence) => Ok(sequence),
+            None => Ok(self.highest_sequence(persistence_id)?.saturating_add(1)),
+        }
+    }
 }

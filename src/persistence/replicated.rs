@@ -16,8 +16,8 @@ pub use entity::{
     Effect, Entity, EntityConfig, EntityMessage, EntityStats, EventApplied, ReplicatedEntity,
     ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
 };
-pub use log::ReplicatedLog;
-pub use protocol::{Replication, ReplicationEffect, ReplicationMessage};
+pub use log::{ReplicatedLog, Snapshot};
+pub use protocol::{Effects, Replication, ReplicationEffect, ReplicationMessage};
 
 /// One journaled event with what replication needs to know about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

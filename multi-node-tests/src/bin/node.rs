@@ -375,7 +375,7 @@ impl Node {
                 }))
             }
             "tally-wait" => {
-                let events: usize = number(&words, 1)?;
+                let events: u64 = number(&words, 1)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     let stats = self.tally.stats().await.map_err(error)?;

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::Journal;
+use super::{Journal, StoredSnapshot};
 use crate::causal::ReplicaId;
 use crate::codec;
 use crate::error::{Error, Result};
@@ -32,6 +32,8 @@ struct Stored {
     origin_of: Vec<(ReplicaId, u64)>,
     /// How many events the last flush made durable.
     durable: usize,
+    snapshot: Option<Vec<u8>>,
+    durable_snapshot: Option<Vec<u8>>,
 }
 
 impl MemoryJournal {
@@ -40,13 +42,24 @@ impl MemoryJournal {
         Self::default()
     }
 
-    /// Forgets every event appended since the last flush, as a crash would.
+    /// Replaces the stored snapshot of `persistence_id` with raw bytes, to
+    /// test what a damaged one does.
+    pub fn put_raw_snapshot(&self, persistence_id: &str, bytes: Vec<u8>) {
+        let mut entities = self.lock();
+        let stored = entities.0.entry(persistence_id.to_string()).or_default();
+        stored.snapshot = Some(bytes.clone());
+        stored.durable_snapshot = Some(bytes);
+    }
+
+    /// Forgets every event appended and snapshot saved since the last flush,
+    /// as a crash would.
     pub fn lose_unflushed(&self) {
         for stored in self.lock().0.values_mut() {
             for origin in stored.origin_of.drain(stored.durable..) {
                 stored.origins.remove(&origin);
             }
             stored.events.truncate(stored.durable);
+            stored.snapshot.clone_from(&stored.durable_snapshot);
         }
     }
 
@@ -90,6 +103,7 @@ impl Journal for MemoryJournal {
     fn flush(&mut self) -> Result<()> {
         for stored in self.lock().0.values_mut() {
             stored.durable = stored.events.len();
+            stored.durable_snapshot.clone_from(&stored.snapshot);
         }
         Ok(())
     }
@@ -122,5 +136,32 @@ impl Journal for MemoryJournal {
         let entities = self.lock();
         let count = entities.0.get(persistence_id).map_or(0, |s| s.events.len());
         Ok(u64::try_from(count).unwrap_or(u64::MAX))
+    }
+
+    fn save_snapshot(&mut self, persistence_id: &str, snapshot: &StoredSnapshot) -> Result<()> {
+        let bytes = codec::encode(snapshot)?;
+        let mut entities = self.lock();
+        entities
+            .0
+            .entry(persistence_id.to_string())
+            .or_default()
+            .snapshot = Some(bytes);
+        Ok(())
+    }
+
+    fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {
+        let entities = self.lock();
+        let Some(bytes) = entities
+            .0
+            .get(persistence_id)
+            .and_then(|s| s.snapshot.as_ref())
+        else {
+            return Ok(None);
+        };
+        codec::decode(bytes).map(Some).map_err(|err| Error::Store {
+            path: "memory".into(),
+            key: Some(format!("{persistence_id}#snapshot")),
+            reason: err.to_string(),
+        })
     }
 }

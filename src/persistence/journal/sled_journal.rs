@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 
-use super::Journal;
+use super::{Journal, StoredSnapshot};
 use crate::causal::ReplicaId;
 use crate::codec;
 use crate::error::{Error, Result};
@@ -12,13 +12,17 @@ use crate::persistence::replicated::EventEnvelope;
 
 /// Keys of events: this byte, then the local sequence number (8 bytes,
 /// big-endian, so they iterate in order). The first byte leaves room for
-/// other kinds of records (snapshots) in the same tree.
+/// other kinds of records in the same tree.
 const EVENT: u8 = 0;
+
+/// The key of the snapshot, after every event key.
+const SNAPSHOT: [u8; 1] = [1];
 
 /// A [`Journal`] in a sled (0.34) database.
 ///
 /// Each persistence id has its tree, `journal/<id>`, mapping local sequence
-/// numbers to encoded [`EventEnvelope`]s. An append is one sled insert, or
+/// numbers to encoded [`EventEnvelope`]s, plus one key for its latest
+/// [`StoredSnapshot`]. An append is one sled insert, or
 /// one atomic sled batch for several events; sled's log is sequential, so a
 /// crash before [`Journal::flush`] loses a suffix of the appends.
 ///
@@ -235,5 +239,27 @@ impl Journal for SledJournal {
 
     fn highest_sequence(&self, persistence_id: &str) -> Result<u64> {
         self.highest_in(persistence_id, &self.tree(persistence_id)?)
+    }
+
+    fn save_snapshot(&mut self, persistence_id: &str, snapshot: &StoredSnapshot) -> Result<()> {
+        let bytes = codec::encode(snapshot)?;
+        self.tree(persistence_id)?
+            .insert(SNAPSHOT, bytes)
+            .map_err(|e| self.error(Some(format!("{persistence_id}#snapshot")), e))?;
+        Ok(())
+    }
+
+    fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {
+        let key = || Some(format!("{persistence_id}#snapshot"));
+        let Some(bytes) = self
+            .tree(persistence_id)?
+            .get(SNAPSHOT)
+            .map_err(|e| self.error(key(), e))?
+        else {
+            return Ok(None);
+        };
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| self.error(key(), e))
     }
 }

@@ -13,6 +13,22 @@ const CHECKPOINT_EVERY: usize = 64;
 /// without bound.
 const MAX_WAITING: usize = 100_000;
 
+/// The state after a prefix of the canonical order that every event still to
+/// come sorts after: what a [`ReplicatedLog`] keeps of the events it
+/// [compacts](ReplicatedLog::compact), and what an entity saves to start from
+/// instead of replaying its whole journal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot<S> {
+    /// The state after the prefix.
+    pub state: S,
+    /// The prefix: every event `e` with `e.origin_seq <= version[e.origin]`.
+    /// A prefix of a topological order holds the causal past of each of its
+    /// events, so a version vector names it exactly.
+    pub version: VersionVector,
+    /// How many events the prefix holds.
+    pub events: u64,
+}
+
 /// The replication core of one replica of one entity (persistence id).
 ///
 /// * **Causal delivery**: an event is applied only after every event in its
@@ -27,6 +43,14 @@ const MAX_WAITING: usize = 100_000;
 /// * **Late events**: an event that arrives after events it sorts before is
 ///   inserted at its place and the state is replayed from the checkpoint
 ///   before it.
+/// * **Compaction**: [`compact`](Self::compact) drops a prefix of the order
+///   from memory, keeping only the state after it (a [`Snapshot`]). It picks
+///   a prefix that the events to come will have seen, as far as the peers'
+///   versions tell, so that they sort after it. One that has not (a
+///   replica cut off for long, or a new one) cannot be placed without the
+///   dropped events: the log then stops delivering and asks for its history
+///   ([`needs_history`](Self::needs_history)), which the caller reads back
+///   from its journal ([`restore_history`](Self::restore_history)).
 ///
 /// The core does no I/O: the entity actor journals what [`persist`](Self::persist)
 /// returns and what [`receive`](Self::receive) accepts, and sends
@@ -58,6 +82,14 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     /// The first position where an event went since the state was last
     /// brought up to date, if before `applied`: the state must be replayed.
     stale_from: Option<usize>,
+    /// How many events compaction dropped; `checkpoints[0]` holds the state
+    /// and version after them.
+    compacted_events: u64,
+    /// A deliverable event may sort among the compacted ones: delivery waits
+    /// for the history.
+    history_needed: bool,
+    /// Per origin index, the version of its latest compacted event.
+    compacted_latest: Vec<Option<VersionVector>>,
 }
 
 impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
@@ -77,6 +109,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             state: H::State::default(),
             applied: 0,
             stale_from: None,
+            compacted_events: 0,
+            history_needed: false,
+            compacted_latest: Vec::new(),
         }
     }
 
@@ -85,7 +120,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         &self.state
     }
 
-    /// Every applied event, in the canonical order.
+    /// The applied events kept in memory (all but the compacted ones), in
+    /// the canonical order.
     pub fn events(
         &self,
     ) -> impl ExactSizeIterator<Item = &EventEnvelope<H::Event>> + DoubleEndedIterator + '_ {
@@ -100,6 +136,35 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// How many received events wait for their causal past.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// How many events were applied, compacted ones included.
+    pub fn applied_events(&self) -> u64 {
+        self.compacted_events
+            .saturating_add(u64::try_from(self.events.len()).unwrap_or(u64::MAX))
+    }
+
+    /// The events dropped from memory by [`compact`](Self::compact), as a
+    /// version (empty if none were).
+    pub fn compacted(&self) -> &VersionVector {
+        &self.checkpoints[0].1
+    }
+
+    /// How many events [`compact`](Self::compact) dropped from memory.
+    pub fn compacted_events(&self) -> u64 {
+        self.compacted_events
+    }
+
+    /// Whether a deliverable event may sort among the compacted events, so
+    /// that delivery stopped until [`restore_history`](Self::restore_history).
+    pub fn needs_history(&self) -> bool {
+        self.history_needed
+    }
+
+    /// Whether [`missing_for`](Self::missing_for) can answer a peer whose
+    /// version is `peer` from memory: it holds every compacted event.
+    pub fn can_serve(&self, peer: &VersionVector) -> bool {
+        peer.descends(self.compacted())
     }
 
     /// Persists local events at `timestamp`: [`stamp`](Self::stamp)s them and
@@ -177,14 +242,161 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 continue;
             }
             self.waiting.push(envelope);
-            while let Some(ready) = self.waiting.iter().position(|e| self.is_deliverable(e)) {
-                let envelope = self.waiting.swap_remove(ready);
-                self.insert(envelope.clone());
-                applied.push(envelope);
-            }
+            self.deliver_waiting(&mut applied);
         }
         self.bring_state_up_to_date();
         applied
+    }
+
+    fn deliver_waiting(&mut self, applied: &mut Vec<EventEnvelope<H::Event>>) {
+        while !self.history_needed {
+            let Some(ready) = self.waiting.iter().position(|e| self.is_deliverable(e)) else {
+                break;
+            };
+            if !self.follows_compacted(&self.waiting[ready]) {
+                tracing::debug!(
+                    origin = %self.waiting[ready].origin,
+                    sequence = self.waiting[ready].origin_seq,
+                    "an event may sort among compacted events; the history is needed"
+                );
+                self.history_needed = true;
+                break;
+            }
+            let envelope = self.waiting.swap_remove(ready);
+            self.insert(envelope.clone());
+            applied.push(envelope);
+        }
+    }
+
+    /// Starts the log from a snapshot and the journaled events outside it:
+    /// `known`, those journaled when the snapshot was taken, and `later`,
+    /// those journaled since. False, with the log left empty, if a later
+    /// event has not seen all of the snapshot: it may sort inside the
+    /// prefix (the log read its history back after the snapshot), so the
+    /// snapshot cannot be trusted, and the caller recovers from the whole
+    /// journal instead. Events the snapshot covers are skipped.
+    pub fn recover_from_snapshot(
+        &mut self,
+        snapshot: Snapshot<H::State>,
+        known: impl IntoIterator<Item = EventEnvelope<H::Event>>,
+        later: impl IntoIterator<Item = EventEnvelope<H::Event>>,
+    ) -> bool {
+        if !self.events.is_empty() || !self.waiting.is_empty() || self.compacted_events > 0 {
+            return false;
+        }
+        let outside = |e: &EventEnvelope<H::Event>| e.origin_seq > snapshot.version.get(&e.origin);
+        let later: Vec<EventEnvelope<H::Event>> = later.into_iter().filter(outside).collect();
+        if !later.iter().all(|e| past_includes(e, &snapshot.version)) {
+            return false;
+        }
+        let after: Vec<EventEnvelope<H::Event>> =
+            known.into_iter().filter(outside).chain(later).collect();
+        for (replica, _) in snapshot.version.iter() {
+            self.index_of(replica);
+        }
+        self.seen = snapshot.version.clone();
+        self.state = snapshot.state.clone();
+        self.checkpoints = vec![(snapshot.state, snapshot.version)];
+        self.compacted_events = snapshot.events;
+        self.walk(after);
+        true
+    }
+
+    /// Rebuilds the log from its whole history, read back from the journal,
+    /// after [`needs_history`](Self::needs_history) stopped delivery; then
+    /// delivers what waited. Returns the events applied from those waiting,
+    /// as [`receive_all`](Self::receive_all) does.
+    pub fn restore_history(
+        &mut self,
+        journaled: impl IntoIterator<Item = EventEnvelope<H::Event>>,
+    ) -> Vec<EventEnvelope<H::Event>> {
+        let waiting = std::mem::take(&mut self.waiting);
+        self.events.clear();
+        self.dots.clear();
+        self.origins.clear();
+        self.origin_index.clear();
+        self.seen = VersionVector::new();
+        self.checkpoints = vec![(H::State::default(), VersionVector::new())];
+        self.state = H::State::default();
+        self.applied = 0;
+        self.stale_from = None;
+        self.compacted_events = 0;
+        self.history_needed = false;
+        self.compacted_latest.clear();
+        self.recover(journaled);
+        self.receive_all(waiting)
+    }
+
+    /// Drops from memory the longest prefix of the canonical order (in steps
+    /// of the checkpoint interval) that every event still to come will have
+    /// seen, as far as this log can tell, and returns the state after it;
+    /// `None` if no such prefix goes beyond what is already compacted.
+    ///
+    /// An event that has seen the whole prefix becomes available in the
+    /// canonical walk only after it, so the prefix stays the prefix whatever
+    /// such events arrive. The events to come are the waiting ones, this
+    /// replica's own, and those of the replicas in `peers`, each given by its
+    /// node name and the version it last reported, if any: a peer's next
+    /// event follows its latest event this log holds and, if the log holds
+    /// every event the peer had persisted when it reported, the report.
+    ///
+    /// Replicas left out of `peers` (unreachable, or unknown yet) may later
+    /// send events that sort among the compacted ones; the log then asks for
+    /// its history ([`needs_history`](Self::needs_history)).
+    pub fn compact<'a>(
+        &mut self,
+        peers: impl IntoIterator<Item = (&'a str, Option<&'a VersionVector>)>,
+    ) -> Option<Snapshot<H::State>> {
+        if self.history_needed {
+            return None;
+        }
+        self.bring_state_up_to_date();
+        // `lowest[i]`: the lowest count of origin `i` in the causal pasts of
+        // the events to come.
+        let mut lowest = vec![u64::MAX; self.origins.len()];
+        let fold = |lowest: &mut [u64], version: &VersionVector, own: Option<&ReplicaId>| {
+            for (slot, replica) in lowest.iter_mut().zip(&self.origins) {
+                let mut count = version.get(replica);
+                if own == Some(replica) {
+                    count = count.saturating_sub(1);
+                }
+                *slot = (*slot).min(count);
+            }
+        };
+        for (node, report) in peers {
+            let bound = self.next_event_bound(node, report);
+            fold(&mut lowest, &bound, None);
+        }
+        for waiting in &self.waiting {
+            fold(&mut lowest, &waiting.version, Some(&waiting.origin));
+        }
+        let seen_by_all = |prefix: &VersionVector| {
+            prefix.iter().all(|(replica, count)| {
+                self.origin_index
+                    .get(replica)
+                    .is_some_and(|&index| count <= lowest[index])
+            })
+        };
+        let cut = (1..self.checkpoints.len())
+            .rev()
+            .find(|&checkpoint| seen_by_all(&self.checkpoints[checkpoint].1))
+            .map(|checkpoint| (checkpoint * CHECKPOINT_EVERY, checkpoint));
+        let (end, checkpoint) = cut?;
+        for (&(origin, _), event) in self.dots[..end].iter().zip(&self.events[..end]) {
+            self.compacted_latest[origin] = Some(event.version.clone());
+        }
+        self.events.drain(..end);
+        self.dots.drain(..end);
+        self.checkpoints.drain(..checkpoint);
+        self.applied -= end;
+        self.compacted_events = self
+            .compacted_events
+            .saturating_add(u64::try_from(end).unwrap_or(u64::MAX));
+        Some(Snapshot {
+            state: self.checkpoints[0].0.clone(),
+            version: self.checkpoints[0].1.clone(),
+            events: self.compacted_events,
+        })
     }
 
     /// Takes in the events of a journal when the log starts: the same outcome
@@ -196,10 +408,20 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// them took seconds the other way. On a log that is not empty, it is
     /// `receive_all`.
     pub fn recover(&mut self, envelopes: impl IntoIterator<Item = EventEnvelope<H::Event>>) {
-        if !self.events.is_empty() || !self.waiting.is_empty() {
+        if !self.events.is_empty()
+            || !self.waiting.is_empty()
+            || self.history_needed
+            || self.compacted_events > 0
+        {
             self.receive_all(envelopes);
             return;
         }
+        self.walk(envelopes);
+    }
+
+    /// Places `envelopes` by a walk of the canonical order, after what the
+    /// log holds (nothing, or a compacted prefix they all sort after).
+    fn walk(&mut self, envelopes: impl IntoIterator<Item = EventEnvelope<H::Event>>) {
         let mut by_origin: BTreeMap<ReplicaId, BTreeMap<u64, EventEnvelope<H::Event>>> =
             BTreeMap::new();
         for envelope in envelopes.into_iter().filter(well_formed) {
@@ -243,8 +465,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         self.bring_state_up_to_date();
     }
 
-    /// The applied events a peer whose version is `peer` lacks, in an order
-    /// that respects causality.
+    /// The applied events in memory a peer whose version is `peer` lacks, in
+    /// an order that respects causality: all it lacks if
+    /// [`can_serve`](Self::can_serve) says so, else the journal must answer.
     pub fn missing_for(&self, peer: &VersionVector) -> Vec<&EventEnvelope<H::Event>> {
         self.events()
             .filter(|e| e.origin_seq > peer.get(&e.origin))
@@ -276,6 +499,50 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 .version
                 .iter()
                 .all(|(replica, n)| replica == &envelope.origin || n <= self.seen.get(replica))
+    }
+
+    /// A version the causal past of the next event of the replica on `node`
+    /// includes, given the version it last reported.
+    fn next_event_bound(&self, node: &str, report: Option<&VersionVector>) -> VersionVector {
+        // A node's replica is its newest incarnation: a node whose journal
+        // was wiped persists under a new one, and the old one never again.
+        let replica = self
+            .origins
+            .iter()
+            .chain(report.into_iter().flat_map(|v| v.iter().map(|(r, _)| r)))
+            .filter(|replica| replica.node() == node)
+            .max()
+            .cloned();
+        let mut bound = VersionVector::new();
+        let Some(replica) = replica else {
+            // It has persisted nothing: its first event follows its report.
+            if let Some(report) = report {
+                bound.merge(report);
+            }
+            return bound;
+        };
+        if let Some(&index) = self.origin_index.get(&replica) {
+            let in_memory = self
+                .dots
+                .iter()
+                .rposition(|&(origin, _)| origin == index)
+                .map(|position| &self.events[position].version);
+            if let Some(latest) = in_memory.or(self.compacted_latest[index].as_ref()) {
+                bound.merge(latest);
+            }
+        }
+        // Events it persisted before reporting may still be on their way,
+        // with pasts the report says nothing of.
+        if let Some(report) = report.filter(|r| r.get(&replica) <= self.seen.get(&replica)) {
+            bound.merge(report);
+        }
+        bound
+    }
+
+    /// Whether an event has seen every compacted event, so that it sorts
+    /// after them.
+    fn follows_compacted(&self, envelope: &EventEnvelope<H::Event>) -> bool {
+        past_includes(envelope, self.compacted())
     }
 
     /// Inserts a deliverable event at its canonical place; the state catches
@@ -315,17 +582,22 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// Puts an event at `position` of the canonical order.
     fn place(&mut self, position: usize, envelope: EventEnvelope<H::Event>) {
         self.seen.merge(&envelope.version);
-        let origin = match self.origin_index.get(&envelope.origin) {
-            Some(&index) => index,
-            None => {
-                self.origins.push(envelope.origin.clone());
-                self.origin_index
-                    .insert(envelope.origin.clone(), self.origins.len() - 1);
-                self.origins.len() - 1
-            }
-        };
+        let origin = self.index_of(&envelope.origin);
         self.dots.insert(position, (origin, envelope.origin_seq));
         self.events.insert(position, Box::new(envelope));
+    }
+
+    fn index_of(&mut self, replica: &ReplicaId) -> usize {
+        match self.origin_index.get(replica) {
+            Some(&index) => index,
+            None => {
+                self.origins.push(replica.clone());
+                self.compacted_latest.push(None);
+                self.origin_index
+                    .insert(replica.clone(), self.origins.len() - 1);
+                self.origins.len() - 1
+            }
+        }
     }
 
     /// Applies the events the state does not reflect yet: those appended, in
@@ -383,6 +655,19 @@ fn well_formed<E>(envelope: &EventEnvelope<E>) -> bool {
         );
     }
     ok
+}
+
+/// Whether every event of `prefix` is in the causal past of `envelope`.
+fn past_includes<E>(envelope: &EventEnvelope<E>, prefix: &VersionVector) -> bool {
+    prefix.iter().all(|(replica, count)| {
+        let seen = envelope.version.get(replica);
+        let past = if replica == &envelope.origin {
+            seen.saturating_sub(1)
+        } else {
+            seen
+        };
+        count <= past
+    })
 }
 
 fn apply<H: EventHandler>(

@@ -7,12 +7,17 @@
 //!   the events the version lacks, in causal order, in messages kept under a
 //!   byte budget. Lost, duplicated and reordered messages are harmless: the
 //!   log buffers events until their past arrives and drops duplicates.
+//! * Snapshots (optional): every so many events, the log compacts the
+//!   prefix that this replica's events and the reachable peers' last
+//!   versions have all seen, and the caller saves the state after it. A peer
+//!   lacking compacted events is answered from the journal; an event that
+//!   may sort among them makes the caller read the history back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConflictResolver, EventEnvelope, EventHandler, ReplicatedLog};
+use super::{ConflictResolver, EventEnvelope, EventHandler, ReplicatedLog, Snapshot};
 use crate::causal::VersionVector;
 use crate::codec;
 use crate::ddata::wire::split_by_budget;
@@ -29,7 +34,7 @@ pub enum ReplicationMessage<E> {
 
 /// What the caller must do, in order.
 #[derive(Debug)]
-pub enum ReplicationEffect<E> {
+pub enum ReplicationEffect<E, S> {
     /// Journal these replicated events (idempotently); they are applied.
     Journal(Vec<EventEnvelope<E>>),
     /// Deliver `message` to the replica on node `to`.
@@ -39,14 +44,37 @@ pub enum ReplicationEffect<E> {
         /// The message.
         message: ReplicationMessage<E>,
     },
+    /// The log compacted a prefix: save this snapshot of it, once the
+    /// events it covers are durable.
+    Snapshot(Snapshot<S>),
+    /// A peer whose version is `version` lacks compacted events: answer it
+    /// from the journal, through [`Replication::events_for`].
+    ServeFromJournal {
+        /// The peer's node.
+        to: PeerName,
+        /// What the peer has.
+        version: VersionVector,
+    },
+    /// An event may sort among compacted events: read the whole journal and
+    /// hand it to [`Replication::history_loaded`].
+    LoadHistory,
 }
+
+/// The effects of a replication step, for handler `H`.
+pub type Effects<H> =
+    Vec<ReplicationEffect<<H as EventHandler>::Event, <H as EventHandler>::State>>;
 
 /// Event replication for one replica of one persistence id.
 pub struct Replication<H: EventHandler, R> {
     log: ReplicatedLog<H, R>,
     reachable: BTreeSet<PeerName>,
+    /// The last version each reachable peer sent.
+    peer_versions: BTreeMap<PeerName, VersionVector>,
     max_message_bytes: usize,
     next_peer: usize,
+    snapshot_every: Option<usize>,
+    /// Compaction is tried when the log holds this many events in memory.
+    next_compaction: usize,
 }
 
 impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
@@ -56,9 +84,21 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         Self {
             log,
             reachable: BTreeSet::new(),
+            peer_versions: BTreeMap::new(),
             max_message_bytes,
             next_peer: 0,
+            snapshot_every: None,
+            next_compaction: usize::MAX,
         }
+    }
+
+    /// Compacts the log and asks for a snapshot every `events` events
+    /// (at least one checkpoint interval of 64 is kept in memory per try).
+    pub fn with_snapshots(mut self, events: usize) -> Self {
+        let every = events.max(1);
+        self.snapshot_every = Some(every);
+        self.next_compaction = self.log.events().len().saturating_add(every);
+        self
     }
 
     /// The replicated log.
@@ -71,21 +111,21 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         &mut self.log
     }
 
-    /// Local events were journaled and applied: push them to every
-    /// reachable replica.
-    pub fn persisted(
-        &self,
-        events: &[EventEnvelope<H::Event>],
-    ) -> Vec<ReplicationEffect<H::Event>> {
-        self.reachable
+    /// Local events were journaled durably and applied: push them to every
+    /// reachable replica (and snapshot, if it is time).
+    pub fn persisted(&mut self, events: &[EventEnvelope<H::Event>]) -> Effects<H> {
+        let mut effects: Effects<H> = self
+            .reachable
             .iter()
             .flat_map(|peer| self.events_to(peer, events.iter()))
-            .collect()
+            .collect();
+        effects.extend(self.compaction());
+        effects
     }
 
     /// A replica came up: it learns this replica's version and answers with
     /// what this one lacks.
-    pub fn peer_up(&mut self, peer: &str) -> Vec<ReplicationEffect<H::Event>> {
+    pub fn peer_up(&mut self, peer: &str) -> Effects<H> {
         self.reachable.insert(peer.to_string());
         vec![self.version_to(peer)]
     }
@@ -93,10 +133,27 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// A replica went away.
     pub fn peer_down(&mut self, peer: &str) {
         self.reachable.remove(peer);
+        self.peer_versions.remove(peer);
+    }
+
+    /// The whole journal, read back after [`ReplicationEffect::LoadHistory`]:
+    /// the log rebuilds from it and delivers what waited.
+    pub fn history_loaded(
+        &mut self,
+        journaled: impl IntoIterator<Item = EventEnvelope<H::Event>>,
+    ) -> Effects<H> {
+        let applied = self.log.restore_history(journaled);
+        self.after_receiving(applied)
+    }
+
+    /// Messages to `peer` carrying `events` (read from the journal after
+    /// [`ReplicationEffect::ServeFromJournal`]).
+    pub fn events_for(&self, peer: &str, events: &[EventEnvelope<H::Event>]) -> Effects<H> {
+        self.events_to(peer, events.iter())
     }
 
     /// Anti-entropy round: this replica's version to the next reachable peer.
-    pub fn tick(&mut self) -> Vec<ReplicationEffect<H::Event>> {
+    pub fn tick(&mut self) -> Effects<H> {
         if self.reachable.is_empty() {
             return Vec::new();
         }
@@ -116,24 +173,70 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         &mut self,
         from: &str,
         message: ReplicationMessage<H::Event>,
-    ) -> Vec<ReplicationEffect<H::Event>> {
+    ) -> Effects<H> {
         match message {
             ReplicationMessage::Events(events) => {
                 let applied = self.log.receive_all(events);
-                if applied.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![ReplicationEffect::Journal(applied)]
-                }
+                self.after_receiving(applied)
             }
             ReplicationMessage::Version(version) => {
-                let missing = self.log.missing_for(&version);
-                self.events_to(from, missing.into_iter())
+                let mut effects = if self.log.can_serve(&version) {
+                    let missing = self.log.missing_for(&version);
+                    self.events_to(from, missing.into_iter())
+                } else {
+                    vec![ReplicationEffect::ServeFromJournal {
+                        to: from.to_string(),
+                        version: version.clone(),
+                    }]
+                };
+                if self.reachable.contains(from) {
+                    self.peer_versions.insert(from.to_string(), version);
+                    // What held compaction back may be what the peer had
+                    // not seen.
+                    if self
+                        .snapshot_every
+                        .is_some_and(|every| self.log.events().len() >= every)
+                    {
+                        self.next_compaction = 0;
+                    }
+                    effects.extend(self.compaction());
+                }
+                effects
             }
         }
     }
 
-    fn version_to(&self, peer: &str) -> ReplicationEffect<H::Event> {
+    fn after_receiving(&mut self, applied: Vec<EventEnvelope<H::Event>>) -> Effects<H> {
+        let mut effects = Vec::new();
+        if !applied.is_empty() {
+            effects.push(ReplicationEffect::Journal(applied));
+        }
+        if self.log.needs_history() {
+            effects.push(ReplicationEffect::LoadHistory);
+        } else {
+            effects.extend(self.compaction());
+        }
+        effects
+    }
+
+    /// Compacts the log when enough events gathered in memory since the last
+    /// try; a snapshot to save if a prefix was compacted.
+    fn compaction(&mut self) -> Option<ReplicationEffect<H::Event, H::State>> {
+        let every = self.snapshot_every?;
+        if self.log.events().len() < self.next_compaction {
+            return None;
+        }
+        let versions = &self.peer_versions;
+        let peers = self
+            .reachable
+            .iter()
+            .map(|peer| (peer.as_str(), versions.get(peer)));
+        let snapshot = self.log.compact(peers);
+        self.next_compaction = self.log.events().len().saturating_add(every);
+        snapshot.map(ReplicationEffect::Snapshot)
+    }
+
+    fn version_to(&self, peer: &str) -> ReplicationEffect<H::Event, H::State> {
         ReplicationEffect::Send {
             to: peer.to_string(),
             message: ReplicationMessage::Version(self.log.version().clone()),
@@ -144,7 +247,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         &self,
         peer: &str,
         events: impl Iterator<Item = &'a EventEnvelope<H::Event>>,
-    ) -> Vec<ReplicationEffect<H::Event>>
+    ) -> Effects<H>
     where
         H::Event: 'a,
     {

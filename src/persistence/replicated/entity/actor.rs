@@ -1,22 +1,24 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::concurrency::JoinHandle;
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::handle::{Entity, EntityConfig, EntityStats};
 use super::{ReplicatedEventSourcedActor, ReplicationContext};
+use crate::codec;
 use crate::ddata::PeerName;
 use crate::discovery::{Discovery, PeerGroup};
 use crate::error::{Error, Result};
-use crate::persistence::journal::Journal;
+use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
-    ConflictResolver, EventEnvelope, ReplicatedLog, Replication, ReplicationEffect,
-    ReplicationMessage,
+    ConflictResolver, Effects, EventEnvelope, ReplicatedLog, Replication, ReplicationEffect,
+    ReplicationMessage, Snapshot,
 };
 use crate::remote_cast;
 
@@ -92,11 +94,19 @@ type Parameters<B, R, J> = PhantomData<fn() -> (B, R, J)>;
 pub struct ReplicatedEntity<B, R, J>(Parameters<B, R, J>);
 
 /// What an entity starts with.
-pub struct EntityArguments<B, R, J> {
+pub struct EntityArguments<B: ReplicatedEventSourcedActor, R, J> {
     behaviour: B,
     resolver: R,
     journal: J,
     config: EntityConfig,
+    snapshots: Option<Snapshots<B::State>>,
+}
+
+/// How an entity that snapshots encodes its state, and how often.
+pub struct Snapshots<S> {
+    every: usize,
+    encode: fn(&S) -> Result<Vec<u8>>,
+    decode: fn(&[u8]) -> Result<S>,
 }
 
 /// A reply that waits for the journal flush that makes what it reveals durable.
@@ -120,7 +130,12 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     pending_replies: Vec<PendingReply>,
     subscribers: Vec<ActorRef<EventApplied<B::Event>>>,
     rejected_messages: u64,
+    history_reloads: u64,
     timers: Vec<JoinHandle<()>>,
+    snapshots: Option<Snapshots<B::State>>,
+    /// Where the last snapshot's recovery starts reading the journal: every
+    /// event before it is covered by that snapshot and the ones to come.
+    snapshot_from: u64,
 }
 
 impl<B, R, J> ReplicatedEntity<B, R, J>
@@ -140,6 +155,42 @@ where
         journal: J,
         config: EntityConfig,
     ) -> Result<Entity<B>> {
+        Self::start(behaviour, resolver, journal, config, None).await
+    }
+
+    /// Spawns a replica as [`spawn`](Self::spawn) does, which also keeps its
+    /// memory and recovery time bounded with snapshots: about every
+    /// `snapshot_every` events, it drops from memory the events that every
+    /// replica it hears from has seen, keeping the state after them, and
+    /// saves that state in the journal. It then starts from the snapshot and
+    /// the events after it. Peers that lack dropped events are answered from
+    /// the journal, and an event that may sort among them (from a replica cut
+    /// off for long) makes the entity read its journal back once.
+    pub async fn spawn_with_snapshots(
+        behaviour: B,
+        resolver: R,
+        journal: J,
+        config: EntityConfig,
+        snapshot_every: usize,
+    ) -> Result<Entity<B>>
+    where
+        B::State: Serialize + DeserializeOwned,
+    {
+        let snapshots = Snapshots {
+            every: snapshot_every,
+            encode: |state| codec::encode(state),
+            decode: |bytes| codec::decode(bytes),
+        };
+        Self::start(behaviour, resolver, journal, config, Some(snapshots)).await
+    }
+
+    async fn start(
+        behaviour: B,
+        resolver: R,
+        journal: J,
+        config: EntityConfig,
+        snapshots: Option<Snapshots<B::State>>,
+    ) -> Result<Entity<B>> {
         let persistence_id = config.persistence_id.clone();
         let name = PeerGroup::entity(&persistence_id).actor_name(config.replica.node());
         let arguments = EntityArguments {
@@ -147,6 +198,7 @@ where
             resolver,
             journal,
             config,
+            snapshots,
         };
         let (actor, _) = Actor::spawn(Some(name), Self(PhantomData), arguments)
             .await
@@ -158,6 +210,108 @@ where
             actor,
             persistence_id,
         })
+    }
+}
+
+/// Starts `log` from the journal's snapshot and the events after it; the
+/// local sequence number it read from, or `None` if there is no usable
+/// snapshot. A snapshot that cannot be read or decoded, or that the events
+/// after it do not fit, is passed over with a warning: the events are the
+/// truth, and replaying all of them gives the same state.
+fn recover_from_snapshot<B, R, J>(
+    log: &mut ReplicatedLog<B, R>,
+    journal: &J,
+    persistence_id: &str,
+    snapshots: &Snapshots<B::State>,
+) -> Result<Option<u64>>
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    let stored = match journal.load_snapshot(persistence_id) {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            tracing::warn!(persistence_id, error = %err, "cannot read the snapshot; replaying the whole journal");
+            return Ok(None);
+        }
+    };
+    let state = match (snapshots.decode)(&stored.state) {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::warn!(persistence_id, error = %err, "cannot decode the snapshot's state; replaying the whole journal");
+            return Ok(None);
+        }
+    };
+    let after = journal.read_from(persistence_id, stored.from_sequence)?;
+    let snapshot = Snapshot {
+        state,
+        version: stored.version,
+        events: stored.events,
+    };
+    let (known, later): (Vec<_>, Vec<_>) = after
+        .into_iter()
+        .partition(|(sequence, _)| *sequence <= stored.sequence);
+    let envelopes = |events: Vec<(u64, EventEnvelope<B::Event>)>| {
+        events.into_iter().map(|(_, envelope)| envelope)
+    };
+    if log.recover_from_snapshot(snapshot, envelopes(known), envelopes(later)) {
+        Ok(Some(stored.from_sequence))
+    } else {
+        tracing::warn!(
+            persistence_id,
+            "journaled events may sort inside the snapshot; replaying the whole journal"
+        );
+        Ok(None)
+    }
+}
+
+/// Saves a snapshot the log compacted. Everything it covers must be durable
+/// first: a snapshot claiming events that a crash took back would make the
+/// replica mint their ids again. A snapshot that cannot be saved is logged
+/// and skipped; the journal still holds every event.
+fn save_snapshot<B, R, J>(state: &mut EntityState<B, R, J>, snapshot: Snapshot<B::State>)
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    let Some(snapshots) = &state.snapshots else {
+        return;
+    };
+    let persistence_id = state.persistence_id.as_str();
+    let stored = (snapshots.encode)(&snapshot.state).and_then(|encoded| {
+        let from_sequence = state.journal.first_sequence_outside(
+            persistence_id,
+            &snapshot.version,
+            state.snapshot_from,
+        )?;
+        Ok(StoredSnapshot {
+            version: snapshot.version,
+            events: snapshot.events,
+            from_sequence,
+            sequence: state.journal.highest_sequence(persistence_id)?,
+            state: encoded,
+        })
+    });
+    let saved = stored.and_then(|stored| {
+        state.journal.save_snapshot(persistence_id, &stored)?;
+        Ok(stored.from_sequence)
+    });
+    match saved {
+        Ok(from_sequence) => {
+            tracing::debug!(
+                persistence_id,
+                events = snapshot.events,
+                from_sequence,
+                "saved a snapshot"
+            );
+            state.snapshot_from = from_sequence;
+        }
+        Err(err) => {
+            tracing::warn!(persistence_id, error = %err, "cannot save a snapshot; recovery replays more events")
+        }
     }
 }
 
@@ -187,10 +341,22 @@ where
     ) -> std::result::Result<Self::State, ActorProcessingErr> {
         let config = args.config;
         let mut log = ReplicatedLog::new(config.replica.clone(), args.behaviour, args.resolver);
-        let journaled = args.journal.read_from(&config.persistence_id, 1)?;
-        log.recover(journaled.into_iter().map(|(_, envelope)| envelope));
+        let from_snapshot = match &args.snapshots {
+            Some(snapshots) => {
+                recover_from_snapshot(&mut log, &args.journal, &config.persistence_id, snapshots)?
+            }
+            None => None,
+        };
+        if from_snapshot.is_none() {
+            let journaled = args.journal.read_from(&config.persistence_id, 1)?;
+            log.recover(journaled.into_iter().map(|(_, envelope)| envelope));
+        }
+        let mut replication = Replication::new(log, config.max_message_bytes);
+        if let Some(snapshots) = &args.snapshots {
+            replication = replication.with_snapshots(snapshots.every);
+        }
         let mut state = EntityState {
-            replication: Replication::new(log, config.max_message_bytes),
+            replication,
             journal: args.journal,
             group: PeerGroup::entity(&config.persistence_id),
             persistence_id: config.persistence_id,
@@ -203,7 +369,10 @@ where
             pending_replies: Vec::new(),
             subscribers: Vec::new(),
             rejected_messages: 0,
+            history_reloads: 0,
             timers: Vec::new(),
+            snapshots: args.snapshots,
+            snapshot_from: from_snapshot.unwrap_or(1),
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&state.group, &myself.get_cell());
@@ -410,15 +579,24 @@ where
     }
     let events = std::mem::take(&mut state.unannounced);
     let effects = state.replication.persisted(&events);
-    send(state, effects);
+    let (snapshots, sends): (Vec<_>, Vec<_>) = effects
+        .into_iter()
+        .partition(|effect| matches!(effect, ReplicationEffect::Snapshot(_)));
+    send(state, sends);
     publish(state, &events);
+    // Everything applied is durable now.
+    for effect in snapshots {
+        if let ReplicationEffect::Snapshot(snapshot) = effect {
+            save_snapshot(state, snapshot);
+        }
+    }
     Ok(())
 }
 
 fn run_effects<B, R, J>(
     myself: &ActorRef<EntityMessage<B>>,
     state: &mut EntityState<B, R, J>,
-    effects: Vec<ReplicationEffect<B::Event>>,
+    effects: Effects<B>,
 ) -> std::result::Result<(), ActorProcessingErr>
 where
     B: ReplicatedEventSourcedActor,
@@ -426,7 +604,8 @@ where
     J: Journal,
 {
     let mut sends = Vec::new();
-    for effect in effects {
+    let mut effects = VecDeque::from(effects);
+    while let Some(effect) = effects.pop_front() {
         match effect {
             ReplicationEffect::Journal(events) => {
                 // Already applied: a journal that refuses them stops the
@@ -440,6 +619,44 @@ where
                 publish(state, &events);
             }
             send @ ReplicationEffect::Send { .. } => sends.push(send),
+            ReplicationEffect::Snapshot(snapshot) => {
+                if state.unflushed || !state.unannounced.is_empty() {
+                    flush(state)?;
+                }
+                save_snapshot(state, snapshot);
+            }
+            ReplicationEffect::ServeFromJournal { to, version } => {
+                match state.journal.missing_for(&state.persistence_id, &version) {
+                    Ok(missing) => sends.extend(state.replication.events_for(&to, &missing)),
+                    // Other replicas can serve the peer.
+                    Err(err) => {
+                        tracing::error!(persistence_id = state.persistence_id, peer = to, error = %err, "cannot read the journal to answer a peer")
+                    }
+                }
+            }
+            ReplicationEffect::LoadHistory => {
+                // Delivery waits for the history: without it the entity
+                // would stop taking in replicated events for good.
+                let journaled = state
+                    .journal
+                    .read_from(&state.persistence_id, 1)
+                    .inspect_err(|err| {
+                        tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot read the journal back for a late event; the entity stops")
+                    })?;
+                tracing::info!(
+                    persistence_id = state.persistence_id,
+                    events = journaled.len(),
+                    "an event may sort among compacted events; read the journal back"
+                );
+                // The next snapshot may cover less than the last one.
+                state.snapshot_from = 1;
+                state.history_reloads += 1;
+                effects.extend(
+                    state
+                        .replication
+                        .history_loaded(journaled.into_iter().map(|(_, envelope)| envelope)),
+                );
+            }
         }
     }
     if !sends.is_empty() {
@@ -452,7 +669,7 @@ where
     Ok(())
 }
 
-fn send<B, R, J>(state: &EntityState<B, R, J>, effects: Vec<ReplicationEffect<B::Event>>)
+fn send<B, R, J>(state: &EntityState<B, R, J>, effects: Effects<B>)
 where
     B: ReplicatedEventSourcedActor,
 {
@@ -509,18 +726,20 @@ where
 {
     let log = state.replication.log();
     EntityStats {
-        events: log.events().len(),
+        events: log.applied_events(),
+        compacted_events: log.compacted_events(),
         waiting: log.waiting(),
         version: log.version().clone(),
         reachable_peers: state.peers.keys().cloned().collect(),
         rejected_messages: state.rejected_messages,
+        history_reloads: state.history_reloads,
     }
 }
 
 /// Polls discovery and tells replication which replicas came and went. A
 /// replica whose proxy changed restarted or reconnected: it is reported down
 /// and up again so that it catches up.
-async fn discover<B, R, J>(state: &mut EntityState<B, R, J>) -> Vec<ReplicationEffect<B::Event>>
+async fn discover<B, R, J>(state: &mut EntityState<B, R, J>) -> Effects<B>
 where
     B: ReplicatedEventSourcedActor,
     R: ConflictResolver<B::Event>,

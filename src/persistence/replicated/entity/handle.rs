@@ -74,7 +74,9 @@ impl EntityConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EntityStats {
     /// Events applied, local and replicated.
-    pub events: usize,
+    pub events: u64,
+    /// Of those, the events compacted into a snapshot (dropped from memory).
+    pub compacted_events: u64,
     /// Replicated events waiting for their causal past.
     pub waiting: usize,
     /// What the replica has applied, per origin.
@@ -83,6 +85,10 @@ pub struct EntityStats {
     pub reachable_peers: Vec<PeerName>,
     /// Replication messages from peers that could not be decoded.
     pub rejected_messages: u64,
+    /// Times a replicated event that may sort among compacted events made
+    /// the entity read its whole journal back (see
+    /// [`ReplicatedEntity::spawn_with_snapshots`](super::ReplicatedEntity::spawn_with_snapshots)).
+    pub history_reloads: u64,
 }
 
 /// A handle to a running entity: one replica of one persistence id.
