@@ -17,8 +17,8 @@ use std::collections::BinaryHeap;
 use ractor_replicated::codec;
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, StoredSnapshot};
 use ractor_replicated::persistence::replicated::{
-    Effects, EventHandler, EventMeta, LastWriterWins, ReplicatedLog, Replication,
-    ReplicationEffect, ReplicationMessage, Snapshot,
+    recover_from_journal, Effects, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
+    Replication, ReplicationEffect, ReplicationMessage,
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};
@@ -66,8 +66,9 @@ struct Sim {
     crashes: usize,
     /// Replicated events the log asked to journal twice: must stay empty.
     journaled_twice: Vec<String>,
-    /// Compact and snapshot every this many events, if set.
-    snapshot_every: Option<usize>,
+    /// Compact and snapshot every this many events, with this many
+    /// stability ticks, if set.
+    snapshot_every: Option<(usize, u64)>,
     /// Per replica, where its last snapshot's recovery reads from.
     snapshot_from: Vec<u64>,
     counts: Counts,
@@ -97,45 +98,26 @@ fn replayed(journal: &MemoryJournal, index: usize) -> ReplicatedLog<Arithmetic, 
 fn replica_from(
     journal: &MemoryJournal,
     index: usize,
-    snapshot_every: Option<usize>,
+    snapshot_every: Option<(usize, u64)>,
     counts: &mut Counts,
 ) -> (Replication<Arithmetic, LastWriterWins>, u64) {
     let mut log = ReplicatedLog::new(ReplicaId::new(NAMES[index], 1), Arithmetic, LastWriterWins);
-    let mut from = 1;
-    let stored = journal
-        .load_snapshot(ENTITY)
-        .expect("the snapshot reads back");
-    let started = match (snapshot_every, stored) {
-        (Some(_), Some(stored)) => {
-            let snapshot = Snapshot {
-                state: codec::decode(&stored.state).expect("the state decodes"),
-                version: stored.version,
-                events: stored.events,
-            };
-            let (known, later): (Vec<_>, Vec<_>) = journal
-                .read_from::<Op>(ENTITY, stored.from_sequence)
-                .expect("the journal reads back")
-                .into_iter()
-                .partition(|(sequence, _)| *sequence <= stored.sequence);
-            from = stored.from_sequence;
-            log.recover_from_snapshot(
-                snapshot,
-                known.into_iter().map(|(_, e)| e),
-                later.into_iter().map(|(_, e)| e),
-            )
-        }
-        _ => false,
-    };
-    if started {
+    let decode: fn(&[u8]) -> ractor_replicated::Result<(i64, u64)> = |bytes| codec::decode(bytes);
+    let recovered = recover_from_journal(&mut log, journal, ENTITY, snapshot_every.map(|_| decode))
+        .expect("the journal reads back");
+    if recovered.snapshot_from.is_some() {
         counts.started_from_snapshot += 1;
-    } else {
-        log = replayed(journal, index);
-        from = 1;
     }
+    let from = recovered.snapshot_from.unwrap_or(1);
     // Small budgets force catch-up to travel in many messages.
     let replication = Replication::new(log, 300);
     match snapshot_every {
-        Some(every) => (replication.with_snapshots(every), from),
+        Some((every, stability)) => (
+            replication
+                .with_snapshots(every)
+                .with_stability_ticks(stability),
+            from,
+        ),
         None => (replication, from),
     }
 }
@@ -143,7 +125,10 @@ fn replica_from(
 impl Sim {
     fn new(seed: u64) -> Self {
         let journals: Vec<MemoryJournal> = NAMES.iter().map(|_| MemoryJournal::new()).collect();
-        let snapshot_every = (seed % 2 == 1).then_some(64);
+        // Short stability times make replicas compact past partitioned
+        // peers, so that catch-up from the journal and history reloads run.
+        let stability = [0, 2, 30][(seed / 2 % 3) as usize];
+        let snapshot_every = (seed % 2 == 1).then_some((64, stability));
         let mut counts = Counts::default();
         let replicas = (0..NAMES.len())
             .map(|i| replica_from(&journals[i], i, snapshot_every, &mut counts).0)

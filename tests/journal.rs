@@ -113,7 +113,12 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
 fn malformed_journal_bytes_are_an_error_naming_the_event() {
     let dir = TempDir::new("malformed");
     {
-        let db = sled::open(&dir.0).unwrap();
+        // No flusher thread, which would keep the lock for a moment after the drop.
+        let db = sled::Config::new()
+            .path(&dir.0)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
         let tree = db.open_tree("journal/cart-1").unwrap();
         let mut key = vec![0];
         key.extend(1u64.to_be_bytes());
@@ -200,7 +205,12 @@ fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
 fn a_malformed_snapshot_is_an_error_naming_it() {
     let dir = TempDir::new("malformed-snapshot");
     {
-        let db = sled::open(&dir.0).unwrap();
+        // No flusher thread, which would keep the lock for a moment after the drop.
+        let db = sled::Config::new()
+            .path(&dir.0)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
         let tree = db.open_tree("journal/cart-1").unwrap();
         tree.insert([1], &[codec::WIRE_VERSION, 0x93, 0x01][..])
             .unwrap();

@@ -26,7 +26,7 @@ pub struct Ledger {
 }
 
 /// What a ledger or tally holds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LedgerState {
     /// The entries, in the order applied (a ledger only).
     pub entries: Vec<String>,

@@ -30,8 +30,8 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `binary` as node `name` on `port`, dialling `seeds` and counting
-    /// `members` as the cluster, keeping its keys durable in `data` if given;
-    /// returns once it printed `ready`.
+    /// `members` as the cluster, keeping its keys durable in `data` if given,
+    /// with `extra` arguments; returns once it printed `ready`.
     pub fn start(
         binary: &Path,
         name: &str,
@@ -39,6 +39,7 @@ impl NodeProcess {
         seeds: &[String],
         members: &[String],
         data: Option<&Path>,
+        extra: &[String],
     ) -> Self {
         let stderr = if std::env::var_os("RUST_LOG").is_some() {
             Stdio::inherit()
@@ -52,6 +53,7 @@ impl NodeProcess {
         if let Some(data) = data {
             command.arg("--data").arg(data);
         }
+        command.args(extra);
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -160,6 +162,7 @@ pub struct LoopbackCluster {
     ports: Vec<u16>,
     nodes: Vec<Option<NodeProcess>>,
     data: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl LoopbackCluster {
@@ -171,7 +174,14 @@ impl LoopbackCluster {
             ports: (0..size).map(|_| free_port()).collect(),
             nodes: (0..size).map(|_| None).collect(),
             data: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Every node also gets `arguments` on its command line.
+    pub fn with_node_arguments(mut self, arguments: &[&str]) -> Self {
+        self.extra = arguments.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     /// A cluster whose nodes keep every key durable in their own sled
@@ -209,6 +219,7 @@ impl LoopbackCluster {
             &seeds,
             &self.names,
             data.as_deref(),
+            &self.extra,
         ));
     }
 

@@ -1,6 +1,7 @@
 //! Three real node processes run a replica each of the `ledger` entity, with
-//! sled journals: parallel commands, a kill -9 in the middle of writing, a
-//! restart that catches up from the others' journals.
+//! sled journals and snapshots: parallel commands, a kill -9 in the middle of
+//! writing, a restart (from the snapshot) that catches up from the others'
+//! journals.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -26,7 +27,10 @@ fn assert_has_all(ledger: &[String], prefix: &str, count: u64) {
 
 #[test]
 fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_lost_or_doubled() {
-    let mut cluster = LoopbackCluster::durable(NODE, "entity-kill", 3);
+    // Snapshots every 64 events: each node compacts several times, and node
+    // 2 restarts from one.
+    let mut cluster = LoopbackCluster::durable(NODE, "entity-kill", 3)
+        .with_node_arguments(&["--snapshot-every", "64"]);
     cluster.start_all();
     std::thread::scope(|scope| {
         for (i, node) in cluster.running().enumerate() {
@@ -84,4 +88,11 @@ fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_
     );
     assert_has_all(&ledger, "doomed", doomed);
     assert_eq!(ledger.len() as u64, 3 * 100 + 2 * 100 + 3 * 50 + doomed);
+    // Once quiet, every replica has seen every event: each compacts.
+    for i in 0..3 {
+        eventually("the replica compacts", CONVERGE, || {
+            let stats = cluster.node(i).must("ledger-stats");
+            stats["compacted"].as_u64().unwrap_or(0) > 0
+        });
+    }
 }

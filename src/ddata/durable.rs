@@ -259,7 +259,12 @@ mod tests {
     fn an_undecodable_entry_is_an_error_naming_the_file_and_the_key() {
         let dir = TempDir::new("corrupt");
         {
-            let db = sled::open(&dir.0).unwrap();
+            // No flusher thread, which would keep the lock for a moment after the drop.
+            let db = sled::Config::new()
+                .path(&dir.0)
+                .flush_every_ms(None)
+                .open()
+                .unwrap();
             let tree = db.open_tree("ddata/node-a").unwrap();
             tree.insert("cart/alice", &[1u8, 0xc1, 0x00][..]).unwrap();
             db.flush().unwrap();

@@ -11,13 +11,17 @@ use crate::causal::{CausalOrder, ReplicaId, VersionVector};
 mod entity;
 mod log;
 mod protocol;
+mod recovery;
 
 pub use entity::{
     Effect, Entity, EntityConfig, EntityMessage, EntityStats, EventApplied, ReplicatedEntity,
     ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
 };
 pub use log::{ReplicatedLog, Snapshot};
-pub use protocol::{Effects, Replication, ReplicationEffect, ReplicationMessage};
+pub use protocol::{
+    Effects, Replication, ReplicationEffect, ReplicationMessage, DEFAULT_STABILITY_TICKS,
+};
+pub use recovery::{recover_from_journal, DecodeState, Recovered};
 
 /// One journaled event with what replication needs to know about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

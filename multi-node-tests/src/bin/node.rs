@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use multi_node_tests::ledger::{now_micros, LagWatcher, Ledger, Recorded, LEDGER_ID, TALLY_ID};
+use multi_node_tests::ledger::{
+    now_micros, LagWatcher, Ledger, LedgerState, Recorded, LEDGER_ID, TALLY_ID,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::ddata::durable::{Durability, SledStore};
@@ -24,7 +26,7 @@ use ractor_replicated::ddata::{
 };
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    Entity, EntityConfig, LastWriterWins, ReplicatedEntity, ReplicatedLog,
+    recover_from_journal, Entity, EntityConfig, LastWriterWins, ReplicatedEntity, ReplicatedLog,
 };
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
@@ -39,6 +41,8 @@ struct Options {
     cookie: String,
     gossip: Duration,
     data: Option<String>,
+    /// Entities with a journal on disk snapshot every this many events.
+    snapshot_every: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -51,6 +55,7 @@ fn options() -> Result<Options, String> {
         cookie: "ractor_replicated".into(),
         gossip: Duration::from_millis(200),
         data: None,
+        snapshot_every: 10_000,
     };
     let list = |value: String| -> Vec<String> {
         value
@@ -68,6 +73,9 @@ fn options() -> Result<Options, String> {
             "--members" => options.members = list(value),
             "--cookie" => options.cookie = value,
             "--data" => options.data = Some(value),
+            "--snapshot-every" => {
+                options.snapshot_every = value.parse().map_err(|_| "bad --snapshot-every")?
+            }
             "--gossip-ms" => {
                 options.gossip =
                     Duration::from_millis(value.parse().map_err(|_| "bad --gossip-ms")?)
@@ -319,9 +327,11 @@ impl Node {
                 let stats = self.ledger.stats().await.map_err(error)?;
                 Ok(json!({
                     "events": stats.events,
+                    "compacted": stats.compacted_events,
                     "waiting": stats.waiting,
                     "peers": stats.reachable_peers,
                     "rejected": stats.rejected_messages,
+                    "history_reloads": stats.history_reloads,
                 }))
             }
             "watch-lag" => {
@@ -364,14 +374,32 @@ impl Node {
                 let read = started.elapsed().as_secs_f64();
                 let replica = ReplicaId::new(self.name.as_str(), 0);
                 let keep_entries = false;
-                let mut log = ReplicatedLog::new(replica, Ledger { keep_entries }, LastWriterWins);
+                let mut log =
+                    ReplicatedLog::new(replica.clone(), Ledger { keep_entries }, LastWriterWins);
                 let count = events.len();
                 log.recover(events.into_iter().map(|(_, envelope)| envelope));
+                let seconds = started.elapsed().as_secs_f64();
+                // The same from the snapshot, as the entity starts.
+                let started = Instant::now();
+                let mut from_snapshot =
+                    ReplicatedLog::new(replica, Ledger { keep_entries }, LastWriterWins);
+                let decode: fn(&[u8]) -> ractor_replicated::Result<LedgerState> =
+                    |bytes| ractor_replicated::codec::decode(bytes);
+                let recovered =
+                    recover_from_journal(&mut from_snapshot, journal, TALLY_ID, Some(decode))
+                        .map_err(error)?;
                 Ok(json!({
                     "events": count,
                     "read_seconds": read,
-                    "seconds": started.elapsed().as_secs_f64(),
+                    "seconds": seconds,
                     "count": log.state().count,
+                    "from_snapshot": {
+                        "used_snapshot": recovered.snapshot_from.is_some(),
+                        "compacted_events": from_snapshot.compacted_events(),
+                        "events_read": recovered.events_read,
+                        "seconds": started.elapsed().as_secs_f64(),
+                        "count": from_snapshot.state().count,
+                    },
                 }))
             }
             "tally-wait" => {
@@ -498,6 +526,7 @@ async fn start_ledger<J>(
     journal: J,
     replica: ReplicaId,
     cluster: &ClusterNode,
+    snapshot_every: Option<usize>,
 ) -> Entity<Ledger>
 where
     J: ractor_replicated::persistence::journal::Journal + Sync,
@@ -505,9 +534,15 @@ where
     let config = EntityConfig::new(persistence_id, replica)
         .with_discovery(cluster.discovery())
         .with_anti_entropy_interval(Duration::from_millis(200));
-    ReplicatedEntity::spawn(Ledger { keep_entries }, LastWriterWins, journal, config)
-        .await
-        .expect("the ledger starts")
+    let ledger = Ledger { keep_entries };
+    match snapshot_every {
+        Some(every) => {
+            ReplicatedEntity::spawn_with_snapshots(ledger, LastWriterWins, journal, config, every)
+                .await
+        }
+        None => ReplicatedEntity::spawn(ledger, LastWriterWins, journal, config).await,
+    }
+    .expect("the ledger starts")
 }
 
 #[tokio::main]
@@ -559,9 +594,18 @@ async fn main() {
             let journal = SledJournal::open(format!("{data}/journal")).expect("the journal opens");
             reading_journal = Some(journal.clone());
             let replica = ReplicaId::new(options.name.as_str(), 0);
+            let every = Some(options.snapshot_every);
             (
-                start_ledger(LEDGER_ID, true, journal.clone(), replica.clone(), &cluster).await,
-                start_ledger(TALLY_ID, false, journal, replica, &cluster).await,
+                start_ledger(
+                    LEDGER_ID,
+                    true,
+                    journal.clone(),
+                    replica.clone(),
+                    &cluster,
+                    every,
+                )
+                .await,
+                start_ledger(TALLY_ID, false, journal, replica, &cluster, every).await,
             )
         }
         None => {
@@ -570,8 +614,16 @@ async fn main() {
                 ReplicaId::fresh(options.name.as_str()),
             );
             (
-                start_ledger(LEDGER_ID, true, journal.clone(), replica.clone(), &cluster).await,
-                start_ledger(TALLY_ID, false, journal, replica, &cluster).await,
+                start_ledger(
+                    LEDGER_ID,
+                    true,
+                    journal.clone(),
+                    replica.clone(),
+                    &cluster,
+                    None,
+                )
+                .await,
+                start_ledger(TALLY_ID, false, journal, replica, &cluster, None).await,
             )
         }
     };

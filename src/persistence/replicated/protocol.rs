@@ -8,10 +8,10 @@
 //!   byte budget. Lost, duplicated and reordered messages are harmless: the
 //!   log buffers events until their past arrives and drops duplicates.
 //! * Snapshots (optional): every so many events, the log compacts the
-//!   prefix that this replica's events and the reachable peers' last
-//!   versions have all seen, and the caller saves the state after it. A peer
-//!   lacking compacted events is answered from the journal; an event that
-//!   may sort among them makes the caller read the history back.
+//!   prefix that the next events of the replicas still heard of will have
+//!   seen, and the caller saves the state after it. A peer lacking compacted
+//!   events is answered from the journal; an event that may sort among them
+//!   makes the caller read the history back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,12 +64,24 @@ pub enum ReplicationEffect<E, S> {
 pub type Effects<H> =
     Vec<ReplicationEffect<<H as EventHandler>::Event, <H as EventHandler>::State>>;
 
+/// By default, how many anti-entropy ticks a replica still holds compaction
+/// back after it was last heard of (reachable, or new events of its arrived, maybe
+/// relayed by another replica). A replica that is back within that time
+/// (a restart, a short partition) finds its events' places in memory; one
+/// away longer makes the others read their journals back once when its
+/// concurrent events arrive, instead of keeping memory growing meanwhile.
+pub const DEFAULT_STABILITY_TICKS: u64 = 30;
+
 /// Event replication for one replica of one persistence id.
 pub struct Replication<H: EventHandler, R> {
     log: ReplicatedLog<H, R>,
     reachable: BTreeSet<PeerName>,
-    /// The last version each reachable peer sent.
+    /// The last version each replica sent, by node.
     peer_versions: BTreeMap<PeerName, VersionVector>,
+    /// The tick each replica was last heard of, by node.
+    last_heard: BTreeMap<PeerName, u64>,
+    ticks: u64,
+    stability_ticks: u64,
     max_message_bytes: usize,
     next_peer: usize,
     snapshot_every: Option<usize>,
@@ -81,10 +93,23 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// Replication around `log`, with messages of at most `max_message_bytes`
     /// (a single larger event still travels alone).
     pub fn new(log: ReplicatedLog<H, R>, max_message_bytes: usize) -> Self {
+        // The replicas a restarted replica's journal names are heard of: they
+        // are likely still there, and may have events on their way.
+        let own = log.replica().node();
+        let last_heard = log
+            .version()
+            .iter()
+            .map(|(replica, _)| replica.node())
+            .filter(|node| *node != own)
+            .map(|node| (node.to_string(), 0))
+            .collect();
         Self {
             log,
             reachable: BTreeSet::new(),
             peer_versions: BTreeMap::new(),
+            last_heard,
+            ticks: 0,
+            stability_ticks: DEFAULT_STABILITY_TICKS,
             max_message_bytes,
             next_peer: 0,
             snapshot_every: None,
@@ -98,6 +123,13 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let every = events.max(1);
         self.snapshot_every = Some(every);
         self.next_compaction = self.log.events().len().saturating_add(every);
+        self
+    }
+
+    /// How many ticks a replica holds compaction back after it was last
+    /// heard of (default [`DEFAULT_STABILITY_TICKS`]).
+    pub fn with_stability_ticks(mut self, ticks: u64) -> Self {
+        self.stability_ticks = ticks;
         self
     }
 
@@ -127,13 +159,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// what this one lacks.
     pub fn peer_up(&mut self, peer: &str) -> Effects<H> {
         self.reachable.insert(peer.to_string());
+        self.heard_of(peer);
         vec![self.version_to(peer)]
     }
 
-    /// A replica went away.
+    /// A replica went away. It holds compaction back for
+    /// [`with_stability_ticks`](Self::with_stability_ticks) more ticks.
     pub fn peer_down(&mut self, peer: &str) {
         self.reachable.remove(peer);
-        self.peer_versions.remove(peer);
+        self.heard_of(peer);
     }
 
     /// The whole journal, read back after [`ReplicationEffect::LoadHistory`]:
@@ -153,7 +187,19 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     }
 
     /// Anti-entropy round: this replica's version to the next reachable peer.
+    /// Ticks are also the clock of
+    /// [`with_stability_ticks`](Self::with_stability_ticks).
     pub fn tick(&mut self) -> Effects<H> {
+        self.ticks += 1;
+        for peer in &self.reachable {
+            self.last_heard.insert(peer.clone(), self.ticks);
+        }
+        let (ticks, stability) = (self.ticks, self.stability_ticks);
+        self.last_heard
+            .retain(|_, heard| ticks - *heard <= stability);
+        let last_heard = &self.last_heard;
+        self.peer_versions
+            .retain(|peer, _| last_heard.contains_key(peer));
         if self.reachable.is_empty() {
             return Vec::new();
         }
@@ -189,24 +235,48 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                         version: version.clone(),
                     }]
                 };
-                if self.reachable.contains(from) {
-                    self.peer_versions.insert(from.to_string(), version);
-                    // What held compaction back may be what the peer had
-                    // not seen.
-                    if self
-                        .snapshot_every
-                        .is_some_and(|every| self.log.events().len() >= every)
-                    {
-                        self.next_compaction = 0;
-                    }
-                    effects.extend(self.compaction());
+                self.peer_versions.insert(from.to_string(), version);
+                self.heard_of(from);
+                // What held compaction back may be what the peer had not
+                // seen.
+                if self
+                    .snapshot_every
+                    .is_some_and(|every| self.log.events().len() >= every)
+                {
+                    self.next_compaction = 0;
                 }
+                effects.extend(self.compaction());
                 effects
             }
         }
     }
 
+    fn heard_of(&mut self, node: &str) {
+        match self.last_heard.get_mut(node) {
+            Some(heard) => *heard = self.ticks,
+            None => {
+                self.last_heard.insert(node.to_string(), self.ticks);
+            }
+        }
+    }
+
     fn after_receiving(&mut self, applied: Vec<EventEnvelope<H::Event>>) -> Effects<H> {
+        // Their origins are alive, even if only another replica reaches them.
+        let mut previous = None;
+        for event in &applied {
+            if previous != Some(&event.origin) {
+                previous = Some(&event.origin);
+                if event.origin.node() != self.log.replica().node() {
+                    let (node, ticks) = (event.origin.node(), self.ticks);
+                    match self.last_heard.get_mut(node) {
+                        Some(heard) => *heard = ticks,
+                        None => {
+                            self.last_heard.insert(node.to_string(), ticks);
+                        }
+                    }
+                }
+            }
+        }
         let mut effects = Vec::new();
         if !applied.is_empty() {
             effects.push(ReplicationEffect::Journal(applied));
@@ -226,11 +296,16 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         if self.log.events().len() < self.next_compaction {
             return None;
         }
+        // Every replica heard of lately: the reachable ones are (each tick
+        // renews them), and so are those away for less than the stability
+        // ticks.
         let versions = &self.peer_versions;
+        let own = self.log.replica().node().to_string();
         let peers = self
-            .reachable
-            .iter()
-            .map(|peer| (peer.as_str(), versions.get(peer)));
+            .last_heard
+            .keys()
+            .filter(|node| **node != own)
+            .map(|node| (node.as_str(), versions.get(node)));
         let snapshot = self.log.compact(peers);
         self.next_compaction = self.log.events().len().saturating_add(every);
         snapshot.map(ReplicationEffect::Snapshot)

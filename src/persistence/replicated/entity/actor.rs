@@ -17,8 +17,8 @@ use crate::discovery::{Discovery, PeerGroup};
 use crate::error::{Error, Result};
 use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
-    ConflictResolver, Effects, EventEnvelope, ReplicatedLog, Replication, ReplicationEffect,
-    ReplicationMessage, Snapshot,
+    recover_from_journal, ConflictResolver, DecodeState, Effects, EventEnvelope, ReplicatedLog,
+    Replication, ReplicationEffect, ReplicationMessage, Snapshot,
 };
 use crate::remote_cast;
 
@@ -106,7 +106,7 @@ pub struct EntityArguments<B: ReplicatedEventSourcedActor, R, J> {
 pub struct Snapshots<S> {
     every: usize,
     encode: fn(&S) -> Result<Vec<u8>>,
-    decode: fn(&[u8]) -> Result<S>,
+    decode: DecodeState<S>,
 }
 
 /// A reply that waits for the journal flush that makes what it reveals durable.
@@ -213,60 +213,6 @@ where
     }
 }
 
-/// Starts `log` from the journal's snapshot and the events after it; the
-/// local sequence number it read from, or `None` if there is no usable
-/// snapshot. A snapshot that cannot be read or decoded, or that the events
-/// after it do not fit, is passed over with a warning: the events are the
-/// truth, and replaying all of them gives the same state.
-fn recover_from_snapshot<B, R, J>(
-    log: &mut ReplicatedLog<B, R>,
-    journal: &J,
-    persistence_id: &str,
-    snapshots: &Snapshots<B::State>,
-) -> Result<Option<u64>>
-where
-    B: ReplicatedEventSourcedActor,
-    R: ConflictResolver<B::Event>,
-    J: Journal,
-{
-    let stored = match journal.load_snapshot(persistence_id) {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return Ok(None),
-        Err(err) => {
-            tracing::warn!(persistence_id, error = %err, "cannot read the snapshot; replaying the whole journal");
-            return Ok(None);
-        }
-    };
-    let state = match (snapshots.decode)(&stored.state) {
-        Ok(state) => state,
-        Err(err) => {
-            tracing::warn!(persistence_id, error = %err, "cannot decode the snapshot's state; replaying the whole journal");
-            return Ok(None);
-        }
-    };
-    let after = journal.read_from(persistence_id, stored.from_sequence)?;
-    let snapshot = Snapshot {
-        state,
-        version: stored.version,
-        events: stored.events,
-    };
-    let (known, later): (Vec<_>, Vec<_>) = after
-        .into_iter()
-        .partition(|(sequence, _)| *sequence <= stored.sequence);
-    let envelopes = |events: Vec<(u64, EventEnvelope<B::Event>)>| {
-        events.into_iter().map(|(_, envelope)| envelope)
-    };
-    if log.recover_from_snapshot(snapshot, envelopes(known), envelopes(later)) {
-        Ok(Some(stored.from_sequence))
-    } else {
-        tracing::warn!(
-            persistence_id,
-            "journaled events may sort inside the snapshot; replaying the whole journal"
-        );
-        Ok(None)
-    }
-}
-
 /// Saves a snapshot the log compacted. Everything it covers must be durable
 /// first: a snapshot claiming events that a crash took back would make the
 /// replica mint their ids again. A snapshot that cannot be saved is logged
@@ -341,16 +287,9 @@ where
     ) -> std::result::Result<Self::State, ActorProcessingErr> {
         let config = args.config;
         let mut log = ReplicatedLog::new(config.replica.clone(), args.behaviour, args.resolver);
-        let from_snapshot = match &args.snapshots {
-            Some(snapshots) => {
-                recover_from_snapshot(&mut log, &args.journal, &config.persistence_id, snapshots)?
-            }
-            None => None,
-        };
-        if from_snapshot.is_none() {
-            let journaled = args.journal.read_from(&config.persistence_id, 1)?;
-            log.recover(journaled.into_iter().map(|(_, envelope)| envelope));
-        }
+        let decode = args.snapshots.as_ref().map(|snapshots| snapshots.decode);
+        let recovered =
+            recover_from_journal(&mut log, &args.journal, &config.persistence_id, decode)?;
         let mut replication = Replication::new(log, config.max_message_bytes);
         if let Some(snapshots) = &args.snapshots {
             replication = replication.with_snapshots(snapshots.every);
@@ -372,7 +311,7 @@ where
             history_reloads: 0,
             timers: Vec::new(),
             snapshots: args.snapshots,
-            snapshot_from: from_snapshot.unwrap_or(1),
+            snapshot_from: recovered.snapshot_from.unwrap_or(1),
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&state.group, &myself.get_cell());
