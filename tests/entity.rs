@@ -256,7 +256,7 @@ async fn a_snapshotting_entity_keeps_few_events_in_memory_and_restarts_from_its_
     let stats = entity.stats().await.unwrap();
     assert_eq!(stats.events, 1_000);
     assert!(
-        stats.events - stats.compacted_events < 200 + 64,
+        stats.events - stats.compacted_events < 2 * 200 + 64,
         "alone, a replica compacts all but the events since its last try: {stats:?}"
     );
     entity.stop().await;
@@ -266,7 +266,7 @@ async fn a_snapshotting_entity_keeps_few_events_in_memory_and_restarts_from_its_
         .load_snapshot("counter-6")
         .unwrap()
         .expect("a snapshot was saved");
-    assert!(snapshot.events >= 800, "{snapshot:?}");
+    assert!(snapshot.events >= 600, "{snapshot:?}");
     assert_eq!(
         journal.highest_sequence("counter-6").unwrap(),
         1_000,

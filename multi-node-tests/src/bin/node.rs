@@ -41,7 +41,8 @@ struct Options {
     cookie: String,
     gossip: Duration,
     data: Option<String>,
-    /// Entities with a journal on disk snapshot every this many events.
+    /// Entities with a journal on disk snapshot every this many events (0:
+    /// never).
     snapshot_every: usize,
 }
 
@@ -323,17 +324,9 @@ impl Node {
                 Ok(json!(progress.get(prefix).copied().unwrap_or(0)))
             }
             "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?.entries)),
-            "ledger-stats" => {
-                let stats = self.ledger.stats().await.map_err(error)?;
-                Ok(json!({
-                    "events": stats.events,
-                    "compacted": stats.compacted_events,
-                    "waiting": stats.waiting,
-                    "peers": stats.reachable_peers,
-                    "rejected": stats.rejected_messages,
-                    "history_reloads": stats.history_reloads,
-                }))
-            }
+            "ledger-stats" => entity_stats(&self.ledger).await,
+            "tally-stats" => entity_stats(&self.tally).await,
+            "rss" => Ok(resident_kib().map_or(Value::Null, |kib| json!(kib))),
             "watch-lag" => {
                 let arguments = (self.name.clone(), self.lag_sender.clone());
                 let (watcher, _) = Actor::spawn(None, LagWatcher, arguments)
@@ -520,6 +513,25 @@ impl Node {
     }
 }
 
+/// The process's resident memory in KiB, where /proc tells it.
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn entity_stats(entity: &Entity<Ledger>) -> Result<Value, String> {
+    let stats = entity.stats().await.map_err(error)?;
+    Ok(json!({
+        "events": stats.events,
+        "compacted": stats.compacted_events,
+        "waiting": stats.waiting,
+        "peers": stats.reachable_peers,
+        "rejected": stats.rejected_messages,
+        "history_reloads": stats.history_reloads,
+    }))
+}
+
 async fn start_ledger<J>(
     persistence_id: &str,
     keep_entries: bool,
@@ -594,7 +606,7 @@ async fn main() {
             let journal = SledJournal::open(format!("{data}/journal")).expect("the journal opens");
             reading_journal = Some(journal.clone());
             let replica = ReplicaId::new(options.name.as_str(), 0);
-            let every = Some(options.snapshot_every);
+            let every = Some(options.snapshot_every).filter(|every| *every > 0);
             (
                 start_ledger(
                     LEDGER_ID,

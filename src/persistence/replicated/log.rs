@@ -327,10 +327,11 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         self.receive_all(waiting)
     }
 
-    /// Drops from memory the longest prefix of the canonical order (in steps
-    /// of the checkpoint interval) that every event still to come will have
+    /// Drops from memory the longest prefix of the canonical order (all of
+    /// it, or up to a checkpoint) that every event still to come will have
     /// seen, as far as this log can tell, and returns the state after it;
-    /// `None` if no such prefix goes beyond what is already compacted.
+    /// `None` if such a prefix would not drop at least `at_least` events
+    /// (each compaction is a snapshot to save, so it should be worth one).
     ///
     /// An event that has seen the whole prefix becomes available in the
     /// canonical walk only after it, so the prefix stays the prefix whatever
@@ -346,6 +347,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     pub fn compact<'a>(
         &mut self,
         peers: impl IntoIterator<Item = (&'a str, Option<&'a VersionVector>)>,
+        at_least: usize,
     ) -> Option<Snapshot<H::State>> {
         if self.history_needed {
             return None;
@@ -377,17 +379,33 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                     .is_some_and(|&index| count <= lowest[index])
             })
         };
-        let cut = (1..self.checkpoints.len())
-            .rev()
-            .find(|&checkpoint| seen_by_all(&self.checkpoints[checkpoint].1))
-            .map(|checkpoint| (checkpoint * CHECKPOINT_EVERY, checkpoint));
-        let (end, checkpoint) = cut?;
-        for (&(origin, _), event) in self.dots[..end].iter().zip(&self.events[..end]) {
-            self.compacted_latest[origin] = Some(event.version.clone());
+        // The cut: everything (the current state is after it), else the
+        // last checkpoint that every event to come will have seen.
+        let everything = self.events.len();
+        let cut = if everything > 0 && seen_by_all(&self.seen) {
+            Some((everything, None))
+        } else {
+            (1..self.checkpoints.len())
+                .rev()
+                .find(|&checkpoint| seen_by_all(&self.checkpoints[checkpoint].1))
+                .map(|checkpoint| (checkpoint * CHECKPOINT_EVERY, Some(checkpoint)))
+        };
+        let (end, checkpoint) = cut.filter(|&(end, _)| end >= at_least.max(1))?;
+        let mut latest_found = vec![false; self.origins.len()];
+        for (&(origin, _), event) in self.dots[..end].iter().zip(&self.events[..end]).rev() {
+            if !latest_found[origin] {
+                latest_found[origin] = true;
+                self.compacted_latest[origin] = Some(event.version.clone());
+            }
         }
         self.events.drain(..end);
         self.dots.drain(..end);
-        self.checkpoints.drain(..checkpoint);
+        match checkpoint {
+            Some(checkpoint) => {
+                self.checkpoints.drain(..checkpoint);
+            }
+            None => self.checkpoints = vec![(self.state.clone(), self.seen.clone())],
+        }
         self.applied -= end;
         self.compacted_events = self
             .compacted_events

@@ -117,8 +117,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         }
     }
 
-    /// Compacts the log and asks for a snapshot every `events` events
-    /// (at least one checkpoint interval of 64 is kept in memory per try).
+    /// Compacts the log and asks for a snapshot about every `events` events:
+    /// it tries when that many more are in memory, and when a peer reports
+    /// its version, and compacts when at least `events` can go.
     pub fn with_snapshots(mut self, events: usize) -> Self {
         let every = events.max(1);
         self.snapshot_every = Some(every);
@@ -306,7 +307,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             .keys()
             .filter(|node| **node != own)
             .map(|node| (node.as_str(), versions.get(node)));
-        let snapshot = self.log.compact(peers);
+        let snapshot = self.log.compact(peers, every);
         self.next_compaction = self.log.events().len().saturating_add(every);
         snapshot.map(ReplicationEffect::Snapshot)
     }
