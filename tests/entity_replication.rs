@@ -71,6 +71,37 @@ async fn spawn_snapshotting(node: &TestNode, journal: MemoryJournal, id: &str) -
         .expect("the entity starts")
 }
 
+/// The replica holds `expected` distinct entries.
+async fn assert_no_entry_twice(replica: &Entity<Ledger>, expected: usize) {
+    let mut unique = replica.state().await.unwrap();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), expected, "no entry applied twice");
+}
+
+async fn shut_down(replicas: &[Entity<Ledger>], nodes: &[TestNode]) {
+    for replica in replicas {
+        replica.stop().await;
+    }
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+/// Waits until every replica reaches every other one.
+async fn see_each_other(replicas: &[Entity<Ledger>]) {
+    eventually("the replicas see each other", BOUND, || async {
+        for replica in replicas {
+            let peers = replica.stats().await.map_or(0, |s| s.reachable_peers.len());
+            if peers != replicas.len() - 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 /// Every replica holds `expected` entries, in one order.
 async fn converged(replicas: &[Entity<Ledger>], expected: usize) -> bool {
     let mut states = Vec::new();
@@ -112,30 +143,13 @@ async fn concurrent_commands_on_three_replicas_end_in_one_state() {
     for node in &nodes {
         replicas.push(spawn_replica(node, MemoryJournal::new(), "ledger-1").await);
     }
-    eventually("the replicas see each other", BOUND, || async {
-        for replica in &replicas {
-            if replica.stats().await.map_or(0, |s| s.reachable_peers.len()) != 2 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    see_each_other(&replicas).await;
 
     record_concurrently(&replicas, "a", 100).await;
     eventually("one state everywhere", BOUND, || converged(&replicas, 300)).await;
 
-    let state = replicas[0].state().await.unwrap();
-    let mut unique = state.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), 300, "no entry applied twice");
-    for replica in &replicas {
-        replica.stop().await;
-    }
-    for node in &nodes {
-        node.shut_down().await;
-    }
+    assert_no_entry_twice(&replicas[0], 300).await;
+    shut_down(&replicas, &nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,12 +177,7 @@ async fn a_restarted_replica_recovers_its_journal_and_catches_up_on_what_it_miss
         converged(&replicas, 130)
     })
     .await;
-    for replica in &replicas {
-        replica.stop().await;
-    }
-    for node in &nodes {
-        node.shut_down().await;
-    }
+    shut_down(&replicas, &nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,12 +218,7 @@ async fn garbage_replication_messages_are_counted_and_change_nothing() {
     .await;
     replicas[1].command("still working".into()).await.unwrap();
     eventually("replication goes on", BOUND, || converged(&replicas, 2)).await;
-    for replica in &replicas {
-        replica.stop().await;
-    }
-    for node in &nodes {
-        node.shut_down().await;
-    }
+    shut_down(&replicas, &nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,15 +232,7 @@ async fn snapshotting_replicas_serve_a_lagging_one_from_the_journal_and_reload_f
     // A replica that compacts before it finds its peers would read its
     // journal back when their events arrive: correct, but not what this
     // test is about.
-    eventually("the replicas see each other", BOUND, || async {
-        for replica in &replicas {
-            if replica.stats().await.map_or(0, |s| s.reachable_peers.len()) != 2 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    see_each_other(&replicas).await;
     record_concurrently(&replicas, "together", 100).await;
     eventually("converged", BOUND, || converged(&replicas, 300)).await;
     for replica in &replicas {
@@ -297,15 +293,6 @@ async fn snapshotting_replicas_serve_a_lagging_one_from_the_journal_and_reload_f
         reloads > 0,
         "the lone events sort among compacted ones: the others read their journals back"
     );
-    let state = replicas[0].state().await.unwrap();
-    let mut unique = state.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), 605, "no entry applied twice");
-    for replica in &replicas {
-        replica.stop().await;
-    }
-    for node in &nodes {
-        node.shut_down().await;
-    }
+    assert_no_entry_twice(&replicas[0], 605).await;
+    shut_down(&replicas, &nodes).await;
 }

@@ -109,22 +109,26 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
     assert_eq!(next[0].origin_seq, 4);
 }
 
+/// Writes `bytes` under `key` in the journal tree of `persistence_id`, past
+/// the journal's own checks.
+fn write_raw(dir: &TempDir, persistence_id: &str, key: &[u8], bytes: &[u8]) {
+    // No flusher thread, which would keep the lock for a moment after the drop.
+    let db = sled::Config::new()
+        .path(&dir.0)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let tree = db.open_tree(format!("journal/{persistence_id}")).unwrap();
+    tree.insert(key, bytes).unwrap();
+    db.flush().unwrap();
+}
+
 #[test]
 fn malformed_journal_bytes_are_an_error_naming_the_event() {
     let dir = TempDir::new("malformed");
-    {
-        // No flusher thread, which would keep the lock for a moment after the drop.
-        let db = sled::Config::new()
-            .path(&dir.0)
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("journal/cart-1").unwrap();
-        let mut key = vec![0];
-        key.extend(1u64.to_be_bytes());
-        tree.insert(key, &[codec::WIRE_VERSION, 0xc1][..]).unwrap();
-        db.flush().unwrap();
-    }
+    let mut key = vec![0];
+    key.extend(1u64.to_be_bytes());
+    write_raw(&dir, "cart-1", &key, &[codec::WIRE_VERSION, 0xc1]);
     let journal = SledJournal::open(&dir.0).unwrap();
     let err = journal.read_from::<String>("cart-1", 1).unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "{err}");
@@ -204,18 +208,7 @@ fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
 #[test]
 fn a_malformed_snapshot_is_an_error_naming_it() {
     let dir = TempDir::new("malformed-snapshot");
-    {
-        // No flusher thread, which would keep the lock for a moment after the drop.
-        let db = sled::Config::new()
-            .path(&dir.0)
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("journal/cart-1").unwrap();
-        tree.insert([1], &[codec::WIRE_VERSION, 0x93, 0x01][..])
-            .unwrap();
-        db.flush().unwrap();
-    }
+    write_raw(&dir, "cart-1", &[1], &[codec::WIRE_VERSION, 0x93, 0x01]);
     let journal = SledJournal::open(&dir.0).unwrap();
     let err = journal.load_snapshot("cart-1").unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "{err}");

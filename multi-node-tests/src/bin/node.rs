@@ -520,6 +520,13 @@ fn resident_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Where the node's entities journal: on disk with `--data`, else in memory.
+#[derive(Clone)]
+enum EntityJournal {
+    Sled(SledJournal),
+    Memory(MemoryJournal),
+}
+
 async fn entity_stats(entity: &Entity<Ledger>) -> Result<Value, String> {
     let stats = entity.stats().await.map_err(error)?;
     Ok(json!({
@@ -600,45 +607,54 @@ async fn main() {
         .await
         .expect("the replicator starts");
     let mut reading_journal = None;
-    let (ledger, tally) = match &options.data {
+    let (journal, replica, snapshot_every) = match &options.data {
         Some(data) => {
             // The journal keeps every event this replica wrote: its id stays.
             let journal = SledJournal::open(format!("{data}/journal")).expect("the journal opens");
             reading_journal = Some(journal.clone());
-            let replica = ReplicaId::new(options.name.as_str(), 0);
             let every = Some(options.snapshot_every).filter(|every| *every > 0);
-            (
-                start_ledger(
-                    LEDGER_ID,
-                    true,
-                    journal.clone(),
-                    replica.clone(),
-                    &cluster,
-                    every,
-                )
-                .await,
-                start_ledger(TALLY_ID, false, journal, replica, &cluster, every).await,
-            )
+            let replica = ReplicaId::new(options.name.as_str(), 0);
+            (EntityJournal::Sled(journal), replica, every)
         }
-        None => {
-            let (journal, replica) = (
-                MemoryJournal::new(),
-                ReplicaId::fresh(options.name.as_str()),
-            );
-            (
-                start_ledger(
-                    LEDGER_ID,
-                    true,
-                    journal.clone(),
-                    replica.clone(),
-                    &cluster,
-                    None,
-                )
-                .await,
-                start_ledger(TALLY_ID, false, journal, replica, &cluster, None).await,
-            )
+        None => (
+            EntityJournal::Memory(MemoryJournal::new()),
+            ReplicaId::fresh(options.name.as_str()),
+            None,
+        ),
+    };
+    let start = |persistence_id, keep_entries| {
+        let (journal, replica) = (journal.clone(), replica.clone());
+        let cluster = &cluster;
+        async move {
+            match journal {
+                EntityJournal::Sled(journal) => {
+                    let every = snapshot_every;
+                    start_ledger(
+                        persistence_id,
+                        keep_entries,
+                        journal,
+                        replica,
+                        cluster,
+                        every,
+                    )
+                    .await
+                }
+                EntityJournal::Memory(journal) => {
+                    start_ledger(
+                        persistence_id,
+                        keep_entries,
+                        journal,
+                        replica,
+                        cluster,
+                        None,
+                    )
+                    .await
+                }
+            }
         }
     };
+    let ledger = start(LEDGER_ID, true).await;
+    let tally = start(TALLY_ID, false).await;
     let (latency_sender, latencies) = mpsc::unbounded_channel();
     let (lag_sender, lags) = mpsc::unbounded_channel();
     let mut node = Node {

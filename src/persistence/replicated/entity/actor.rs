@@ -254,6 +254,8 @@ where
                 "saved a snapshot"
             );
             state.snapshot_from = from_sequence;
+            // Durable with the next flush, at the latest when the entity stops.
+            state.unflushed = true;
         }
         Err(err) => {
             tracing::warn!(persistence_id, error = %err, "cannot save a snapshot; recovery replays more events")
