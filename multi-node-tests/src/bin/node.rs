@@ -628,14 +628,13 @@ async fn main() {
         async move {
             match journal {
                 EntityJournal::Sled(journal) => {
-                    let every = snapshot_every;
                     start_ledger(
                         persistence_id,
                         keep_entries,
                         journal,
                         replica,
                         cluster,
-                        every,
+                        snapshot_every,
                     )
                     .await
                 }
