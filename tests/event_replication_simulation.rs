@@ -322,7 +322,8 @@ impl Sim {
     }
 
     /// Replica `r` crashes and restarts from its journal, which lost what it
-    /// had not flushed; the others see its new incarnation come up.
+    /// had not flushed, under the same replica id; the others see it go down
+    /// and come up again.
     fn crash(&mut self, r: usize) {
         self.crashes += 1;
         self.journals[r].lose_unflushed();

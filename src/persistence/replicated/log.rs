@@ -13,10 +13,11 @@ const CHECKPOINT_EVERY: usize = 64;
 /// without bound.
 const MAX_WAITING: usize = 100_000;
 
-/// The state after a prefix of the canonical order that every event still to
-/// come sorts after: what a [`ReplicatedLog`] keeps of the events it
-/// [compacts](ReplicatedLog::compact), and what an entity saves to start from
-/// instead of replaying its whole journal.
+/// The state after a prefix of the canonical order that the events still to
+/// come are expected to sort after: what a [`ReplicatedLog`] keeps of the
+/// events it [compacts](ReplicatedLog::compact), and what an entity saves to
+/// start from instead of replaying its whole journal. An event that does not
+/// sort after it is detected, in the log and when starting from a snapshot.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot<S> {
     /// The state after the prefix.
@@ -335,11 +336,14 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     ///
     /// An event that has seen the whole prefix becomes available in the
     /// canonical walk only after it, so the prefix stays the prefix whatever
-    /// such events arrive. The events to come are the waiting ones, this
-    /// replica's own, and those of the replicas in `peers`, each given by its
-    /// node name and the version it last reported, if any: a peer's next
-    /// event follows its latest event this log holds and, if the log holds
-    /// every event the peer had persisted when it reported, the report.
+    /// such events arrive. The events to come are this replica's own, and
+    /// those of the replicas in `peers`, each given by its node name and the
+    /// version it last reported, if any: a peer's next event follows its
+    /// latest event this log holds and, if the log holds every event the
+    /// peer had persisted when it reported, the report. That covers the
+    /// peers' events waiting for their past too. A waiting event of a
+    /// replica left out does not hold compaction back: one whose past never
+    /// comes would hold it back for good.
     ///
     /// Replicas left out of `peers` (unreachable, or unknown yet) may later
     /// send events that sort among the compacted ones; the log then asks for
@@ -368,9 +372,6 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         for (node, report) in peers {
             let bound = self.next_event_bound(node, report);
             fold(&mut lowest, &bound, None);
-        }
-        for waiting in &self.waiting {
-            fold(&mut lowest, &waiting.version, Some(&waiting.origin));
         }
         let seen_by_all = |prefix: &VersionVector| {
             prefix.iter().all(|(replica, count)| {

@@ -119,7 +119,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
 
     /// Compacts the log and asks for a snapshot about every `events` events:
     /// it tries when that many more are in memory, and when a peer reports
-    /// its version, and compacts when at least `events` can go.
+    /// its version while at least that many are, and compacts when at least
+    /// `events` can go. Fewer than `events` may so stay in memory (and be
+    /// read back at a start) when writes stop.
     pub fn with_snapshots(mut self, events: usize) -> Self {
         let every = events.max(1);
         self.snapshot_every = Some(every);

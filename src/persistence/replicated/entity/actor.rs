@@ -136,6 +136,8 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     /// Where the last snapshot's recovery starts reading the journal: every
     /// event before it is covered by that snapshot and the ones to come.
     snapshot_from: u64,
+    /// The size of the last snapshot saved: one no larger is stale.
+    snapshot_events: u64,
 }
 
 impl<B, R, J> ReplicatedEntity<B, R, J>
@@ -226,6 +228,11 @@ where
     let Some(snapshots) = &state.snapshots else {
         return;
     };
+    // A snapshot taken before the last one saved would come with a read
+    // position past events it does not cover.
+    if snapshot.events <= state.snapshot_events {
+        return;
+    }
     let persistence_id = state.persistence_id.as_str();
     let stored = (snapshots.encode)(&snapshot.state).and_then(|encoded| {
         let from_sequence = state.journal.first_sequence_outside(
@@ -254,6 +261,7 @@ where
                 "saved a snapshot"
             );
             state.snapshot_from = from_sequence;
+            state.snapshot_events = snapshot.events;
             // Durable with the next flush, at the latest when the entity stops.
             state.unflushed = true;
         }
@@ -314,6 +322,7 @@ where
             timers: Vec::new(),
             snapshots: args.snapshots,
             snapshot_from: recovered.snapshot_from.unwrap_or(1),
+            snapshot_events: 0,
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&state.group, &myself.get_cell());
@@ -340,8 +349,12 @@ where
         for timer in state.timers.drain(..) {
             timer.abort();
         }
-        // Drained commands may wait for their flush.
+        // Drained commands may wait for their flush, which may save a
+        // snapshot, made durable by a second one.
         let _ = flush(state);
+        if state.unflushed {
+            let _ = state.journal.flush();
+        }
         Ok(())
     }
 
@@ -591,6 +604,7 @@ where
                 );
                 // The next snapshot may cover less than the last one.
                 state.snapshot_from = 1;
+                state.snapshot_events = 0;
                 state.history_reloads += 1;
                 effects.extend(
                     state
