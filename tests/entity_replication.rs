@@ -65,7 +65,8 @@ async fn spawn_replica(node: &TestNode, journal: MemoryJournal, id: &str) -> Ent
 const SNAPSHOT_EVERY: usize = 64;
 
 async fn spawn_snapshotting(node: &TestNode, journal: MemoryJournal, id: &str) -> Entity<Ledger> {
-    let config = replica_config(node, id);
+    // Replica 2's absence below must outlast it.
+    let config = replica_config(node, id).with_stability_time(Duration::from_millis(500));
     ReplicatedEntity::spawn_with_snapshots(Ledger, LastWriterWins, journal, config, SNAPSHOT_EVERY)
         .await
         .expect("the entity starts")

@@ -304,6 +304,12 @@ where
         if let Some(snapshots) = &args.snapshots {
             replication = replication.with_snapshots(snapshots.every);
         }
+        if let Some(time) = config.stability_time {
+            let interval = config.anti_entropy_interval.as_nanos().max(1);
+            let ticks = time.as_nanos().div_ceil(interval);
+            replication =
+                replication.with_stability_ticks(u64::try_from(ticks).unwrap_or(u64::MAX));
+        }
         let mut state = EntityState {
             replication,
             journal: args.journal,

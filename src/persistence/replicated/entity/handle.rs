@@ -18,6 +18,7 @@ pub struct EntityConfig {
     pub(super) discovery_interval: Duration,
     pub(super) anti_entropy_interval: Duration,
     pub(super) max_message_bytes: usize,
+    pub(super) stability_time: Option<Duration>,
 }
 
 impl EntityConfig {
@@ -37,6 +38,7 @@ impl EntityConfig {
             discovery_interval: Duration::from_millis(100),
             anti_entropy_interval: Duration::from_secs(1),
             max_message_bytes: 4 * 1024 * 1024,
+            stability_time: None,
         }
     }
 
@@ -58,6 +60,18 @@ impl EntityConfig {
     /// repairs what pushes lost.
     pub fn with_anti_entropy_interval(mut self, interval: Duration) -> Self {
         self.anti_entropy_interval = interval;
+        self
+    }
+
+    /// For an entity with snapshots: how long a replica that is no longer
+    /// heard of still holds compaction back (default
+    /// [`DEFAULT_STABILITY_TICKS`](crate::persistence::replicated::DEFAULT_STABILITY_TICKS)
+    /// anti-entropy intervals, 30 s by default). A replica back within that
+    /// time finds its events' places in memory; one back later makes the
+    /// others read their journals back once. Longer keeps more in memory
+    /// while a replica is away.
+    pub fn with_stability_time(mut self, time: Duration) -> Self {
+        self.stability_time = Some(time);
         self
     }
 
