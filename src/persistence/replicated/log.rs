@@ -360,18 +360,11 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         // `lowest[i]`: the lowest count of origin `i` in the causal pasts of
         // the events to come.
         let mut lowest = vec![u64::MAX; self.origins.len()];
-        let fold = |lowest: &mut [u64], version: &VersionVector, own: Option<&ReplicaId>| {
-            for (slot, replica) in lowest.iter_mut().zip(&self.origins) {
-                let mut count = version.get(replica);
-                if own == Some(replica) {
-                    count = count.saturating_sub(1);
-                }
-                *slot = (*slot).min(count);
-            }
-        };
         for (node, report) in peers {
             let bound = self.next_event_bound(node, report);
-            fold(&mut lowest, &bound, None);
+            for (slot, replica) in lowest.iter_mut().zip(&self.origins) {
+                *slot = (*slot).min(bound.get(replica));
+            }
         }
         let seen_by_all = |prefix: &VersionVector| {
             prefix.iter().all(|(replica, count)| {
