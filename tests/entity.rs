@@ -66,10 +66,31 @@ async fn send(entity: &Entity<Counter>, command: Command) -> Option<i64> {
 }
 
 async fn spawn<J: Journal + Sync>(journal: J, persistence_id: &str) -> Entity<Counter> {
+    spawn_with(journal, persistence_id, None).await
+}
+
+async fn spawn_snapshotting<J: Journal + Sync>(
+    journal: J,
+    persistence_id: &str,
+    every: usize,
+) -> Entity<Counter> {
+    spawn_with(journal, persistence_id, Some(every)).await
+}
+
+async fn spawn_with<J: Journal + Sync>(
+    journal: J,
+    persistence_id: &str,
+    snapshot_every: Option<usize>,
+) -> Entity<Counter> {
     let config = EntityConfig::new(persistence_id, ReplicaId::new("node-a", 1));
-    ReplicatedEntity::spawn(Counter, LastWriterWins, journal, config)
-        .await
-        .expect("the entity starts")
+    match snapshot_every {
+        Some(every) => {
+            ReplicatedEntity::spawn_with_snapshots(Counter, LastWriterWins, journal, config, every)
+                .await
+        }
+        None => ReplicatedEntity::spawn(Counter, LastWriterWins, journal, config).await,
+    }
+    .expect("the entity starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,17 +253,6 @@ async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_e
     let journaled: Vec<(u64, EventEnvelope<Event>)> = disk.read_from("counter-5", 1).unwrap();
     assert_eq!(journaled.len(), 1);
     assert_eq!(journaled[0].1.event, Event::Added(100), "theirs stays");
-}
-
-async fn spawn_snapshotting<J: Journal + Sync>(
-    journal: J,
-    persistence_id: &str,
-    every: usize,
-) -> Entity<Counter> {
-    let config = EntityConfig::new(persistence_id, ReplicaId::new("node-a", 1));
-    ReplicatedEntity::spawn_with_snapshots(Counter, LastWriterWins, journal, config, every)
-        .await
-        .expect("the entity starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

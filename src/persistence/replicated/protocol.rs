@@ -255,12 +255,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     }
 
     fn heard_of(&mut self, node: &str) {
-        match self.last_heard.get_mut(node) {
-            Some(heard) => *heard = self.ticks,
-            None => {
-                self.last_heard.insert(node.to_string(), self.ticks);
-            }
-        }
+        mark_heard(&mut self.last_heard, node, self.ticks);
     }
 
     fn after_receiving(&mut self, applied: Vec<EventEnvelope<H::Event>>) -> Effects<H> {
@@ -270,13 +265,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             if previous != Some(&event.origin) {
                 previous = Some(&event.origin);
                 if event.origin.node() != self.log.replica().node() {
-                    let (node, ticks) = (event.origin.node(), self.ticks);
-                    match self.last_heard.get_mut(node) {
-                        Some(heard) => *heard = ticks,
-                        None => {
-                            self.last_heard.insert(node.to_string(), ticks);
-                        }
-                    }
+                    mark_heard(&mut self.last_heard, event.origin.node(), self.ticks);
                 }
             }
         }
@@ -345,5 +334,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 message: ReplicationMessage::Events(chunk.into_iter().map(|(_, e)| e).collect()),
             })
             .collect()
+    }
+}
+
+/// Records that the replica on `node` was heard of at tick `ticks`.
+fn mark_heard(last_heard: &mut BTreeMap<PeerName, u64>, node: &str, ticks: u64) {
+    match last_heard.get_mut(node) {
+        Some(heard) => *heard = ticks,
+        None => {
+            last_heard.insert(node.to_string(), ticks);
+        }
     }
 }
