@@ -138,13 +138,19 @@ fn main() -> Result<(), ractor_replicated::Error> {
 
     let mut t = Trio::<ORMap<String, GCounter>>::new();
     t.on(0, |m, me| {
-        m.update(me, "views".into(), |c| c.apply(c.increment(me, 2)))
+        m.update(me, "views".into(), |c, writer| {
+            c.apply(c.increment(writer, 2))
+        })
     })
     .on(1, |m, me| {
-        m.update(me, "views".into(), |c| c.apply(c.increment(me, 5)))
+        m.update(me, "views".into(), |c, writer| {
+            c.apply(c.increment(writer, 5))
+        })
     })
     .on(2, |m, me| {
-        m.update(me, "likes".into(), |c| c.apply(c.increment(me, 1)))
+        m.update(me, "likes".into(), |c, writer| {
+            c.apply(c.increment(writer, 1))
+        })
     });
     show(
         "ORMap",

@@ -39,7 +39,7 @@ pub use gset::GSet;
 pub use lww_map::LWWMap;
 pub use lww_register::{Clock, LWWRegister, ReverseClock, Timestamped, WallClock};
 pub use mv_register::{MVRegister, MVRegisterOp};
-pub use or_map::{ORMap, ORMapOp};
+pub use or_map::{DottedValue, ORMap, ORMapOp};
 pub use or_multi_map::ORMultiMap;
 pub use or_set::{ORSet, ORSetOp};
 pub use pn_counter::{PNCounter, PNCounterOp};

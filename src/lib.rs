@@ -44,9 +44,9 @@ mod rng;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
 pub use crdt::{
-    Clock, Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, MVRegisterOp, Member, ORMap,
-    ORMapOp, ORMultiMap, ORSet, ORSetOp, OpBased, PNCounter, PNCounterMap, PNCounterOp, Payload,
-    ReplicatedData, ReverseClock, Timestamped, WallClock,
+    Clock, DottedValue, Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, MVRegisterOp,
+    Member, ORMap, ORMapOp, ORMultiMap, ORSet, ORSetOp, OpBased, PNCounter, PNCounterMap,
+    PNCounterOp, Payload, ReplicatedData, ReverseClock, Timestamped, WallClock,
 };
 pub use error::{Error, Result};
 
@@ -54,6 +54,11 @@ pub use error::{Error, Result};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// Runs the code of the CRDT guide with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/crdts.md")]
+struct CrdtGuideDoctests;
 
 /// Compiles the code of the Distributed Data guide with the doc tests.
 #[cfg(doctest)]

@@ -27,7 +27,7 @@ fn sample_states() -> Vec<(&'static str, Vec<u8>)> {
     for (i, id) in ids.iter().enumerate() {
         let n = i as u8;
         set.apply(set.add(id, format!("item-{i}")));
-        map.apply(map.update(id, n, |c| c.apply(c.increment(id, 3))));
+        map.apply(map.update(id, n, |c, me| c.apply(c.increment(me, 3))));
         multi.apply(multi.add_binding(id, n % 2, n));
         lww_map.apply(lww_map.insert(id, n, format!("v{i}")));
         counters.apply(counters.decrement(id, n, 2));

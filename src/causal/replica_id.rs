@@ -17,6 +17,11 @@ use serde::{Deserialize, Serialize};
 /// The node name is reference counted, so cloning a `ReplicaId` (which every
 /// dot does) costs an increment, not an allocation.
 ///
+/// A map hands the writer of one of its values a *child* identity
+/// ([`ReplicaId::child`]), so that a value re-created after a remove never
+/// re-mints the dots or counts of its previous life (see
+/// [`ORMap::update`](crate::ORMap::update)).
+///
 /// ```
 /// use ractor_replicated::ReplicaId;
 ///
@@ -29,6 +34,10 @@ use serde::{Deserialize, Serialize};
 pub struct ReplicaId {
     node: Arc<str>,
     incarnation: u64,
+    /// Empty for a replica; for a child identity, the births of the values
+    /// it writes in, outermost first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lineage: Option<Arc<[u64]>>,
 }
 
 impl ReplicaId {
@@ -37,6 +46,7 @@ impl ReplicaId {
         Self {
             node: node.into(),
             incarnation,
+            lineage: None,
         }
     }
 
@@ -71,6 +81,36 @@ impl ReplicaId {
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
+
+    /// The identity this replica writes with inside the value that a map
+    /// created for it at `birth` (the counter of the map update that started
+    /// the value's lineage). Distinct for every `birth`, and from every
+    /// replica and every other child.
+    pub fn child(&self, birth: u64) -> ReplicaId {
+        let mut lineage = self.lineage().to_vec();
+        lineage.push(birth);
+        Self {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            lineage: Some(lineage.into()),
+        }
+    }
+
+    /// The identity this child identity was derived from, `None` for a replica.
+    pub fn parent(&self) -> Option<ReplicaId> {
+        let (_, outer) = self.lineage().split_last()?;
+        Some(Self {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            lineage: (!outer.is_empty()).then(|| outer.into()),
+        })
+    }
+
+    /// The births of the nested values this identity writes in, outermost
+    /// first; empty for a replica.
+    pub fn lineage(&self) -> &[u64] {
+        self.lineage.as_deref().unwrap_or_default()
+    }
 }
 
 /// Replica ids order by incarnation, then node name: a total order, and since
@@ -81,6 +121,7 @@ impl Ord for ReplicaId {
         self.incarnation
             .cmp(&other.incarnation)
             .then_with(|| self.node.cmp(&other.node))
+            .then_with(|| self.lineage().cmp(other.lineage()))
     }
 }
 
@@ -92,7 +133,10 @@ impl PartialOrd for ReplicaId {
 
 impl fmt::Display for ReplicaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.node, self.incarnation)
+        write!(f, "{}#{}", self.node, self.incarnation)?;
+        self.lineage()
+            .iter()
+            .try_for_each(|birth| write!(f, "/{birth}"))
     }
 }
 
@@ -130,5 +174,33 @@ mod tests {
     #[test]
     fn display_shows_node_and_incarnation() {
         assert_eq!(ReplicaId::new("node-a", 7).to_string(), "node-a#7");
+        assert_eq!(
+            ReplicaId::new("node-a", 7).child(3).child(1).to_string(),
+            "node-a#7/3/1"
+        );
+    }
+
+    #[test]
+    fn children_are_distinct_from_their_parent_and_each_other() {
+        let a = ReplicaId::new("a", 1);
+        let (first, second) = (a.child(1), a.child(2));
+        assert!(a != first && first != second && first != a.child(2).child(1));
+        assert_eq!(first.parent(), Some(a.clone()));
+        assert_eq!(second.child(9).parent(), Some(second.clone()));
+        assert_eq!(a.parent(), None);
+        assert!(
+            a < first && first < second,
+            "children sort after their parent"
+        );
+    }
+
+    #[test]
+    fn a_replica_encodes_as_before_and_a_child_round_trips() {
+        let a = ReplicaId::new("a", 1);
+        let old: Vec<u8> = rmp_serde::to_vec(&("a", 1u64)).expect("encodes");
+        assert_eq!(rmp_serde::to_vec(&a).expect("encodes"), old);
+        let child = a.child(4).child(2);
+        let bytes = rmp_serde::to_vec(&child).expect("encodes");
+        assert_eq!(rmp_serde::from_slice::<ReplicaId>(&bytes).ok(), Some(child));
     }
 }

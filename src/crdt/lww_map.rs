@@ -61,8 +61,8 @@ impl<K: Member, V: Payload> LWWMap<K, V> {
         value: V,
         clock: &impl Clock,
     ) -> ORMapOp<K, LWWRegister<V>> {
-        self.map.update(replica, key, |register| {
-            register.apply(register.set_with_clock(replica, value, clock))
+        self.map.update(replica, key, |register, me| {
+            register.apply(register.set_with_clock(me, value, clock))
         })
     }
 

@@ -3,9 +3,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{apply_keyed_delta, ensure_unique_dots, merge_keyed, validated};
+use super::kernel::{apply_keyed_delta, ensure_unique_dots, merge_keyed, validated, Dotted};
 use super::{Member, OpBased, ReplicatedData};
-use crate::causal::{CausalContext, Dot, ReplicaId};
+use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
 
 /// An observed-remove map from keys to CRDT values.
 ///
@@ -18,8 +18,16 @@ use crate::causal::{CausalContext, Dot, ReplicaId};
 /// tombstone. A remove concurrent with an update keeps the update, including the
 /// value history it was built on, as in Akka's ORMap.
 ///
+/// Values are written under a child identity of the writing replica that the
+/// map hands to [`update`](Self::update)'s closure. A value re-created after a
+/// remove gets a new one, so its writes add to whatever history of the old
+/// value survives elsewhere instead of colliding with it (a counter re-created
+/// by the same replica counts from zero again, and its new increments must not
+/// hide under the old ones).
+///
 /// Space: per key, one value per concurrent update not yet seen by a later
-/// update (usually one), plus one causal context for the whole map.
+/// update (usually one), each with a version vector of the writers of its
+/// history, plus one causal context for the whole map.
 ///
 /// ```
 /// use ractor_replicated::{GCounter, OpBased, ORMap, ReplicaId, ReplicatedData};
@@ -27,26 +35,106 @@ use crate::causal::{CausalContext, Dot, ReplicaId};
 /// let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
 /// let mut left: ORMap<String, GCounter> = ORMap::new();
 /// let mut right = ORMap::new();
-/// left.apply(left.update(&a, "hits".into(), |c: &mut GCounter| c.apply(c.increment(&a, 2))));
-/// right.apply(right.update(&b, "hits".into(), |c: &mut GCounter| c.apply(c.increment(&b, 3))));
+/// left.apply(left.update(&a, "hits".into(), |c: &mut GCounter, me| c.apply(c.increment(me, 2))));
+/// right.apply(right.update(&b, "hits".into(), |c: &mut GCounter, me| c.apply(c.increment(me, 3))));
 /// left.merge(&right);
 /// assert_eq!(left.get("hits").map(|c| c.value()), Some(5));
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(
     bound(deserialize = "K: Member, V: ReplicatedData"),
     try_from = "Wire<K, V>"
 )]
 pub struct ORMap<K: Ord, V> {
     context: CausalContext,
-    entries: BTreeMap<K, Vec<(Dot, V)>>,
+    entries: BTreeMap<K, Vec<DottedValue<V>>>,
+    /// This copy's own knowledge, never replicated: per key, each writer's
+    /// latest update applied here. It lets a writer whose value was
+    /// superseded by another writer's keep its child identity (the history
+    /// shows whether its latest write is included); without it (after a
+    /// restart) the writer takes a new identity, which is always safe.
+    #[serde(skip)]
+    latest_writes: BTreeMap<K, Vec<(Dot, u64)>>,
+}
+
+/// One value of an [`ORMap`] key, as written by one update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "DottedValueWire<V>")]
+pub struct DottedValue<V> {
+    dot: Dot,
+    birth: u64,
+    history: VersionVector,
+    value: V,
+}
+
+impl<V> DottedValue<V> {
+    /// The dot of the update that wrote the value.
+    pub fn dot(&self) -> &Dot {
+        &self.dot
+    }
+
+    /// The child identity the value was written under: the update's replica,
+    /// in the lineage started by its update with counter `birth`.
+    pub fn writer(&self) -> ReplicaId {
+        self.dot.replica.child(self.birth)
+    }
+
+    /// For each writer identity in the value's history, the counter of its
+    /// latest update the value includes.
+    pub fn history(&self) -> &VersionVector {
+        &self.history
+    }
+
+    /// The value.
+    pub fn value(&self) -> &V {
+        &self.value
+    }
+}
+
+impl<V: Clone> Dotted for DottedValue<V> {
+    fn dot(&self) -> &Dot {
+        &self.dot
+    }
+}
+
+/// The decoded form of a [`DottedValue`], checked before it becomes one.
+#[derive(Deserialize)]
+struct DottedValueWire<V> {
+    dot: Dot,
+    birth: u64,
+    history: VersionVector,
+    value: V,
+}
+
+impl<V> TryFrom<DottedValueWire<V>> for DottedValue<V> {
+    type Error = String;
+
+    fn try_from(wire: DottedValueWire<V>) -> Result<Self, String> {
+        let dotted = Self {
+            dot: wire.dot,
+            birth: wire.birth,
+            history: wire.history,
+            value: wire.value,
+        };
+        let counter = dotted.dot.counter;
+        if dotted.birth == 0 || dotted.birth > counter {
+            return Err(format!("value {:?} has birth {}", dotted.dot, dotted.birth));
+        }
+        if dotted.history.get(&dotted.writer()) != counter {
+            return Err(format!(
+                "value {:?} is missing from its history",
+                dotted.dot
+            ));
+        }
+        Ok(dotted)
+    }
 }
 
 /// The decoded form, checked before it becomes a map.
 #[derive(Deserialize)]
 struct Wire<K: Ord, V> {
     context: CausalContext,
-    entries: BTreeMap<K, Vec<(Dot, V)>>,
+    entries: BTreeMap<K, Vec<DottedValue<V>>>,
 }
 
 impl<K: Member, V: ReplicatedData> TryFrom<Wire<K, V>> for ORMap<K, V> {
@@ -60,25 +148,25 @@ impl<K: Member, V: ReplicatedData> TryFrom<Wire<K, V>> for ORMap<K, V> {
                 entries.insert(key, values);
             }
         }
-        ensure_unique_dots(entries.values().flatten().map(|(dot, _)| dot))?;
+        ensure_unique_dots(entries.values().flatten().map(|value| &value.dot))?;
         Ok(Self {
             context: wire.context,
             entries,
+            latest_writes: BTreeMap::new(),
         })
     }
 }
 
 /// An operation on an [`ORMap`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "K: Member, V: ReplicatedData"))]
 pub enum ORMapOp<K, V> {
-    /// Stores `value` for `key` under a new dot, superseding the observed dots.
+    /// Stores a new value for `key`, superseding the observed dots.
     Update {
-        /// The new dot.
-        dot: Dot,
         /// The key.
         key: K,
-        /// The key's value after the update.
-        value: V,
+        /// The key's value after the update, under the update's new dot.
+        value: DottedValue<V>,
         /// The dots of the key's values the updater had seen.
         observed: Vec<Dot>,
     },
@@ -96,17 +184,26 @@ impl<K: Ord, V> Default for ORMap<K, V> {
         Self {
             context: CausalContext::new(),
             entries: BTreeMap::new(),
+            latest_writes: BTreeMap::new(),
         }
     }
 }
 
-fn merged_value<V: ReplicatedData>(values: &[(Dot, V)]) -> Option<Cow<'_, V>> {
+/// Equal replicated state; what each copy knows of its own writes is not
+/// compared.
+impl<K: Ord, V: PartialEq> PartialEq for ORMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.context == other.context && self.entries == other.entries
+    }
+}
+
+fn merged_value<V: ReplicatedData>(values: &[DottedValue<V>]) -> Option<Cow<'_, V>> {
     match values {
         [] => None,
-        [(_, only)] => Some(Cow::Borrowed(only)),
-        [(_, first), rest @ ..] => {
-            let mut joined = first.clone();
-            rest.iter().for_each(|(_, v)| joined.merge(v));
+        [only] => Some(Cow::Borrowed(&only.value)),
+        [first, rest @ ..] => {
+            let mut joined = first.value.clone();
+            rest.iter().for_each(|v| joined.merge(&v.value));
             Some(Cow::Owned(joined))
         }
     }
@@ -120,18 +217,81 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
 
     /// The operation that updates `key`'s value with `modify`, starting from the
     /// current value or `V::default()` if the key is absent.
-    pub fn update(&self, replica: &ReplicaId, key: K, modify: impl FnOnce(&mut V)) -> ORMapOp<K, V>
+    ///
+    /// `modify` gets the value and the identity to write it with: a child of
+    /// `replica` ([`ReplicaId::child`]) that the map keeps as long as the
+    /// value's history includes this replica's latest write, and replaces when
+    /// it does not (the key was removed and created again, or the replica
+    /// restarted). Every mutator called inside must use it, not `replica`:
+    ///
+    /// ```
+    /// use ractor_replicated::{OpBased, ORMap, PNCounter, ReplicaId};
+    ///
+    /// let a = ReplicaId::new("a", 1);
+    /// let mut stock: ORMap<String, PNCounter> = ORMap::new();
+    /// let apples = "apples".to_string();
+    /// stock.apply(stock.update(&a, apples, |count, me| count.apply(count.increment(me, 5))));
+    /// assert_eq!(stock.get("apples").map(|c| c.value()), Some(5));
+    /// ```
+    pub fn update(
+        &self,
+        replica: &ReplicaId,
+        key: K,
+        modify: impl FnOnce(&mut V, &ReplicaId),
+    ) -> ORMapOp<K, V>
     where
         V: Default,
     {
-        let mut value = self.get(&key).map(Cow::into_owned).unwrap_or_default();
-        modify(&mut value);
+        let dot = self.context.next_dot(replica);
+        let current = self.versions_of(&key);
+        let mut history = VersionVector::new();
+        current.iter().for_each(|v| history.merge(&v.history));
+        let birth = self
+            .continued_lineage(&key, replica, current, &history)
+            .unwrap_or(dot.counter);
+        let writer = replica.child(birth);
+        let mut value = merged_value(current)
+            .map(Cow::into_owned)
+            .unwrap_or_default();
+        modify(&mut value, &writer);
+        history.observe(&Dot::new(writer, dot.counter));
         ORMapOp::Update {
-            dot: self.context.next_dot(replica),
-            observed: self.dots_of(&key),
+            observed: current.iter().map(|v| v.dot.clone()).collect(),
             key,
-            value,
+            value: DottedValue {
+                dot,
+                birth,
+                history,
+                value,
+            },
         }
+    }
+
+    /// The birth of `replica`'s lineage for `key` if the current values
+    /// include its latest write (so the child identity may go on counting),
+    /// `None` if a new lineage must start.
+    fn continued_lineage(
+        &self,
+        key: &K,
+        replica: &ReplicaId,
+        current: &[DottedValue<V>],
+        history: &VersionVector,
+    ) -> Option<u64> {
+        // A value of the writer's own that is still current is its latest
+        // write for the key: a later one would have superseded it.
+        if let Some(own) = current
+            .iter()
+            .filter(|v| &v.dot.replica == replica)
+            .max_by_key(|v| v.dot.counter)
+        {
+            return Some(own.birth);
+        }
+        let (latest, birth) = self
+            .latest_writes
+            .get(key)?
+            .iter()
+            .find(|(dot, _)| &dot.replica == replica)?;
+        (history.get(&replica.child(*birth)) >= latest.counter).then_some(*birth)
     }
 
     /// The operation that removes `key` as seen here.
@@ -143,10 +303,10 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
     }
 
     fn dots_of(&self, key: &K) -> Vec<Dot> {
-        self.entries
-            .get(key)
-            .map(|values| values.iter().map(|(dot, _)| dot.clone()).collect())
-            .unwrap_or_default()
+        self.versions_of(key)
+            .iter()
+            .map(|v| v.dot.clone())
+            .collect()
     }
 
     /// The value of `key`: borrowed when one update is current, merged when
@@ -196,11 +356,35 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
     }
 
     /// The dotted values under `key`: more than one after concurrent updates.
-    pub fn versions_of<Q: Ord + ?Sized>(&self, key: &Q) -> &[(Dot, V)]
+    pub fn versions_of<Q: Ord + ?Sized>(&self, key: &Q) -> &[DottedValue<V>]
     where
         K: Borrow<Q>,
     {
         self.entries.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Remembers `dot` (lineage `birth`) as its writer's latest update of
+    /// `key` applied here.
+    fn remember_write(&mut self, key: &K, dot: &Dot, birth: u64) {
+        let writes = match self.latest_writes.get_mut(key) {
+            Some(writes) => writes,
+            None => self.latest_writes.entry(key.clone()).or_default(),
+        };
+        match writes.iter_mut().find(|(d, _)| d.replica == dot.replica) {
+            Some(known) if known.0.counter >= dot.counter => {}
+            Some(known) => *known = (dot.clone(), birth),
+            None => writes.push((dot.clone(), birth)),
+        }
+    }
+
+    /// Forgets what this copy knew of writes to keys it no longer holds: a
+    /// writer re-creating such a key starts a new lineage anyway.
+    fn forget_absent_keys(&mut self) {
+        if !self.latest_writes.is_empty() {
+            let entries = &self.entries;
+            self.latest_writes
+                .retain(|key, _| entries.contains_key(key));
+        }
     }
 }
 
@@ -213,6 +397,7 @@ impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
             &other.context,
         );
         self.context.merge(&other.context);
+        self.forget_absent_keys();
     }
 }
 
@@ -222,19 +407,35 @@ impl<K: Member, V: ReplicatedData> OpBased for ORMap<K, V> {
     fn apply(&mut self, op: ORMapOp<K, V>) {
         match op {
             ORMapOp::Update {
-                dot,
                 key,
                 value,
                 observed,
-            } => apply_keyed_delta(
-                &mut self.entries,
-                &mut self.context,
-                key,
-                Some((dot, value)),
-                &observed,
-            ),
+            } => {
+                let (dot, birth) = (value.dot.clone(), value.birth);
+                apply_keyed_delta(
+                    &mut self.entries,
+                    &mut self.context,
+                    key.clone(),
+                    Some(value),
+                    &observed,
+                );
+                if self.entries.contains_key(&key) {
+                    self.remember_write(&key, &dot, birth);
+                } else {
+                    self.latest_writes.remove(&key);
+                }
+            }
             ORMapOp::Remove { key, observed } => {
-                apply_keyed_delta(&mut self.entries, &mut self.context, key, None, &observed)
+                apply_keyed_delta(
+                    &mut self.entries,
+                    &mut self.context,
+                    key.clone(),
+                    None,
+                    &observed,
+                );
+                if !self.entries.contains_key(&key) {
+                    self.latest_writes.remove(&key);
+                }
             }
         }
     }
@@ -249,12 +450,16 @@ pub(crate) fn keeps_dotted_versions<K: Member, V: ReplicatedData>(
     merged: &ORMap<K, V>,
 ) -> bool {
     let holds =
-        |map: &ORMap<K, V>, key: &K, dot: &Dot| map.versions_of(key).iter().any(|(d, _)| d == dot);
+        |map: &ORMap<K, V>, key: &K, dot: &Dot| map.versions_of(key).iter().any(|v| v.dot() == dot);
     before.keys().all(|key| {
-        before.versions_of(key).iter().all(|(dot, _)| {
-            let superseded = other.context().contains(dot) && !holds(other, key, dot);
-            superseded || holds(merged, key, dot)
-        })
+        before
+            .versions_of(key)
+            .iter()
+            .map(DottedValue::dot)
+            .all(|dot| {
+                let superseded = other.context().contains(dot) && !holds(other, key, dot);
+                superseded || holds(merged, key, dot)
+            })
     })
 }
 
@@ -289,10 +494,10 @@ mod tests {
         fn act(&self, replica: &ReplicaId, action: &MapAction) -> Vec<ORMapOp<u8, ORSet<u8>>> {
             vec![match *action {
                 MapAction::Add { key, member } => {
-                    self.update(replica, key, |set| set.apply(set.add(replica, member)))
+                    self.update(replica, key, |set, me| set.apply(set.add(me, member)))
                 }
                 MapAction::RemoveMember { key, member } => {
-                    self.update(replica, key, |set| set.apply(set.remove(&member)))
+                    self.update(replica, key, |set, _| set.apply(set.remove(&member)))
                 }
                 MapAction::RemoveKey(key) => self.remove(&key),
             }]
@@ -308,15 +513,15 @@ mod tests {
     fn concurrent_updates_to_one_key_merge_their_values() {
         let (a, b) = (laws::replica(0), laws::replica(1));
         let mut x: ORMap<char, GCounter> = ORMap::new();
-        x.apply(x.update(&a, 'k', |c| c.apply(c.increment(&a, 1))));
+        x.apply(x.update(&a, 'k', |c, me| c.apply(c.increment(me, 1))));
         let mut y = x.clone();
-        x.apply(x.update(&a, 'k', |c| c.apply(c.increment(&a, 1))));
-        y.apply(y.update(&b, 'k', |c| c.apply(c.increment(&b, 5))));
+        x.apply(x.update(&a, 'k', |c, me| c.apply(c.increment(me, 1))));
+        y.apply(y.update(&b, 'k', |c, me| c.apply(c.increment(me, 5))));
         let merged = x.merged(&y);
         assert_eq!(merged.versions_of(&'k').len(), 2);
         assert_eq!(merged.get(&'k').map(|c| c.value()), Some(7));
         let mut next = merged.clone();
-        next.apply(next.update(&a, 'k', |c| c.apply(c.increment(&a, 1))));
+        next.apply(next.update(&a, 'k', |c, me| c.apply(c.increment(me, 1))));
         assert_eq!(next.versions_of(&'k').len(), 1, "a later update folds them");
         assert_eq!(next.get(&'k').map(|c| c.value()), Some(8));
     }
@@ -325,11 +530,11 @@ mod tests {
     fn an_update_wins_over_a_concurrent_remove_of_the_key() {
         let (a, b) = (laws::replica(0), laws::replica(1));
         let mut x: ORMap<u8, GCounter> = ORMap::new();
-        x.apply(x.update(&a, 1, |c| c.apply(c.increment(&a, 1))));
+        x.apply(x.update(&a, 1, |c, me| c.apply(c.increment(me, 1))));
         let mut y = x.clone();
         x.apply(x.remove(&1));
         assert!(!x.contains_key(&1));
-        y.apply(y.update(&b, 1, |c| c.apply(c.increment(&b, 1))));
+        y.apply(y.update(&b, 1, |c, me| c.apply(c.increment(me, 1))));
         let merged = x.merged(&y);
         assert_eq!(merged.get(&1).map(|c| c.value()), Some(2));
     }
@@ -338,12 +543,70 @@ mod tests {
     fn a_removed_key_stays_removed_and_can_be_added_again() {
         let a = laws::replica(0);
         let mut map: ORMap<u8, GCounter> = ORMap::new();
-        map.apply(map.update(&a, 1, |c| c.apply(c.increment(&a, 3))));
+        map.apply(map.update(&a, 1, |c, me| c.apply(c.increment(me, 3))));
         let stale = map.clone();
         map.apply(map.remove(&1));
         assert!(!map.merged(&stale).contains_key(&1));
-        map.apply(map.update(&a, 1, |c| c.apply(c.increment(&a, 1))));
+        map.apply(map.update(&a, 1, |c, me| c.apply(c.increment(me, 1))));
         assert_eq!(map.get(&1).map(|c| c.value()), Some(1), "starts from empty");
         assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn writers_taking_turns_keep_their_identities() {
+        let replicas: Vec<ReplicaId> = (0..3).map(laws::replica).collect();
+        let mut states: Vec<ORMap<u8, GCounter>> = vec![ORMap::new(); 3];
+        for round in 0..30 {
+            let (i, next) = (round % 3, (round + 1) % 3);
+            let state = &mut states[i];
+            state.apply(state.update(&replicas[i], 0, |c, me| c.apply(c.increment(me, 1))));
+            let written = states[i].clone();
+            states[next].merge(&written);
+        }
+        let last = &states[0];
+        assert_eq!(last.get(&0).map(|c| c.value()), Some(30));
+        let counts = last.get(&0).map(|c| c.counts().len());
+        assert_eq!(counts, Some(3), "one count per writer, not one per turn");
+        assert!(last.versions_of(&0).iter().all(|v| v.history().len() == 3));
+    }
+
+    #[test]
+    fn a_restarted_writer_whose_value_was_superseded_takes_one_new_identity() {
+        let (a, b) = (laws::replica(0), laws::replica(1));
+        let mut x: ORMap<u8, GCounter> = ORMap::new();
+        x.apply(x.update(&a, 0, |c, me| c.apply(c.increment(me, 1))));
+        let mut y = x.clone();
+        y.apply(y.update(&b, 0, |c, me| c.apply(c.increment(me, 1))));
+        x.merge(&y);
+        // What a copy knows of its own writes is not encoded: after a restart
+        // it cannot tell whether its latest write is in the history.
+        let mut x: ORMap<u8, GCounter> =
+            crate::codec::decode(&crate::codec::encode(&x).unwrap()).unwrap();
+        for _ in 0..5 {
+            x.apply(x.update(&a, 0, |c, me| c.apply(c.increment(me, 1))));
+        }
+        assert_eq!(x.get(&0).map(|c| c.value()), Some(7));
+        assert_eq!(x.get(&0).map(|c| c.counts().len()), Some(3));
+    }
+
+    #[test]
+    fn decoding_rejects_a_value_without_its_lineage() {
+        let a = laws::replica(0);
+        let mut map: ORMap<u8, GCounter> = ORMap::new();
+        map.apply(map.update(&a, 0, |c, me| c.apply(c.increment(me, 1))));
+        let encode_with = |birth: u64, history: VersionVector| {
+            let mut forged = map.clone();
+            if let Some(values) = forged.entries.get_mut(&0) {
+                values[0].birth = birth;
+                values[0].history = history;
+            }
+            crate::codec::encode(&forged).unwrap()
+        };
+        let good = map.versions_of(&0)[0].history().clone();
+        assert!(crate::codec::decode::<ORMap<u8, GCounter>>(&encode_with(1, good.clone())).is_ok());
+        for (birth, history) in [(0, good.clone()), (2, good), (1, VersionVector::new())] {
+            let bytes = encode_with(birth, history);
+            assert!(crate::codec::decode::<ORMap<u8, GCounter>>(&bytes).is_err());
+        }
     }
 }

@@ -50,7 +50,7 @@ impl<K: Member, V: Member> ORMultiMap<K, V> {
     /// The operation that binds `value` to `key`.
     pub fn add_binding(&self, replica: &ReplicaId, key: K, value: V) -> ORMapOp<K, ORSet<V>> {
         self.map
-            .update(replica, key, |set| set.apply(set.add(replica, value)))
+            .update(replica, key, |set, me| set.apply(set.add(me, value)))
     }
 
     /// The operation that unbinds `value` from `key` as seen here.
@@ -64,7 +64,7 @@ impl<K: Member, V: Member> ORMultiMap<K, V> {
         V: Borrow<R>,
     {
         self.map
-            .update(replica, key, |set| set.apply(set.remove(value)))
+            .update(replica, key, |set, _| set.apply(set.remove(value)))
     }
 
     /// The operation that removes `key` with all its bindings as seen here.
@@ -160,5 +160,23 @@ mod tests {
         emptied.apply(emptied.remove_binding(&a, 'k', &1));
         emptied.apply(emptied.remove_binding(&a, 'k', &2));
         assert!(emptied.get(&'k').is_none() && emptied.is_empty());
+    }
+
+    #[test]
+    fn a_binding_added_after_removing_the_key_survives_a_concurrent_update() {
+        let (a, b) = (laws::replica(0), laws::replica(1));
+        let mut x = ORMultiMap::new();
+        x.apply(x.add_binding(&a, 0, 1));
+        let mut y = x.clone();
+        x.apply(x.remove(&0));
+        x.apply(x.add_binding(&a, 0, 2));
+        y.apply(y.add_binding(&b, 0, 3));
+        let expected = [1, 2, 3];
+        for merged in [x.merged(&y), y.merged(&x)] {
+            let bindings: Vec<u8> = merged
+                .get(&0)
+                .map_or(Vec::new(), |s| s.iter().copied().collect());
+            assert_eq!(bindings, expected);
+        }
     }
 }

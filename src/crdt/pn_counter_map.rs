@@ -47,13 +47,13 @@ impl<K: Member> PNCounterMap<K> {
     /// The operation that adds `by` to `key`'s counter.
     pub fn increment(&self, replica: &ReplicaId, key: K, by: u64) -> ORMapOp<K, PNCounter> {
         self.map
-            .update(replica, key, |c| c.apply(c.increment(replica, by)))
+            .update(replica, key, |c, me| c.apply(c.increment(me, by)))
     }
 
     /// The operation that subtracts `by` from `key`'s counter.
     pub fn decrement(&self, replica: &ReplicaId, key: K, by: u64) -> ORMapOp<K, PNCounter> {
         self.map
-            .update(replica, key, |c| c.apply(c.decrement(replica, by)))
+            .update(replica, key, |c, me| c.apply(c.decrement(me, by)))
     }
 
     /// The operation that removes `key` (and so resets its counter) as seen here.
@@ -139,5 +139,18 @@ mod tests {
             acc.merged(&mine)
         });
         assert_eq!(merged.iter().collect::<Vec<_>>(), [(&'a', 6), (&'b', -3)]);
+    }
+
+    #[test]
+    fn a_count_restarted_after_removing_the_key_adds_to_a_concurrent_update() {
+        let (a, b) = (laws::replica(0), laws::replica(1));
+        let mut x = PNCounterMap::new();
+        x.apply(x.increment(&a, 0, 5));
+        let mut y = x.clone();
+        x.apply(x.remove(&0));
+        x.apply(x.increment(&a, 0, 3));
+        y.apply(y.increment(&b, 0, 1));
+        assert_eq!(x.merged(&y).get(&0), Some(9));
+        assert_eq!(y.merged(&x).get(&0), Some(9));
     }
 }

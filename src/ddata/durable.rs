@@ -197,7 +197,9 @@ mod tests {
         let mut pn_map = PNCounterMap::<String>::new();
         pn_map.apply(pn_map.increment(&me, "k".to_string(), 4));
         let mut or_map = ORMap::<String, PNCounter>::new();
-        or_map.apply(or_map.update(&me, "k".to_string(), |c| c.apply(c.change(&me, 2))));
+        or_map.apply(or_map.update(&me, "k".to_string(), |c, writer| {
+            c.apply(c.change(writer, 2))
+        }));
         let mut multi = ORMultiMap::<String, String>::new();
         multi.apply(multi.add_binding(&me, "k".to_string(), "v".to_string()));
         vec![

@@ -218,7 +218,7 @@ impl Node {
                 let field = arg(&words, 2)?.to_string();
                 let by: i64 = number(&words, 3)?;
                 dd.update(&key, local, move |m, me| {
-                    m.apply(m.update(me, field, |c| c.apply(c.change(me, by))))
+                    m.apply(m.update(me, field, |c, writer| c.apply(c.change(writer, by))))
                 })
                 .await
                 .map_err(error)?;
