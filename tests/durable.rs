@@ -11,7 +11,8 @@ use ractor_replicated::ddata::{
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet, OpBased};
 use support::{
-    cluster, eventually, listener, next_matching, replicator_config, test_core_config, TempDir,
+    cluster, cluster_with, eventually, listener, next_matching, replicator_config,
+    test_core_config, TempDir,
 };
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -275,4 +276,43 @@ async fn a_failed_store_write_fails_the_update_instead_of_acknowledging_it() {
     assert!(matches!(err, Error::Store { .. }), "{err}");
     assert!(err.to_string().contains("no space left"), "{err}");
     dd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_store_failed_does_not_acknowledge_a_replicated_write() {
+    // Node 2's disk is full; nodes 0 and 1 store in memory.
+    let nodes = cluster_with("full-disk", 3, test_core_config(), |i, config| {
+        if i == 2 {
+            config.with_durability(Durability::new(FullDisk, KeySelection::All))
+        } else {
+            config
+        }
+    })
+    .await;
+    let hits: Key<GCounter> = Key::new("hits");
+    let increment = |c: &mut GCounter, me: &_| c.apply(c.increment(me, 1));
+    let all = WriteConsistency::All {
+        timeout: Duration::from_millis(1_500),
+    };
+    let err = nodes[0].dd.update(&hits, all, increment).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                reached: 2,
+                required: 3,
+                ..
+            }
+        ),
+        "only nodes 0 and 1 stored the write: {err}"
+    );
+    let majority = WriteConsistency::majority(Duration::from_secs(5));
+    nodes[0]
+        .dd
+        .update(&hits, majority, increment)
+        .await
+        .unwrap();
+    for node in &nodes {
+        node.shut_down().await;
+    }
 }

@@ -15,7 +15,10 @@
 //! * monotonic replicas: between crashes a replica's value only grows, and a
 //!   deleted key never comes back;
 //! * majority writes that succeeded are seen by majority reads whose answering
-//!   set shares a replica with the write's that did not crash in between.
+//!   set shares a replica with the write's that did not crash in between;
+//! * no false timeouts: a majority write or read whose deadline falls long
+//!   enough after the network healed (one resend interval and a round trip)
+//!   succeeds, whatever it went through before.
 //!
 //! `cargo test` runs 1,000 seeds. A failure names its seed; replay it with
 //! `SIM_SEED=<seed> cargo test --test simulation`. Run more with
@@ -72,6 +75,10 @@ fn replicas_converge_under_loss_partitions_and_crashes() {
             "no majority read was checked: {stats:?}"
         );
         assert!(stats.deletes > 0, "no run deleted a key: {stats:?}");
+        assert!(
+            stats.late_requests > 0,
+            "no request straddled the final heal: {stats:?}"
+        );
     }
     eprintln!("simulation: {stats:?}");
 }
@@ -85,6 +92,9 @@ struct RunStats {
     delivered: u64,
     majority_checks: u64,
     deletes: u64,
+    /// Majority requests that straddled the final heal and were checked for
+    /// a false timeout.
+    late_requests: u64,
 }
 
 impl RunStats {
@@ -96,6 +106,7 @@ impl RunStats {
         self.delivered += run.delivered;
         self.majority_checks += run.majority_checks;
         self.deletes += run.deletes;
+        self.late_requests += run.late_requests;
     }
 }
 
@@ -143,8 +154,15 @@ struct Node {
 
 /// What the client that issued a request is waiting for.
 enum Pending {
-    MajorityAdd { element: u64, started: Micros },
-    MajorityRead { started: Micros },
+    MajorityAdd {
+        element: u64,
+        started: Micros,
+        deadline: Micros,
+    },
+    MajorityRead {
+        started: Micros,
+        deadline: Micros,
+    },
     Other,
 }
 
@@ -209,6 +227,7 @@ impl Sim {
             // Small messages force digests and entries to be split.
             max_message_bytes: 600 + rng.below(2_000) as usize,
             max_digest_keys_per_round: 2 + rng.below(8) as usize,
+            resend_interval: Duration::from_millis(rng.between(10, 60)),
             ..CoreConfig::default()
         };
         let loss = [0.0, 0.02, 0.1, 0.3][rng.below(4) as usize];
@@ -572,7 +591,8 @@ impl Sim {
         let incarnation = self.nodes[node].incarnation;
         self.next_request += 1;
         let request = self.next_request;
-        let timeout = Duration::from_millis(200);
+        let timeout = Duration::from_millis([200, 1_000][self.rng.below(2) as usize]);
+        let deadline = self.now + micros(timeout);
         let roll = self.rng.below(100);
         let core = self.nodes[node].core.as_mut().expect("alive");
         let (outcome, pending, key_name) = match roll {
@@ -619,7 +639,11 @@ impl Sim {
                 let started = self.now;
                 (
                     result,
-                    Pending::MajorityAdd { element, started },
+                    Pending::MajorityAdd {
+                        element,
+                        started,
+                        deadline,
+                    },
                     key.name().to_string(),
                 )
             }
@@ -629,7 +653,7 @@ impl Sim {
                 let started = self.now;
                 (
                     result,
-                    Pending::MajorityRead { started },
+                    Pending::MajorityRead { started, deadline },
                     key.name().to_string(),
                 )
             }
@@ -708,7 +732,16 @@ impl Sim {
                 .push(format!("a write finished twice or unasked: {request}"));
             return;
         };
-        if let (Pending::MajorityAdd { element, started }, Ok(holders)) = (pending, result) {
+        if let Pending::MajorityAdd { deadline, .. } = pending {
+            self.check_no_false_timeout("write", deadline, &result);
+        }
+        if let (
+            Pending::MajorityAdd {
+                element, started, ..
+            },
+            Ok(holders),
+        ) = (pending, result)
+        {
             let members = self.nodes.len();
             if holders.len() < members / 2 + 1 {
                 self.violations.push(format!(
@@ -736,9 +769,10 @@ impl Sim {
                 .push(format!("a read finished twice or unasked: {request}"));
             return;
         };
-        let Pending::MajorityRead { started } = pending else {
+        let Pending::MajorityRead { started, deadline } = pending else {
             return;
         };
+        self.check_no_false_timeout("read", deadline, &result);
         let Ok((snapshot, answered)) = result else {
             return;
         };
@@ -781,6 +815,31 @@ impl Sim {
                         self.nodes[node].name, self.now, write.element, write.holders
                     ));
                 }
+            }
+        }
+    }
+
+    /// A request whose deadline falls a resend interval and a round trip
+    /// after the final heal had a healthy network long enough to succeed.
+    fn check_no_false_timeout<T>(
+        &mut self,
+        what: &str,
+        deadline: Micros,
+        result: &Result<T, Error>,
+    ) {
+        let settled = self.chaos_until
+            + micros(self.config.resend_interval)
+            + 2 * self.max_delay
+            + micros(Duration::from_millis(1));
+        if deadline >= settled {
+            if let Err(err) = result {
+                self.violations.push(format!(
+                    "a majority {what} with its deadline at {deadline} µs failed although the \
+                     network healed at {} µs: {err}",
+                    self.chaos_until
+                ));
+            } else {
+                self.stats.late_requests += 1;
             }
         }
     }

@@ -62,6 +62,11 @@ pub struct CoreConfig {
     /// How many key digests one anti-entropy round sends at most. A store with
     /// more keys is covered in turns over several rounds. Default 10,000.
     pub max_digest_keys_per_round: usize,
+    /// How often a write or read above `Local` is sent again to the
+    /// reachable peers that have not answered it, until its deadline. A
+    /// message or its answer lost in a reconnect then costs one interval,
+    /// not the whole timeout. Default 200 ms.
+    pub resend_interval: Duration,
     /// Which keys produce [`Effect::Persist`]. Default: none.
     pub durable: KeySelection,
 }
@@ -74,6 +79,7 @@ impl Default for CoreConfig {
             notify_interval: Duration::from_millis(5),
             max_message_bytes: 4 << 20,
             max_digest_keys_per_round: 10_000,
+            resend_interval: Duration::from_millis(200),
             durable: KeySelection::None,
         }
     }
@@ -121,6 +127,9 @@ pub enum Timer {
     Notify,
     /// The deadline of a write or read (the core's own request number).
     Deadline(u64),
+    /// Time to send a pending write or read again to the peers that have not
+    /// answered (the core's own request number).
+    Resend(u64),
 }
 
 /// A finished read: the merged state, and the nodes that answered (this one first).

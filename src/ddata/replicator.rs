@@ -2,7 +2,7 @@
 //! in and out of a [`ReplicatorCore`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::concurrency::JoinHandle;
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
@@ -10,10 +10,14 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
 use super::durable::{DurableStore, WriteMode};
-use super::wire::{Envelope, WireValue, MESSAGE_VARIANT};
+use super::wire::{Envelope, PeerMessage, WireValue, MESSAGE_VARIANT};
 use crate::discovery::{DiscoveredPeer, Discovery, PeerGroup};
 use crate::error::{Error, Result};
 use crate::remote_cast;
+
+mod held;
+
+use held::Held;
 
 /// The messages of the [`Replicator`] actor. Only peer messages cross the
 /// network; everything else is built by [`DistributedData`](super::DistributedData).
@@ -84,6 +88,10 @@ pub(crate) struct Storage {
     mode: WriteMode,
     /// Write-behind: keys changed since the last flush, each written once then.
     pending: BTreeSet<String>,
+    /// Keys whose current state the store refused: retried before anything
+    /// else is made durable, and until they are stored nothing counts as
+    /// durable.
+    failed: BTreeSet<String>,
     unflushed: bool,
 }
 
@@ -92,7 +100,7 @@ impl Storage {
     /// flush (write-behind, which so writes a busy key once per interval).
     fn record(&mut self, core: &ReplicatorCore, key: String) -> Result<()> {
         match self.mode {
-            WriteMode::WriteThrough => self.persist(core, &key),
+            WriteMode::WriteThrough => self.persist(core, key),
             WriteMode::WriteBehind { .. } => {
                 self.pending.insert(key);
                 Ok(())
@@ -100,31 +108,52 @@ impl Storage {
         }
     }
 
-    /// Writes `key`'s current state to the store.
-    fn persist(&mut self, core: &ReplicatorCore, key: &str) -> Result<()> {
-        let value = match core.lookup(key) {
-            Lookup::Absent => return self.store.remove(key),
-            Lookup::Deleted => WireValue::Deleted,
-            Lookup::Live { tag, value } => WireValue::Live {
-                tag: tag.to_string(),
-                state: value.encode_erased()?,
-            },
+    /// Writes `key`'s current state to the store; a key the store refuses
+    /// is kept for the next attempt.
+    fn persist(&mut self, core: &ReplicatorCore, key: String) -> Result<()> {
+        let written = match core.lookup(&key) {
+            Lookup::Absent => self.store.remove(&key),
+            Lookup::Deleted => self.store.store(&key, &WireValue::Deleted),
+            Lookup::Live { tag, value } => value.encode_erased().and_then(|state| {
+                let value = WireValue::Live {
+                    tag: tag.to_string(),
+                    state,
+                };
+                self.store.store(&key, &value)
+            }),
         };
-        self.store.store(key, &value)?;
-        self.unflushed = true;
-        Ok(())
+        match written {
+            Ok(()) => {
+                self.failed.remove(&key);
+                self.unflushed = true;
+                Ok(())
+            }
+            Err(err) => {
+                self.failed.insert(key);
+                Err(err)
+            }
+        }
     }
 
-    /// Writes the pending keys and makes everything written durable.
+    /// Writes the keys refused before and the pending ones, and makes
+    /// everything written durable. Fails while any key's current state is
+    /// not stored.
     fn flush(&mut self, core: &ReplicatorCore) -> Result<()> {
-        for key in std::mem::take(&mut self.pending) {
-            self.persist(core, &key)?;
+        let mut first_failure = None;
+        let keys: Vec<String> = std::mem::take(&mut self.failed)
+            .into_iter()
+            .chain(std::mem::take(&mut self.pending))
+            .collect();
+        for key in keys {
+            if let Err(err) = self.persist(core, key) {
+                first_failure.get_or_insert(err);
+            }
         }
         if self.unflushed {
             self.store.flush()?;
             self.unflushed = false;
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Write-through: nothing is announced (acknowledged, answered, sent)
@@ -155,6 +184,8 @@ pub struct ReplicatorState {
     discovery: Option<Box<dyn Discovery>>,
     timers: Vec<JoinHandle<()>>,
     storage: Option<Storage>,
+    /// Messages for peers without a route yet.
+    held: Held,
 }
 
 impl ReplicatorState {
@@ -202,8 +233,10 @@ impl Actor for Replicator {
                 store,
                 mode,
                 pending: BTreeSet::new(),
+                failed: BTreeSet::new(),
                 unflushed: false,
             }),
+            held: Held::default(),
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&PeerGroup::replicators(), &myself.get_cell());
@@ -282,6 +315,7 @@ impl Actor for Replicator {
 /// proxy changed restarted or reconnected: it is reported down and up again so
 /// that it gets every digest and catches up.
 async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
+    state.held.expire(Instant::now());
     let Some(discovery) = &state.discovery else {
         return Vec::new();
     };
@@ -313,6 +347,11 @@ async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
             effects.extend(state.core.peer_down(&node));
         }
         tracing::debug!(node, "peer replicator up");
+        for message in state.held.take(&node) {
+            if cast_to(&replicator, state.core.node(), message).is_some() {
+                tracing::debug!(node, "a held message found the new proxy stopped too");
+            }
+        }
         state.peers.insert(node.clone(), replicator);
         effects.extend(state.core.peer_up(&node));
     }
@@ -324,8 +363,11 @@ pub(crate) fn run_effects(
     state: &mut ReplicatorState,
     effects: Vec<Effect>,
 ) {
-    // A store failure in this batch fails the writes it acknowledges.
+    // A store failure in this batch fails the writes it acknowledges, and
+    // nothing of the batch leaves the node: a peer must not count a WriteAck
+    // (or take a state) from a replica that did not store it.
     let mut store_failure: Option<String> = None;
+    let mut broken_routes = BTreeSet::new();
     for effect in effects {
         if matches!(
             effect,
@@ -337,19 +379,22 @@ pub(crate) fn run_effects(
         }
         match effect {
             Effect::Send { to, message } => {
-                let Some(peer) = state.peers.get(&to) else {
-                    tracing::debug!(peer = to, "no route to peer; anti-entropy will cover it");
+                if store_failure.is_some() {
+                    tracing::warn!(peer = to, "not sent: the durable store failed");
                     continue;
+                }
+                let unsent = match state.peers.get(&to) {
+                    Some(peer) => cast_to(peer, state.core.node(), message),
+                    None => Some(message),
                 };
-                let envelope = Envelope {
-                    from: state.core.node().to_string(),
-                    message,
-                };
-                if peer
-                    .cast(ReplicatorMessage(Inbound::Peer(envelope)))
-                    .is_err()
-                {
-                    tracing::debug!(peer = to, "peer proxy stopped");
+                if let Some(message) = unsent {
+                    // No route yet (the peer spoke first) or a stopped proxy:
+                    // the message waits for discovery to find the peer.
+                    if state.peers.contains_key(&to) {
+                        broken_routes.insert(to.clone());
+                    }
+                    state.held.hold(&to, message, Instant::now());
+                    let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
                 }
             }
             Effect::Schedule { timer, after } => {
@@ -390,6 +435,32 @@ pub(crate) fn run_effects(
         }
     }
     flush_before_announcing(state);
+    for peer in broken_routes {
+        tracing::debug!(peer, "peer proxy stopped");
+        state.peers.remove(&peer);
+        let effects = state.core.peer_down(&peer);
+        run_effects(myself, state, effects);
+    }
+}
+
+/// Casts `message` from node `from` to a peer Replicator; gives it back if
+/// the peer's proxy is gone.
+fn cast_to(
+    peer: &ActorRef<ReplicatorMessage>,
+    from: &str,
+    message: PeerMessage,
+) -> Option<PeerMessage> {
+    let envelope = Envelope {
+        from: from.to_string(),
+        message,
+    };
+    match peer.cast(ReplicatorMessage(Inbound::Peer(envelope))) {
+        Ok(()) => None,
+        Err(ractor::MessagingErr::SendErr(ReplicatorMessage(Inbound::Peer(envelope)))) => {
+            Some(envelope.message)
+        }
+        Err(_) => None,
+    }
 }
 
 /// Write-through flush ahead of an announcement; the failure, logged, if any.

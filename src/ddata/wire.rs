@@ -116,6 +116,22 @@ pub enum WireValue {
     Deleted,
 }
 
+impl PeerMessage {
+    /// An upper bound of the message's encoded size, envelope included.
+    pub fn budget(&self) -> usize {
+        let entries = match self {
+            Self::Entries { entries } => entries.iter().map(WireEntry::budget).sum(),
+            Self::Write { entry, .. } => entry.budget(),
+            Self::ReadReply { entry, .. } => entry.as_ref().map_or(0, WireEntry::budget),
+            Self::Read { key, .. } => key.len(),
+            Self::Digest { digests, .. } => digests.iter().map(|(key, _)| digest_budget(key)).sum(),
+            Self::Request { keys } => keys.iter().map(|key| digest_budget(key)).sum(),
+            Self::WriteAck { .. } => 0,
+        };
+        MESSAGE_OVERHEAD + entries
+    }
+}
+
 impl WireEntry {
     /// An upper bound of the entry's share of a message's encoded size.
     pub fn budget(&self) -> usize {

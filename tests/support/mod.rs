@@ -51,6 +51,16 @@ pub fn test_core_config() -> CoreConfig {
 
 /// `size` nodes, fully connected, every Replicator seeing every other.
 pub async fn cluster(label: &str, size: usize, core: CoreConfig) -> Vec<TestNode> {
+    cluster_with(label, size, core, |_, config| config).await
+}
+
+/// Like [`cluster`], with node `i`'s Replicator configured by `configure(i, config)`.
+pub async fn cluster_with(
+    label: &str,
+    size: usize,
+    core: CoreConfig,
+    configure: impl Fn(usize, ReplicatorConfig) -> ReplicatorConfig,
+) -> Vec<TestNode> {
     let prefix = unique_prefix(label);
     let mut nodes = Vec::new();
     for i in 0..size {
@@ -68,7 +78,7 @@ pub async fn cluster(label: &str, size: usize, core: CoreConfig) -> Vec<TestNode
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .expect("node server starts");
-        let config = replicator_config(&name, &server, core.clone());
+        let config = configure(i, replicator_config(&name, &server, core.clone()));
         let dd = DistributedData::start(config)
             .await
             .expect("replicator starts");

@@ -48,6 +48,7 @@ impl ReplicatorCore {
             Timer::Push => self.push(),
             Timer::Notify => self.notify(),
             Timer::Deadline(id) => self.deadline_passed(id),
+            Timer::Resend(id) => self.resend(id),
         }
         self.take_effects()
     }

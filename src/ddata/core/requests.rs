@@ -61,16 +61,6 @@ impl ReplicatorCore {
             None => unreachable_entry(key),
         };
         let id = self.wire_request_number();
-        let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
-        for peer in &peers {
-            self.send(
-                peer,
-                PeerMessage::Write {
-                    request: id,
-                    entry: entry.clone(),
-                },
-            );
-        }
         self.schedule(Timer::Deadline(id), timeout);
         self.writes.insert(
             id,
@@ -82,6 +72,7 @@ impl ReplicatorCore {
                 entry,
             },
         );
+        self.resend(id);
     }
 
     pub(super) fn write_acked(&mut self, from: &str, id: u64) {
@@ -112,16 +103,6 @@ impl ReplicatorCore {
             return;
         }
         let id = self.wire_request_number();
-        let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
-        for peer in &peers {
-            self.send(
-                peer,
-                PeerMessage::Read {
-                    request: id,
-                    key: key.to_string(),
-                },
-            );
-        }
         self.schedule(Timer::Deadline(id), timeout);
         self.reads.insert(
             id,
@@ -134,6 +115,7 @@ impl ReplicatorCore {
                 answer_digests: Vec::new(),
             },
         );
+        self.resend(id);
     }
 
     /// A peer's read: answered with this node's state, or with `None` if the
@@ -270,27 +252,68 @@ impl ReplicatorCore {
         }
     }
 
+    /// Sends pending request `id` to every reachable peer that has not
+    /// answered it, and schedules the next round. Requests carry their
+    /// number, so a peer that gets one twice merges and answers twice, and
+    /// the second answer changes nothing.
+    pub(super) fn resend(&mut self, id: u64) {
+        let message = match (self.writes.get(&id), self.reads.get(&id)) {
+            (Some(write), _) => PeerMessage::Write {
+                request: id,
+                entry: write.entry.clone(),
+            },
+            (None, Some(read)) => PeerMessage::Read {
+                request: id,
+                key: read.key.clone(),
+            },
+            (None, None) => return,
+        };
+        let peers: Vec<PeerName> = self
+            .reachable_peers()
+            .filter(|peer| !self.has_answered(id, peer))
+            .map(str::to_string)
+            .collect();
+        for peer in &peers {
+            self.send(peer, message.clone());
+        }
+        self.schedule(Timer::Resend(id), self.config.resend_interval);
+    }
+
+    fn has_answered(&self, id: u64, peer: &str) -> bool {
+        let answered = match (self.writes.get(&id), self.reads.get(&id)) {
+            (Some(write), _) => &write.acked,
+            (None, Some(read)) => &read.answered,
+            (None, None) => return true,
+        };
+        answered.iter().any(|node| node == peer)
+    }
+
     /// A peer that came (back) up gets the pending requests it has not answered.
     pub(super) fn resend_pending_to(&mut self, peer: &str) {
-        let writes: Vec<PeerMessage> = self
-            .writes
-            .iter()
-            .filter(|(_, write)| !write.acked.iter().any(|node| node == peer))
-            .map(|(id, write)| PeerMessage::Write {
-                request: *id,
-                entry: write.entry.clone(),
-            })
+        let writes = self.writes.iter().map(|(id, write)| {
+            (
+                *id,
+                PeerMessage::Write {
+                    request: *id,
+                    entry: write.entry.clone(),
+                },
+            )
+        });
+        let reads = self.reads.iter().map(|(id, read)| {
+            (
+                *id,
+                PeerMessage::Read {
+                    request: *id,
+                    key: read.key.clone(),
+                },
+            )
+        });
+        let unanswered: Vec<PeerMessage> = writes
+            .chain(reads)
+            .filter(|(id, _)| !self.has_answered(*id, peer))
+            .map(|(_, message)| message)
             .collect();
-        let reads: Vec<PeerMessage> = self
-            .reads
-            .iter()
-            .filter(|(_, read)| !read.answered.iter().any(|node| node == peer))
-            .map(|(id, read)| PeerMessage::Read {
-                request: *id,
-                key: read.key.clone(),
-            })
-            .collect();
-        for message in writes.into_iter().chain(reads) {
+        for message in unanswered {
             self.send(peer, message);
         }
     }
