@@ -41,6 +41,7 @@ mod error;
 pub mod persistence;
 mod remote_cast;
 mod rng;
+mod sled_db;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
 pub use crdt::{

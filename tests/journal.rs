@@ -112,7 +112,6 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
 /// Writes `bytes` under `key` in the journal tree of `persistence_id`, past
 /// the journal's own checks.
 fn write_raw(dir: &TempDir, persistence_id: &str, key: &[u8], bytes: &[u8]) {
-    // No flusher thread, which would keep the lock for a moment after the drop.
     let db = sled::Config::new()
         .path(&dir.0)
         .flush_every_ms(None)

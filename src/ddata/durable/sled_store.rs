@@ -29,11 +29,11 @@ impl SledStore {
             key: None,
             reason: err.to_string(),
         };
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(fail)?;
+        let db = crate::sled_db::open(&path).map_err(|reason| Error::Store {
+            path: path.display().to_string(),
+            key: None,
+            reason,
+        })?;
         let entries = db.open_tree(format!("ddata/{node}")).map_err(fail)?;
         let meta = db.open_tree(format!("ddata-meta/{node}")).map_err(fail)?;
         Ok(Self {

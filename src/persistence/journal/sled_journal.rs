@@ -105,15 +105,11 @@ impl SledJournal {
     /// Opens (or creates) the journal at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|err| Error::Store {
-                path: path.display().to_string(),
-                key: None,
-                reason: err.to_string(),
-            })?;
+        let db = crate::sled_db::open(&path).map_err(|reason| Error::Store {
+            path: path.display().to_string(),
+            key: None,
+            reason,
+        })?;
         Ok(Self {
             path,
             db,
