@@ -2,18 +2,26 @@
 //!
 //! ractor_cluster connects nodes, but it neither reconnects nor notices a
 //! silent peer. [`ClusterNode`] starts a NodeServer and a membership actor that
-//! * dials the configured seed nodes and redials them, with exponential
-//!   backoff, whenever no session to them exists (after a disconnect, a peer
-//!   restart, or a lost duplicate-connection election: the session list, not
-//!   the disconnect events, decides);
+//! * accepts connections on the node's port and dials the configured seed
+//!   nodes itself (module `transport`), with a cap on connections that have
+//!   not authenticated yet, a deadline to authenticate and no large frame
+//!   read before authentication;
+//! * asks each seed which node it is before dialling it (a name probe that
+//!   the other ClusterNode answers), or learns it from the seed's first
+//!   session, and decides whether a seed is connected by that name, never by
+//!   the address the node advertises (seeds behind NAT, DNS aliases or
+//!   proxies never match it); it dials, with exponential backoff, only seeds
+//!   whose node has no session, so it never opens a second session to a
+//!   connected node;
 //! * sends a heartbeat to every peer's membership actor and stops a session
 //!   whose peer stayed silent past the timeout, so that it is redialled (a
 //!   blackholed link otherwise stays "up" forever);
 //! * gives Replicators a [`ProcessGroupDiscovery`], which finds peer
 //!   Replicators through a scoped process group (one NodeServer per process).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
@@ -24,8 +32,11 @@ use crate::error::{Error, Result};
 use crate::remote_cast;
 
 mod discovery;
+mod transport;
 
 pub use discovery::ProcessGroupDiscovery;
+pub use transport::{ConnectionStats, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
+use transport::{Connections, SessionEvent, SessionEvents};
 
 /// The process-group scope of everything ractor_replicated registers.
 pub const SCOPE: &str = "ractor_replicated";
@@ -47,8 +58,9 @@ pub struct ClusterConfig {
     pub listen_addr: Option<IpAddr>,
     /// The shared secret every node of the cluster must use.
     pub cookie: String,
-    /// Nodes to dial, as the `host:port` they advertise. Every node may list
-    /// every other; duplicate connections are resolved by ractor_cluster.
+    /// Nodes to dial, as `host:port` addresses that reach them: what they
+    /// advertise, or an alias (a DNS name, a NAT or proxy address). Every
+    /// node may list every other, and itself.
     pub seeds: Vec<String>,
     /// How often heartbeats go to every peer. Default 500 ms.
     pub heartbeat_interval: Duration,
@@ -56,8 +68,18 @@ pub struct ClusterConfig {
     /// Default 3 s.
     pub heartbeat_timeout: Duration,
     /// First and largest delay between dials of an unreachable seed.
-    /// Defaults 50 ms and 2 s.
+    /// Defaults 50 ms and 1 s.
     pub redial_backoff: (Duration, Duration),
+    /// The largest frame accepted from an authenticated peer; a larger one
+    /// closes the session. Default 16 MiB (ractor_cluster's default); keep it
+    /// above every Replicator's `max_message_bytes`.
+    pub max_frame_bytes: u64,
+    /// How many inbound connections may wait for authentication at once;
+    /// more are refused. Default 64.
+    pub max_unauthenticated: usize,
+    /// How long a connection may take to authenticate before it is closed.
+    /// Default 10 s.
+    pub auth_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -78,7 +100,10 @@ impl ClusterConfig {
             seeds: Vec::new(),
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(3),
-            redial_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+            redial_backoff: (Duration::from_millis(50), Duration::from_secs(1)),
+            max_frame_bytes: ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE,
+            max_unauthenticated: 64,
+            auth_timeout: Duration::from_secs(10),
         }
     }
 
@@ -88,8 +113,13 @@ impl ClusterConfig {
         self
     }
 
-    fn own_address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+    fn listen_address(&self) -> SocketAddr {
+        let ip = self.listen_addr.unwrap_or_else(|| {
+            self.host
+                .parse()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        });
+        SocketAddr::new(ip, self.port)
     }
 }
 
@@ -98,26 +128,32 @@ pub struct ClusterNode {
     name: String,
     server: ActorRef<NodeServerMessage>,
     membership: ActorRef<MembershipMessage>,
+    connections: Arc<Connections>,
 }
 
 impl ClusterNode {
-    /// Starts the NodeServer and the membership actor.
+    /// Binds the node's port, starts the NodeServer and the membership actor.
     pub async fn start(config: ClusterConfig) -> Result<Self> {
-        let listen = config.listen_addr.unwrap_or_else(|| {
-            config
-                .host
-                .parse()
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-        });
+        let address = config.listen_address();
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|err| Error::Start {
+                what: "the cluster listener",
+                reason: format!("cannot listen on {address}: {err}"),
+            })?;
+        // The NodeServer always runs a listener of its own; this node's
+        // connections come through the one above, so it listens on an
+        // ephemeral loopback port that nobody is told about.
         let server = NodeServer::new(
-            config.port,
+            0,
             config.cookie.clone(),
             config.name.clone(),
             config.host.clone(),
             None,
             None,
         )
-        .with_listen_addr(listen);
+        .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .with_max_inbound_frame_size(config.max_frame_bytes);
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|err| Error::Start {
@@ -125,21 +161,34 @@ impl ClusterNode {
                 reason: err.to_string(),
             })?;
         let name = config.name.clone();
-        let arguments = (config, server.clone());
-        let (membership, _) = Actor::spawn(
+        let connections = Arc::new(Connections::default());
+        let arguments = MembershipArguments {
+            config,
+            server: server.clone(),
+            listener,
+            connections: connections.clone(),
+        };
+        let spawned = Actor::spawn(
             Some(format!("{MEMBERSHIP_NAME_PREFIX}{name}")),
             Membership,
             arguments,
         )
-        .await
-        .map_err(|err| Error::Start {
-            what: "the membership actor",
-            reason: err.to_string(),
-        })?;
+        .await;
+        let membership = match spawned {
+            Ok((membership, _)) => membership,
+            Err(err) => {
+                let _ = server.stop_and_wait(None, None).await;
+                return Err(Error::Start {
+                    what: "the membership actor",
+                    reason: err.to_string(),
+                });
+            }
+        };
         Ok(Self {
             name,
             server,
             membership,
+            connections,
         })
     }
 
@@ -164,15 +213,20 @@ impl ClusterNode {
         peer_sessions(&self.server).await.into_keys().collect()
     }
 
-    /// Stops the membership actor and the NodeServer (closing every session).
+    /// Counters of the node's connections since it started.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.connections.stats()
+    }
+
+    /// Stops the membership actor (and with it the listener) and the
+    /// NodeServer (closing every session).
     pub async fn stop(&self) {
         let _ = self.membership.stop_and_wait(None, None).await;
         let _ = self.server.stop_and_wait(None, None).await;
     }
 }
 
-/// Authenticated sessions by peer node name, with the `host:port` the peer
-/// advertises.
+/// Authenticated sessions by peer node name, with their connection's label.
 async fn peer_sessions(
     server: &ActorRef<NodeServerMessage>,
 ) -> BTreeMap<String, (String, ActorCell)> {
@@ -186,9 +240,8 @@ async fn peer_sessions(
     sessions
         .into_values()
         .filter_map(|session| {
-            let peer = session.peer_name?;
-            let node = peer.name.split('@').next()?.to_string();
-            Some((node, (peer.connection_string, session.actor.get_cell())))
+            let node = transport::peer_node(&session)?;
+            Some((node, (session.peer_addr, session.actor.get_cell())))
         })
         .collect()
 }
@@ -197,10 +250,22 @@ async fn peer_sessions(
 pub struct MembershipMessage(Inbound);
 
 enum Inbound {
-    Heartbeat { from: String },
+    Heartbeat {
+        from: String,
+    },
     Undecodable(String),
     Tick,
-    Dialled { seed: String, connected: bool },
+    /// A dial of `seed` ended: the label of its connection, or why not.
+    Dialled {
+        seed: String,
+        outcome: std::result::Result<String, String>,
+    },
+    /// `seed` answered the name probe: it is `node`.
+    Probed {
+        seed: String,
+        node: String,
+    },
+    Session(SessionEvent),
 }
 
 impl ractor::Message for MembershipMessage {
@@ -227,49 +292,120 @@ impl ractor::Message for MembershipMessage {
 
 struct Membership;
 
+struct MembershipArguments {
+    config: ClusterConfig,
+    server: ActorRef<NodeServerMessage>,
+    listener: tokio::net::TcpListener,
+    connections: Arc<Connections>,
+}
+
 struct Seed {
     address: String,
+    /// The node this address reached, learnt from its first session.
+    node: Option<String>,
+
     backoff: Duration,
     next_dial: Instant,
-    dialling: bool,
+    /// When the dial in progress started; it ends when a session it opened
+    /// authenticates or closes, or when it fails to connect.
+    dialling_since: Option<Instant>,
 }
 
 struct MembershipState {
     config: ClusterConfig,
     server: ActorRef<NodeServerMessage>,
+    connections: Arc<Connections>,
     seeds: Vec<Seed>,
     /// When each peer was last heard from, or its session first seen.
     last_heard: HashMap<String, Instant>,
     next_heartbeat: Instant,
     ticker: Option<ractor::concurrency::JoinHandle<()>>,
+    acceptor: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MembershipState {
+    fn seed_mut(&mut self, address: &str) -> Option<&mut Seed> {
+        self.seeds.iter_mut().find(|seed| seed.address == address)
+    }
+
+    /// Learns from a session event which node a dialled seed reaches, and
+    /// ends the dial.
+    fn session_event(&mut self, event: SessionEvent) {
+        let (label, node) = match event {
+            SessionEvent::Authenticated { label, node } => (label, Some(node)),
+            SessionEvent::Closed { label, node } => (label, node),
+        };
+        let Some(address) = transport::dialled_seed(&label).map(str::to_string) else {
+            return;
+        };
+        let Some(seed) = self.seed_mut(&address) else {
+            return;
+        };
+        seed.dialling_since = None;
+        if let Some(node) = node {
+            seed.learn(node);
+        }
+    }
+}
+
+impl Seed {
+    fn learn(&mut self, node: String) {
+        if self.node.as_ref() != Some(&node) {
+            tracing::debug!(seed = self.address, node, "seed reaches node");
+        }
+        self.node = Some(node);
+    }
 }
 
 impl Actor for Membership {
     type Msg = MembershipMessage;
     type State = MembershipState;
-    type Arguments = (ClusterConfig, ActorRef<NodeServerMessage>);
+    type Arguments = MembershipArguments;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (config, server): Self::Arguments,
+        arguments: Self::Arguments,
     ) -> std::result::Result<Self::State, ActorProcessingErr> {
+        let MembershipArguments {
+            config,
+            server,
+            listener,
+            connections,
+        } = arguments;
+        let events = myself.clone();
+        server.cast(NodeServerMessage::SubscribeToEvents {
+            id: format!("{MEMBERSHIP_NAME_PREFIX}{}", config.name),
+            subscription: Box::new(SessionEvents {
+                connections: connections.clone(),
+                forward: move |event| {
+                    let _ = events.cast(MembershipMessage(Inbound::Session(event)));
+                },
+            }),
+        })?;
         ractor::pg::join_scoped(
             SCOPE.into(),
             MEMBERSHIP_GROUP.into(),
             vec![myself.get_cell()],
         );
-        let own = config.own_address();
+        let acceptor = tokio::spawn(transport::accept(
+            listener,
+            server.clone(),
+            connections.clone(),
+            config.name.clone(),
+            config.max_unauthenticated,
+            config.auth_timeout,
+        ));
         let now = Instant::now();
         let seeds = config
             .seeds
             .iter()
-            .filter(|seed| **seed != own)
             .map(|address| Seed {
                 address: address.clone(),
+                node: None,
                 backoff: config.redial_backoff.0,
                 next_dial: now,
-                dialling: false,
+                dialling_since: None,
             })
             .collect();
         let tick = config
@@ -281,10 +417,12 @@ impl Actor for Membership {
         Ok(MembershipState {
             config,
             server,
+            connections,
             seeds,
             last_heard: HashMap::new(),
             next_heartbeat: now,
             ticker: Some(ticker),
+            acceptor: Some(acceptor),
         })
     }
 
@@ -296,6 +434,15 @@ impl Actor for Membership {
         if let Some(ticker) = state.ticker.take() {
             ticker.abort();
         }
+        if let Some(acceptor) = state.acceptor.take() {
+            acceptor.abort();
+        }
+        let _ = state
+            .server
+            .cast(NodeServerMessage::UnsubscribeToEvents(format!(
+                "{MEMBERSHIP_NAME_PREFIX}{}",
+                state.config.name
+            )));
         Ok(())
     }
 
@@ -312,12 +459,21 @@ impl Actor for Membership {
             Inbound::Undecodable(reason) => {
                 tracing::warn!(reason, "rejected an undecodable membership message");
             }
-            Inbound::Dialled { seed, connected } => {
-                if let Some(seed_state) = state.seeds.iter_mut().find(|s| s.address == seed) {
-                    seed_state.dialling = false;
-                    if !connected {
-                        tracing::debug!(seed, "seed not reachable; redialling later");
-                    }
+            Inbound::Dialled { seed, outcome } => match (outcome, state.seed_mut(&seed)) {
+                (Ok(label), _) => tracing::debug!(seed, connection = label, "seed dialled"),
+                (Err(reason), Some(seed_state)) => {
+                    seed_state.dialling_since = None;
+                    tracing::debug!(seed, reason, "seed not reachable; redialling later");
+                }
+                (Err(_), None) => {}
+            },
+            Inbound::Session(event) => state.session_event(event),
+            Inbound::Probed { seed, node } => {
+                if let Some(seed) = state.seed_mut(&seed) {
+                    seed.learn(node);
+                    // Dial at the next tick if that node has no session.
+                    seed.dialling_since = None;
+                    seed.next_dial = Instant::now();
                 }
             }
             Inbound::Tick => tick(&myself, state).await,
@@ -328,31 +484,67 @@ impl Actor for Membership {
 
 async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState) {
     let now = Instant::now();
+    state
+        .connections
+        .close_unauthenticated(state.config.auth_timeout);
+    // A dial whose session never reported back (it could not even start)
+    // is over once it had the time to connect and authenticate.
+    let dial_bound = transport::CONNECT_TIMEOUT + state.config.auth_timeout;
     let sessions = peer_sessions(&state.server).await;
-    let connected: BTreeSet<&str> = sessions
-        .values()
-        .map(|(address, _)| address.as_str())
-        .collect();
-
+    let own = state.config.name.clone();
     for seed in &mut state.seeds {
-        if connected.contains(seed.address.as_str()) {
+        // A seed is connected when its node has a session, dialled or
+        // accepted, whatever address the node advertises.
+        let connected = match &seed.node {
+            Some(node) => *node == own || sessions.contains_key(node),
+            None => false,
+        };
+        if connected {
             seed.backoff = state.config.redial_backoff.0;
             continue;
         }
-        if seed.dialling || now < seed.next_dial {
+        let dialling = seed
+            .dialling_since
+            .is_some_and(|since| now.duration_since(since) < dial_bound);
+        if dialling || now < seed.next_dial {
             continue;
         }
-        seed.dialling = true;
+        seed.dialling_since = Some(now);
         seed.next_dial = now + seed.backoff;
         seed.backoff = (seed.backoff * 2).min(state.config.redial_backoff.1);
         let (server, address, me) = (state.server.clone(), seed.address.clone(), myself.clone());
+        let connections = state.connections.clone();
+        // A seed not known by name is asked for it first: dialling a node
+        // that is connected already would open a duplicate session.
+        let probe_first = seed.node.is_none();
         tokio::spawn(async move {
-            let connected = ractor_cluster::client_connect(&server, address.as_str())
+            if probe_first {
+                match transport::probe(&address).await {
+                    Ok(Some(node)) => {
+                        let _ = me.cast(MembershipMessage(Inbound::Probed {
+                            seed: address,
+                            node,
+                        }));
+                        return;
+                    }
+                    // Not a ClusterNode: its sessions will tell its name.
+                    Ok(None) => {}
+                    Err(err) => {
+                        let outcome = Err(err.to_string());
+                        let _ = me.cast(MembershipMessage(Inbound::Dialled {
+                            seed: address,
+                            outcome,
+                        }));
+                        return;
+                    }
+                }
+            }
+            let outcome = transport::dial(&server, &address, &connections)
                 .await
-                .is_ok();
+                .map_err(|err| err.to_string());
             let _ = me.cast(MembershipMessage(Inbound::Dialled {
                 seed: address,
-                connected,
+                outcome,
             }));
         });
     }

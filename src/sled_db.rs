@@ -18,11 +18,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 pub(crate) fn open(path: &Path) -> Result<sled::Db, String> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-        {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
             Ok(db) => return Ok(db),
             Err(err) if is_locked(&err) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
@@ -48,10 +44,8 @@ mod tests {
 
     #[test]
     fn a_database_reopens_right_after_it_is_dropped_and_a_second_open_waits_then_fails() {
-        let dir = std::env::temp_dir().join(format!(
-            "ractor_replicated-sled-db-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ractor_replicated-sled-db-{}", std::process::id()));
         for round in 0..50u32 {
             let db = open(&dir).expect("a closed database reopens");
             db.insert(round.to_be_bytes(), &[1u8][..]).unwrap();

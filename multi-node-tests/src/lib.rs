@@ -6,6 +6,7 @@
 //! dropped, so a failing or panicking test leaves nothing behind. A node whose
 //! test process dies anyway sees its stdin close and exits.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod faults;
 pub mod ledger;
+
+use faults::Network;
 
 /// How long one command may take before the test fails.
 const ANSWER_BOUND: Duration = Duration::from_secs(60);
@@ -163,6 +167,9 @@ pub struct LoopbackCluster {
     nodes: Vec<Option<NodeProcess>>,
     data: Option<PathBuf>,
     extra: Vec<String>,
+    network: Option<Network>,
+    /// Where the test's files go (writer logs), removed on drop.
+    scratch: PathBuf,
 }
 
 impl LoopbackCluster {
@@ -175,7 +182,33 @@ impl LoopbackCluster {
             nodes: (0..size).map(|_| None).collect(),
             data: None,
             extra: Vec::new(),
+            network: None,
+            scratch: std::env::temp_dir().join(format!(
+                "ractor_replicated-{label}-scratch-{}",
+                std::process::id()
+            )),
         }
+    }
+
+    /// Nodes reach each other only through a [`Network`] of fault-injecting
+    /// proxies, one per directed link (so every seed is an alias).
+    pub fn with_link_faults(mut self) -> Self {
+        self.network = Some(Network::new(&self.ports));
+        self
+    }
+
+    /// The proxies between the nodes; panics without
+    /// [`with_link_faults`](Self::with_link_faults).
+    pub fn network(&self) -> &Network {
+        self.network
+            .as_ref()
+            .expect("the cluster runs with link faults")
+    }
+
+    /// A file in the cluster's scratch directory (removed with the cluster).
+    pub fn scratch_file(&self, name: &str) -> PathBuf {
+        let _ = std::fs::create_dir_all(&self.scratch);
+        self.scratch.join(name)
     }
 
     /// Every node also gets `arguments` on its command line.
@@ -205,11 +238,14 @@ impl LoopbackCluster {
 
     /// Starts (or restarts) node `i`.
     pub fn start(&mut self, i: usize) {
-        let seeds: Vec<String> = self
-            .ports
-            .iter()
-            .map(|port| format!("127.0.0.1:{port}"))
-            .collect();
+        let seeds: Vec<String> = match &self.network {
+            Some(network) => network.seeds_of(i),
+            None => self
+                .ports
+                .iter()
+                .map(|port| format!("127.0.0.1:{port}"))
+                .collect(),
+        };
         self.nodes[i] = None;
         let data = self.data.as_ref().map(|base| base.join(&self.names[i]));
         self.nodes[i] = Some(NodeProcess::start(
@@ -238,6 +274,16 @@ impl LoopbackCluster {
     /// The running nodes.
     pub fn running(&mut self) -> impl Iterator<Item = &mut NodeProcess> {
         self.nodes.iter_mut().flatten()
+    }
+
+    /// The name of node `i`.
+    pub fn name_of(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// Whether node `i` is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
     }
 
     /// Waits until every running node's Replicator reaches every other running one.
@@ -270,6 +316,48 @@ impl Drop for LoopbackCluster {
         if let Some(base) = &self.data {
             let _ = std::fs::remove_dir_all(base);
         }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// What a node's background writer (`write-background`) logged: which writes
+/// it attempted, which were acknowledged, which failed and why.
+#[derive(Debug, Default)]
+pub struct WriterLog {
+    /// Writes started.
+    pub attempted: BTreeSet<u64>,
+    /// Writes acknowledged at their consistency level.
+    pub acked: BTreeSet<u64>,
+    /// Writes that returned an error, with it.
+    pub failed: BTreeMap<u64, String>,
+    /// Whether the writer finished.
+    pub done: bool,
+}
+
+impl WriterLog {
+    /// Reads the log at `path` (empty if there is none yet).
+    pub fn read(path: &Path) -> Self {
+        let mut log = Self::default();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            let mut words = line.splitn(3, ' ');
+            let (kind, n) = (words.next(), words.next().and_then(|n| n.parse().ok()));
+            match (kind, n) {
+                (Some("attempt"), Some(n)) => {
+                    log.attempted.insert(n);
+                }
+                (Some("ack"), Some(n)) => {
+                    log.acked.insert(n);
+                }
+                (Some("fail"), Some(n)) => {
+                    log.failed
+                        .insert(n, words.next().unwrap_or_default().to_string());
+                }
+                (Some("done"), _) => log.done = true,
+                _ => {}
+            }
+        }
+        log
     }
 }
 

@@ -135,6 +135,7 @@ struct Node {
     lag_sender: mpsc::UnboundedSender<u64>,
     /// A reading handle on the sled journal, with `--data`.
     journal: Option<SledJournal>,
+    cluster: Arc<ClusterNode>,
 }
 
 fn arg<'a>(words: &'a [&str], index: usize) -> Result<&'a str, String> {
@@ -225,6 +226,21 @@ impl Node {
                 Ok(Value::Null)
             }
             "get" => self.get(arg(&words, 1)?, arg(&words, 2)?).await,
+            "write-background" => {
+                let writer = BackgroundWriter::parse(&words[1..])?;
+                tokio::spawn(writer.run(self.dd.clone()));
+                Ok(Value::Null)
+            }
+            "connections" => {
+                let stats = self.cluster.connection_stats();
+                Ok(json!({
+                    "dials": stats.dials,
+                    "accepted": stats.accepted,
+                    "refused": stats.refused,
+                    "timed_out": stats.timed_out,
+                    "authenticated": stats.authenticated,
+                }))
+            }
             "fill" => {
                 let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
                 for i in 0..count {
@@ -513,6 +529,78 @@ impl Node {
     }
 }
 
+/// Writes one after another in the background and logs each to a file,
+/// which survives a kill -9 of this process: `attempt N` before write N,
+/// then `ack N` or `fail N <reason>`.
+///
+/// `write-background <add|inc> <key> <count> <local|majority|all> <timeout_ms> <pause_ms> <log file>`:
+/// `add` puts element `<key>-N` into the ORSet `<key>`, `inc` adds 1 to the
+/// GCounter `<key>`.
+struct BackgroundWriter {
+    add: bool,
+    key: String,
+    count: u64,
+    level: WriteConsistency,
+    pause: Duration,
+    log: String,
+}
+
+impl BackgroundWriter {
+    fn parse(words: &[&str]) -> Result<Self, String> {
+        let add = match arg(words, 0)? {
+            "add" => true,
+            "inc" => false,
+            other => return Err(format!("unknown write {other:?}")),
+        };
+        let timeout = Duration::from_millis(number(words, 4)?);
+        let level = match arg(words, 3)? {
+            "local" => WriteConsistency::Local,
+            "majority" => WriteConsistency::majority(timeout),
+            "all" => WriteConsistency::All { timeout },
+            other => return Err(format!("unknown level {other:?}")),
+        };
+        Ok(Self {
+            add,
+            key: arg(words, 1)?.to_string(),
+            count: number(words, 2)?,
+            level,
+            pause: Duration::from_millis(number(words, 5)?),
+            log: arg(words, 6)?.to_string(),
+        })
+    }
+
+    async fn run(self, dd: DistributedData) {
+        use std::io::Write;
+        let Ok(mut log) = std::fs::File::create(&self.log) else {
+            return;
+        };
+        for n in 0..self.count {
+            if writeln!(log, "attempt {n}").is_err() {
+                return;
+            }
+            let outcome = if self.add {
+                let key: Key<ORSet<String>> = Key::new(self.key.as_str());
+                let element = format!("{}-{n}", self.key);
+                dd.update(&key, self.level, move |s, me| s.apply(s.add(me, element)))
+                    .await
+            } else {
+                let key: Key<GCounter> = Key::new(self.key.as_str());
+                dd.update(&key, self.level, |c, me| c.apply(c.increment(me, 1)))
+                    .await
+            };
+            let line = match outcome {
+                Ok(()) => format!("ack {n}"),
+                Err(err) => format!("fail {n} {}", err.to_string().replace('\n', " ")),
+            };
+            if writeln!(log, "{line}").is_err() {
+                return;
+            }
+            tokio::time::sleep(self.pause).await;
+        }
+        let _ = writeln!(log, "done");
+    }
+}
+
 /// The process's resident memory in KiB, where /proc tells it.
 fn resident_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -581,9 +669,11 @@ async fn main() {
     };
     let cluster = ClusterConfig::new(&options.name, "127.0.0.1", options.port, &options.cookie)
         .with_seeds(options.seeds.clone());
-    let cluster = ClusterNode::start(cluster)
-        .await
-        .expect("the node server starts");
+    let cluster = Arc::new(
+        ClusterNode::start(cluster)
+            .await
+            .expect("the node server starts"),
+    );
     let core = CoreConfig {
         gossip_interval: options.gossip,
         ..CoreConfig::default()
@@ -667,6 +757,7 @@ async fn main() {
         lags,
         lag_sender,
         journal: reading_journal,
+        cluster: cluster.clone(),
     };
 
     let mut stdout = tokio::io::stdout();
