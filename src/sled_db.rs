@@ -46,13 +46,20 @@ mod tests {
     fn a_database_reopens_right_after_it_is_dropped_and_a_second_open_waits_then_fails() {
         let dir =
             std::env::temp_dir().join(format!("ractor_replicated-sled-db-{}", std::process::id()));
+        // Unflushed writes make the drop hand sled's thread pool work that
+        // holds the file a moment longer.
         for round in 0..50u32 {
             let db = open(&dir).expect("a closed database reopens");
-            db.insert(round.to_be_bytes(), &[1u8][..]).unwrap();
-            db.flush().unwrap();
+            for item in 0..64u32 {
+                db.insert(
+                    [round.to_be_bytes(), item.to_be_bytes()].concat(),
+                    vec![7u8; 4096],
+                )
+                .unwrap();
+            }
         }
         let db = open(&dir).unwrap();
-        assert_eq!(db.len(), 50);
+        assert_eq!(db.len(), 50 * 64);
         let started = Instant::now();
         let err = open(&dir).unwrap_err();
         assert!(err.contains("in use"), "{err}");
