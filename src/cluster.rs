@@ -11,8 +11,9 @@
 //!   session, and decides whether a seed is connected by that name, never by
 //!   the address the node advertises (seeds behind NAT, DNS aliases or
 //!   proxies never match it); it dials, with exponential backoff, only seeds
-//!   whose node has no session, so it never opens a second session to a
-//!   connected node;
+//!   whose node has no session, so it never dials a connected node (two
+//!   nodes dialling each other at the same moment still get two sessions,
+//!   and ractor_cluster keeps one);
 //! * sends a heartbeat to every peer's membership actor and stops a session
 //!   whose peer stayed silent past the timeout, so that it is redialled (a
 //!   blackholed link otherwise stays "up" forever);
@@ -210,7 +211,10 @@ impl ClusterNode {
 
     /// The names of the nodes with an authenticated session to this one.
     pub async fn connected_peers(&self) -> Vec<String> {
-        peer_sessions(&self.server).await.into_keys().collect()
+        peer_sessions(&self.server)
+            .await
+            .map(|sessions| sessions.into_keys().collect())
+            .unwrap_or_default()
     }
 
     /// Counters of the node's connections since it started.
@@ -226,24 +230,26 @@ impl ClusterNode {
     }
 }
 
-/// Authenticated sessions by peer node name, with their connection's label.
+/// Authenticated sessions by peer node name, with their connection's label;
+/// `None` if the NodeServer did not answer in time.
 async fn peer_sessions(
     server: &ActorRef<NodeServerMessage>,
-) -> BTreeMap<String, (String, ActorCell)> {
+) -> Option<BTreeMap<String, (String, ActorCell)>> {
     let sessions = match server
         .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
         .await
     {
         Ok(ractor::rpc::CallResult::Success(sessions)) => sessions,
-        _ => return BTreeMap::new(),
+        _ => return None,
     };
-    sessions
+    let sessions = sessions
         .into_values()
         .filter_map(|session| {
             let node = transport::peer_node(&session)?;
             Some((node, (session.peer_addr, session.actor.get_cell())))
         })
-        .collect()
+        .collect();
+    Some(sessions)
 }
 
 /// The membership actor's messages; only heartbeats cross the network.
@@ -490,7 +496,27 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
     // A dial whose session never reported back (it could not even start)
     // is over once it had the time to connect and authenticate.
     let dial_bound = transport::CONNECT_TIMEOUT + state.config.auth_timeout;
-    let sessions = peer_sessions(&state.server).await;
+    if now >= state.next_heartbeat {
+        state.next_heartbeat = now + state.config.heartbeat_interval;
+        for member in
+            ractor::pg::get_scoped_members(&SCOPE.to_string(), &MEMBERSHIP_GROUP.to_string())
+        {
+            if member.get_id().is_local() {
+                continue;
+            }
+            let heartbeat = MembershipMessage(Inbound::Heartbeat {
+                from: state.config.name.clone(),
+            });
+            let _ = member.send_message(heartbeat);
+        }
+    }
+
+    let Some(sessions) = peer_sessions(&state.server).await else {
+        // Without the session list nothing can be decided: dialling now
+        // could open a second session to a connected node.
+        tracing::debug!("the NodeServer did not list its sessions in time");
+        return;
+    };
     let own = state.config.name.clone();
     for seed in &mut state.seeds {
         // A seed is connected when its node has a session, dialled or
@@ -547,21 +573,6 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
                 outcome,
             }));
         });
-    }
-
-    if now >= state.next_heartbeat {
-        state.next_heartbeat = now + state.config.heartbeat_interval;
-        for member in
-            ractor::pg::get_scoped_members(&SCOPE.to_string(), &MEMBERSHIP_GROUP.to_string())
-        {
-            if member.get_id().is_local() {
-                continue;
-            }
-            let heartbeat = MembershipMessage(Inbound::Heartbeat {
-                from: state.config.name.clone(),
-            });
-            let _ = member.send_message(heartbeat);
-        }
     }
 
     // A session first seen counts as heard from, so a new peer gets a full

@@ -5,20 +5,15 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ractor::Actor;
 use ractor_cluster::NodeServer;
-use ractor_replicated::cluster::{ClusterConfig, ClusterNode, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
-use support::{eventually, COOKIE};
+use ractor_replicated::cluster::{ClusterConfig, ClusterNode, NAME_PROBE};
+use support::{eventually, free_port, COOKIE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
 
 /// Whether the node closes `stream` within `bound` (reads end or fail).
 async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
@@ -42,17 +37,26 @@ async fn unauthenticated_connections_are_capped_held_to_small_frames_and_closed_
     config.auth_timeout = Duration::from_secs(2);
     let node = ClusterNode::start(config).await.unwrap();
 
-    // Each announces a frame of 15 MiB, sends 64 KiB of it, and waits.
+    // Each announces a frame of 15 MiB and sends as much of it as the node
+    // takes. A node that read it would buffer 15 MiB per connection; this
+    // one reads nothing past the header, so the kernel's buffers fill and
+    // the writes stop until the node closes the connection.
     let mut attackers = Vec::new();
     for _ in 0..10 {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .await
             .unwrap();
-        let mut bytes = (15u64 << 20).to_be_bytes().to_vec();
-        bytes.extend(std::iter::repeat_n(0u8, PRE_AUTH_FRAME_LIMIT as usize));
-        // The write may fail once the node closed the connection.
-        let _ = stream.write_all(&bytes).await;
+        let _ = stream.write_all(&(15u64 << 20).to_be_bytes()).await;
         attackers.push(stream);
+    }
+    let payload = vec![0u8; 15 << 20];
+    for stream in &mut attackers[..4] {
+        let sent =
+            tokio::time::timeout(Duration::from_millis(500), stream.write_all(&payload)).await;
+        assert!(
+            !matches!(sent, Ok(Ok(()))),
+            "the node read a frame of an unauthenticated peer"
+        );
     }
     for stream in &mut attackers {
         assert!(closed_within(stream, Duration::from_secs(10)).await);

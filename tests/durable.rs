@@ -295,16 +295,10 @@ async fn a_replica_whose_store_failed_does_not_acknowledge_a_replicated_write() 
         timeout: Duration::from_millis(1_500),
     };
     let err = nodes[0].dd.update(&hits, all, increment).await.unwrap_err();
+    // Node 1 acknowledges (unless it is slow to), node 2 never does.
     assert!(
-        matches!(
-            err,
-            Error::Timeout {
-                reached: 2,
-                required: 3,
-                ..
-            }
-        ),
-        "only nodes 0 and 1 stored the write: {err}"
+        matches!(err, Error::Timeout { reached, required: 3, .. } if reached < 3),
+        "node 2 could not store the write: {err}"
     );
     let majority = WriteConsistency::majority(Duration::from_secs(5));
     nodes[0]

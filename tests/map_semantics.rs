@@ -191,7 +191,8 @@ impl Model for GrowModel {
     fn event(_: &[CountEvent], by: &u8, id: &mut EventId) -> CountEvent {
         CountEvent {
             id: next(id),
-            by: i64::from(*by),
+            // At least 1, so that every event moves its writer's count.
+            by: i64::from(*by % 8) + 1,
         }
     }
 
@@ -307,6 +308,32 @@ impl<E> MapEvent<E> {
     }
 }
 
+/// What a writer does to a map: update one of two keys (so that writes
+/// meet), or remove it (one time in four).
+#[derive(Clone, Debug)]
+struct MapAction<A> {
+    key: u8,
+    /// `None` removes the key.
+    action: Option<A>,
+}
+
+impl<A: Arbitrary> Arbitrary for MapAction<A> {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let key = u8::arbitrary(g) % 2;
+        let action = (u8::arbitrary(g) % 4 != 0).then(|| A::arbitrary(g));
+        Self { key, action }
+    }
+
+    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+        let key = self.key;
+        Box::new(
+            self.action
+                .shrink()
+                .map(move |action| MapAction { key, action }),
+        )
+    }
+}
+
 /// A map whose key `k` holds the value made of the inner events its
 /// surviving updates were built on.
 struct MapModel<M>(std::marker::PhantomData<M>);
@@ -332,7 +359,7 @@ impl<M: Model> MapModel<M> {
 
 impl<M: Model> Model for MapModel<M> {
     /// A key and what to do to its value; `None` removes the key.
-    type Action = (u8, Option<M::Action>);
+    type Action = MapAction<M::Action>;
     type Event = MapEvent<M::Event>;
     type Value = BTreeMap<u8, M::Value>;
 
@@ -340,8 +367,9 @@ impl<M: Model> Model for MapModel<M> {
         event.id()
     }
 
-    fn event(start: &[Self::Event], (key, action): &Self::Action, id: &mut EventId) -> Self::Event {
-        let key = *key % 3;
+    fn event(start: &[Self::Event], action: &Self::Action, id: &mut EventId) -> Self::Event {
+        let MapAction { key, action } = action;
+        let key = *key;
         let of_key: Vec<Self::Event> = start.iter().filter(|e| e.key() == key).cloned().collect();
         let observed: Vec<EventId> = unobserved(&of_key, MapEvent::observed, MapEvent::id)
             .filter(|e| matches!(e, MapEvent::Update { .. }))
@@ -440,14 +468,33 @@ impl Value for LWWRegister<u8> {
 }
 
 /// A user's own type: a grow-only count per writer, merged by maximum.
+///
+/// It also remembers which events each writer's count covers, so that a
+/// merge of two counts of one writer that are not one the continuation of
+/// the other (a writer identity that re-counted from an earlier point) shows
+/// at once, whatever the counts: the value then reads as `i128::MIN`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Tally(BTreeMap<ReplicaId, u64>);
+struct Tally {
+    counts: BTreeMap<ReplicaId, (u64, BTreeSet<EventId>)>,
+    collided: bool,
+}
 
 impl ReplicatedData for Tally {
     fn merge(&mut self, other: &Self) {
-        for (writer, count) in &other.0 {
-            let mine = self.0.entry(writer.clone()).or_default();
-            *mine = (*mine).max(*count);
+        self.collided |= other.collided;
+        for (writer, theirs) in &other.counts {
+            let mine = self.counts.entry(writer.clone()).or_default();
+            let (low, high) = if mine.0 <= theirs.0 {
+                (&*mine, theirs)
+            } else {
+                (theirs, &*mine)
+            };
+            if !low.1.is_subset(&high.1) {
+                self.collided = true;
+            }
+            if theirs.0 > mine.0 {
+                *mine = theirs.clone();
+            }
         }
     }
 }
@@ -456,11 +503,16 @@ impl Value for Tally {
     type Model = GrowModel;
 
     fn act(&mut self, writer: &ReplicaId, event: &CountEvent) {
-        *self.0.entry(writer.clone()).or_default() += event.by.unsigned_abs();
+        let (count, events) = self.counts.entry(writer.clone()).or_default();
+        *count += event.by.unsigned_abs();
+        events.insert(event.id);
     }
 
     fn read(&self) -> i128 {
-        self.0.values().map(|n| i128::from(*n)).sum()
+        if self.collided {
+            return i128::MIN;
+        }
+        self.counts.values().map(|(n, _)| i128::from(*n)).sum()
     }
 }
 
@@ -592,6 +644,9 @@ impl Subject for LWWMap<u8, u8> {
 enum Step<A> {
     /// Replica `at` does `action` to its map and applies the operation.
     Write { at: usize, action: A },
+    /// Replica `at` does `action` to a copy of its map, then merges the copy
+    /// back.
+    WriteOnCopy { at: usize, action: A },
     /// Replica `to` applies operation number `op` (of all so far, modulo).
     Deliver { op: usize, to: usize },
     /// Replica `to` merges replica `from`'s whole state.
@@ -606,7 +661,11 @@ impl<A: Arbitrary> Arbitrary for Step<A> {
     fn arbitrary(g: &mut Gen) -> Self {
         let (at, other) = (usize::arbitrary(g), usize::arbitrary(g));
         match u8::arbitrary(g) % 20 {
-            0..=10 => Step::Write {
+            0..=9 => Step::Write {
+                at,
+                action: A::arbitrary(g),
+            },
+            10 => Step::WriteOnCopy {
                 at,
                 action: A::arbitrary(g),
             },
@@ -630,6 +689,14 @@ impl<A: Arbitrary> Arbitrary for Step<A> {
                         .map(move |action| Step::Write { at, action }),
                 )
             }
+            Step::WriteOnCopy { at, action } => {
+                let at = *at;
+                Box::new(
+                    action
+                        .shrink()
+                        .map(move |action| Step::WriteOnCopy { at, action }),
+                )
+            }
             _ => Box::new(std::iter::empty()),
         }
     }
@@ -644,7 +711,7 @@ struct History<A> {
 impl<A: Arbitrary> Arbitrary for History<A> {
     fn arbitrary(g: &mut Gen) -> Self {
         History {
-            replicas: 2 + usize::arbitrary(g) % 3,
+            replicas: 2 + usize::arbitrary(g) % 4,
             steps: Vec::arbitrary(g),
         }
     }
@@ -684,13 +751,22 @@ fn agrees_with_model<S: Subject>(history: History<ActionOf<S>>) -> TestResult {
     let mut next_id: EventId = 0;
     for (number, step) in history.steps.iter().enumerate() {
         let touched = match step {
-            Step::Write { at, action } => {
+            Step::Write { at, action } | Step::WriteOnCopy { at, action } => {
                 let replica = &mut replicas[at % n];
                 let start: Vec<EventOf<S>> =
                     replica.view.iter().map(|id| events[id].clone()).collect();
                 let event = MapModel::<S::Inner>::event(&start, action, &mut next_id);
-                let op = replica.state.act(&replica.id, &event);
-                replica.state.apply(op.clone());
+                let op = if matches!(step, Step::WriteOnCopy { .. }) {
+                    let mut copy = replica.state.clone();
+                    let op = copy.act(&replica.id, &event);
+                    copy.apply(op.clone());
+                    replica.state.merge(&copy);
+                    op
+                } else {
+                    let op = replica.state.act(&replica.id, &event);
+                    replica.state.apply(op.clone());
+                    op
+                };
                 replica.view.insert(event.id());
                 ops.push((op, event.id()));
                 events.insert(event.id(), event);

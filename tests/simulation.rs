@@ -17,8 +17,8 @@
 //! * majority writes that succeeded are seen by majority reads whose answering
 //!   set shares a replica with the write's that did not crash in between;
 //! * no false timeouts: a majority write or read whose deadline falls long
-//!   enough after the network healed (one resend interval and a round trip)
-//!   succeeds, whatever it went through before.
+//!   enough after the network healed (its longest resend wait and a round
+//!   trip) succeeds, whatever it went through before.
 //!
 //! `cargo test` runs 1,000 seeds. A failure names its seed; replay it with
 //! `SIM_SEED=<seed> cargo test --test simulation`. Run more with
@@ -819,8 +819,9 @@ impl Sim {
         }
     }
 
-    /// A request whose deadline falls a resend interval and a round trip
-    /// after the final heal had a healthy network long enough to succeed.
+    /// A request whose deadline falls its longest resend wait (8 intervals)
+    /// and a round trip after the final heal had a healthy network long
+    /// enough to succeed.
     fn check_no_false_timeout<T>(
         &mut self,
         what: &str,
@@ -828,7 +829,7 @@ impl Sim {
         result: &Result<T, Error>,
     ) {
         let settled = self.chaos_until
-            + micros(self.config.resend_interval)
+            + 8 * micros(self.config.resend_interval)
             + 2 * self.max_delay
             + micros(Duration::from_millis(1));
         if deadline >= settled {

@@ -41,7 +41,8 @@ struct Proxy {
 
 /// The proxies between `n` nodes.
 pub struct Network {
-    runtime: tokio::runtime::Runtime,
+    /// Runs the proxies; dropping it stops them.
+    _runtime: tokio::runtime::Runtime,
     proxies: BTreeMap<(usize, usize), Proxy>,
 }
 
@@ -65,7 +66,10 @@ impl Network {
                 proxies.insert((from, to), proxy);
             }
         }
-        Self { runtime, proxies }
+        Self {
+            _runtime: runtime,
+            proxies,
+        }
     }
 
     /// The addresses node `from` dials to reach every other node.
@@ -102,11 +106,6 @@ impl Network {
             proxy.state.send_replace(Link::Open);
         }
     }
-
-    /// The state of the link from `a` to `b`.
-    pub fn link(&self, a: usize, b: usize) -> Option<Link> {
-        self.proxies.get(&(a, b)).map(|proxy| *proxy.state.borrow())
-    }
 }
 
 impl Drop for Network {
@@ -116,7 +115,6 @@ impl Drop for Network {
         for proxy in self.proxies.values() {
             proxy.state.send_replace(Link::Cut);
         }
-        let _ = &self.runtime;
     }
 }
 
@@ -132,7 +130,12 @@ async fn start_proxy(target: SocketAddr) -> Proxy {
 }
 
 async fn accept(listener: TcpListener, target: SocketAddr, state: Arc<watch::Sender<Link>>) {
-    while let Ok((client, _)) = listener.accept().await {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: the link stays, try again.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
         if *state.borrow() == Link::Cut {
             continue;
         }
@@ -172,12 +175,29 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        // Bytes already read wait here if the link turns black meanwhile.
-        if !wait_open(&mut link).await || to.write_all(&buffer[..n]).await.is_err() {
+        // Bytes already read wait here if the link turns black meanwhile,
+        // and a cut ends a write that the other side does not take.
+        if !wait_open(&mut link).await {
+            break;
+        }
+        let written = tokio::select! {
+            written = to.write_all(&buffer[..n]) => written.is_ok(),
+            _ = wait_cut(&mut link) => false,
+        };
+        if !written {
             break;
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// Returns once the link is cut.
+async fn wait_cut(link: &mut watch::Receiver<Link>) {
+    while *link.borrow_and_update() != Link::Cut {
+        if link.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Waits until the link is open; false if it is cut.

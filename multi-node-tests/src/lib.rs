@@ -281,11 +281,6 @@ impl LoopbackCluster {
         &self.names[i]
     }
 
-    /// Whether node `i` is running.
-    pub fn is_running(&self, i: usize) -> bool {
-        self.nodes[i].is_some()
-    }
-
     /// Waits until every running node's Replicator reaches every other running one.
     pub fn wait_connected(&mut self) {
         let running = self.nodes.iter().flatten().count();

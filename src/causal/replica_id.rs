@@ -36,8 +36,21 @@ pub struct ReplicaId {
     incarnation: u64,
     /// Empty for a replica; for a child identity, the births of the values
     /// it writes in, outermost first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "non_empty_lineage"
+    )]
     lineage: Option<Arc<[u64]>>,
+}
+
+/// An empty lineage decodes as none, so that every identity has one form
+/// (`Eq` and `Hash` compare the field, `Ord` its contents).
+fn non_empty_lineage<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Arc<[u64]>>, D::Error> {
+    let lineage: Option<Arc<[u64]>> = Deserialize::deserialize(deserializer)?;
+    Ok(lineage.filter(|births| !births.is_empty()))
 }
 
 impl ReplicaId {
@@ -202,5 +215,7 @@ mod tests {
         let child = a.child(4).child(2);
         let bytes = rmp_serde::to_vec(&child).expect("encodes");
         assert_eq!(rmp_serde::from_slice::<ReplicaId>(&bytes).ok(), Some(child));
+        let empty: Vec<u8> = rmp_serde::to_vec(&("a", 1u64, Vec::<u64>::new())).expect("encodes");
+        assert_eq!(rmp_serde::from_slice::<ReplicaId>(&empty).ok(), Some(a));
     }
 }

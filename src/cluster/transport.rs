@@ -98,7 +98,7 @@ impl Connections {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let label = format!(
             "{} #{number} {peer}",
-            if inbound { "inbound" } else { DIAL_PREFIX }
+            if inbound { INBOUND_PREFIX } else { DIAL_PREFIX }
         );
         let flags = Arc::new(Flags::default());
         self.lock().insert(
@@ -125,8 +125,12 @@ impl Connections {
     }
 
     fn session_opened(&self, label: &str, session: ActorRef<NodeSessionMessage>) {
-        if let Some(pending) = self.lock().get_mut(label) {
-            pending.session = Some(session);
+        match self.lock().get_mut(label) {
+            Some(pending) => pending.session = Some(session),
+            // One of this node's connections that was given up on (it did
+            // not authenticate in time) before its session started.
+            None if is_ours(label) => session.stop(Some("not authenticated in time".into())),
+            None => {}
         }
     }
 
@@ -183,6 +187,14 @@ impl Connections {
 }
 
 const DIAL_PREFIX: &str = "dial";
+const INBOUND_PREFIX: &str = "inbound";
+
+/// Whether `label` names a connection this node accepted or dialled (the
+/// NodeServer's own listener labels its sessions with a bare address).
+fn is_ours(label: &str) -> bool {
+    label.starts_with(&format!("{DIAL_PREFIX} #"))
+        || label.starts_with(&format!("{INBOUND_PREFIX} #"))
+}
 
 /// The seed a connection label was dialled for, if it was dialled.
 pub(crate) fn dialled_seed(label: &str) -> Option<&str> {

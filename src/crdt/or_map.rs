@@ -40,7 +40,7 @@ use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
 /// left.merge(&right);
 /// assert_eq!(left.get("hits").map(|c| c.value()), Some(5));
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(
     bound(deserialize = "K: Member, V: ReplicatedData"),
     try_from = "Wire<K, V>"
@@ -48,11 +48,13 @@ use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
 pub struct ORMap<K: Ord, V> {
     context: CausalContext,
     entries: BTreeMap<K, Vec<DottedValue<V>>>,
-    /// This copy's own knowledge, never replicated: per key, each writer's
-    /// latest update applied here. It lets a writer whose value was
-    /// superseded by another writer's keep its child identity (the history
-    /// shows whether its latest write is included); without it (after a
-    /// restart) the writer takes a new identity, which is always safe.
+    /// This copy's own knowledge, never replicated nor cloned: per key,
+    /// each writer's latest update applied to this very copy. It lets a
+    /// writer whose value was superseded by another writer's keep its child
+    /// identity (the history shows whether its latest write is included).
+    /// Without it (a restart, a clone, a nested map rebuilt from a value) the
+    /// writer takes a new identity when its own value is not current, which
+    /// is always safe.
     #[serde(skip)]
     latest_writes: BTreeMap<K, Vec<(Dot, u64)>>,
 }
@@ -189,6 +191,20 @@ impl<K: Ord, V> Default for ORMap<K, V> {
     }
 }
 
+/// A copy of the replicated state. What the original knew of its writers'
+/// latest writes stays behind: a copy can be written on apart from the
+/// original (a fork, or a nested map's start value rebuilt from one of its
+/// versions), and stale knowledge would let a writer re-mint counts.
+impl<K: Ord + Clone, V: Clone> Clone for ORMap<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            context: self.context.clone(),
+            entries: self.entries.clone(),
+            latest_writes: BTreeMap::new(),
+        }
+    }
+}
+
 /// Equal replicated state; what each copy knows of its own writes is not
 /// compared.
 impl<K: Ord, V: PartialEq> PartialEq for ORMap<K, V> {
@@ -248,6 +264,9 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
         current.iter().for_each(|v| history.merge(&v.history));
         let birth = self
             .continued_lineage(&key, replica, current, &history)
+            // A history that claims this identity wrote at or after the new
+            // dot is not one this replica made: start afresh.
+            .filter(|birth| history.get(&replica.child(*birth)) < dot.counter)
             .unwrap_or(dot.counter);
         let writer = replica.child(birth);
         let mut value = merged_value(current)
@@ -377,6 +396,35 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
         }
     }
 
+    /// Forgets what this copy knew of the writers that `context` has seen
+    /// write something this copy did not apply: their latest write may be
+    /// elsewhere now (a copy written on, then merged back).
+    fn forget_writers_seen_elsewhere(&mut self, context: &CausalContext) {
+        if self.latest_writes.is_empty() {
+            return;
+        }
+        let mine = &self.context;
+        let saw_more = |writer: &ReplicaId| {
+            context.vector().get(writer) > mine.vector().get(writer)
+                || context
+                    .cloud()
+                    .any(|dot| &dot.replica == writer && !mine.contains(dot))
+        };
+        let mut forgotten: Vec<ReplicaId> = Vec::new();
+        for (dot, _) in self.latest_writes.values().flatten() {
+            if !forgotten.contains(&dot.replica) && saw_more(&dot.replica) {
+                forgotten.push(dot.replica.clone());
+            }
+        }
+        if forgotten.is_empty() {
+            return;
+        }
+        for writes in self.latest_writes.values_mut() {
+            writes.retain(|(dot, _)| !forgotten.contains(&dot.replica));
+        }
+        self.latest_writes.retain(|_, writes| !writes.is_empty());
+    }
+
     /// Forgets what this copy knew of writes to keys it no longer holds: a
     /// writer re-creating such a key starts a new lineage anyway.
     fn forget_absent_keys(&mut self) {
@@ -390,6 +438,7 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
 
 impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
     fn merge(&mut self, other: &Self) {
+        self.forget_writers_seen_elsewhere(&other.context);
         merge_keyed(
             &mut self.entries,
             &self.context,
@@ -608,5 +657,70 @@ mod tests {
             let bytes = encode_with(birth, history);
             assert!(crate::codec::decode::<ORMap<u8, GCounter>>(&bytes).is_err());
         }
+    }
+
+    type Nested = ORMap<u8, ORMap<u8, GCounter>>;
+
+    fn bump(map: &mut Nested, replica: &ReplicaId) {
+        map.apply(map.update(replica, 0, |inner, me| {
+            inner.apply(inner.update(me, 2, |c, me| c.apply(c.increment(me, 1))))
+        }));
+    }
+
+    fn total(map: &Nested) -> u128 {
+        map.get(&0)
+            .and_then(|inner| inner.get(&2).map(|c| c.value()))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_nested_value_rebuilt_from_another_writers_copy_does_not_reuse_a_stale_identity() {
+        let (t, r, u, v) = (
+            laws::replica(0),
+            laws::replica(1),
+            laws::replica(2),
+            laws::replica(3),
+        );
+        let mut r_map = Nested::new();
+        bump(&mut r_map, &r);
+        let mut t_map = r_map.clone();
+        bump(&mut t_map, &t);
+        bump(&mut r_map, &r);
+        let mut u_map = r_map.clone();
+        u_map.apply(u_map.update(&u, 0, |inner, _| inner.apply(inner.remove(&2))));
+        let mut v_map = r_map.merged(&t_map);
+        bump(&mut v_map, &v);
+        r_map.merge(&t_map);
+        r_map.merge(&u_map);
+        bump(&mut r_map, &r);
+        // r +1, t +1, r +1, v +1, r +1: v's value keeps r's second count,
+        // r's last one is new.
+        assert_eq!(total(&r_map.merged(&v_map)), 5);
+    }
+
+    #[test]
+    fn a_writer_that_wrote_on_a_copy_and_merged_it_back_does_not_reuse_its_identity() {
+        let (a, b, d) = (laws::replica(0), laws::replica(1), laws::replica(2));
+        let increment = |map: &mut ORMap<u8, GCounter>, replica: &ReplicaId| {
+            map.apply(map.update(replica, 0, |c, me| c.apply(c.increment(me, 1))))
+        };
+        let mut original = ORMap::new();
+        increment(&mut original, &a);
+        let mut b_map = original.clone();
+        increment(&mut b_map, &b);
+        let mut fork = original.clone();
+        increment(&mut fork, &a);
+        let mut d_map = fork.clone();
+        increment(&mut d_map, &d);
+        let mut e_map = fork.clone();
+        e_map.apply(e_map.remove(&0));
+        // b's value keeps the key present here while e's remove drops the
+        // fork's write.
+        original.merge(&b_map);
+        original.merge(&fork);
+        original.merge(&e_map);
+        increment(&mut original, &a);
+        let value = original.merged(&d_map).get(&0).map(|c| c.value());
+        assert_eq!(value, Some(5), "a 1, b 1, a 1 (on the fork), d 1, a 1");
     }
 }

@@ -62,10 +62,12 @@ pub struct CoreConfig {
     /// How many key digests one anti-entropy round sends at most. A store with
     /// more keys is covered in turns over several rounds. Default 10,000.
     pub max_digest_keys_per_round: usize,
-    /// How often a write or read above `Local` is sent again to the
-    /// reachable peers that have not answered it, until its deadline. A
-    /// message or its answer lost in a reconnect then costs one interval,
-    /// not the whole timeout. Default 200 ms.
+    /// When a write or read above `Local` is sent again to the reachable
+    /// peers that have not answered it, until its deadline: after this
+    /// interval, then after twice as long, and so on up to 8 intervals. A
+    /// message or its answer lost in a reconnect then costs an interval or a
+    /// few, not the whole timeout, and a slow peer is not flooded. (A peer
+    /// that comes back up gets the pending requests at once.) Default 200 ms.
     pub resend_interval: Duration,
     /// Which keys produce [`Effect::Persist`]. Default: none.
     pub durable: KeySelection,
@@ -127,9 +129,9 @@ pub enum Timer {
     Notify,
     /// The deadline of a write or read (the core's own request number).
     Deadline(u64),
-    /// Time to send a pending write or read again to the peers that have not
-    /// answered (the core's own request number).
-    Resend(u64),
+    /// Time to send the pending writes and reads that are due again to the
+    /// peers that have not answered. One timer serves every request.
+    Resend,
 }
 
 /// A finished read: the merged state, and the nodes that answered (this one first).
@@ -315,6 +317,8 @@ pub struct ReplicatorCore {
     rng: SplitMix64,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
+    /// A [`Timer::Resend`] is scheduled.
+    resend_scheduled: bool,
     to_push: BTreeSet<String>,
     /// A push went out less than `push_window` ago: further keys wait.
     push_window_open: bool,
@@ -346,6 +350,7 @@ impl ReplicatorCore {
             rng: SplitMix64::new(seed),
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
+            resend_scheduled: false,
             to_push: BTreeSet::new(),
             push_window_open: false,
             to_notify: BTreeSet::new(),
@@ -468,23 +473,30 @@ impl ReplicatorCore {
             }
         };
         // Encoding every update would cost as much as the update of a large
-        // value. A value is checked (on a copy, so that a refused update leaves
-        // no trace) when it was near the budget when last encoded, or after a
-        // run of unchecked updates; only a single update that adds more than
-        // half the budget at once can slip through, and its push is then
-        // refused and counted instead.
+        // value. A value is checked when it was near the budget when last
+        // encoded, or after a run of unchecked updates; only a single update
+        // that adds more than half the budget at once can slip through, and
+        // its push is then refused and counted instead. The update happens in
+        // place (a value may know things about its own writes that a copy
+        // does not carry), and a refused one is undone from a backup.
         if entry.encoded_len >= limit / 2 || entry.unchecked_updates >= UNCHECKED_UPDATES {
-            let mut candidate = value.clone();
-            modify(&mut candidate, &self.replica);
-            let bytes = candidate.encode_erased()?.len();
+            let backup = value.clone();
+            modify(value, &self.replica);
+            let bytes = match value.encode_erased() {
+                Ok(encoded) => encoded.len(),
+                Err(err) => {
+                    *value = backup;
+                    return Err(err);
+                }
+            };
             if bytes > limit {
+                *value = backup;
                 return Err(Error::ValueTooLarge {
                     key: name.into(),
                     bytes,
                     limit,
                 });
             }
-            *value = candidate;
             entry.encoded(bytes);
         } else {
             modify(value, &self.replica);

@@ -186,6 +186,8 @@ pub struct ReplicatorState {
     storage: Option<Storage>,
     /// Messages for peers without a route yet.
     held: Held,
+    /// A discovery round was asked for and has not run yet.
+    discovery_requested: bool,
 }
 
 impl ReplicatorState {
@@ -237,6 +239,7 @@ impl Actor for Replicator {
                 unflushed: false,
             }),
             held: Held::default(),
+            discovery_requested: false,
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&PeerGroup::replicators(), &myself.get_cell());
@@ -283,7 +286,7 @@ impl Actor for Replicator {
             Inbound::Peer(envelope) => {
                 if !state.peers.contains_key(&envelope.from) {
                     // Its answers would have nowhere to go: look again.
-                    let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
+                    request_discovery(&myself, state);
                 }
                 state.core.handle_message(&envelope.from, envelope.message)
             }
@@ -315,6 +318,7 @@ impl Actor for Replicator {
 /// proxy changed restarted or reconnected: it is reported down and up again so
 /// that it gets every digest and catches up.
 async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
+    state.discovery_requested = false;
     state.held.expire(Instant::now());
     let Some(discovery) = &state.discovery else {
         return Vec::new();
@@ -347,9 +351,14 @@ async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
             effects.extend(state.core.peer_down(&node));
         }
         tracing::debug!(node, "peer replicator up");
-        for message in state.held.take(&node) {
-            if cast_to(&replicator, state.core.node(), message).is_some() {
-                tracing::debug!(node, "a held message found the new proxy stopped too");
+        let mut held = state.held.take(&node).into_iter();
+        while let Some(message) = held.next() {
+            if let Some(message) = cast_to(&replicator, state.core.node(), message) {
+                // The new proxy stopped too: everything waits for the next.
+                let now = Instant::now();
+                for message in std::iter::once(message).chain(held.by_ref()) {
+                    state.held.hold(&node, message, now);
+                }
             }
         }
         state.peers.insert(node.clone(), replicator);
@@ -363,24 +372,30 @@ pub(crate) fn run_effects(
     state: &mut ReplicatorState,
     effects: Vec<Effect>,
 ) {
-    // A store failure in this batch fails the writes it acknowledges, and
-    // nothing of the batch leaves the node: a peer must not count a WriteAck
-    // (or take a state) from a replica that did not store it.
-    let mut store_failure: Option<String> = None;
+    // With write-through, whatever an announcement depends on is flushed
+    // first, once per stretch of the batch between writes. While the store
+    // fails, this replica claims nothing about its disk: local writes fail,
+    // and no WriteAck or read answer leaves it, so no peer counts it for a
+    // write it did not store. Gossip goes on; it claims nothing.
+    let mut durable: Option<std::result::Result<(), String>> = None;
     let mut broken_routes = BTreeSet::new();
     for effect in effects {
         if matches!(
             effect,
             Effect::Send { .. } | Effect::WriteDone { .. } | Effect::ReadDone { .. }
-        ) {
-            if let Some(failure) = flush_before_announcing(state) {
-                store_failure = Some(failure);
-            }
+        ) && durable.is_none()
+        {
+            durable = Some(flush_before_announcing(state));
         }
+        let store_failure = durable.as_ref().and_then(|d| d.as_ref().err());
         match effect {
             Effect::Send { to, message } => {
-                if store_failure.is_some() {
-                    tracing::warn!(peer = to, "not sent: the durable store failed");
+                let claims_durability = matches!(
+                    message,
+                    PeerMessage::WriteAck { .. } | PeerMessage::ReadReply { .. }
+                );
+                if claims_durability && store_failure.is_some() {
+                    tracing::warn!(peer = to, "no answer sent: the durable store failed");
                     continue;
                 }
                 let unsent = match state.peers.get(&to) {
@@ -394,7 +409,7 @@ pub(crate) fn run_effects(
                         broken_routes.insert(to.clone());
                     }
                     state.held.hold(&to, message, Instant::now());
-                    let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
+                    request_discovery(myself, state);
                 }
             }
             Effect::Schedule { timer, after } => {
@@ -408,15 +423,18 @@ pub(crate) fn run_effects(
             Effect::Notify { keys } => notify(state, keys),
             Effect::Persist { key } => {
                 if let Some(storage) = &mut state.storage {
-                    if let Err(err) = storage.record(&state.core, key) {
-                        tracing::error!(error = %err, "cannot store a durable key");
-                        store_failure = Some(err.to_string());
-                    }
+                    durable = match storage.record(&state.core, key) {
+                        Ok(()) => None,
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot store a durable key");
+                            Some(Err(err.to_string()))
+                        }
+                    };
                 }
             }
             Effect::WriteDone { request, result } => match state.replies.remove(&request) {
                 Some(Reply::Write(reply)) => {
-                    let failed = store_failure.as_deref().zip(state.storage.as_ref());
+                    let failed = store_failure.zip(state.storage.as_ref());
                     match (result, failed) {
                         (Ok(_), Some((reason, storage))) => reply(Err(storage.failure(reason))),
                         (result, _) => reply(result),
@@ -434,12 +452,22 @@ pub(crate) fn run_effects(
             },
         }
     }
-    flush_before_announcing(state);
+    if durable.is_none() {
+        let _ = flush_before_announcing(state);
+    }
     for peer in broken_routes {
         tracing::debug!(peer, "peer proxy stopped");
         state.peers.remove(&peer);
         let effects = state.core.peer_down(&peer);
         run_effects(myself, state, effects);
+    }
+}
+
+/// Asks for a discovery round soon, once however many messages wait.
+fn request_discovery(myself: &ActorRef<ReplicatorMessage>, state: &mut ReplicatorState) {
+    if !state.discovery_requested {
+        state.discovery_requested = true;
+        let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
     }
 }
 
@@ -459,20 +487,23 @@ fn cast_to(
         Err(ractor::MessagingErr::SendErr(ReplicatorMessage(Inbound::Peer(envelope)))) => {
             Some(envelope.message)
         }
-        Err(_) => None,
+        Err(err) => {
+            tracing::warn!(error = %err, "a message to a peer was lost; anti-entropy will repair");
+            None
+        }
     }
 }
 
-/// Write-through flush ahead of an announcement; the failure, logged, if any.
-fn flush_before_announcing(state: &mut ReplicatorState) -> Option<String> {
+/// Write-through flush ahead of an announcement; the failure, logged.
+fn flush_before_announcing(state: &mut ReplicatorState) -> std::result::Result<(), String> {
     let core = &state.core;
-    let err = state
-        .storage
-        .as_mut()?
-        .flush_before_announcing(core)
-        .err()?;
-    tracing::error!(error = %err, "cannot flush the durable store");
-    Some(err.to_string())
+    let Some(storage) = state.storage.as_mut() else {
+        return Ok(());
+    };
+    storage.flush_before_announcing(core).map_err(|err| {
+        tracing::error!(error = %err, "cannot flush the durable store");
+        err.to_string()
+    })
 }
 
 fn notify(state: &mut ReplicatorState, keys: Vec<String>) {

@@ -31,7 +31,7 @@ impl TestNode {
 }
 
 /// A port that was free a moment ago (ractor_cluster reports no bound port).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }

@@ -48,7 +48,7 @@ impl ReplicatorCore {
             Timer::Push => self.push(),
             Timer::Notify => self.notify(),
             Timer::Deadline(id) => self.deadline_passed(id),
-            Timer::Resend(id) => self.resend(id),
+            Timer::Resend => self.resend_due(),
         }
         self.take_effects()
     }

@@ -8,6 +8,39 @@ use crate::ddata::consistency::ReadConsistency;
 use crate::ddata::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
 use crate::error::{Error, Result};
 
+/// When a pending request goes out again, in resend ticks.
+#[derive(Clone, Copy)]
+pub(crate) struct Backoff {
+    /// Ticks until the next send.
+    due_in: u32,
+    /// Ticks between the last send and the next.
+    interval: u32,
+}
+
+/// The longest wait between two sends of a request, in resend ticks.
+const MAX_RESEND_TICKS: u32 = 8;
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            due_in: 1,
+            interval: 1,
+        }
+    }
+
+    /// Counts one tick; whether the request is due now (and if so, doubles
+    /// the wait until the next time).
+    fn tick(&mut self) -> bool {
+        self.due_in = self.due_in.saturating_sub(1);
+        if self.due_in > 0 {
+            return false;
+        }
+        self.interval = (self.interval * 2).min(MAX_RESEND_TICKS);
+        self.due_in = self.interval;
+        true
+    }
+}
+
 pub(crate) struct PendingWrite {
     request: RequestId,
     key: String,
@@ -15,6 +48,7 @@ pub(crate) struct PendingWrite {
     /// Nodes holding the write, this one first.
     acked: Vec<PeerName>,
     entry: WireEntry,
+    backoff: Backoff,
 }
 
 pub(crate) struct PendingRead {
@@ -27,6 +61,7 @@ pub(crate) struct PendingRead {
     merged: Option<Slot>,
     /// What each remote node answered, to repair those left behind.
     answer_digests: Vec<(PeerName, Option<Digest>)>,
+    backoff: Backoff,
 }
 
 impl ReplicatorCore {
@@ -70,9 +105,11 @@ impl ReplicatorCore {
                 required,
                 acked: vec![self.node.clone()],
                 entry,
+                backoff: Backoff::new(),
             },
         );
-        self.resend(id);
+        self.send_unanswered(id);
+        self.schedule_resends();
     }
 
     pub(super) fn write_acked(&mut self, from: &str, id: u64) {
@@ -113,9 +150,11 @@ impl ReplicatorCore {
                 answered: vec![self.node.clone()],
                 merged: None,
                 answer_digests: Vec::new(),
+                backoff: Backoff::new(),
             },
         );
-        self.resend(id);
+        self.send_unanswered(id);
+        self.schedule_resends();
     }
 
     /// A peer's read: answered with this node's state, or with `None` if the
@@ -253,10 +292,9 @@ impl ReplicatorCore {
     }
 
     /// Sends pending request `id` to every reachable peer that has not
-    /// answered it, and schedules the next round. Requests carry their
-    /// number, so a peer that gets one twice merges and answers twice, and
-    /// the second answer changes nothing.
-    pub(super) fn resend(&mut self, id: u64) {
+    /// answered it. Requests carry their number, so a peer that gets one
+    /// twice merges and answers twice, and the second answer changes nothing.
+    fn send_unanswered(&mut self, id: u64) {
         let message = match (self.writes.get(&id), self.reads.get(&id)) {
             (Some(write), _) => PeerMessage::Write {
                 request: id,
@@ -276,7 +314,35 @@ impl ReplicatorCore {
         for peer in &peers {
             self.send(peer, message.clone());
         }
-        self.schedule(Timer::Resend(id), self.config.resend_interval);
+    }
+
+    fn schedule_resends(&mut self) {
+        let pending = !(self.writes.is_empty() && self.reads.is_empty());
+        if pending && !self.resend_scheduled {
+            self.resend_scheduled = true;
+            self.schedule(Timer::Resend, self.config.resend_interval);
+        }
+    }
+
+    /// The resend timer fired: every pending request whose backoff ran out
+    /// goes again to the peers that have not answered.
+    pub(super) fn resend_due(&mut self) {
+        self.resend_scheduled = false;
+        let mut due: Vec<u64> = Vec::new();
+        for (id, write) in &mut self.writes {
+            if write.backoff.tick() {
+                due.push(*id);
+            }
+        }
+        for (id, read) in &mut self.reads {
+            if read.backoff.tick() {
+                due.push(*id);
+            }
+        }
+        for id in due {
+            self.send_unanswered(id);
+        }
+        self.schedule_resends();
     }
 
     fn has_answered(&self, id: u64, peer: &str) -> bool {

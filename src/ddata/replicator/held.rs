@@ -18,6 +18,9 @@ const MAX_PEERS: usize = 64;
 /// Bytes (by [`PeerMessage::budget`]) that can wait for one peer; the oldest
 /// go first beyond that.
 const MAX_BYTES_PER_PEER: usize = 8 << 20;
+/// Bytes that can wait for all peers together; beyond that new messages are
+/// dropped.
+const MAX_BYTES: usize = 32 << 20;
 /// How long a message waits for its peer's route at most. Anti-entropy and
 /// request resends cover what expires.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(10);
@@ -32,13 +35,14 @@ struct Queue {
 #[derive(Default)]
 pub(crate) struct Held {
     queues: BTreeMap<PeerName, Queue>,
+    bytes: usize,
 }
 
 impl Held {
     /// Keeps `message` for `peer` until [`take`](Self::take).
     pub(crate) fn hold(&mut self, peer: &str, message: PeerMessage, now: Instant) {
         if !self.queues.contains_key(peer) && self.queues.len() >= MAX_PEERS {
-            self.drop_messages(peer, 1, "too many peers without a route");
+            drop_messages(peer, 1, "too many peers without a route");
             return;
         }
         let queue = self.queues.entry(peer.to_string()).or_default();
@@ -47,22 +51,30 @@ impl Held {
         while !queue.messages.is_empty() && queue.bytes + size > MAX_BYTES_PER_PEER {
             if let Some((_, bytes, _)) = queue.messages.pop_front() {
                 queue.bytes -= bytes;
+                self.bytes -= bytes;
                 evicted += 1;
             }
         }
-        queue.bytes += size;
-        queue.messages.push_back((now, size, message));
         if evicted > 0 {
-            self.drop_messages(peer, evicted, "too many bytes waiting for one peer");
+            drop_messages(peer, evicted, "too many bytes waiting for one peer");
         }
+        if self.bytes + size > MAX_BYTES {
+            drop_messages(peer, 1, "too many bytes waiting for all peers");
+        } else {
+            queue.bytes += size;
+            self.bytes += size;
+            queue.messages.push_back((now, size, message));
+        }
+        self.queues.retain(|_, queue| !queue.messages.is_empty());
     }
 
     /// The messages waiting for `peer`, oldest first.
     pub(crate) fn take(&mut self, peer: &str) -> Vec<PeerMessage> {
-        self.queues
-            .remove(peer)
-            .map(|queue| queue.messages.into_iter().map(|(_, _, m)| m).collect())
-            .unwrap_or_default()
+        let Some(queue) = self.queues.remove(peer) else {
+            return Vec::new();
+        };
+        self.bytes -= queue.bytes;
+        queue.messages.into_iter().map(|(_, _, m)| m).collect()
     }
 
     /// Drops messages older than [`MAX_AGE`].
@@ -75,6 +87,7 @@ impl Held {
                     break;
                 }
                 queue.bytes -= *bytes;
+                self.bytes -= *bytes;
                 queue.messages.pop_front();
                 count += 1;
             }
@@ -84,18 +97,18 @@ impl Held {
         }
         self.queues.retain(|_, queue| !queue.messages.is_empty());
         for (peer, count) in expired {
-            self.drop_messages(&peer, count, "no route within the waiting time");
+            drop_messages(&peer, count, "no route within the waiting time");
         }
     }
+}
 
-    fn drop_messages(&self, peer: &str, count: u64, why: &str) {
-        tracing::warn!(
-            peer,
-            count,
-            why,
-            "dropped messages for a peer without a route; anti-entropy will repair"
-        );
-    }
+fn drop_messages(peer: &str, count: u64, why: &str) {
+    tracing::warn!(
+        peer,
+        count,
+        why,
+        "dropped messages for a peer without a route; anti-entropy will repair"
+    );
 }
 
 #[cfg(test)]
