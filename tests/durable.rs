@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
@@ -309,4 +311,79 @@ async fn a_replica_whose_store_failed_does_not_acknowledge_a_replicated_write() 
     for node in &nodes {
         node.shut_down().await;
     }
+}
+
+/// A store in memory that tells which keys a flush made durable.
+#[derive(Clone, Default)]
+struct FlushTracking(Arc<Mutex<FlushTrackingState>>);
+
+#[derive(Default)]
+struct FlushTrackingState {
+    written: BTreeSet<String>,
+    durable: BTreeSet<String>,
+    flushes: u64,
+}
+
+impl FlushTracking {
+    fn is_durable(&self, key: &str) -> bool {
+        self.0.lock().unwrap().durable.contains(key)
+    }
+}
+
+impl ractor_replicated::ddata::durable::DurableStore for FlushTracking {
+    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Recovered> {
+        Ok(Default::default())
+    }
+    fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {
+        Ok(())
+    }
+    fn store(&mut self, key: &str, _: &WireValue) -> ractor_replicated::Result<()> {
+        self.0.lock().unwrap().written.insert(key.to_string());
+        Ok(())
+    }
+    fn remove(&mut self, _: &str) -> ractor_replicated::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> ractor_replicated::Result<()> {
+        let mut state = self.0.lock().unwrap();
+        let written = std::mem::take(&mut state.written);
+        state.durable.extend(written);
+        state.flushes += 1;
+        Ok(())
+    }
+    fn location(&self) -> String {
+        "flush-tracking".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_acknowledges_each_update_only_after_a_flush_covered_it() {
+    let store = FlushTracking::default();
+    let config = ReplicatorConfig::new("grouped")
+        .with_durability(Durability::new(store.clone(), KeySelection::All));
+    let dd = DistributedData::start(config).await.unwrap();
+    let updates: Vec<_> = (0..300)
+        .map(|i| {
+            let (dd, store) = (dd.clone(), store.clone());
+            tokio::spawn(async move {
+                let key: Key<GCounter> = Key::new(format!("k{i}"));
+                dd.update(&key, WriteConsistency::Local, |c, me| {
+                    c.apply(c.increment(me, 1))
+                })
+                .await
+                .unwrap();
+                assert!(
+                    store.is_durable(key.name()),
+                    "{} acknowledged unflushed",
+                    key.name()
+                );
+            })
+        })
+        .collect();
+    for update in updates {
+        update.await.unwrap();
+    }
+    let flushes = store.0.lock().unwrap().flushes;
+    eprintln!("300 pipelined updates, {flushes} flushes");
+    dd.stop().await;
 }
