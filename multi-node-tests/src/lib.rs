@@ -6,12 +6,13 @@
 //! dropped, so a failing or panicking test leaves nothing behind. A node whose
 //! test process dies anyway sees its stdin close and exits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -30,6 +31,7 @@ pub struct NodeProcess {
     child: Child,
     stdin: ChildStdin,
     answers: Receiver<String>,
+    last_words: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl NodeProcess {
@@ -48,7 +50,7 @@ impl NodeProcess {
         let stderr = if std::env::var_os("RUST_LOG").is_some() {
             Stdio::inherit()
         } else {
-            Stdio::null()
+            Stdio::piped()
         };
         let mut command = Command::new(binary);
         command
@@ -65,6 +67,22 @@ impl NodeProcess {
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
         let stdin = child.stdin.take().expect("piped stdin");
+        // The last lines the node wrote to stderr (a panic message, say), for
+        // the failure report.
+        let last_words = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let last_words = last_words.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut lines = last_words.lock().unwrap_or_else(|p| p.into_inner());
+                    if lines.len() == 20 {
+                        lines.pop_front();
+                    }
+                    lines.push_back(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, answers) = mpsc::channel();
         std::thread::spawn(move || {
@@ -80,6 +98,7 @@ impl NodeProcess {
             child,
             stdin,
             answers,
+            last_words,
         };
         let first = node.next_line();
         assert_eq!(first, "ready", "{name} did not start");
@@ -94,10 +113,21 @@ impl NodeProcess {
     fn next_line(&mut self) -> String {
         match self.answers.recv_timeout(ANSWER_BOUND) {
             Ok(line) => line,
-            Err(err) => panic!(
-                "{} gave no answer within {ANSWER_BOUND:?}: {err}",
-                self.name
-            ),
+            Err(err) => {
+                // Give the stderr reader a moment to collect a dying node's
+                // last words.
+                std::thread::sleep(Duration::from_millis(200));
+                let last_words = self
+                    .last_words
+                    .lock()
+                    .map(|w| w.clone())
+                    .unwrap_or_default();
+                panic!(
+                    "{} gave no answer within {ANSWER_BOUND:?}: {err}; its stderr ended with:\n{}",
+                    self.name,
+                    Vec::from(last_words).join("\n")
+                )
+            }
         }
     }
 
@@ -151,10 +181,36 @@ impl Drop for NodeProcess {
     }
 }
 
-/// A port that was free a moment ago (ractor_cluster reports no bound port).
+/// A loopback port that was free a moment ago, for a node process to bind.
+///
+/// It lies below the kernel's range of ephemeral ports, so that no outgoing
+/// connection and no port-0 listener (the fault proxies) takes it between
+/// now and the node's bind, or while the node is down between a kill and a
+/// restart; and this process never hands it out twice.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.max(11_000));
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let span = u32::from(high - low);
+    for attempt in 0..span {
+        let port = low + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}");
 }
 
 /// A cluster of node processes on loopback; every node lists every other as a
