@@ -461,6 +461,9 @@ impl<K: Member, V: ReplicatedData> OpBased for ORMap<K, V> {
                 observed,
             } => {
                 let (dot, birth) = (value.dot.clone(), value.birth);
+                // Only a write new to this copy can be its writer's latest: an
+                // old operation delivered again must not pass for it.
+                let new_here = !self.context.contains(&dot);
                 apply_keyed_delta(
                     &mut self.entries,
                     &mut self.context,
@@ -468,10 +471,10 @@ impl<K: Member, V: ReplicatedData> OpBased for ORMap<K, V> {
                     Some(value),
                     &observed,
                 );
-                if self.entries.contains_key(&key) {
-                    self.remember_write(&key, &dot, birth);
-                } else {
+                if !self.entries.contains_key(&key) {
                     self.latest_writes.remove(&key);
+                } else if new_here {
+                    self.remember_write(&key, &dot, birth);
                 }
             }
             ORMapOp::Remove { key, observed } => {
@@ -722,5 +725,31 @@ mod tests {
         increment(&mut original, &a);
         let value = original.merged(&d_map).get(&0).map(|c| c.value());
         assert_eq!(value, Some(5), "a 1, b 1, a 1 (on the fork), d 1, a 1");
+    }
+
+    #[test]
+    fn an_old_write_delivered_again_does_not_pass_for_its_writers_latest() {
+        let (a, b, c) = (laws::replica(0), laws::replica(1), laws::replica(2));
+        let add = |map: &ORMap<u8, ORSet<u8>>, replica: &ReplicaId, member: u8| {
+            map.update(replica, 0, |set, me| set.apply(set.add(me, member)))
+        };
+        let mut a_map = ORMap::new();
+        let first = add(&a_map, &a, 1);
+        a_map.apply(first.clone());
+        let mut b_map = a_map.clone();
+        a_map.apply(add(&a_map, &a, 2));
+        let mut c_map = a_map.clone();
+        a_map.apply(a_map.remove(&0));
+        c_map.apply(c_map.update(&c, 0, |set, _| set.apply(set.remove(&2))));
+        b_map.apply(add(&b_map, &b, 3));
+        a_map.merge(&b_map);
+        a_map.apply(first);
+        // a's new 2 must not take the identity of the 2 that c removed.
+        a_map.apply(add(&a_map, &a, 2));
+        let merged = a_map.merged(&b_map).merged(&c_map);
+        let members = merged
+            .get(&0)
+            .map(|set| set.iter().copied().collect::<Vec<_>>());
+        assert_eq!(members, Some(vec![1, 2, 3]));
     }
 }
