@@ -15,7 +15,7 @@ use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
 use ractor_replicated::ddata::{
     DistributedData, Key, KeySelection, ReplicatorConfig, WriteConsistency,
 };
-use ractor_replicated::{GCounter, OpBased};
+use ractor_replicated::GCounter;
 use serde_json::{json, Value};
 
 const KEYS: usize = 1_000;

@@ -16,7 +16,7 @@ use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
     DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
 };
-use ractor_replicated::{ORSet, OpBased};
+use ractor_replicated::ORSet;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[path = "support/node_process.rs"]

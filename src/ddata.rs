@@ -17,6 +17,7 @@ mod handle;
 mod key;
 mod registry;
 mod replicator;
+mod tracked;
 pub mod wire;
 
 pub use self::consistency::{ReadConsistency, WriteConsistency};
@@ -28,6 +29,7 @@ pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
 pub use self::registry::{ErasedData, TypeRegistry};
 pub use self::replicator::{Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState};
+pub use self::tracked::Tracked;
 pub use crate::discovery::{
     replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup, SessionDiscovery,
 };

@@ -9,9 +9,10 @@ use std::time::Duration;
 use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
-    Change, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
+    Change, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, Tracked,
+    WriteConsistency,
 };
-use ractor_replicated::{codec, Error, GCounter, ORSet, OpBased};
+use ractor_replicated::{codec, Error, GCounter, ORSet};
 use support::{
     cluster, cluster_with, eventually, listener, next_matching, replicator_config,
     test_core_config, TempDir,
@@ -292,7 +293,7 @@ async fn a_replica_whose_store_failed_does_not_acknowledge_a_replicated_write() 
     })
     .await;
     let hits: Key<GCounter> = Key::new("hits");
-    let increment = |c: &mut GCounter, me: &_| c.apply(c.increment(me, 1));
+    let increment = |c: &mut Tracked<GCounter>, me: &_| c.apply(c.increment(me, 1));
     let all = WriteConsistency::All {
         timeout: Duration::from_millis(1_500),
     };

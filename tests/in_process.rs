@@ -11,7 +11,7 @@ use ractor_replicated::ddata::{
     Change, CoreConfig, Discovery, Key, PeerGroup, ReadConsistency, SessionDiscovery,
     WriteConsistency,
 };
-use ractor_replicated::{Error, GCounter, ORSet, OpBased};
+use ractor_replicated::{Error, GCounter, ORSet};
 use support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes};
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -106,8 +106,10 @@ async fn concurrent_updates_on_every_node_converge() {
 async fn every_consistency_level_is_reached_when_all_nodes_are_up() {
     let nodes = cluster("levels", 3, test_core_config()).await;
     let key: Key<GCounter> = Key::new("levels");
-    let increment =
-        |c: &mut GCounter, me: &ractor_replicated::ReplicaId| c.apply(c.increment(me, 1));
+    let increment = |c: &mut ractor_replicated::ddata::Tracked<GCounter>,
+                     me: &ractor_replicated::ReplicaId| {
+        c.apply(c.increment(me, 1))
+    };
     let writes = [
         WriteConsistency::Local,
         WriteConsistency::To {

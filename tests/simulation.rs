@@ -4,7 +4,8 @@
 //! that loses, duplicates, delays (and so reorders) messages, cuts and
 //! blackholes links, and crashes and restarts nodes with a new incarnation.
 //! Every message goes through the real codec. Clients update, delete and read
-//! at random, at `Local` and `Majority` consistency. Then the faults heal and
+//! at random, at `Local` and `Majority` consistency; updates travel as deltas
+//! (operations numbered per key and sender), whole states where a gap shows. Then the faults heal and
 //! the run continues until every replica holds the same state, and the
 //! properties are checked:
 //!
@@ -34,7 +35,7 @@ use ractor_replicated::ddata::{
     CoreConfig, Effect, ErasedData, Key, Lookup, ReadConsistency, ReplicatorCore, Snapshot, Timer,
     TypeRegistry, WriteConsistency,
 };
-use ractor_replicated::{codec, Error, GCounter, ORSet, OpBased, ReplicaId};
+use ractor_replicated::{codec, Error, GCounter, ORSet, ReplicaId};
 use support::Rng;
 
 mod support;
@@ -79,6 +80,11 @@ fn replicas_converge_under_loss_partitions_and_crashes() {
             stats.late_requests > 0,
             "no request straddled the final heal: {stats:?}"
         );
+        assert!(stats.deltas_applied > 0, "no delta was applied: {stats:?}");
+        assert!(
+            stats.missing_deltas > 0,
+            "no delta arrived after a gap: {stats:?}"
+        );
     }
     eprintln!("simulation: {stats:?}");
 }
@@ -95,6 +101,9 @@ struct RunStats {
     /// Majority requests that straddled the final heal and were checked for
     /// a false timeout.
     late_requests: u64,
+    /// Deltas of operations applied, and those held back for a gap.
+    deltas_applied: u64,
+    missing_deltas: u64,
 }
 
 impl RunStats {
@@ -107,6 +116,8 @@ impl RunStats {
         self.majority_checks += run.majority_checks;
         self.deletes += run.deletes;
         self.late_requests += run.late_requests;
+        self.deltas_applied += run.deltas_applied;
+        self.missing_deltas += run.missing_deltas;
     }
 }
 
@@ -313,6 +324,9 @@ impl Sim {
                 next_check = self.now + check_every;
                 if self.converged() && self.pending.is_empty() {
                     self.check_final()?;
+                    for node in 0..self.nodes.len() {
+                        self.count_deltas(node);
+                    }
                     return Ok(self.stats);
                 }
             }
@@ -355,6 +369,13 @@ impl Sim {
         n.told_up.clear();
         n.seen.clear();
         self.run_effects(node, effects);
+    }
+
+    fn count_deltas(&mut self, node: usize) {
+        if let Some(core) = &self.nodes[node].core {
+            self.stats.deltas_applied += core.stats().deltas_applied;
+            self.stats.missing_deltas += core.stats().missing_deltas;
+        }
     }
 
     fn alive(&self, node: usize) -> bool {
@@ -554,6 +575,7 @@ impl Sim {
                 let node = self.rng.below(count as u64) as usize;
                 if self.alive(node) {
                     self.stats.crashes += 1;
+                    self.count_deltas(node);
                     self.nodes[node].core = None;
                     self.nodes[node].crashed_at.push(self.now);
                     self.pending.retain(|(n, _, _), _| *n != node);

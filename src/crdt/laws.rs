@@ -210,6 +210,55 @@ pub(crate) fn operations_converge_in_any_order<T: LawSubject>(history: History<T
     )
 }
 
+/// Operations applied to a state that holds what they were made on give the
+/// state that merging their maker's whole state gives: a replica that
+/// receives another's deltas in order (Distributed Data's delta push) ends
+/// where receiving the full states would have brought it. Checked after
+/// every local step, for every other replica and a fresh one as receivers,
+/// with the maker's operations since its last merge as the deltas.
+pub(crate) fn deltas_join_like_full_states<T: LawSubject>(history: History<T::Action>) -> bool {
+    let n = history.replicas;
+    let ids: Vec<ReplicaId> = (0..n).map(replica).collect();
+    let mut states = vec![T::default(); n];
+    // Per replica: its state after its last merge, and its operations since.
+    let mut since: Vec<(T, Vec<T::Op>)> = vec![(T::default(), Vec::new()); n];
+    for step in &history.steps {
+        match step {
+            Step::Local { at, action } => {
+                let at = at % n;
+                for op in states[at].act(&ids[at], action) {
+                    states[at].apply(op.clone());
+                    since[at].1.push(op);
+                }
+                let (base, ops) = &since[at];
+                let fresh = T::default();
+                let receivers = states
+                    .iter()
+                    .enumerate()
+                    .filter(|(r, _)| *r != at)
+                    .map(|(_, state)| state)
+                    .chain([&fresh]);
+                for receiver in receivers {
+                    let mut by_deltas = receiver.merged(base);
+                    for op in ops {
+                        by_deltas.apply(op.clone());
+                    }
+                    if by_deltas != receiver.merged(&states[at]) {
+                        return report("deltas join like full states", false);
+                    }
+                }
+            }
+            Step::Sync { from, to } => {
+                let (from, to) = (from % n, to % n);
+                let source = states[from].clone();
+                states[to].merge(&source);
+                since[to] = (states[to].clone(), Vec::new());
+            }
+        }
+    }
+    true
+}
+
 /// `a ⊑ a ⊔ b`, and the type's own notion of "nothing observed is lost".
 pub(crate) fn monotonic<T: LawSubject>(history: History<T::Action>) -> bool {
     let s = run::<T>(&history).states;
@@ -276,6 +325,13 @@ macro_rules! law_tests {
             quickcheck::quickcheck(
                 $crate::crdt::laws::operations_converge_in_any_order::<$ty>
                     as fn(LawHistory) -> bool,
+            );
+        }
+
+        #[test]
+        fn deltas_applied_in_order_join_like_full_states() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::deltas_join_like_full_states::<$ty> as fn(LawHistory) -> bool,
             );
         }
 

@@ -23,9 +23,11 @@ use crate::error::{Error, Result};
 use super::consistency::{ReadConsistency, WriteConsistency};
 use super::key::Key;
 use super::registry::{ErasedData, TypeRegistry};
+use super::tracked::{Recording, Tracked};
 use super::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
 use crate::rng::SplitMix64;
 
+mod deltas;
 mod remote;
 mod requests;
 #[cfg(test)]
@@ -237,6 +239,12 @@ pub struct CoreStats {
     pub changing_merges: u64,
     /// Messages handed out as [`Effect::Send`].
     pub messages_sent: u64,
+    /// Deltas of operations applied.
+    pub deltas_applied: u64,
+    /// Deltas of operations that could not be applied because an earlier one
+    /// of the same key and sender had not arrived (the whole state was asked
+    /// for instead).
+    pub missing_deltas: u64,
 }
 
 pub(crate) enum Slot {
@@ -286,6 +294,15 @@ pub(crate) struct Entry {
     /// before it is accepted.
     encoded_len: usize,
     unchecked_updates: u32,
+    /// What recorded operations may have added to the value since it was
+    /// last encoded: an operation encodes to at least what it adds.
+    grown_by: usize,
+    /// Local changes not pushed yet.
+    unpushed: Option<Recording>,
+    /// The number of this key's last push in this node's sequence.
+    pushed: u64,
+    /// How far each peer's sequence for this key has been applied here.
+    heard: Vec<deltas::Heard>,
 }
 
 impl Entry {
@@ -295,12 +312,47 @@ impl Entry {
             digest: None,
             encoded_len: 0,
             unchecked_updates: 0,
+            grown_by: 0,
+            unpushed: None,
+            pushed: 0,
+            heard: Vec::new(),
         }
+    }
+
+    /// Adds a local change to those waiting for the next push. Operations
+    /// that outweigh the value, or a message, give way to the whole value.
+    fn record(&mut self, change: Recording, limit: usize) {
+        let joined = match (self.unpushed.take(), change) {
+            (None, change) => change,
+            (
+                Some(Recording::Ops { mut ops, bytes }),
+                Recording::Ops {
+                    ops: more,
+                    bytes: more_bytes,
+                },
+            ) => {
+                ops.extend(more);
+                Recording::Ops {
+                    ops,
+                    bytes: bytes + more_bytes,
+                }
+            }
+            _ => Recording::Whole,
+        };
+        self.unpushed = Some(match joined {
+            Recording::Ops { bytes, .. }
+                if bytes > limit || (self.encoded_len > 0 && bytes >= self.encoded_len) =>
+            {
+                Recording::Whole
+            }
+            joined => joined,
+        });
     }
 
     fn encoded(&mut self, len: usize) {
         self.encoded_len = len;
         self.unchecked_updates = 0;
+        self.grown_by = 0;
     }
 }
 
@@ -326,6 +378,11 @@ pub struct ReplicatorCore {
     /// A notification went out less than `notify_interval` ago.
     notify_window_open: bool,
     next_digest_chunk: u32,
+    /// This run's delta epoch (see [`PeerMessage::Deltas`]).
+    epoch: u64,
+    /// Gossip rounds so far: a peer is asked for a state it failed to
+    /// deliver at most once a round.
+    round: u64,
     stats: CoreStats,
     out: Vec<Effect>,
 }
@@ -340,14 +397,17 @@ impl ReplicatorCore {
         config: CoreConfig,
         seed: u64,
     ) -> Self {
+        let mut rng = SplitMix64::new(seed);
         Self {
+            epoch: rng.next_u64(),
+            round: 0,
             node: node.into(),
             replica,
             config,
             types,
             entries: BTreeMap::new(),
             peers: BTreeMap::new(),
-            rng: SplitMix64::new(seed),
+            rng,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             resend_scheduled: false,
@@ -433,6 +493,9 @@ impl ReplicatorCore {
     /// Applies `modify` to the local value of `key` (the type's default if
     /// absent) and starts spreading the result at consistency `level`.
     ///
+    /// Operations applied through [`Tracked::apply`] travel as deltas when
+    /// `T` is registered with them; any other change sends the whole value.
+    ///
     /// Errors come back at once and change nothing: the key is deleted, holds
     /// another type, `T` is not registered, or the new value would not fit in a
     /// message. Otherwise the outcome arrives later as [`Effect::WriteDone`]
@@ -446,9 +509,10 @@ impl ReplicatorCore {
     ) -> Result<Vec<Effect>>
     where
         T: ReplicatedData + Default,
-        F: FnOnce(&mut T, &ReplicaId),
+        F: FnOnce(&mut Tracked<'_, T>, &ReplicaId),
     {
         let tag = self.types.require_tag_of::<T>()?;
+        let deltas = self.types.has_deltas::<T>();
         let name = key.name();
         let limit = self.value_limit(name);
         let entry = match self.entries.get_mut(name) {
@@ -479,9 +543,13 @@ impl ReplicatorCore {
         // its push is then refused and counted instead. The update happens in
         // place (a value may know things about its own writes that a copy
         // does not carry), and a refused one is undone from a backup.
-        if entry.encoded_len >= limit / 2 || entry.unchecked_updates >= UNCHECKED_UPDATES {
+        let recording = if entry.encoded_len + entry.grown_by >= limit / 2
+            || entry.unchecked_updates >= UNCHECKED_UPDATES
+        {
             let backup = value.clone();
-            modify(value, &self.replica);
+            let mut tracked = Tracked::new(&mut *value, deltas);
+            modify(&mut tracked, &self.replica);
+            let recording = tracked.into_recording();
             let bytes = match value.encode_erased() {
                 Ok(encoded) => encoded.len(),
                 Err(err) => {
@@ -498,10 +566,18 @@ impl ReplicatorCore {
                 });
             }
             entry.encoded(bytes);
+            recording
         } else {
-            modify(value, &self.replica);
+            let mut tracked = Tracked::new(value, deltas);
+            modify(&mut tracked, &self.replica);
             entry.unchecked_updates += 1;
-        }
+            let recording = tracked.into_recording();
+            if let Recording::Ops { bytes, .. } = &recording {
+                entry.grown_by += bytes;
+            }
+            recording
+        };
+        entry.record(recording, limit);
         entry.digest = None;
         self.changed_locally(request, name, level);
         Ok(self.take_effects())
@@ -526,10 +602,17 @@ impl ReplicatorCore {
                 slot: Slot::Live { tag: found, .. },
                 ..
             }) if *found != tag => return Err(wrong_type(name, &tag, found)),
-            Some(entry) => *entry = Entry::new(Slot::Deleted),
+            Some(entry) => {
+                // The key's sequence goes on: receivers must not take the
+                // tombstone's number for one they have applied.
+                entry.slot = Slot::Deleted;
+                entry.digest = None;
+                entry.unpushed = Some(Recording::Whole);
+            }
             None => {
-                self.entries
-                    .insert(name.to_string(), Entry::new(Slot::Deleted));
+                let mut entry = Entry::new(Slot::Deleted);
+                entry.unpushed = Some(Recording::Whole);
+                self.entries.insert(name.to_string(), entry);
             }
         }
         self.changed_locally(request, name, level);
@@ -677,9 +760,16 @@ impl ReplicatorCore {
 
     /// The wire form of `key`'s state, refreshing its digest on the way.
     /// `None` (logged and counted) if it cannot be encoded or is too large.
-    fn wire_entry(&mut self, key: &str) -> Option<WireEntry> {
-        match self.encode_entry(key)? {
-            Ok(entry) => Some(entry),
+    fn sendable_entry(&mut self, key: &str) -> Option<WireEntry> {
+        let encoded = self.encode_entry(key)?;
+        self.sendable(key, encoded)
+    }
+
+    /// What can be sent of `key`: `None` (logged and counted) when its state
+    /// cannot be encoded or is too large.
+    fn sendable<T>(&mut self, key: &str, encoded: Result<T>) -> Option<T> {
+        match encoded {
+            Ok(encoded) => Some(encoded),
             Err(err) => {
                 if matches!(err, Error::ValueTooLarge { .. }) {
                     self.stats.oversized_entries += 1;
@@ -706,6 +796,7 @@ impl ReplicatorCore {
                 };
                 entry.encoded_len = state.len();
                 entry.unchecked_updates = 0;
+                entry.grown_by = 0;
                 entry.digest = Some(digest_of(&state));
                 if state.len() > limit {
                     return Some(Err(Error::ValueTooLarge {
@@ -720,9 +811,11 @@ impl ReplicatorCore {
                 }
             }
         };
+        let seq = entry.pushed;
         Some(Ok(WireEntry {
             key: key.to_string(),
             value,
+            seq,
         }))
     }
 

@@ -15,6 +15,7 @@ use super::replicator::{
     Inbound, Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState, Reply,
     Subscription,
 };
+use super::tracked::Tracked;
 use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
 use crate::discovery::{replicator_name, Discovery};
@@ -176,8 +177,12 @@ impl DistributedData {
             core_config.durable = durability.keys.clone();
         }
         let types = Arc::new(config.types);
+        // A node restarted from its durable store keeps its replica id; its
+        // request numbers and delta epoch must still differ from the last run.
         let seed = config.seed.unwrap_or_else(|| {
-            replica.incarnation() ^ xxhash_rust::xxh3::xxh3_64(config.node.as_bytes())
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new()
+                .hash_one((&config.node, replica.incarnation()))
         });
         let mut core = ReplicatorCore::new(
             config.node.clone(),
@@ -277,7 +282,10 @@ impl DistributedData {
     /// key is new) inside the Replicator, then spreads it at `level`.
     ///
     /// `modify` gets the value and this replica's id (the writer of every dot
-    /// and counter entry it mints). The local write happens first and stands
+    /// and counter entry it mints). Operations applied with
+    /// [`Tracked::apply`](super::Tracked::apply) travel to the other replicas
+    /// as they are, whatever the size of the value; changes made any other
+    /// way send the whole value. The local write happens first and stands
     /// even if `level` is not reached: [`Error::Timeout`] then only says that
     /// not enough replicas confirmed in time; gossip spreads the write later.
     /// A deleted key gives [`Error::Deleted`], a key of another type
@@ -286,7 +294,7 @@ impl DistributedData {
     pub async fn update<T, F>(&self, key: &Key<T>, level: WriteConsistency, modify: F) -> Result<()>
     where
         T: ReplicatedData + Default,
-        F: FnOnce(&mut T, &ReplicaId) + Send + 'static,
+        F: FnOnce(&mut Tracked<'_, T>, &ReplicaId) + Send + 'static,
     {
         let key = key.clone();
         self.write(move |core, request| core.update(request, &key, level, modify))

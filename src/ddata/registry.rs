@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use serde_bytes::ByteBuf;
+
 use crate::codec;
 use crate::crdt::{
-    Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, PNCounter,
-    PNCounterMap, ReplicatedData,
+    Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, OpBased,
+    PNCounter, PNCounterMap, ReplicatedData,
 };
 use crate::error::{Error, Result};
 
@@ -71,13 +73,62 @@ fn decode_as<T: ReplicatedData>(bytes: &[u8]) -> Result<Box<dyn ErasedData>> {
     Ok(Box::new(codec::decode::<T>(bytes)?))
 }
 
+/// How a type whose operations travel as deltas is rebuilt on a receiver.
+#[derive(Clone, Copy)]
+struct DeltaCodec {
+    /// The empty value a delta for an absent key applies to.
+    empty: fn() -> Box<dyn ErasedData>,
+    /// Decodes every operation, then applies them all (or none).
+    apply: fn(&mut dyn ErasedData, &[ByteBuf]) -> Result<()>,
+}
+
+fn empty_of<T: ReplicatedData + Default>() -> Box<dyn ErasedData> {
+    Box::new(T::default())
+}
+
+fn apply_ops_as<T: ReplicatedData + OpBased>(
+    value: &mut dyn ErasedData,
+    ops: &[ByteBuf],
+) -> Result<()> {
+    let value = value
+        .as_any_mut()
+        .downcast_mut::<T>()
+        .ok_or_else(|| Error::Decode {
+            what: std::any::type_name::<T>(),
+            reason: "a delta for a value of another type".into(),
+        })?;
+    // Decoding all of them first keeps a bad one from leaving half a delta
+    // applied.
+    let ops = ops
+        .iter()
+        .map(|op| codec::decode::<T::Op>(op))
+        .collect::<Result<Vec<_>>>()?;
+    for op in ops {
+        value.apply(op);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Codec {
+    decode: Decoder,
+    delta: Option<DeltaCodec>,
+}
+
 struct Registration {
     tag: Arc<str>,
     type_name: &'static str,
+    /// Whether the type's operations travel as deltas.
+    deltas: bool,
 }
 
 /// Maps the Rust types that may be stored in Distributed Data to the stable tags
 /// they carry on the wire, and tags back to decoders.
+///
+/// A type registered with [`register_with_deltas`](Self::register_with_deltas)
+/// (every built-in type is) replicates an update as the operations it applied,
+/// not as its whole state; one registered with [`register`](Self::register)
+/// always travels whole.
 ///
 /// Tags, not Rust type names, travel because type names are not stable across
 /// compiler versions. Every node of a cluster must register the same tag for the
@@ -104,7 +155,7 @@ struct Registration {
 /// ```
 #[derive(Default)]
 pub struct TypeRegistry {
-    decoders: HashMap<Arc<str>, Decoder>,
+    codecs: HashMap<Arc<str>, Codec>,
     by_type: HashMap<TypeId, Registration>,
 }
 
@@ -125,7 +176,7 @@ impl TypeRegistry {
     fn register_builtins(&mut self) {
         macro_rules! builtin {
             ($($ty:ty => $tag:literal),* $(,)?) => {
-                $(self.insert::<$ty>($tag);)*
+                $(self.insert::<$ty>($tag, Some(delta_codec::<$ty>()));)*
             };
         }
         builtin! {
@@ -157,22 +208,56 @@ impl TypeRegistry {
         }
     }
 
-    fn insert<T: ReplicatedData>(&mut self, tag: &str) {
+    fn insert<T: ReplicatedData>(&mut self, tag: &str, delta: Option<DeltaCodec>) {
         let tag: Arc<str> = tag.into();
-        self.decoders.insert(tag.clone(), decode_as::<T>);
+        let codec = Codec {
+            decode: decode_as::<T>,
+            delta,
+        };
+        self.codecs.insert(tag.clone(), codec);
         self.by_type.insert(
             TypeId::of::<T>(),
             Registration {
                 tag,
                 type_name: std::any::type_name::<T>(),
+                deltas: delta.is_some(),
             },
         );
     }
 
-    /// Registers `T` under `tag`. Registering the same type under the same tag
-    /// again is a no-op; a tag already taken by another type, or a type already
-    /// registered under another tag, is an error.
+    /// Registers `T` under `tag`; its updates travel as whole states.
+    /// Registering the same type under the same tag again is a no-op; a tag
+    /// already taken by another type, or a type already registered under
+    /// another tag, is an error.
     pub fn register<T: ReplicatedData>(&mut self, tag: &str) -> Result<()> {
+        self.check_free::<T>(tag)?;
+        if self.tag_of::<T>().is_none() {
+            self.insert::<T>(tag, None);
+        }
+        Ok(())
+    }
+
+    /// Registers `T` under `tag`, with its updates travelling as the
+    /// operations applied through [`Tracked::apply`](super::Tracked::apply).
+    ///
+    /// `T`'s operations must be delta states: applying one must equal merging
+    /// a small state, so that applying it twice, or after a merge that already
+    /// holds it, changes nothing. A node that receives operations of this tag
+    /// for a key it does not hold applies them to `T::default()`. Same rules
+    /// as [`register`](Self::register) otherwise.
+    pub fn register_with_deltas<T: ReplicatedData + OpBased + Default>(
+        &mut self,
+        tag: &str,
+    ) -> Result<()> {
+        self.check_free::<T>(tag)?;
+        if self.tag_of::<T>().is_none() {
+            self.insert::<T>(tag, Some(delta_codec::<T>()));
+        }
+        Ok(())
+    }
+
+    /// Whether `T` may be (or already is) registered under `tag`.
+    fn check_free<T: 'static>(&self, tag: &str) -> Result<()> {
         if let Some(existing) = self.by_type.get(&TypeId::of::<T>()) {
             if &*existing.tag == tag {
                 return Ok(());
@@ -182,7 +267,7 @@ impl TypeRegistry {
                 reason: format!("already registered as {:?}", existing.tag),
             });
         }
-        if self.decoders.contains_key(tag) {
+        if self.codecs.contains_key(tag) {
             let owner = self
                 .by_type
                 .values()
@@ -193,7 +278,6 @@ impl TypeRegistry {
                 reason: format!("tag already taken by {owner}"),
             });
         }
-        self.insert::<T>(tag);
         Ok(())
     }
 
@@ -211,26 +295,60 @@ impl TypeRegistry {
         })
     }
 
+    /// Whether `T` is registered with its updates travelling as deltas.
+    pub fn has_deltas<T: 'static>(&self) -> bool {
+        self.by_type
+            .get(&TypeId::of::<T>())
+            .is_some_and(|registration| registration.deltas)
+    }
+
     /// The registered tag equal to `tag`, shared rather than copied.
     pub fn canonical_tag(&self, tag: &str) -> Option<Arc<str>> {
-        self.decoders.get_key_value(tag).map(|(tag, _)| tag.clone())
+        self.codecs.get_key_value(tag).map(|(tag, _)| tag.clone())
+    }
+
+    fn codec(&self, tag: &str) -> Result<&Codec> {
+        self.codecs.get(tag).ok_or_else(|| Error::UnregisteredType {
+            what: format!("tag {tag:?}"),
+        })
     }
 
     /// Decodes `bytes` as the type registered under `tag`.
     pub fn decode(&self, tag: &str, bytes: &[u8]) -> Result<Box<dyn ErasedData>> {
-        let decoder = self
-            .decoders
-            .get(tag)
+        (self.codec(tag)?.decode)(bytes)
+    }
+
+    fn delta_codec(&self, tag: &str) -> Result<DeltaCodec> {
+        self.codec(tag)?
+            .delta
             .ok_or_else(|| Error::UnregisteredType {
-                what: format!("tag {tag:?}"),
-            })?;
-        decoder(bytes)
+                what: format!("deltas of tag {tag:?}"),
+            })
+    }
+
+    /// The empty value of the type registered under `tag`, for a delta that
+    /// arrives before any state of its key.
+    pub fn empty_value(&self, tag: &str) -> Result<Box<dyn ErasedData>> {
+        Ok((self.delta_codec(tag)?.empty)())
+    }
+
+    /// Applies encoded operations of the type registered under `tag` to
+    /// `value`: all of them, or none if one does not decode.
+    pub fn apply_ops(&self, tag: &str, value: &mut dyn ErasedData, ops: &[ByteBuf]) -> Result<()> {
+        (self.delta_codec(tag)?.apply)(value, ops)
+    }
+}
+
+fn delta_codec<T: ReplicatedData + OpBased + Default>() -> DeltaCodec {
+    DeltaCodec {
+        empty: empty_of::<T>,
+        apply: apply_ops_as::<T>,
     }
 }
 
 impl Debug for TypeRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut tags: Vec<&str> = self.decoders.keys().map(|tag| &**tag).collect();
+        let mut tags: Vec<&str> = self.codecs.keys().map(|tag| &**tag).collect();
         tags.sort_unstable();
         f.debug_struct("TypeRegistry").field("tags", &tags).finish()
     }

@@ -7,11 +7,14 @@
 //! its type so a node can decode a key it has never used.
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The ractor variant name every Replicator message travels under. Peer
 /// messages are ractor casts whose arguments are one codec-encoded [`Envelope`].
-pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v1";
+/// Version 2 added deltas; nodes of different versions do not understand
+/// each other's messages.
+pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v2";
 
 /// A stable 64-bit hash of a value's encoding. Two replicas whose digests of a
 /// key agree hold the same state (up to a 2⁻⁶⁴ collision).
@@ -42,15 +45,22 @@ pub enum PeerMessage {
     /// States to merge: an eager push after local updates, an answer to a
     /// [`Digest`](Self::Digest) or to a [`Request`](Self::Request), or a read repair.
     Entries {
+        /// The sender's delta epoch (see [`Deltas`](Self::Deltas)).
+        epoch: u64,
         /// The states, at most one per key.
         entries: Vec<WireEntry>,
     },
-    /// A state to merge and acknowledge, for a write above `Local` consistency.
+    /// A write above `Local` consistency, to apply and acknowledge: the
+    /// written key's next delta in the writer's sequence. A receiver that
+    /// lacks an earlier delta answers [`DeltaNack`](Self::DeltaNack) instead,
+    /// and gets the write again carrying the whole state.
     Write {
         /// The writer's request number, echoed in the acknowledgement.
         request: u64,
-        /// The written key's state.
-        entry: WireEntry,
+        /// The writer's delta epoch (see [`Deltas`](Self::Deltas)).
+        epoch: u64,
+        /// The write.
+        delta: WireDelta,
     },
     /// The state of a [`Write`](Self::Write) is merged here.
     WriteAck {
@@ -90,7 +100,70 @@ pub enum PeerMessage {
         /// The key names.
         keys: Vec<String>,
     },
+    /// Eager push: what changed in keys updated on the sender since its last
+    /// push, each change numbered in the sender's sequence for its key.
+    Deltas {
+        /// The sender's delta epoch, new at every start: numbers of another
+        /// epoch say nothing about these.
+        epoch: u64,
+        /// At most one per key.
+        deltas: Vec<WireDelta>,
+    },
+    /// The receiver lacks a delta that came before those it got for these
+    /// keys, so it cannot apply them: the sender answers with their whole
+    /// states, numbered.
+    DeltaNack {
+        /// The key names.
+        keys: Vec<String>,
+    },
 }
+
+/// One key's change in a [`PeerMessage::Deltas`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireDelta {
+    /// The key's name.
+    pub key: String,
+    /// The change's number in the sender's sequence for this key (from 1 in
+    /// each epoch). A receiver applies operations only right after the
+    /// previous number; a whole state covers every number up to its own.
+    pub seq: u64,
+    /// The change.
+    pub change: WireChange,
+}
+
+/// A change carried by a [`WireDelta`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WireChange {
+    /// Operations to apply in order, each a codec encoding of the type's
+    /// operation.
+    Ops {
+        /// The type tag from the [`TypeRegistry`](super::TypeRegistry).
+        tag: String,
+        /// The encoded operations.
+        ops: Vec<ByteBuf>,
+    },
+    /// The sender's whole state of the key.
+    State(WireValue),
+}
+
+impl WireDelta {
+    /// An upper bound of the delta's share of a message's encoded size.
+    pub fn budget(&self) -> usize {
+        let change = match &self.change {
+            WireChange::Ops { tag, ops } => {
+                tag.len() + ops.iter().map(|op| op.len() + OP_OVERHEAD).sum::<usize>()
+            }
+            WireChange::State(value) => entry_budget("", value),
+        };
+        self.key.len() + change + SEQ_BUDGET + ENTRY_OVERHEAD
+    }
+}
+
+/// Bytes counted for a sequence number.
+const SEQ_BUDGET: usize = 9;
+
+/// Bytes of framing counted per operation inside a [`WireChange::Ops`].
+pub const OP_OVERHEAD: usize = 5;
 
 /// One key's state on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +172,9 @@ pub struct WireEntry {
     pub key: String,
     /// Its state.
     pub value: WireValue,
+    /// The number of the sender's last push of this key (0 if none): the
+    /// state holds every delta the sender numbered up to it.
+    pub seq: u64,
 }
 
 /// A key's state on the wire: a tagged encoding, or the tombstone of a deleted key.
@@ -120,12 +196,15 @@ impl PeerMessage {
     /// An upper bound of the message's encoded size, envelope included.
     pub fn budget(&self) -> usize {
         let entries = match self {
-            Self::Entries { entries } => entries.iter().map(WireEntry::budget).sum(),
-            Self::Write { entry, .. } => entry.budget(),
+            Self::Entries { entries, .. } => entries.iter().map(WireEntry::budget).sum(),
+            Self::Write { delta, .. } => delta.budget(),
             Self::ReadReply { entry, .. } => entry.as_ref().map_or(0, WireEntry::budget),
             Self::Read { key, .. } => key.len(),
             Self::Digest { digests, .. } => digests.iter().map(|(key, _)| digest_budget(key)).sum(),
-            Self::Request { keys } => keys.iter().map(|key| digest_budget(key)).sum(),
+            Self::Request { keys } | Self::DeltaNack { keys } => {
+                keys.iter().map(|key| digest_budget(key)).sum()
+            }
+            Self::Deltas { deltas, .. } => deltas.iter().map(WireDelta::budget).sum(),
             Self::WriteAck { .. } => 0,
         };
         MESSAGE_OVERHEAD + entries
@@ -135,7 +214,7 @@ impl PeerMessage {
 impl WireEntry {
     /// An upper bound of the entry's share of a message's encoded size.
     pub fn budget(&self) -> usize {
-        entry_budget(&self.key, &self.value)
+        entry_budget(&self.key, &self.value) + SEQ_BUDGET
     }
 }
 
@@ -204,6 +283,7 @@ mod tests {
                 tag: "ORSet<String>".to_string(),
                 state: vec![0xA5; state_len],
             },
+            seq: u64::MAX,
         }
     }
 
@@ -216,7 +296,10 @@ mod tests {
             let budget = MESSAGE_OVERHEAD + entries.iter().map(WireEntry::budget).sum::<usize>();
             let envelope = Envelope {
                 from: "some-node-name".into(),
-                message: PeerMessage::Entries { entries },
+                message: PeerMessage::Entries {
+                    epoch: u64::MAX,
+                    entries,
+                },
             };
             let encoded = codec::encode(&envelope).unwrap().len();
             assert!(
@@ -224,6 +307,45 @@ mod tests {
                 "{encoded} bytes encoded, budget {budget}"
             );
         }
+    }
+
+    #[test]
+    fn the_budget_bounds_the_encoded_size_of_a_delta_message() {
+        let op = |len: usize| ByteBuf::from(vec![0x5A; len]);
+        let deltas = vec![
+            WireDelta {
+                key: "cart".into(),
+                seq: u64::MAX,
+                change: WireChange::Ops {
+                    tag: "ORSet<String>".into(),
+                    ops: vec![op(0), op(30), op(300), op(70_000)],
+                },
+            },
+            WireDelta {
+                key: "gone".into(),
+                seq: 1,
+                change: WireChange::State(WireValue::Deleted),
+            },
+            WireDelta {
+                key: "k".repeat(300),
+                seq: 1 << 40,
+                change: WireChange::State(entry("x", 1 << 17).value),
+            },
+        ];
+        let message = PeerMessage::Deltas {
+            epoch: u64::MAX,
+            deltas,
+        };
+        let budget = message.budget();
+        let envelope = Envelope {
+            from: "some-node-name".into(),
+            message,
+        };
+        let encoded = codec::encode(&envelope).unwrap().len();
+        assert!(
+            encoded <= budget,
+            "{encoded} bytes encoded, budget {budget}"
+        );
     }
 
     #[test]

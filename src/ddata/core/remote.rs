@@ -3,10 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use super::deltas::Received;
 use super::{Effect, PeerName, ReplicatorCore, Slot, Timer};
 use crate::ddata::wire::{
-    chunk_of, digest_budget, split_by_budget, Digest, PeerMessage, WireEntry, WireValue,
-    TOMBSTONE_DIGEST,
+    chunk_of, digest_budget, split_by_budget, Digest, PeerMessage, WireChange, WireDelta,
+    WireEntry, WireValue, TOMBSTONE_DIGEST,
 };
 use crate::error::{Error, Result};
 
@@ -14,14 +15,23 @@ impl ReplicatorCore {
     /// A message from the Replicator of node `from`.
     pub fn handle_message(&mut self, from: &str, message: PeerMessage) -> Vec<Effect> {
         match message {
-            PeerMessage::Entries { entries } => {
+            PeerMessage::Entries { epoch, entries } => {
                 for entry in entries {
-                    self.merge_remote(from, entry);
+                    self.merge_remote(from, epoch, entry);
                 }
             }
-            PeerMessage::Write { request, entry } => {
-                if self.merge_remote(from, entry) {
-                    self.send(from, PeerMessage::WriteAck { request });
+            PeerMessage::Write {
+                request,
+                epoch,
+                delta,
+            } => {
+                let key = delta.key.clone();
+                match self.receive_delta(from, epoch, delta) {
+                    Received::Applied => self.send(from, PeerMessage::WriteAck { request }),
+                    Received::Missing => {
+                        self.send(from, PeerMessage::DeltaNack { keys: vec![key] })
+                    }
+                    Received::Rejected => {}
                 }
             }
             PeerMessage::WriteAck { request } => self.write_acked(from, request),
@@ -34,6 +44,8 @@ impl ReplicatorCore {
                 digests,
             } => self.compare_digests(from, chunk, of_chunks, complete, digests),
             PeerMessage::Request { keys } => self.send_entries(from, keys),
+            PeerMessage::Deltas { epoch, deltas } => self.receive_deltas(from, epoch, deltas),
+            PeerMessage::DeltaNack { keys } => self.delta_nacked(from, keys),
         }
         self.take_effects()
     }
@@ -42,6 +54,7 @@ impl ReplicatorCore {
     pub fn handle_timer(&mut self, timer: Timer) -> Vec<Effect> {
         match timer {
             Timer::Gossip => {
+                self.round += 1;
                 self.schedule(Timer::Gossip, self.config.gossip_interval);
                 self.gossip_round();
             }
@@ -53,21 +66,17 @@ impl ReplicatorCore {
         self.take_effects()
     }
 
-    /// Merges a state from `from`; says whether it was accepted (merged, or
-    /// already subsumed). A rejected entry is logged and counted and changes
+    /// Merges a state from `from`: it covers `from`'s deltas of its key up to
+    /// the entry's number. A rejected entry is logged and counted and changes
     /// nothing.
-    pub(super) fn merge_remote(&mut self, from: &str, entry: WireEntry) -> bool {
-        let outcome = self
-            .decode_slot(entry.value)
-            .and_then(|slot| self.merge_slot(&entry.key, slot));
-        match outcome {
-            Ok(_) => true,
-            Err(err) => {
-                self.stats.rejected_entries += 1;
-                tracing::warn!(peer = from, key = entry.key, error = %err, "rejected a replicated entry");
-                false
-            }
-        }
+    fn merge_remote(&mut self, from: &str, epoch: u64, entry: WireEntry) {
+        let WireEntry { key, value, seq } = entry;
+        let state = WireDelta {
+            key,
+            seq,
+            change: WireChange::State(value),
+        };
+        self.receive_delta(from, epoch, state);
     }
 
     pub(super) fn decode_slot(&self, value: WireValue) -> Result<Slot> {
@@ -222,16 +231,27 @@ impl ReplicatorCore {
     }
 
     pub(super) fn send_entries(&mut self, to: &str, keys: Vec<String>) {
-        let entries: Vec<WireEntry> = keys.iter().filter_map(|key| self.wire_entry(key)).collect();
+        let entries: Vec<WireEntry> = keys
+            .iter()
+            .filter_map(|key| self.sendable_entry(key))
+            .collect();
         let limit = self.config.max_message_bytes;
         for entries in split_by_budget(entries, limit, WireEntry::budget) {
-            self.send(to, PeerMessage::Entries { entries });
+            self.send(
+                to,
+                PeerMessage::Entries {
+                    epoch: self.epoch,
+                    entries,
+                },
+            );
         }
     }
 
-    /// Eager push: the keys updated locally since the last push go to every
-    /// reachable peer, and a window opens in which further keys collect.
-    /// Unreachable peers catch up by anti-entropy.
+    /// Eager push: what changed in the keys updated locally since the last
+    /// push goes to every reachable peer as their next deltas, and a window
+    /// opens in which further changes collect. Unreachable peers find the gap
+    /// in the numbers later and ask for the states, or catch up by
+    /// anti-entropy.
     pub(super) fn push(&mut self) {
         let keys = std::mem::take(&mut self.to_push);
         self.push_window_open = !keys.is_empty();
@@ -241,16 +261,25 @@ impl ReplicatorCore {
         self.schedule(Timer::Push, self.config.push_window);
         let peers: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
         if peers.is_empty() {
+            for key in &keys {
+                self.skip_delta(key);
+            }
             return;
         }
-        let entries: Vec<WireEntry> = keys.iter().filter_map(|key| self.wire_entry(key)).collect();
+        let mut deltas = Vec::new();
+        for key in &keys {
+            if let Some(taken) = self.take_delta(key) {
+                deltas.extend(self.sendable(key, taken));
+            }
+        }
         let limit = self.config.max_message_bytes;
-        for entries in split_by_budget(entries, limit, WireEntry::budget) {
+        for deltas in split_by_budget(deltas, limit, WireDelta::budget) {
             for peer in &peers {
                 self.send(
                     peer,
-                    PeerMessage::Entries {
-                        entries: entries.clone(),
+                    PeerMessage::Deltas {
+                        epoch: self.epoch,
+                        deltas: deltas.clone(),
                     },
                 );
             }

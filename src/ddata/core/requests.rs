@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::{Effect, PeerName, ReplicatorCore, RequestId, Slot, Timer};
 use crate::ddata::consistency::ReadConsistency;
-use crate::ddata::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
+use crate::ddata::wire::{
+    digest_of, Digest, PeerMessage, WireDelta, WireEntry, WireValue, TOMBSTONE_DIGEST,
+};
 use crate::error::{Error, Result};
 
 /// When a pending request goes out again, in resend ticks.
@@ -47,7 +49,8 @@ pub(crate) struct PendingWrite {
     required: usize,
     /// Nodes holding the write, this one first.
     acked: Vec<PeerName>,
-    entry: WireEntry,
+    /// The write as its key's next delta: the operations, or the state.
+    delta: WireDelta,
     backoff: Backoff,
 }
 
@@ -84,8 +87,10 @@ impl ReplicatorCore {
         required: usize,
         timeout: Duration,
     ) {
-        let entry = match self.encode_entry(key) {
-            Some(Ok(entry)) => entry,
+        // The write is its key's next push, to the peers it goes to.
+        self.to_push.remove(key);
+        let delta = match self.take_delta(key) {
+            Some(Ok(delta)) => delta,
             Some(Err(err)) => {
                 self.out.push(Effect::WriteDone {
                     request,
@@ -104,7 +109,7 @@ impl ReplicatorCore {
                 key: key.to_string(),
                 required,
                 acked: vec![self.node.clone()],
-                entry,
+                delta,
                 backoff: Backoff::new(),
             },
         );
@@ -248,11 +253,12 @@ impl ReplicatorCore {
                 .map(|(peer, _)| peer)
                 .collect();
             if !behind.is_empty() {
-                if let Some(entry) = self.wire_entry(&read.key) {
+                if let Some(entry) = self.sendable_entry(&read.key) {
                     for peer in &behind {
                         self.send(
                             peer,
                             PeerMessage::Entries {
+                                epoch: self.epoch,
                                 entries: vec![entry.clone()],
                             },
                         );
@@ -298,7 +304,8 @@ impl ReplicatorCore {
         let message = match (self.writes.get(&id), self.reads.get(&id)) {
             (Some(write), _) => PeerMessage::Write {
                 request: id,
-                entry: write.entry.clone(),
+                epoch: self.epoch,
+                delta: write.delta.clone(),
             },
             (None, Some(read)) => PeerMessage::Read {
                 request: id,
@@ -345,6 +352,15 @@ impl ReplicatorCore {
         self.schedule_resends();
     }
 
+    /// The pending writes of `key` that `peer` has not acknowledged.
+    pub(super) fn unacked_writes_of(&self, key: &str, peer: &str) -> Vec<u64> {
+        self.writes
+            .iter()
+            .filter(|(id, write)| write.key == key && !self.has_answered(**id, peer))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     fn has_answered(&self, id: u64, peer: &str) -> bool {
         let answered = match (self.writes.get(&id), self.reads.get(&id)) {
             (Some(write), _) => &write.acked,
@@ -361,7 +377,8 @@ impl ReplicatorCore {
                 *id,
                 PeerMessage::Write {
                     request: *id,
-                    entry: write.entry.clone(),
+                    epoch: self.epoch,
+                    delta: write.delta.clone(),
                 },
             )
         });

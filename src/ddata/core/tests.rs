@@ -78,8 +78,8 @@ fn a_lone_update_is_pushed_at_once_and_a_burst_collects_until_the_window_closes(
     );
     let pushed = a.handle_timer(Timer::Push);
     match &sends(&pushed)[..] {
-        [("b", PeerMessage::Entries { entries })] => {
-            let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        [("b", PeerMessage::Deltas { deltas, .. })] => {
+            let keys: Vec<&str> = deltas.iter().map(|d| d.key.as_str()).collect();
             assert_eq!(keys, ["hits", "misses"]);
         }
         other => panic!("one message with both keys expected, got {other:?}"),
@@ -230,7 +230,7 @@ fn anti_entropy_moves_only_the_keys_that_differ() {
     let mut requested: Vec<&str> = Vec::new();
     for (_, message) in sends(&answer) {
         match message {
-            PeerMessage::Entries { entries } => {
+            PeerMessage::Entries { entries, .. } => {
                 sent_keys.extend(entries.iter().map(|e| e.key.as_str()))
             }
             PeerMessage::Request { keys } => requested.extend(keys.iter().map(String::as_str)),
@@ -335,6 +335,7 @@ fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
                 tag: "GCounter".into(),
                 state: codec::encode(&counter).unwrap(),
             },
+            seq: 0,
         }
     };
     let garbage = WireEntry {
@@ -343,6 +344,7 @@ fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
             tag: "GCounter".into(),
             state: vec![codec::WIRE_VERSION, 0xc1, 0xff],
         },
+        seq: 0,
     };
     let unknown = WireEntry {
         key: "alien".into(),
@@ -350,10 +352,12 @@ fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
             tag: "NoSuchType".into(),
             state: vec![codec::WIRE_VERSION],
         },
+        seq: 0,
     };
     a.handle_message(
         "b",
         PeerMessage::Entries {
+            epoch: 1,
             entries: vec![garbage, good, unknown],
         },
     );
@@ -416,4 +420,284 @@ fn a_majority_read_merges_the_answers_and_repairs_the_replicas_behind() {
         1,
         "the local replica is repaired"
     );
+}
+
+fn connected(names: &[&str]) -> Vec<ReplicatorCore> {
+    names
+        .iter()
+        .map(|name| {
+            let mut core = core(name, CoreConfig::default());
+            for peer in names.iter().filter(|peer| *peer != name) {
+                core.peer_up(peer);
+            }
+            core
+        })
+        .collect()
+}
+
+fn add(core: &mut ReplicatorCore, key: &Key<ORSet<String>>, member: String) -> Vec<Effect> {
+    core.update(1, key, WriteConsistency::Local, move |set, me| {
+        set.apply(set.add(me, member))
+    })
+    .unwrap()
+}
+
+/// The messages in `effects`, encoded as they would travel.
+fn wire_bytes(effects: &[Effect]) -> usize {
+    sends(effects)
+        .iter()
+        .map(|(_, message)| {
+            codec::encode(&Envelope {
+                from: "a".into(),
+                message: (*message).clone(),
+            })
+            .unwrap()
+            .len()
+        })
+        .sum()
+}
+
+#[test]
+fn an_update_of_a_large_set_travels_as_its_operation() {
+    let mut nodes = connected(&["a", "b"]);
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let key: Key<ORSet<String>> = Key::new("presence");
+    for i in 0..10_000 {
+        let pushed = add(a, &key, format!("session-{i:05}"));
+        let answer = deliver(a, b, pushed);
+        deliver(b, a, answer);
+        a.handle_timer(Timer::Push);
+    }
+    let pushed = add(a, &key, "one more".into());
+    let bytes = wire_bytes(&pushed);
+    assert!(bytes < 200, "{bytes} bytes for one add to a set of 10,000");
+    assert!(
+        sends(&deliver(a, b, pushed)).is_empty(),
+        "applied without asking"
+    );
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+    assert_eq!(b.stats().missing_deltas, 0);
+    assert_eq!(b.stats().deltas_applied, 10_001);
+}
+
+#[test]
+fn a_lost_delta_is_noticed_and_the_state_is_sent_instead() {
+    let mut nodes = connected(&["a", "b"]);
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let key: Key<ORSet<String>> = Key::new("set");
+    let first = add(a, &key, "x".into());
+    deliver(a, b, first);
+    a.handle_timer(Timer::Push);
+    let _lost = add(a, &key, "y".into());
+    a.handle_timer(Timer::Push);
+    let third = add(a, &key, "z".into());
+    let third_again: Vec<Effect> = sends(&third)
+        .into_iter()
+        .map(|(to, message)| Effect::Send {
+            to: to.into(),
+            message: message.clone(),
+        })
+        .collect();
+    let nack = deliver(a, b, third);
+    assert!(
+        matches!(&sends(&nack)[..], [("a", PeerMessage::DeltaNack { keys })] if keys == &["set"]),
+        "{nack:?}"
+    );
+    assert!(
+        !b.get(&key).unwrap().unwrap().contains("z"),
+        "not applied out of order"
+    );
+    let state = deliver(b, a, nack);
+    assert!(sends(&deliver(a, b, state)).is_empty());
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+    assert_eq!(b.stats().missing_deltas, 1);
+    // A late or duplicated delta the state already covered changes nothing.
+    assert!(sends(&deliver(a, b, third_again)).is_empty());
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+}
+
+#[test]
+fn a_burst_behind_one_gap_asks_once_a_round() {
+    let mut nodes = connected(&["a", "b"]);
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let key: Key<ORSet<String>> = Key::new("set");
+    let first = add(a, &key, "first".into());
+    deliver(a, b, first);
+    a.handle_timer(Timer::Push);
+    let _lost = add(a, &key, "lost".into());
+    let mut nacks = 0;
+    for i in 0..5 {
+        a.handle_timer(Timer::Push);
+        let late = add(a, &key, format!("late {i}"));
+        let answer = deliver(a, b, late);
+        nacks += sends(&answer).len();
+    }
+    assert_eq!(nacks, 1);
+    b.handle_timer(Timer::Gossip);
+    a.handle_timer(Timer::Push);
+    let later = add(a, &key, "after a round".into());
+    let answer = deliver(a, b, later);
+    assert_eq!(sends(&answer).len(), 1, "asked again a round later");
+}
+
+#[test]
+fn a_restarted_sender_numbers_its_deltas_afresh() {
+    let mut nodes = connected(&["a", "b"]);
+    let key = Key::new("hits");
+    for _ in 0..3 {
+        let pushed = increment(&mut nodes[0], &key, WriteConsistency::Local);
+        let (a, b) = nodes.split_at_mut(1);
+        deliver(&a[0], &mut b[0], pushed);
+        nodes[0].handle_timer(Timer::Push);
+    }
+    // Same replica id (as after recovery from disk), another seed.
+    let mut restarted = ReplicatorCore::new(
+        "a",
+        ReplicaId::new("a", 1),
+        Arc::new(TypeRegistry::with_builtins()),
+        CoreConfig::default(),
+        8,
+    );
+    restarted.start();
+    restarted.peer_up("b");
+    let other: Key<GCounter> = Key::new("other");
+    let pushed = increment(&mut restarted, &other, WriteConsistency::Local);
+    assert!(sends(&deliver(&restarted, &mut nodes[1], pushed)).is_empty());
+    assert_eq!(nodes[1].get(&other).unwrap().unwrap().value(), 1);
+}
+
+#[test]
+fn a_write_to_a_replica_behind_is_acknowledged_after_the_state_follows() {
+    let mut nodes = connected(&["a", "b"]);
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let key: Key<ORSet<String>> = Key::new("set");
+    let _lost = add(a, &key, "x".into());
+    a.handle_timer(Timer::Push);
+    let write = a
+        .update(
+            5,
+            &key,
+            WriteConsistency::majority(Duration::from_secs(1)),
+            |set, me| set.apply(set.add(me, "y".into())),
+        )
+        .unwrap();
+    let nack = deliver(a, b, write);
+    assert!(matches!(
+        &sends(&nack)[..],
+        [("a", PeerMessage::DeltaNack { .. })]
+    ));
+    let state = deliver(b, a, nack);
+    assert!(matches!(
+        &sends(&state)[..],
+        [("b", PeerMessage::Write { .. })]
+    ));
+    let ack = deliver(a, b, state);
+    let done = deliver(b, a, ack);
+    assert!(
+        done.iter().any(|e| matches!(
+            e,
+            Effect::WriteDone { request: 5, result: Ok(nodes) } if nodes == &["a", "b"]
+        )),
+        "{done:?}"
+    );
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+}
+
+#[test]
+fn a_bad_delta_is_rejected_and_creates_nothing() {
+    let mut b = core("b", CoreConfig::default());
+    let delta = |key: &str, tag: &str, op: Vec<u8>| crate::ddata::wire::WireDelta {
+        key: key.into(),
+        seq: 1,
+        change: crate::ddata::wire::WireChange::Ops {
+            tag: tag.into(),
+            ops: vec![serde_bytes::ByteBuf::from(op)],
+        },
+    };
+    let good_op = {
+        let counter = GCounter::new();
+        codec::encode(&counter.increment(&ReplicaId::new("a", 1), 2)).unwrap()
+    };
+    b.handle_message(
+        "a",
+        PeerMessage::Deltas {
+            epoch: 1,
+            deltas: vec![
+                delta("garbage", "GCounter", vec![codec::WIRE_VERSION, 0xc1]),
+                delta("alien", "NoSuchType", good_op.clone()),
+                delta("good", "GCounter", good_op),
+            ],
+        },
+    );
+    assert_eq!(b.stats().rejected_entries, 2);
+    assert_eq!(b.keys().collect::<Vec<_>>(), ["good"]);
+    assert_eq!(
+        b.get(&Key::<GCounter>::new("good"))
+            .unwrap()
+            .unwrap()
+            .value(),
+        2
+    );
+}
+
+#[test]
+fn a_type_registered_without_deltas_travels_whole() {
+    #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Max(u64);
+    impl ReplicatedData for Max {
+        fn merge(&mut self, other: &Self) {
+            self.0 = self.0.max(other.0);
+        }
+    }
+    let mut types = TypeRegistry::with_builtins();
+    types.register::<Max>("test.Max").unwrap();
+    let types = Arc::new(types);
+    let mut a = ReplicatorCore::new(
+        "a",
+        ReplicaId::new("a", 1),
+        types.clone(),
+        CoreConfig::default(),
+        1,
+    );
+    let mut b = ReplicatorCore::new("b", ReplicaId::new("b", 1), types, CoreConfig::default(), 2);
+    a.peer_up("b");
+    let key: Key<Max> = Key::new("max");
+    let pushed = a
+        .update(1, &key, WriteConsistency::Local, |max, _| max.0 = 7)
+        .unwrap();
+    assert!(matches!(
+        &sends(&pushed)[..],
+        [("b", PeerMessage::Deltas { deltas, .. })]
+            if matches!(deltas[0].change, crate::ddata::wire::WireChange::State(_))
+    ));
+    deliver(&a, &mut b, pushed);
+    assert_eq!(b.get(&key).unwrap(), Some(&Max(7)));
+}
+
+#[test]
+fn a_replica_that_caught_up_by_anti_entropy_applies_the_next_delta() {
+    let mut nodes = connected(&["a", "b"]);
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let key: Key<ORSet<String>> = Key::new("set");
+    for i in 0..5 {
+        let _lost = add(a, &key, format!("{i}"));
+        a.handle_timer(Timer::Push);
+    }
+    let digests = a.handle_timer(Timer::Gossip);
+    let request = deliver(a, b, digests);
+    let entries = deliver(b, a, request);
+    deliver(a, b, entries);
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+    let next = add(a, &key, "next".into());
+    assert!(
+        sends(&deliver(a, b, next)).is_empty(),
+        "no gap to ask about"
+    );
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+    assert_eq!(b.stats().missing_deltas, 0);
 }
