@@ -23,7 +23,7 @@ pub mod wire;
 pub use self::consistency::{ReadConsistency, WriteConsistency};
 pub use self::core::{
     CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReadOutcome, ReplicatorCore,
-    RequestId, Snapshot, Timer,
+    RequestId, Snapshot, Timer, MIN_MESSAGE_BYTES,
 };
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;

@@ -236,8 +236,7 @@ impl Sim {
             push_window: Duration::from_millis(rng.below(3)),
             notify_interval: Duration::from_millis(5),
             // Small messages force digests and entries to be split.
-            max_message_bytes: 600 + rng.below(2_000) as usize,
-            max_digest_keys_per_round: 2 + rng.below(8) as usize,
+            max_message_bytes: 1_100 + rng.below(2_000) as usize,
             resend_interval: Duration::from_millis(rng.between(10, 60)),
             ..CoreConfig::default()
         };

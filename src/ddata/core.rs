@@ -24,9 +24,12 @@ use super::consistency::{ReadConsistency, WriteConsistency};
 use super::key::Key;
 use super::registry::{ErasedData, TypeRegistry};
 use super::tracked::{Recording, Tracked};
-use super::wire::{digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST};
+use super::wire::{
+    bucket_of, digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST,
+};
 use crate::rng::SplitMix64;
 
+mod antientropy;
 mod deltas;
 mod remote;
 mod requests;
@@ -58,12 +61,10 @@ pub struct CoreConfig {
     /// notified together (each key once) when it closes. Default 5 ms.
     pub notify_interval: Duration,
     /// The budget of one message in bytes. Must stay well below the receiving
-    /// node's frame limit (ractor_cluster's default is 16 MiB). Default 4 MiB;
-    /// a value whose encoding does not fit is refused.
+    /// node's frame limit (ractor_cluster's default is 16 MiB). Default 4 MiB,
+    /// at least [`MIN_MESSAGE_BYTES`] (a smaller budget counts as that); a
+    /// value whose encoding does not fit is refused.
     pub max_message_bytes: usize,
-    /// How many key digests one anti-entropy round sends at most. A store with
-    /// more keys is covered in turns over several rounds. Default 10,000.
-    pub max_digest_keys_per_round: usize,
     /// When a write or read above `Local` is sent again to the reachable
     /// peers that have not answered it, until its deadline: after this
     /// interval, then after twice as long, and so on up to 8 intervals. A
@@ -75,6 +76,10 @@ pub struct CoreConfig {
     pub durable: KeySelection,
 }
 
+/// The smallest message budget: an anti-entropy summary must fit in one
+/// message.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
@@ -82,7 +87,6 @@ impl Default for CoreConfig {
             push_window: Duration::from_millis(1),
             notify_interval: Duration::from_millis(5),
             max_message_bytes: 4 << 20,
-            max_digest_keys_per_round: 10_000,
             resend_interval: Duration::from_millis(200),
             durable: KeySelection::None,
         }
@@ -289,6 +293,12 @@ pub(crate) struct Entry {
     slot: Slot,
     /// Digest of the current state; `None` after a change until next needed.
     digest: Option<Digest>,
+    /// The key's anti-entropy bucket.
+    bucket: u16,
+    /// What the key adds to its bucket's hash now.
+    folded: u64,
+    /// Listed among its bucket's stale keys.
+    stale: bool,
     /// Encoded size when last encoded, and updates since: together they
     /// decide whether an update must be checked against the message budget
     /// before it is accepted.
@@ -306,10 +316,13 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    fn new(slot: Slot) -> Self {
+    fn new(key: &str, slot: Slot) -> Self {
         Self {
             slot,
             digest: None,
+            bucket: bucket_of(key),
+            folded: 0,
+            stale: false,
             encoded_len: 0,
             unchecked_updates: 0,
             grown_by: 0,
@@ -377,7 +390,7 @@ pub struct ReplicatorCore {
     to_notify: BTreeSet<String>,
     /// A notification went out less than `notify_interval` ago.
     notify_window_open: bool,
-    next_digest_chunk: u32,
+    hashes: antientropy::KeyHashes,
     /// This run's delta epoch (see [`PeerMessage::Deltas`]).
     epoch: u64,
     /// Gossip rounds so far: a peer is asked for a state it failed to
@@ -397,6 +410,8 @@ impl ReplicatorCore {
         config: CoreConfig,
         seed: u64,
     ) -> Self {
+        let mut config = config;
+        config.max_message_bytes = config.max_message_bytes.max(MIN_MESSAGE_BYTES);
         let mut rng = SplitMix64::new(seed);
         Self {
             epoch: rng.next_u64(),
@@ -415,7 +430,7 @@ impl ReplicatorCore {
             push_window_open: false,
             to_notify: BTreeSet::new(),
             notify_window_open: false,
-            next_digest_chunk: 0,
+            hashes: antientropy::KeyHashes::new(),
             stats: CoreStats::default(),
             out: Vec::new(),
         }
@@ -517,13 +532,13 @@ impl ReplicatorCore {
         let limit = self.value_limit(name);
         let entry = match self.entries.get_mut(name) {
             Some(entry) => entry,
-            None => self
-                .entries
-                .entry(name.to_string())
-                .or_insert(Entry::new(Slot::Live {
+            None => self.entries.entry(name.to_string()).or_insert(Entry::new(
+                name,
+                Slot::Live {
                     tag: tag.clone(),
                     data: Box::new(T::default()),
-                })),
+                },
+            )),
         };
         let value = match &mut entry.slot {
             Slot::Deleted => return Err(Error::Deleted { key: name.into() }),
@@ -578,7 +593,6 @@ impl ReplicatorCore {
             recording
         };
         entry.record(recording, limit);
-        entry.digest = None;
         self.changed_locally(request, name, level);
         Ok(self.take_effects())
     }
@@ -606,11 +620,10 @@ impl ReplicatorCore {
                 // The key's sequence goes on: receivers must not take the
                 // tombstone's number for one they have applied.
                 entry.slot = Slot::Deleted;
-                entry.digest = None;
                 entry.unpushed = Some(Recording::Whole);
             }
             None => {
-                let mut entry = Entry::new(Slot::Deleted);
+                let mut entry = Entry::new(name, Slot::Deleted);
                 entry.unpushed = Some(Recording::Whole);
                 self.entries.insert(name.to_string(), entry);
             }
@@ -654,15 +667,20 @@ impl ReplicatorCore {
         self.stats.rejected_messages += 1;
     }
 
-    /// Peer `peer` is reachable (new, or back after being down): it gets every
-    /// digest at once so that it catches up, and pending requests go to it too.
+    /// Peer `peer` is reachable (new, or back after being down): pending
+    /// requests go to it too, and an anti-entropy exchange with it starts at
+    /// once, so that whichever of the two missed something catches up. (Only
+    /// the node whose name sorts first starts it: two exchanges at once would
+    /// move what differs twice.)
     pub fn peer_up(&mut self, peer: &str) -> Vec<Effect> {
         if peer == self.node {
             return Vec::new();
         }
         let was_reachable = self.peers.insert(peer.to_string(), true);
         if was_reachable != Some(true) {
-            self.send_all_digests(peer);
+            if self.node.as_str() < peer {
+                self.send_summary(peer);
+            }
             self.resend_pending_to(peer);
         }
         self.take_effects()
@@ -674,6 +692,7 @@ impl ReplicatorCore {
     pub fn peer_down(&mut self, peer: &str) -> Vec<Effect> {
         if peer != self.node {
             self.peers.insert(peer.to_string(), false);
+            self.release_claims(peer);
         }
         self.take_effects()
     }
@@ -681,6 +700,7 @@ impl ReplicatorCore {
     /// Peer `peer` left the cluster for good and no longer counts as a member.
     pub fn peer_removed(&mut self, peer: &str) -> Vec<Effect> {
         self.peers.remove(peer);
+        self.release_claims(peer);
         self.take_effects()
     }
 
@@ -700,6 +720,9 @@ impl ReplicatorCore {
 
     /// Bookkeeping after the local state of `key` changed, by any path.
     fn mark_changed(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            self.hashes.changed(key, entry);
+        }
         if self.config.durable.contains(key) {
             self.out.push(Effect::Persist { key: key.into() });
         }
@@ -785,32 +808,32 @@ impl ReplicatorCore {
         let limit = self.value_limit(key);
         let entry = self.entries.get_mut(key)?;
         let value = match &entry.slot {
-            Slot::Deleted => {
-                entry.digest = Some(TOMBSTONE_DIGEST);
-                WireValue::Deleted
-            }
-            Slot::Live { tag, data } => {
-                let state = match data.encode_erased() {
-                    Ok(state) => state,
-                    Err(err) => return Some(Err(err)),
-                };
-                entry.encoded_len = state.len();
-                entry.unchecked_updates = 0;
-                entry.grown_by = 0;
-                entry.digest = Some(digest_of(&state));
-                if state.len() > limit {
-                    return Some(Err(Error::ValueTooLarge {
-                        key: key.into(),
-                        bytes: state.len(),
-                        limit,
-                    }));
-                }
-                WireValue::Live {
+            Slot::Deleted => WireValue::Deleted,
+            Slot::Live { tag, data } => match data.encode_erased() {
+                Ok(state) => WireValue::Live {
                     tag: tag.to_string(),
                     state,
-                }
+                },
+                Err(err) => return Some(Err(err)),
+            },
+        };
+        let digest = match &value {
+            WireValue::Deleted => TOMBSTONE_DIGEST,
+            WireValue::Live { state, .. } => {
+                entry.encoded(state.len());
+                digest_of(state)
             }
         };
+        self.hashes.fold(key, entry, digest);
+        if let WireValue::Live { state, .. } = &value {
+            if state.len() > limit {
+                return Some(Err(Error::ValueTooLarge {
+                    key: key.into(),
+                    bytes: state.len(),
+                    limit,
+                }));
+            }
+        }
         let seq = entry.pushed;
         Some(Ok(WireEntry {
             key: key.to_string(),
@@ -838,7 +861,7 @@ impl ReplicatorCore {
                 }
             },
         };
-        entry.digest = Some(digest);
+        self.hashes.fold(key, entry, digest);
         Some(digest)
     }
 }

@@ -8,13 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The ractor variant name every Replicator message travels under. Peer
 /// messages are ractor casts whose arguments are one codec-encoded [`Envelope`].
-/// Version 2 added deltas; nodes of different versions do not understand
-/// each other's messages.
-pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v2";
+/// Version 2 added deltas, version 3 hashed anti-entropy; nodes of different
+/// versions do not understand each other's messages.
+pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v3";
 
 /// A stable 64-bit hash of a value's encoding. Two replicas whose digests of a
 /// key agree hold the same state (up to a 2⁻⁶⁴ collision).
@@ -42,8 +42,9 @@ pub struct Envelope {
 /// What Replicators say to each other.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
-    /// States to merge: an eager push after local updates, an answer to a
-    /// [`Digest`](Self::Digest) or to a [`Request`](Self::Request), or a read repair.
+    /// States to merge: an answer to a [`Request`](Self::Request), the
+    /// contents of buckets the receiver showed to be empty (see
+    /// [`Buckets`](Self::Buckets)), or a read repair.
     Entries {
         /// The sender's delta epoch (see [`Deltas`](Self::Deltas)).
         epoch: u64,
@@ -81,24 +82,39 @@ pub enum PeerMessage {
         /// The state, if this replica has the key.
         entry: Option<WireEntry>,
     },
-    /// Anti-entropy: the digests of the sender's keys in one chunk of the key
-    /// space (keys whose [`chunk_of`] is `chunk` among `of_chunks`).
-    Digest {
-        /// Which chunk.
-        chunk: u32,
-        /// Into how many chunks the sender divided its keys.
-        of_chunks: u32,
-        /// Whether `digests` lists every key of the chunk the sender has. A
-        /// chunk too large for one message travels in several parts, and a
-        /// partial list says nothing about the keys it leaves out.
-        complete: bool,
+    /// Anti-entropy, first step: the hash of each of the sender's
+    /// [`GROUPS`] groups of buckets. A receiver whose hash of a group differs
+    /// answers with [`Buckets`](Self::Buckets).
+    Summary {
+        /// One hash per group, [`GROUPS`] of them.
+        groups: Vec<u64>,
+    },
+    /// Anti-entropy, second step: the hashes of the sender's buckets in the
+    /// groups found to differ. The receiver reconciles each bucket whose hash
+    /// differs: it sends the whole bucket if the sender's is empty (hash 0),
+    /// asks for it if its own is empty, and otherwise sends its
+    /// [`Digests`](Self::Digests) of the bucket.
+    Buckets {
+        /// Bucket numbers (below [`BUCKETS`]) with their hash.
+        hashes: Vec<(u16, u64)>,
+    },
+    /// Anti-entropy, third and fourth step: key digests. The receiver asks for
+    /// every listed key it lacks or holds in another state (unless it holds
+    /// the tombstone). If `buckets` is not empty, it also answers with its own
+    /// digests of those buckets, leaving out keys listed here with the same
+    /// digest.
+    Digests {
+        /// Buckets whose digests the receiver should send back.
+        buckets: Vec<u16>,
         /// Key names with the digest of their state.
         digests: Vec<(String, Digest)>,
     },
-    /// Asks for the states of these keys (found to differ or missing).
+    /// Asks for the states of keys and of whole buckets.
     Request {
-        /// The key names.
+        /// Key names, found to differ or missing.
         keys: Vec<String>,
+        /// Buckets in which the sender holds no key.
+        buckets: Vec<u16>,
     },
     /// Eager push: what changed in keys updated on the sender since its last
     /// push, each change numbered in the sender's sequence for its key.
@@ -200,10 +216,21 @@ impl PeerMessage {
             Self::Write { delta, .. } => delta.budget(),
             Self::ReadReply { entry, .. } => entry.as_ref().map_or(0, WireEntry::budget),
             Self::Read { key, .. } => key.len(),
-            Self::Digest { digests, .. } => digests.iter().map(|(key, _)| digest_budget(key)).sum(),
-            Self::Request { keys } | Self::DeltaNack { keys } => {
-                keys.iter().map(|key| digest_budget(key)).sum()
+            Self::Digests { buckets, digests } => {
+                BUCKET_BUDGET * buckets.len()
+                    + digests
+                        .iter()
+                        .map(|(key, _)| digest_budget(key))
+                        .sum::<usize>()
             }
+            Self::Request { keys, buckets } => {
+                BUCKET_BUDGET * buckets.len()
+                    + keys.iter().map(|key| digest_budget(key)).sum::<usize>()
+            }
+            Self::DeltaNack { keys } => keys.iter().map(|key| digest_budget(key)).sum(),
+            Self::Summary { groups } => HASH_BUDGET * groups.len(),
+            // Each pair also has a one-byte array header.
+            Self::Buckets { hashes } => (BUCKET_BUDGET + HASH_BUDGET + 1) * hashes.len(),
             Self::Deltas { deltas, .. } => deltas.iter().map(WireDelta::budget).sum(),
             Self::WriteAck { .. } => 0,
         };
@@ -239,11 +266,33 @@ pub fn digest_of(state: &[u8]) -> Digest {
     xxh3_64(state).min(TOMBSTONE_DIGEST - 1)
 }
 
-/// Which of `of_chunks` anti-entropy chunks `key` belongs to. Stable across
-/// nodes and builds, because both sides of a digest exchange must agree.
-pub fn chunk_of(key: &str, of_chunks: u32) -> u32 {
-    let chunks = u64::from(of_chunks.max(1));
-    u32::try_from(xxh3_64(key.as_bytes()) % chunks).unwrap_or(0)
+/// How many buckets anti-entropy hashes the key space into. Part of the
+/// protocol: both sides of an exchange must agree.
+pub const BUCKETS: usize = 4096;
+
+/// How many groups of consecutive buckets a [`PeerMessage::Summary`] hashes.
+pub const GROUPS: usize = 64;
+
+/// Buckets per group.
+pub const BUCKETS_PER_GROUP: usize = BUCKETS / GROUPS;
+
+/// Bytes counted for a bucket number.
+pub const BUCKET_BUDGET: usize = 3;
+
+/// Bytes counted for a 64-bit hash.
+pub const HASH_BUDGET: usize = 9;
+
+/// The bucket of `key`. Stable across nodes and builds.
+pub fn bucket_of(key: &str) -> u16 {
+    // The top 12 bits of the hash: BUCKETS is 2^12.
+    u16::try_from(xxh3_64(key.as_bytes()) >> 52).unwrap_or(0)
+}
+
+/// What a key in the state with `digest` adds (by XOR) to its bucket's hash.
+/// Seeding with the digest makes equal digests of different keys differ, so
+/// two keys cannot cancel out.
+pub fn key_hash(key: &str, digest: Digest) -> u64 {
+    xxh3_64_with_seed(key.as_bytes(), digest)
 }
 
 /// Splits `items` into consecutive groups whose budgets each stay within
@@ -356,14 +405,44 @@ mod tests {
             MESSAGE_OVERHEAD + digests.iter().map(|(k, _)| digest_budget(k)).sum::<usize>();
         let envelope = Envelope {
             from: "n".into(),
-            message: PeerMessage::Digest {
-                chunk: u32::MAX,
-                of_chunks: u32::MAX,
-                complete: true,
+            message: PeerMessage::Digests {
+                buckets: Vec::new(),
                 digests,
             },
         };
         assert!(codec::encode(&envelope).unwrap().len() <= budget);
+    }
+
+    #[test]
+    fn anti_entropy_messages_stay_within_their_budget() {
+        let top = u16::try_from(BUCKETS - 1).unwrap();
+        for message in [
+            PeerMessage::Summary {
+                groups: vec![u64::MAX; GROUPS],
+            },
+            PeerMessage::Buckets {
+                hashes: vec![(top, u64::MAX); BUCKETS],
+            },
+            PeerMessage::Request {
+                keys: vec!["k".repeat(40); 30],
+                buckets: vec![top; BUCKETS],
+            },
+            PeerMessage::Digests {
+                buckets: vec![top; BUCKETS],
+                digests: vec![("k".repeat(20), u64::MAX - 1); 100],
+            },
+        ] {
+            let budget = message.budget();
+            let envelope = Envelope {
+                from: "n".into(),
+                message,
+            };
+            let encoded = codec::encode(&envelope).unwrap().len();
+            assert!(
+                encoded <= budget,
+                "{encoded} bytes encoded, budget {budget}"
+            );
+        }
     }
 
     #[test]
@@ -378,12 +457,12 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_stable_and_in_range() {
-        assert_eq!(chunk_of("cart/alice", 7), chunk_of("cart/alice", 7));
-        for i in 0..1000 {
-            assert!(chunk_of(&format!("k{i}"), 7) < 7);
-        }
-        assert_eq!(chunk_of("anything", 0), 0);
+    fn buckets_are_stable_in_range_and_all_used() {
+        assert_eq!(bucket_of("cart/alice"), bucket_of("cart/alice"));
+        let used: std::collections::BTreeSet<u16> =
+            (0..100_000).map(|i| bucket_of(&format!("k{i}"))).collect();
+        assert_eq!(used.len(), BUCKETS);
+        assert!(used.iter().all(|b| usize::from(*b) < BUCKETS));
     }
 
     #[test]

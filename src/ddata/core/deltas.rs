@@ -204,10 +204,13 @@ impl ReplicatorCore {
             let empty = types.empty_value(&canonical)?;
             self.entries.insert(
                 key.to_string(),
-                Entry::new(Slot::Live {
-                    tag: canonical.clone(),
-                    data: empty,
-                }),
+                Entry::new(
+                    key,
+                    Slot::Live {
+                        tag: canonical.clone(),
+                        data: empty,
+                    },
+                ),
             );
         }
         let Some(entry) = self.entries.get_mut(key) else {
@@ -228,7 +231,6 @@ impl ReplicatorCore {
             }
             return Err(err);
         }
-        entry.digest = None;
         self.stats.deltas_applied += 1;
         self.stats.changing_merges += 1;
         self.mark_changed(key);

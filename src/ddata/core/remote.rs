@@ -1,13 +1,10 @@
 //! The verbs that come from outside the local user: peer messages and timers,
-//! and the gossip they drive (eager push and digest anti-entropy).
-
-use std::collections::BTreeSet;
+//! and the eager push.
 
 use super::deltas::Received;
 use super::{Effect, PeerName, ReplicatorCore, Slot, Timer};
 use crate::ddata::wire::{
-    chunk_of, digest_budget, split_by_budget, Digest, PeerMessage, WireChange, WireDelta,
-    WireEntry, WireValue, TOMBSTONE_DIGEST,
+    split_by_budget, PeerMessage, WireChange, WireDelta, WireEntry, WireValue,
 };
 use crate::error::{Error, Result};
 
@@ -37,13 +34,12 @@ impl ReplicatorCore {
             PeerMessage::WriteAck { request } => self.write_acked(from, request),
             PeerMessage::Read { request, key } => self.answer_read(from, request, &key),
             PeerMessage::ReadReply { request, entry } => self.read_answered(from, request, entry),
-            PeerMessage::Digest {
-                chunk,
-                of_chunks,
-                complete,
-                digests,
-            } => self.compare_digests(from, chunk, of_chunks, complete, digests),
-            PeerMessage::Request { keys } => self.send_entries(from, keys),
+            PeerMessage::Summary { groups } => self.summary_received(from, groups),
+            PeerMessage::Buckets { hashes } => self.buckets_received(from, hashes),
+            PeerMessage::Digests { buckets, digests } => {
+                self.digests_received(from, buckets, digests)
+            }
+            PeerMessage::Request { keys, buckets } => self.request_received(from, keys, buckets),
             PeerMessage::Deltas { epoch, deltas } => self.receive_deltas(from, epoch, deltas),
             PeerMessage::DeltaNack { keys } => self.delta_nacked(from, keys),
         }
@@ -103,131 +99,16 @@ impl ReplicatorCore {
         let changed = match self.entries.get_mut(key) {
             None => {
                 self.entries
-                    .insert(key.to_string(), super::Entry::new(incoming));
+                    .insert(key.to_string(), super::Entry::new(key, incoming));
                 true
             }
-            Some(entry) => {
-                let changed = entry.slot.merge(incoming, key)?;
-                if changed {
-                    entry.digest = None;
-                }
-                changed
-            }
+            Some(entry) => entry.slot.merge(incoming, key)?,
         };
         if changed {
             self.stats.changing_merges += 1;
             self.mark_changed(key);
         }
         Ok(changed)
-    }
-
-    fn gossip_round(&mut self) {
-        let reachable: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
-        if reachable.is_empty() {
-            return;
-        }
-        let peer = reachable[self.rng.below(reachable.len())].clone();
-        let chunks = self.digest_chunk_count();
-        let chunk = self.next_digest_chunk % chunks;
-        self.next_digest_chunk = chunk.wrapping_add(1);
-        self.send_digest_chunk(&peer, chunk, chunks);
-    }
-
-    /// Into how many chunks the keys are divided so that one round's digests
-    /// stay within both the per-round key limit and half a message.
-    fn digest_chunk_count(&self) -> u32 {
-        let keys = self.entries.len();
-        let by_count = keys.div_ceil(self.config.max_digest_keys_per_round.max(1));
-        let bytes: usize = self.entries.keys().map(|key| digest_budget(key)).sum();
-        let by_bytes = (2 * bytes).div_ceil(self.config.max_message_bytes.max(1));
-        u32::try_from(by_count.max(by_bytes).max(1)).unwrap_or(u32::MAX)
-    }
-
-    pub(super) fn send_all_digests(&mut self, peer: &str) {
-        let chunks = self.digest_chunk_count();
-        for chunk in 0..chunks {
-            self.send_digest_chunk(peer, chunk, chunks);
-        }
-    }
-
-    fn send_digest_chunk(&mut self, peer: &str, chunk: u32, of_chunks: u32) {
-        let keys: Vec<String> = self
-            .entries
-            .keys()
-            .filter(|key| of_chunks <= 1 || chunk_of(key, of_chunks) == chunk)
-            .cloned()
-            .collect();
-        let digests: Vec<(String, Digest)> = keys
-            .into_iter()
-            .filter_map(|key| self.digest(&key).map(|digest| (key, digest)))
-            .collect();
-        let mut parts = split_by_budget(digests, self.config.max_message_bytes, |(key, _)| {
-            digest_budget(key)
-        });
-        if parts.is_empty() {
-            // An empty chunk still tells the peer to send what this node lacks.
-            parts.push(Vec::new());
-        }
-        let complete = parts.len() == 1;
-        for digests in parts {
-            self.send(
-                peer,
-                PeerMessage::Digest {
-                    chunk,
-                    of_chunks,
-                    complete,
-                    digests,
-                },
-            );
-        }
-    }
-
-    /// Answers a digest: sends the states that differ or that the peer lacks,
-    /// and asks for those that differ or that this node lacks.
-    fn compare_digests(
-        &mut self,
-        from: &str,
-        chunk: u32,
-        of_chunks: u32,
-        complete: bool,
-        digests: Vec<(String, Digest)>,
-    ) {
-        let mut to_send = Vec::new();
-        let mut wanted = Vec::new();
-        for (key, theirs) in &digests {
-            if !self.entries.contains_key(key) {
-                wanted.push(key.clone());
-                continue;
-            }
-            let Some(ours) = self.digest(key) else {
-                continue;
-            };
-            if ours == *theirs {
-                continue;
-            }
-            // A tombstone wins every merge: nothing needs to travel towards it.
-            if *theirs != TOMBSTONE_DIGEST {
-                to_send.push(key.clone());
-            }
-            if ours != TOMBSTONE_DIGEST {
-                wanted.push(key.clone());
-            }
-        }
-        if complete {
-            let listed: BTreeSet<&str> = digests.iter().map(|(key, _)| key.as_str()).collect();
-            to_send.extend(
-                self.entries
-                    .keys()
-                    .filter(|key| of_chunks <= 1 || chunk_of(key, of_chunks) == chunk)
-                    .filter(|key| !listed.contains(key.as_str()))
-                    .cloned(),
-            );
-        }
-        self.send_entries(from, to_send);
-        let limit = self.config.max_message_bytes;
-        for keys in split_by_budget(wanted, limit, |key| digest_budget(key)) {
-            self.send(from, PeerMessage::Request { keys });
-        }
     }
 
     pub(super) fn send_entries(&mut self, to: &str, keys: Vec<String>) {

@@ -48,6 +48,42 @@ fn deliver(from: &ReplicatorCore, to: &mut ReplicatorCore, effects: Vec<Effect>)
     answers
 }
 
+/// Delivers `effects` of `from` to `to`, then the answers back, and so on
+/// until both are quiet; returns every message with the node that sent it.
+fn converse(
+    from: &mut ReplicatorCore,
+    to: &mut ReplicatorCore,
+    effects: Vec<Effect>,
+) -> Vec<(String, PeerMessage)> {
+    let mut log = Vec::new();
+    let (mut sender, mut receiver) = (from, to);
+    let mut pending = effects;
+    while !sends(&pending).is_empty() {
+        for (_, message) in sends(&pending) {
+            log.push((sender.node().to_string(), message.clone()));
+        }
+        pending = deliver(sender, receiver, pending);
+        std::mem::swap(&mut sender, &mut receiver);
+    }
+    log
+}
+
+/// The keys of the entries sent by `node` in `log`, sorted, with repeats.
+fn entries_sent_by<'a>(log: &'a [(String, PeerMessage)], node: &str) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = log
+        .iter()
+        .filter(|(from, _)| from == node)
+        .flat_map(|(_, message)| match message {
+            PeerMessage::Entries { entries, .. } => {
+                entries.iter().map(|e| e.key.as_str()).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
 fn increment(
     core: &mut ReplicatorCore,
     key: &Key<GCounter>,
@@ -147,10 +183,8 @@ fn a_deleted_key_refuses_updates_and_wins_merges() {
     );
 
     a.peer_up("b");
-    let digests = a.handle_timer(Timer::Gossip);
-    let request = deliver(&a, &mut b, digests);
-    let tombstone = deliver(&b, &mut a, request);
-    deliver(&a, &mut b, tombstone);
+    let summary = a.handle_timer(Timer::Gossip);
+    converse(&mut a, &mut b, summary);
     assert!(matches!(b.lookup("hits"), Lookup::Deleted));
 }
 
@@ -205,47 +239,143 @@ fn a_value_too_large_for_a_message_is_refused_and_leaves_the_old_value() {
     assert_eq!(a.get(&key).unwrap().unwrap().len() as u64, last_ok + 1);
 }
 
-#[test]
-fn anti_entropy_moves_only_the_keys_that_differ() {
+/// Two cores holding the same `count` counters, `a` knowing `b` as a peer.
+fn converged_pair(count: usize) -> (ReplicatorCore, ReplicatorCore, Vec<Key<GCounter>>) {
     let (mut a, mut b) = (
         core("a", CoreConfig::default()),
         core("b", CoreConfig::default()),
     );
-    let shared: Vec<Key<GCounter>> = (0..100).map(|i| Key::new(format!("k{i}"))).collect();
-    for key in &shared {
+    let keys: Vec<Key<GCounter>> = (0..count).map(|i| Key::new(format!("k{i}"))).collect();
+    for key in &keys {
         increment(&mut a, key, WriteConsistency::Local);
-    }
-    for key in &shared {
         let value = a.get(key).unwrap().unwrap().clone();
         b.update(0, key, WriteConsistency::Local, |c, _| c.merge(&value))
             .unwrap();
     }
+    a.peer_up("b");
+    (a, b, keys)
+}
+
+#[test]
+fn anti_entropy_moves_only_the_keys_that_differ() {
+    let (mut a, mut b, shared) = converged_pair(100);
     increment(&mut a, &shared[3], WriteConsistency::Local);
     increment(&mut b, &Key::new("only-b"), WriteConsistency::Local);
+    increment(&mut a, &Key::new("only-a"), WriteConsistency::Local);
 
-    a.peer_up("b");
-    let digests = a.handle_timer(Timer::Gossip);
-    let answer = deliver(&a, &mut b, digests);
-    let mut sent_keys: Vec<&str> = Vec::new();
-    let mut requested: Vec<&str> = Vec::new();
-    for (_, message) in sends(&answer) {
-        match message {
-            PeerMessage::Entries { entries, .. } => {
-                sent_keys.extend(entries.iter().map(|e| e.key.as_str()))
-            }
-            PeerMessage::Request { keys } => requested.extend(keys.iter().map(String::as_str)),
-            other => panic!("unexpected answer {other:?}"),
-        }
-    }
-    sent_keys.sort_unstable();
-    assert_eq!(sent_keys, ["k3", "only-b"]);
-    assert_eq!(requested, ["k3"]);
-
-    let reply = deliver(&b, &mut a, answer);
-    deliver(&a, &mut b, reply);
-    for key in shared.iter().chain([&Key::new("only-b")]) {
+    let summary = a.handle_timer(Timer::Gossip);
+    let log = converse(&mut a, &mut b, summary);
+    // A digest says that two states differ, not which is newer: both travel.
+    assert_eq!(entries_sent_by(&log, "a"), ["k3", "only-a"]);
+    assert_eq!(entries_sent_by(&log, "b"), ["k3", "only-b"]);
+    for key in shared
+        .iter()
+        .chain([&Key::new("only-a"), &Key::new("only-b")])
+    {
         assert_eq!(a.get(key).unwrap(), b.get(key).unwrap(), "{key}");
     }
+}
+
+#[test]
+fn both_sides_of_a_key_that_differs_end_with_the_merge() {
+    let (mut a, mut b, shared) = converged_pair(50);
+    increment(&mut a, &shared[7], WriteConsistency::Local);
+    b.update(0, &shared[7], WriteConsistency::Local, |c, _| {
+        c.apply(c.increment(&ReplicaId::new("b", 1), 5))
+    })
+    .unwrap();
+    let summary = a.handle_timer(Timer::Gossip);
+    let log = converse(&mut a, &mut b, summary);
+    assert_eq!(entries_sent_by(&log, "a"), ["k7"]);
+    assert_eq!(entries_sent_by(&log, "b"), ["k7"]);
+    assert_eq!(a.get(&shared[7]).unwrap().unwrap().value(), 7);
+    assert_eq!(a.get(&shared[7]).unwrap(), b.get(&shared[7]).unwrap());
+}
+
+#[test]
+fn an_idle_round_costs_one_small_message_whatever_the_number_of_keys() {
+    let (mut a, mut b, _) = converged_pair(20_000);
+    let summary = a.handle_timer(Timer::Gossip);
+    let bytes = wire_bytes(&summary);
+    let log = converse(&mut a, &mut b, summary);
+    assert_eq!(log.len(), 1, "nothing differs: no answer");
+    assert!(bytes < 1_000, "{bytes} bytes");
+}
+
+#[test]
+fn one_changed_key_among_many_costs_about_one_bucket_of_digests() {
+    let (mut a, mut b, shared) = converged_pair(20_000);
+    increment(&mut b, &shared[12_345], WriteConsistency::Local);
+    let summary = a.handle_timer(Timer::Gossip);
+    let log = converse(&mut a, &mut b, summary);
+    assert_eq!(entries_sent_by(&log, "b"), ["k12345"]);
+    assert_eq!(entries_sent_by(&log, "a"), ["k12345"]);
+    let listed: usize = log
+        .iter()
+        .map(|(_, message)| match message {
+            PeerMessage::Digests { digests, .. } => digests.len(),
+            _ => 0,
+        })
+        .sum();
+    // 20,000 keys in 4096 buckets: about 5 a bucket.
+    assert!(listed <= 30, "{listed} digests listed");
+    assert_eq!(
+        a.get(&shared[12_345]).unwrap(),
+        b.get(&shared[12_345]).unwrap()
+    );
+}
+
+#[test]
+fn a_joiner_receives_each_key_once_from_two_holders() {
+    let (mut h1, mut h2, keys) = converged_pair(3_000);
+    let mut joiner = core("j", CoreConfig::default());
+    // The holders start exchanges with the joiner as it comes up (their
+    // names sort first), and the joiner answers both.
+    let from_h1 = h1.peer_up("j");
+    let from_h2 = h2.peer_up("j");
+    joiner.peer_up("a");
+    joiner.peer_up("b");
+    let log1 = converse(&mut h1, &mut joiner, from_h1);
+    let log2 = converse(&mut h2, &mut joiner, from_h2);
+    let received = entries_sent_by(&log1, "a").len() + entries_sent_by(&log2, "b").len();
+    assert_eq!(received, keys.len(), "each key arrives once");
+    for key in &keys {
+        assert_eq!(joiner.get(key).unwrap(), h1.get(key).unwrap(), "{key}");
+    }
+    // And one more round finds nothing to do.
+    let summary = joiner.handle_timer(Timer::Gossip);
+    let to = match &sends(&summary)[..] {
+        [(to, _)] => to.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let holder = if to == "a" { &mut h1 } else { &mut h2 };
+    assert_eq!(converse(&mut joiner, holder, summary).len(), 1);
+}
+
+#[test]
+fn hostile_anti_entropy_messages_change_nothing() {
+    let (mut a, mut b, shared) = converged_pair(10);
+    let before = a.get(&shared[0]).unwrap().cloned();
+    for message in [
+        PeerMessage::Summary { groups: vec![1; 3] },
+        PeerMessage::Buckets {
+            hashes: vec![(u16::MAX, 1), (60_000, 2)],
+        },
+        PeerMessage::Request {
+            keys: vec!["nope".into()],
+            buckets: vec![u16::MAX],
+        },
+        PeerMessage::Digests {
+            buckets: vec![u16::MAX, 9_999],
+            digests: Vec::new(),
+        },
+    ] {
+        let answer = a.handle_message("b", message);
+        assert!(sends(&answer).is_empty(), "{answer:?}");
+    }
+    assert_eq!(a.get(&shared[0]).unwrap().cloned(), before);
+    let summary = a.handle_timer(Timer::Gossip);
+    assert_eq!(converse(&mut a, &mut b, summary).len(), 1);
 }
 
 #[test]
@@ -688,10 +818,8 @@ fn a_replica_that_caught_up_by_anti_entropy_applies_the_next_delta() {
         let _lost = add(a, &key, format!("{i}"));
         a.handle_timer(Timer::Push);
     }
-    let digests = a.handle_timer(Timer::Gossip);
-    let request = deliver(a, b, digests);
-    let entries = deliver(b, a, request);
-    deliver(a, b, entries);
+    let summary = a.handle_timer(Timer::Gossip);
+    converse(a, b, summary);
     assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
     let next = add(a, &key, "next".into());
     assert!(

@@ -147,6 +147,7 @@ mod tests {
         let now = Instant::now();
         let big = PeerMessage::Request {
             keys: vec!["k".repeat(1 << 20)],
+            buckets: Vec::new(),
         };
         for _ in 0..20 {
             held.hold("b", big.clone(), now);

@@ -1,0 +1,360 @@
+//! Anti-entropy that costs almost nothing when replicas agree, and moves
+//! about one copy of what differs when they do not.
+//!
+//! Keys are hashed into [`BUCKETS`] buckets; a bucket's hash is the XOR of
+//! [`key_hash`] over its keys, kept up to date incrementally (a change only
+//! marks its key stale; the key's digest is folded in again when a hash is
+//! next needed). An exchange narrows down in steps, each of which only goes
+//! on where the previous one found a difference:
+//!
+//! 1. the initiator sends the hash of each of [`GROUPS`] groups of buckets
+//!    (`Summary`, about 600 bytes whatever the number of keys);
+//! 2. the receiver answers with its bucket hashes of the groups that differ
+//!    (`Buckets`);
+//! 3. for each bucket that differs the initiator sends the whole bucket if
+//!    the receiver's is empty, asks for the whole bucket if its own is empty,
+//!    and otherwise sends the key digests of the bucket (`Digests`);
+//! 4. the receiver asks for the keys it lacks or holds in another state, and
+//!    answers with its own digests of keys the initiator lacks or holds in
+//!    another state; the initiator then asks for those.
+//!
+//! States only travel when asked for or into an empty bucket, and a bucket
+//! is reconciled with one peer at a time (a *claim*, for two gossip rounds),
+//! so a node that joins or restarts receives each key about once however many
+//! peers hold it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{Entry, PeerName, ReplicatorCore};
+use crate::ddata::wire::{
+    digest_budget, key_hash, split_by_budget, Digest, PeerMessage, BUCKETS, BUCKETS_PER_GROUP,
+    BUCKET_BUDGET, GROUPS, HASH_BUDGET, TOMBSTONE_DIGEST,
+};
+
+/// For how many gossip rounds a claim on a bucket lasts if the exchange does
+/// not end sooner (a message of it may have been lost).
+const CLAIM_ROUNDS: u64 = 2;
+
+/// The incremental hashes of the key space.
+pub(crate) struct KeyHashes {
+    /// Per bucket, the XOR of what each key whose digest is known adds.
+    buckets: Vec<u64>,
+    /// Per group, the XOR of its buckets.
+    groups: Vec<u64>,
+    /// Per bucket, keys changed since their digest was last folded in.
+    stale: Vec<Vec<String>>,
+    /// Buckets whose list of stale keys may not be empty.
+    dirty: Vec<u16>,
+    /// Per bucket, the peer it is being reconciled with (by the hash of its
+    /// name; 0 for none) and until which round.
+    claims: Vec<(u64, u64)>,
+}
+
+impl KeyHashes {
+    pub(super) fn new() -> Self {
+        Self {
+            buckets: vec![0; BUCKETS],
+            groups: vec![0; GROUPS],
+            stale: vec![Vec::new(); BUCKETS],
+            dirty: Vec::new(),
+            claims: vec![(0, 0); BUCKETS],
+        }
+    }
+
+    /// Marks `entry` (of `key`) as changed: its digest is computed and folded
+    /// into its bucket's hash when next needed.
+    pub(super) fn changed(&mut self, key: &str, entry: &mut Entry) {
+        entry.digest = None;
+        if !entry.stale {
+            entry.stale = true;
+            let stale = &mut self.stale[usize::from(entry.bucket)];
+            if stale.is_empty() {
+                self.dirty.push(entry.bucket);
+            }
+            stale.push(key.to_string());
+        }
+    }
+
+    /// Records `digest` as the digest of `entry` (of `key`) and updates its
+    /// bucket's hash.
+    pub(super) fn fold(&mut self, key: &str, entry: &mut Entry, digest: Digest) {
+        let hash = key_hash(key, digest);
+        let bucket = usize::from(entry.bucket);
+        self.buckets[bucket] ^= entry.folded ^ hash;
+        self.groups[bucket / BUCKETS_PER_GROUP] ^= entry.folded ^ hash;
+        entry.folded = hash;
+        entry.digest = Some(digest);
+    }
+}
+
+/// A set of bucket numbers.
+struct BucketSet([u64; BUCKETS / 64]);
+
+impl BucketSet {
+    fn new(buckets: impl IntoIterator<Item = u16>) -> Self {
+        let mut set = Self([0; BUCKETS / 64]);
+        for bucket in buckets {
+            let bucket = usize::from(bucket);
+            set.0[bucket / 64] |= 1 << (bucket % 64);
+        }
+        set
+    }
+
+    fn contains(&self, bucket: u16) -> bool {
+        let bucket = usize::from(bucket);
+        self.0[bucket / 64] & (1 << (bucket % 64)) != 0
+    }
+}
+
+/// A peer as the holder of a claim: two peers whose names hash alike would
+/// at worst both send what one bucket lacks.
+fn claimant(peer: &str) -> u64 {
+    xxh3_64(peer.as_bytes()).max(1)
+}
+
+/// Bucket numbers a peer may name: below [`BUCKETS`], each once.
+fn valid_buckets(buckets: Vec<u16>) -> BTreeSet<u16> {
+    buckets
+        .into_iter()
+        .filter(|bucket| usize::from(*bucket) < BUCKETS)
+        .collect()
+}
+
+impl ReplicatorCore {
+    /// One anti-entropy round: a summary to one random reachable peer.
+    pub(super) fn gossip_round(&mut self) {
+        let reachable: Vec<PeerName> = self.reachable_peers().map(str::to_string).collect();
+        if reachable.is_empty() {
+            return;
+        }
+        let peer = reachable[self.rng.below(reachable.len())].clone();
+        self.send_summary(&peer);
+    }
+
+    /// Starts an exchange with `peer` (step 1).
+    pub(super) fn send_summary(&mut self, peer: &str) {
+        self.refresh_all();
+        let groups = self.hashes.groups.clone();
+        self.send(peer, PeerMessage::Summary { groups });
+    }
+
+    /// Step 2: the bucket hashes of the groups that differ and that no other
+    /// peer is reconciling with this node.
+    pub(super) fn summary_received(&mut self, from: &str, groups: Vec<u64>) {
+        if groups.len() != GROUPS {
+            self.stats.rejected_entries += 1;
+            tracing::warn!(
+                peer = from,
+                groups = groups.len(),
+                "rejected an anti-entropy summary of the wrong size"
+            );
+            return;
+        }
+        self.refresh_all();
+        let mut hashes = Vec::new();
+        for (group, theirs) in groups.into_iter().enumerate() {
+            if self.hashes.groups[group] == theirs {
+                continue;
+            }
+            for bucket in group * BUCKETS_PER_GROUP..(group + 1) * BUCKETS_PER_GROUP {
+                let bucket = u16::try_from(bucket).unwrap_or(u16::MAX);
+                if self.claim(bucket, from) {
+                    hashes.push((bucket, self.hashes.buckets[usize::from(bucket)]));
+                }
+            }
+        }
+        let limit = self.config.max_message_bytes;
+        for hashes in split_by_budget(hashes, limit, |_| BUCKET_BUDGET + HASH_BUDGET + 1) {
+            self.send(from, PeerMessage::Buckets { hashes });
+        }
+    }
+
+    /// Step 3: reconciles each bucket that differs, by the cheapest way its
+    /// two hashes allow.
+    pub(super) fn buckets_received(&mut self, from: &str, hashes: Vec<(u16, u64)>) {
+        let hashes: BTreeMap<u16, u64> = hashes
+            .into_iter()
+            .filter(|(bucket, _)| usize::from(*bucket) < BUCKETS)
+            .collect();
+        self.refresh_buckets(hashes.keys().map(|bucket| usize::from(*bucket)));
+        let (mut give, mut take, mut compare) = (Vec::new(), Vec::new(), Vec::new());
+        for (bucket, theirs) in hashes {
+            let ours = self.hashes.buckets[usize::from(bucket)];
+            if ours == theirs || !self.claim(bucket, from) {
+                continue;
+            }
+            if theirs == 0 {
+                give.push(bucket);
+            } else if ours == 0 {
+                take.push(bucket);
+            } else {
+                compare.push(bucket);
+            }
+        }
+        if !give.is_empty() {
+            let keys = self.keys_in(&BucketSet::new(give));
+            self.send_entries(from, keys);
+        }
+        let limit = self.config.max_message_bytes;
+        for buckets in split_by_budget(take, limit, |_| BUCKET_BUDGET) {
+            let keys = Vec::new();
+            self.send(from, PeerMessage::Request { keys, buckets });
+        }
+        if !compare.is_empty() {
+            let digests = self.digests_in(&BucketSet::new(compare.iter().copied()));
+            self.send_digests(from, compare, digests);
+        }
+    }
+
+    /// Sends this node's `digests` of `buckets` and asks for the answer. The
+    /// answer leaves out the keys listed with the same digest in the message
+    /// that asks for it, so everything travels in one message when it fits.
+    fn send_digests(&mut self, to: &str, buckets: Vec<u16>, digests: Vec<(String, Digest)>) {
+        let limit = self.config.max_message_bytes;
+        let message = PeerMessage::Digests { buckets, digests };
+        if message.budget() <= limit {
+            self.send(to, message);
+            return;
+        }
+        let PeerMessage::Digests { buckets, digests } = message else {
+            return;
+        };
+        for digests in split_by_budget(digests, limit, |(key, _)| digest_budget(key)) {
+            let buckets = Vec::new();
+            self.send(to, PeerMessage::Digests { buckets, digests });
+        }
+        for buckets in split_by_budget(buckets, limit, |_| BUCKET_BUDGET) {
+            let digests = Vec::new();
+            self.send(to, PeerMessage::Digests { buckets, digests });
+        }
+    }
+
+    /// Step 4 (and its answer): asks for what differs or is missing here,
+    /// and answers with this node's digests of `buckets`.
+    pub(super) fn digests_received(
+        &mut self,
+        from: &str,
+        buckets: Vec<u16>,
+        digests: Vec<(String, Digest)>,
+    ) {
+        let mut wanted = Vec::new();
+        for (key, theirs) in &digests {
+            let ours = if self.entries.contains_key(key) {
+                self.digest(key)
+            } else {
+                None
+            };
+            match ours {
+                None => wanted.push(key.clone()),
+                Some(ours) if ours != *theirs && ours != TOMBSTONE_DIGEST => {
+                    wanted.push(key.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        let limit = self.config.max_message_bytes;
+        for keys in split_by_budget(wanted, limit, |key| digest_budget(key)) {
+            self.send(
+                from,
+                PeerMessage::Request {
+                    keys,
+                    buckets: Vec::new(),
+                },
+            );
+        }
+        let buckets = valid_buckets(buckets);
+        if buckets.is_empty() {
+            return;
+        }
+        self.refresh_buckets(buckets.iter().map(|bucket| usize::from(*bucket)));
+        let listed: BTreeMap<String, Digest> = digests.into_iter().collect();
+        let answer: Vec<(String, Digest)> = self
+            .digests_in(&BucketSet::new(buckets))
+            .into_iter()
+            .filter(|(key, ours)| listed.get(key) != Some(ours))
+            .collect();
+        for digests in split_by_budget(answer, limit, |(key, _)| digest_budget(key)) {
+            self.send(
+                from,
+                PeerMessage::Digests {
+                    buckets: Vec::new(),
+                    digests,
+                },
+            );
+        }
+    }
+
+    /// Answers a request with the states of the keys and of every key in the
+    /// buckets.
+    pub(super) fn request_received(
+        &mut self,
+        from: &str,
+        mut keys: Vec<String>,
+        buckets: Vec<u16>,
+    ) {
+        let buckets = valid_buckets(buckets);
+        if !buckets.is_empty() {
+            keys.extend(self.keys_in(&BucketSet::new(buckets)));
+        }
+        self.send_entries(from, keys);
+    }
+
+    /// Peer `peer` went away: the buckets it was reconciling are free.
+    pub(super) fn release_claims(&mut self, peer: &str) {
+        let peer = claimant(peer);
+        for claim in &mut self.hashes.claims {
+            if claim.0 == peer {
+                *claim = (0, 0);
+            }
+        }
+    }
+
+    /// Claims `bucket` for an exchange with `peer`; false if another peer
+    /// holds an unexpired claim on it.
+    fn claim(&mut self, bucket: u16, peer: &str) -> bool {
+        let (round, peer) = (self.round, claimant(peer));
+        let claim = &mut self.hashes.claims[usize::from(bucket)];
+        if claim.0 != 0 && claim.0 != peer && claim.1 >= round {
+            return false;
+        }
+        *claim = (peer, round + CLAIM_ROUNDS);
+        true
+    }
+
+    /// Folds the digests of every stale key into the hashes.
+    fn refresh_all(&mut self) {
+        let dirty = std::mem::take(&mut self.hashes.dirty);
+        self.refresh_buckets(dirty.into_iter().map(usize::from));
+    }
+
+    /// Folds the digests of the stale keys of `buckets` into their hashes.
+    fn refresh_buckets(&mut self, buckets: impl IntoIterator<Item = usize>) {
+        for bucket in buckets {
+            for key in std::mem::take(&mut self.hashes.stale[bucket]) {
+                if let Some(entry) = self.entries.get_mut(&key) {
+                    entry.stale = false;
+                }
+                self.digest(&key);
+            }
+        }
+    }
+
+    /// The keys of `buckets`.
+    fn keys_in(&self, buckets: &BucketSet) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, entry)| buckets.contains(entry.bucket))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// The keys of `buckets` with their digests.
+    fn digests_in(&mut self, buckets: &BucketSet) -> Vec<(String, Digest)> {
+        self.keys_in(buckets)
+            .into_iter()
+            .filter_map(|key| self.digest(&key).map(|digest| (key, digest)))
+            .collect()
+    }
+}
