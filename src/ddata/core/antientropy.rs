@@ -18,10 +18,11 @@
 //!    answers with its own digests of keys the initiator lacks or holds in
 //!    another state; the initiator then asks for those.
 //!
-//! States only travel when asked for or into an empty bucket, and a bucket
-//! is reconciled with one peer at a time (a *claim*, for two gossip rounds),
-//! so a node that joins or restarts receives each key about once however many
-//! peers hold it.
+//! States only travel when asked for or into an empty bucket. A bucket empty
+//! here is filled from one peer at a time (a *claim*, for two gossip rounds),
+//! and a key asked for is not asked of another peer while the answer may be
+//! on its way, so a node that joins or restarts receives each key about once
+//! however many peers hold it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,8 +34,8 @@ use crate::ddata::wire::{
     BUCKET_BUDGET, GROUPS, HASH_BUDGET, TOMBSTONE_DIGEST,
 };
 
-/// For how many gossip rounds a claim on a bucket lasts if the exchange does
-/// not end sooner (a message of it may have been lost).
+/// For how many gossip rounds a claim on a bucket, or a key asked for, keeps
+/// other peers from being asked (a message of the exchange may be lost).
 const CLAIM_ROUNDS: u64 = 2;
 
 /// The incremental hashes of the key space.
@@ -50,6 +51,8 @@ pub(crate) struct KeyHashes {
     /// Per bucket, the peer it is being reconciled with (by the hash of its
     /// name; 0 for none) and until which round.
     claims: Vec<(u64, u64)>,
+    /// Keys asked for and not received yet: of which peer, until which round.
+    asked: BTreeMap<String, (u64, u64)>,
 }
 
 impl KeyHashes {
@@ -60,6 +63,7 @@ impl KeyHashes {
             stale: vec![Vec::new(); BUCKETS],
             dirty: Vec::new(),
             claims: vec![(0, 0); BUCKETS],
+            asked: BTreeMap::new(),
         }
     }
 
@@ -135,13 +139,16 @@ impl ReplicatorCore {
 
     /// Starts an exchange with `peer` (step 1).
     pub(super) fn send_summary(&mut self, peer: &str) {
+        let round = self.round;
+        self.hashes.asked.retain(|_, (_, until)| *until >= round);
         self.refresh_all();
         let groups = self.hashes.groups.clone();
         self.send(peer, PeerMessage::Summary { groups });
     }
 
-    /// Step 2: the bucket hashes of the groups that differ and that no other
-    /// peer is reconciling with this node.
+    /// Step 2: the bucket hashes of the groups that differ, but for buckets
+    /// empty here that another peer is filling. An empty bucket is claimed
+    /// for `from`, which will fill it.
     pub(super) fn summary_received(&mut self, from: &str, groups: Vec<u64>) {
         if groups.len() != GROUPS {
             self.stats.rejected_entries += 1;
@@ -160,9 +167,11 @@ impl ReplicatorCore {
             }
             for bucket in group * BUCKETS_PER_GROUP..(group + 1) * BUCKETS_PER_GROUP {
                 let bucket = u16::try_from(bucket).unwrap_or(u16::MAX);
-                if self.claim(bucket, from) {
-                    hashes.push((bucket, self.hashes.buckets[usize::from(bucket)]));
+                let ours = self.hashes.buckets[usize::from(bucket)];
+                if ours == 0 && !self.claim(bucket, from) {
+                    continue;
                 }
+                hashes.push((bucket, ours));
             }
         }
         let limit = self.config.max_message_bytes;
@@ -182,13 +191,15 @@ impl ReplicatorCore {
         let (mut give, mut take, mut compare) = (Vec::new(), Vec::new(), Vec::new());
         for (bucket, theirs) in hashes {
             let ours = self.hashes.buckets[usize::from(bucket)];
-            if ours == theirs || !self.claim(bucket, from) {
+            if ours == theirs {
                 continue;
             }
             if theirs == 0 {
                 give.push(bucket);
             } else if ours == 0 {
-                take.push(bucket);
+                if self.claim(bucket, from) {
+                    take.push(bucket);
+                }
             } else {
                 compare.push(bucket);
             }
@@ -246,12 +257,12 @@ impl ReplicatorCore {
             } else {
                 None
             };
-            match ours {
-                None => wanted.push(key.clone()),
-                Some(ours) if ours != *theirs && ours != TOMBSTONE_DIGEST => {
-                    wanted.push(key.clone())
-                }
-                Some(_) => {}
+            let differs = match ours {
+                None => true,
+                Some(ours) => ours != *theirs && ours != TOMBSTONE_DIGEST,
+            };
+            if differs && self.ask(key, from) {
+                wanted.push(key.clone());
             }
         }
         let limit = self.config.max_message_bytes;
@@ -311,7 +322,29 @@ impl ReplicatorCore {
         }
     }
 
-    /// Claims `bucket` for an exchange with `peer`; false if another peer
+    /// The state of `key` arrived: another peer may be asked for it again.
+    pub(super) fn received(&mut self, key: &str) {
+        if !self.hashes.asked.is_empty() {
+            self.hashes.asked.remove(key);
+        }
+    }
+
+    /// Whether to ask `peer` for `key`: not while another peer may still be
+    /// answering for it.
+    fn ask(&mut self, key: &str, peer: &str) -> bool {
+        let (round, peer) = (self.round, claimant(peer));
+        if let Some((asked, until)) = self.hashes.asked.get(key) {
+            if *asked != peer && *until >= round {
+                return false;
+            }
+        }
+        self.hashes
+            .asked
+            .insert(key.to_string(), (peer, round + CLAIM_ROUNDS));
+        true
+    }
+
+    /// Claims the empty `bucket` for `peer` to fill; false if another peer
     /// holds an unexpired claim on it.
     fn claim(&mut self, bucket: u16, peer: &str) -> bool {
         let (round, peer) = (self.round, claimant(peer));

@@ -67,6 +67,7 @@ impl ReplicatorCore {
     /// nothing.
     fn merge_remote(&mut self, from: &str, epoch: u64, entry: WireEntry) {
         let WireEntry { key, value, seq } = entry;
+        self.received(&key);
         let state = WireDelta {
             key,
             seq,
