@@ -48,7 +48,9 @@ pub enum PeerMessage {
     Entries {
         /// The sender's delta epoch (see [`Deltas`](Self::Deltas)).
         epoch: u64,
-        /// The states, at most one per key.
+        /// The states, at most one per key. On the wire each type tag is
+        /// written once per message (see [`packed_entries`]).
+        #[serde(with = "packed_entries")]
         entries: Vec<WireEntry>,
     },
     /// A write above `Local` consistency, to apply and acknowledge: the
@@ -191,6 +193,87 @@ pub struct WireEntry {
     /// The number of the sender's last push of this key (0 if none): the
     /// state holds every delta the sender numbered up to it.
     pub seq: u64,
+}
+
+/// The encoding of the entries of a [`PeerMessage::Entries`], by columns:
+/// the distinct type tags once, then the keys, the index of each one's tag
+/// (none for a tombstone), the states and the numbers. Catching up on many
+/// small values then costs little more than the values themselves.
+pub mod packed_entries {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    use super::{WireEntry, WireValue};
+
+    /// Writes `entries` packed.
+    pub fn serialize<S: Serializer>(
+        entries: &[WireEntry],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut tags: Vec<&str> = Vec::new();
+        let mut tag_of = Vec::with_capacity(entries.len());
+        let mut states = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match &entry.value {
+                WireValue::Live { tag, state } => {
+                    let index = match tags.iter().position(|known| known == tag) {
+                        Some(index) => index,
+                        None => {
+                            tags.push(tag);
+                            tags.len() - 1
+                        }
+                    };
+                    tag_of.push(Some(index));
+                    states.push(Bytes::new(state));
+                }
+                WireValue::Deleted => {
+                    tag_of.push(None);
+                    states.push(Bytes::new(&[]));
+                }
+            }
+        }
+        let keys: Vec<&str> = entries.iter().map(|entry| entry.key.as_str()).collect();
+        let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
+        (tags, keys, tag_of, states, seqs).serialize(serializer)
+    }
+
+    /// Reads packed entries; columns of different lengths or a tag index
+    /// out of range fail the message.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<WireEntry>, D::Error> {
+        type Columns = (
+            Vec<String>,
+            Vec<String>,
+            Vec<Option<usize>>,
+            Vec<ByteBuf>,
+            Vec<u64>,
+        );
+        let (tags, keys, tag_of, states, seqs): Columns = Deserialize::deserialize(deserializer)?;
+        let rows = keys.len();
+        if tag_of.len() != rows || states.len() != rows || seqs.len() != rows {
+            return Err(D::Error::custom("entry columns of different lengths"));
+        }
+        keys.into_iter()
+            .zip(tag_of)
+            .zip(states)
+            .zip(seqs)
+            .map(|(((key, tag), state), seq)| {
+                let value = match tag {
+                    None => WireValue::Deleted,
+                    Some(index) => WireValue::Live {
+                        tag: tags
+                            .get(index)
+                            .cloned()
+                            .ok_or_else(|| D::Error::custom("a type tag index out of range"))?,
+                        state: state.into_vec(),
+                    },
+                };
+                Ok(WireEntry { key, value, seq })
+            })
+            .collect()
+    }
 }
 
 /// A key's state on the wire: a tagged encoding, or the tombstone of a deleted key.
@@ -443,6 +526,47 @@ mod tests {
                 "{encoded} bytes encoded, budget {budget}"
             );
         }
+    }
+
+    #[test]
+    fn packed_entries_round_trip_and_reject_a_bad_tag_index() {
+        let mut entries: Vec<WireEntry> = (0..5).map(|i| entry(&format!("k{i}"), i)).collect();
+        entries[1].value = WireValue::Deleted;
+        entries[3].value = WireValue::Live {
+            tag: "GCounter".into(),
+            state: vec![1, 2, 3],
+        };
+        let message = Envelope {
+            from: "n".into(),
+            message: PeerMessage::Entries { epoch: 9, entries },
+        };
+        let bytes = codec::encode(&message).unwrap();
+        assert_eq!(codec::decode::<Envelope>(&bytes).unwrap(), message);
+
+        type Columns = (
+            Vec<String>,
+            Vec<String>,
+            Vec<Option<u32>>,
+            Vec<ByteBuf>,
+            Vec<u64>,
+        );
+        #[derive(Serialize)]
+        enum Forged {
+            Entries(u64, Columns),
+        }
+        let forged = |index: u32, seqs: Vec<u64>| {
+            let columns = (
+                vec!["GCounter".to_string()],
+                vec!["k".to_string()],
+                vec![Some(index)],
+                vec![ByteBuf::new()],
+                seqs,
+            );
+            codec::encode(&("n", Forged::Entries(1, columns))).unwrap()
+        };
+        assert!(codec::decode::<Envelope>(&forged(0, vec![0])).is_ok());
+        assert!(codec::decode::<Envelope>(&forged(7, vec![0])).is_err());
+        assert!(codec::decode::<Envelope>(&forged(0, vec![0, 1])).is_err());
     }
 
     #[test]
