@@ -105,6 +105,11 @@ impl NodeProcess {
         node
     }
 
+    /// The node's operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -442,4 +447,39 @@ pub fn sibling_node_binary() -> PathBuf {
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// TCP payload bytes sent and received so far over the open connections of
+/// process `pid`, from the kernel's socket counters (`ss`); connections that
+/// closed no longer count.
+pub fn socket_bytes(pid: u32) -> (u64, u64) {
+    let output = Command::new("ss")
+        .args(["-tinpH", "state", "established"])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run ss: {err}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let owner = format!("pid={pid},");
+    let (mut sent, mut received) = (0, 0);
+    let mut ours = false;
+    for line in text.lines() {
+        // A socket's first line names its process; the indented next line
+        // holds its counters.
+        if !line.starts_with(char::is_whitespace) {
+            ours = line.contains(&owner);
+            continue;
+        }
+        if !ours {
+            continue;
+        }
+        for field in line.split_whitespace() {
+            let counter = |name: &str| -> Option<u64> { field.strip_prefix(name)?.parse().ok() };
+            if let Some(bytes) = counter("bytes_sent:") {
+                sent += bytes;
+            }
+            if let Some(bytes) = counter("bytes_received:") {
+                received += bytes;
+            }
+        }
+    }
+    (sent, received)
 }

@@ -229,9 +229,12 @@ impl Lookup<'_> {
     }
 }
 
-/// Counters of what the core did, for tests and monitoring.
+/// Counters of what the core did, and the number of keys it holds, for tests
+/// and monitoring.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CoreStats {
+    /// Keys held, tombstones included.
+    pub keys: usize,
     /// Messages from peers that could not be decoded at all.
     pub rejected_messages: u64,
     /// Entries inside decodable messages that were rejected (bad state bytes,
@@ -462,9 +465,12 @@ impl ReplicatorCore {
         &self.config
     }
 
-    /// Counters of rejected input and of work done.
-    pub fn stats(&self) -> &CoreStats {
-        &self.stats
+    /// Counters of rejected input and of work done, and the number of keys.
+    pub fn stats(&self) -> CoreStats {
+        CoreStats {
+            keys: self.entries.len(),
+            ..self.stats.clone()
+        }
     }
 
     /// Members of the cluster as far as this node knows: itself and every

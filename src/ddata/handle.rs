@@ -416,10 +416,10 @@ impl DistributedData {
         .await
     }
 
-    /// Counters of rejected input and work done.
+    /// Counters of rejected input and work done, and the number of keys.
     pub async fn stats(&self) -> Result<CoreStats> {
         self.ask(|state, sender| {
-            let _ = sender.send(state.core.stats().clone());
+            let _ = sender.send(state.core.stats());
             Vec::new()
         })
         .await

@@ -263,6 +263,31 @@ impl Node {
                 }
                 Ok(json!({ "present": present, "sum": sum as u64 }))
             }
+            "data-bytes" => {
+                // What the counters weigh on the wire: key and encoded state.
+                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let mut bytes = 0;
+                for i in 0..count {
+                    let name = format!("{prefix}-{i}");
+                    let key: Key<GCounter> = Key::new(name.as_str());
+                    if let Some(counter) = dd.get(&key, read).await.map_err(error)? {
+                        let state = ractor_replicated::codec::encode(&counter).map_err(error)?;
+                        bytes += name.len() + state.len();
+                    }
+                }
+                Ok(json!(bytes))
+            }
+            "stats" => {
+                let stats = dd.stats().await.map_err(error)?;
+                Ok(json!({
+                    "keys": stats.keys,
+                    "messages_sent": stats.messages_sent,
+                    "changing_merges": stats.changing_merges,
+                    "deltas_applied": stats.deltas_applied,
+                    "missing_deltas": stats.missing_deltas,
+                    "rejected_entries": stats.rejected_entries,
+                }))
+            }
             "inc-majority" => {
                 let key: Key<GCounter> = Key::new(arg(&words, 1)?);
                 let timeout = Duration::from_millis(number(&words, 2)?);
