@@ -776,6 +776,21 @@ impl ReplicatorCore {
         });
     }
 
+    /// Sends `items` to `to` in as many messages as the budget needs, each
+    /// made by `message` from a run of items.
+    fn send_in_parts<T>(
+        &mut self,
+        to: &str,
+        items: Vec<T>,
+        budget: impl Fn(&T) -> usize,
+        message: impl Fn(Vec<T>) -> PeerMessage,
+    ) {
+        let limit = self.config.max_message_bytes;
+        for part in super::wire::split_by_budget(items, limit, budget) {
+            self.send(to, message(part));
+        }
+    }
+
     fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.out)
     }

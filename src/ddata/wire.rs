@@ -419,25 +419,30 @@ mod tests {
         }
     }
 
+    /// Checks that `message`'s budget bounds its encoding in an envelope.
+    fn assert_within_budget(message: PeerMessage) {
+        let budget = message.budget();
+        let envelope = Envelope {
+            from: "some-node-name".into(),
+            message,
+        };
+        let encoded = codec::encode(&envelope).unwrap().len();
+        assert!(
+            encoded <= budget,
+            "{encoded} bytes encoded, budget {budget}"
+        );
+    }
+
     #[test]
     fn the_budget_bounds_the_encoded_size_of_a_message() {
         for (count, state_len) in [(1, 0), (1, 70_000), (50, 10), (200, 300), (3, 1 << 17)] {
             let entries: Vec<WireEntry> = (0..count)
                 .map(|i| entry(&format!("key-{i}"), state_len))
                 .collect();
-            let budget = MESSAGE_OVERHEAD + entries.iter().map(WireEntry::budget).sum::<usize>();
-            let envelope = Envelope {
-                from: "some-node-name".into(),
-                message: PeerMessage::Entries {
-                    epoch: u64::MAX,
-                    entries,
-                },
-            };
-            let encoded = codec::encode(&envelope).unwrap().len();
-            assert!(
-                encoded <= budget,
-                "{encoded} bytes encoded, budget {budget}"
-            );
+            assert_within_budget(PeerMessage::Entries {
+                epoch: u64::MAX,
+                entries,
+            });
         }
     }
 
@@ -468,32 +473,17 @@ mod tests {
             epoch: u64::MAX,
             deltas,
         };
-        let budget = message.budget();
-        let envelope = Envelope {
-            from: "some-node-name".into(),
-            message,
-        };
-        let encoded = codec::encode(&envelope).unwrap().len();
-        assert!(
-            encoded <= budget,
-            "{encoded} bytes encoded, budget {budget}"
-        );
+        assert_within_budget(message);
     }
 
     #[test]
     fn digest_lines_stay_within_their_budget() {
         let digests: Vec<(String, Digest)> =
             (0..500).map(|i| (format!("k{i}"), u64::MAX - 1)).collect();
-        let budget =
-            MESSAGE_OVERHEAD + digests.iter().map(|(k, _)| digest_budget(k)).sum::<usize>();
-        let envelope = Envelope {
-            from: "n".into(),
-            message: PeerMessage::Digests {
-                buckets: Vec::new(),
-                digests,
-            },
-        };
-        assert!(codec::encode(&envelope).unwrap().len() <= budget);
+        assert_within_budget(PeerMessage::Digests {
+            buckets: Vec::new(),
+            digests,
+        });
     }
 
     #[test]
@@ -515,16 +505,7 @@ mod tests {
                 digests: vec![("k".repeat(20), u64::MAX - 1); 100],
             },
         ] {
-            let budget = message.budget();
-            let envelope = Envelope {
-                from: "n".into(),
-                message,
-            };
-            let encoded = codec::encode(&envelope).unwrap().len();
-            assert!(
-                encoded <= budget,
-                "{encoded} bytes encoded, budget {budget}"
-            );
+            assert_within_budget(message);
         }
     }
 

@@ -25,6 +25,12 @@ use serde_json::{json, Value};
 
 const GOSSIP_MS: &str = "1000";
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// How far apart [`wait_quiet`] compares the counters: more than a gossip
+/// interval, so every node's round falls in each comparison.
+const QUIET_CHECK: Duration = Duration::from_millis(1_500);
+/// Bytes a node may send between two quiet checks: ten times the idle
+/// traffic measured at 100k keys, far below what a fill or a catch-up sends.
+const QUIET_BYTES: u64 = 25_000;
 
 fn main() {
     let largest: u64 = std::env::var("COST_KEYS")
@@ -48,8 +54,7 @@ fn main() {
             filled = keys;
         }
         wait_for_keys(&mut cluster, &[0, 1, 2], keys, Duration::from_secs(120));
-        // Let the anti-entropy that follows the fill settle.
-        std::thread::sleep(Duration::from_secs(3));
+        wait_quiet(&mut cluster);
         idle.push(json!({
             "keys": keys,
             "sent_bytes_per_second_per_node": idle_rates(&mut cluster),
@@ -74,6 +79,28 @@ fn wait_for_keys(cluster: &mut LoopbackCluster, nodes: &[usize], keys: u64, boun
     }
 }
 
+/// Waits until no running node sent more than [`QUIET_BYTES`] since the
+/// previous check (checks are a gossip interval or so apart): the pushes and
+/// exchanges a fill set off are over, and what remains is idle traffic.
+fn wait_quiet(cluster: &mut LoopbackCluster) {
+    let pids: Vec<u32> = cluster.running().map(|node| node.pid()).collect();
+    let sent = || -> Vec<u64> { pids.iter().map(|pid| socket_bytes(*pid).0).collect() };
+    let mut last = sent();
+    let mut last_at = Instant::now();
+    eventually("the cluster is quiet", Duration::from_secs(60), || {
+        if last_at.elapsed() < QUIET_CHECK {
+            return false;
+        }
+        let now = sent();
+        let quiet = now
+            .iter()
+            .zip(&last)
+            .all(|(now, before)| now.saturating_sub(*before) <= QUIET_BYTES);
+        (last, last_at) = (now, Instant::now());
+        quiet
+    });
+}
+
 /// Bytes each node sends per second over [`IDLE_WINDOW`].
 fn idle_rates(cluster: &mut LoopbackCluster) -> Vec<u64> {
     let pids: Vec<u32> = cluster.running().map(|node| node.pid()).collect();
@@ -92,7 +119,7 @@ fn repair(binary: &std::path::Path, keys: u64) -> Value {
     cluster.start_all();
     cluster.node(0).must(&format!("fill k {keys}"));
     wait_for_keys(&mut cluster, &[0, 1, 2], keys, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_quiet(&mut cluster);
     cluster.network().partition(&[2], Link::Cut);
     eventually("node 2 is alone", Duration::from_secs(30), || {
         cluster
@@ -138,7 +165,7 @@ fn late_joiner(binary: &std::path::Path, keys: u64) -> Value {
     cluster.wait_connected();
     cluster.node(0).must(&format!("fill k {keys}"));
     wait_for_keys(&mut cluster, &[0, 1], keys, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_quiet(&mut cluster);
     let data = cluster.node(0).must(&format!("data-bytes k {keys}"));
     let started = Instant::now();
     cluster.start(2);

@@ -30,8 +30,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Entry, PeerName, ReplicatorCore};
 use crate::ddata::wire::{
-    digest_budget, key_hash, split_by_budget, Digest, PeerMessage, BUCKETS, BUCKETS_PER_GROUP,
-    BUCKET_BUDGET, GROUPS, HASH_BUDGET, TOMBSTONE_DIGEST,
+    digest_budget, key_hash, Digest, PeerMessage, BUCKETS, BUCKETS_PER_GROUP, BUCKET_BUDGET,
+    GROUPS, HASH_BUDGET, TOMBSTONE_DIGEST,
 };
 
 /// For how many gossip rounds a claim on a bucket, or a key asked for, keeps
@@ -174,10 +174,12 @@ impl ReplicatorCore {
                 hashes.push((bucket, ours));
             }
         }
-        let limit = self.config.max_message_bytes;
-        for hashes in split_by_budget(hashes, limit, |_| BUCKET_BUDGET + HASH_BUDGET + 1) {
-            self.send(from, PeerMessage::Buckets { hashes });
-        }
+        self.send_in_parts(
+            from,
+            hashes,
+            |_| BUCKET_BUDGET + HASH_BUDGET + 1,
+            |hashes| PeerMessage::Buckets { hashes },
+        );
     }
 
     /// Step 3: reconciles each bucket that differs, by the cheapest way its
@@ -208,11 +210,15 @@ impl ReplicatorCore {
             let keys = self.keys_in(&BucketSet::new(give));
             self.send_entries(from, keys);
         }
-        let limit = self.config.max_message_bytes;
-        for buckets in split_by_budget(take, limit, |_| BUCKET_BUDGET) {
-            let keys = Vec::new();
-            self.send(from, PeerMessage::Request { keys, buckets });
-        }
+        self.send_in_parts(
+            from,
+            take,
+            |_| BUCKET_BUDGET,
+            |buckets| {
+                let keys = Vec::new();
+                PeerMessage::Request { keys, buckets }
+            },
+        );
         if !compare.is_empty() {
             let digests = self.digests_in(&BucketSet::new(compare.iter().copied()));
             self.send_digests(from, compare, digests);
@@ -223,23 +229,37 @@ impl ReplicatorCore {
     /// answer leaves out the keys listed with the same digest in the message
     /// that asks for it, so everything travels in one message when it fits.
     fn send_digests(&mut self, to: &str, buckets: Vec<u16>, digests: Vec<(String, Digest)>) {
-        let limit = self.config.max_message_bytes;
         let message = PeerMessage::Digests { buckets, digests };
-        if message.budget() <= limit {
+        if message.budget() <= self.config.max_message_bytes {
             self.send(to, message);
             return;
         }
         let PeerMessage::Digests { buckets, digests } = message else {
             return;
         };
-        for digests in split_by_budget(digests, limit, |(key, _)| digest_budget(key)) {
-            let buckets = Vec::new();
-            self.send(to, PeerMessage::Digests { buckets, digests });
-        }
-        for buckets in split_by_budget(buckets, limit, |_| BUCKET_BUDGET) {
-            let digests = Vec::new();
-            self.send(to, PeerMessage::Digests { buckets, digests });
-        }
+        self.send_digest_lines(to, digests);
+        self.send_in_parts(
+            to,
+            buckets,
+            |_| BUCKET_BUDGET,
+            |buckets| {
+                let digests = Vec::new();
+                PeerMessage::Digests { buckets, digests }
+            },
+        );
+    }
+
+    /// Sends digest lines that ask for no answer.
+    fn send_digest_lines(&mut self, to: &str, digests: Vec<(String, Digest)>) {
+        self.send_in_parts(
+            to,
+            digests,
+            |(key, _)| digest_budget(key),
+            |digests| {
+                let buckets = Vec::new();
+                PeerMessage::Digests { buckets, digests }
+            },
+        );
     }
 
     /// Step 4 (and its answer): asks for what differs or is missing here,
@@ -265,16 +285,15 @@ impl ReplicatorCore {
                 wanted.push(key.clone());
             }
         }
-        let limit = self.config.max_message_bytes;
-        for keys in split_by_budget(wanted, limit, |key| digest_budget(key)) {
-            self.send(
-                from,
-                PeerMessage::Request {
-                    keys,
-                    buckets: Vec::new(),
-                },
-            );
-        }
+        self.send_in_parts(
+            from,
+            wanted,
+            |key| digest_budget(key),
+            |keys| {
+                let buckets = Vec::new();
+                PeerMessage::Request { keys, buckets }
+            },
+        );
         let buckets = valid_buckets(buckets);
         if buckets.is_empty() {
             return;
@@ -286,15 +305,7 @@ impl ReplicatorCore {
             .into_iter()
             .filter(|(key, ours)| listed.get(key) != Some(ours))
             .collect();
-        for digests in split_by_budget(answer, limit, |(key, _)| digest_budget(key)) {
-            self.send(
-                from,
-                PeerMessage::Digests {
-                    buckets: Vec::new(),
-                    digests,
-                },
-            );
-        }
+        self.send_digest_lines(from, answer);
     }
 
     /// Answers a request with the states of the keys and of every key in the

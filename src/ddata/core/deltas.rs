@@ -11,7 +11,7 @@
 
 use super::{Entry, PeerName, ReplicatorCore, Slot};
 use crate::ddata::tracked::Recording;
-use crate::ddata::wire::{split_by_budget, PeerMessage, WireChange, WireDelta};
+use crate::ddata::wire::{digest_budget, PeerMessage, WireChange, WireDelta};
 use crate::error::{Error, Result};
 
 /// How far one peer's sequence for one key has been applied here.
@@ -129,10 +129,12 @@ impl ReplicatorCore {
                 missing.push(key);
             }
         }
-        let limit = self.config.max_message_bytes;
-        for keys in split_by_budget(missing, limit, |key| crate::ddata::wire::digest_budget(key)) {
-            self.send(from, PeerMessage::DeltaNack { keys });
-        }
+        self.send_in_parts(
+            from,
+            missing,
+            |key| digest_budget(key),
+            |keys| PeerMessage::DeltaNack { keys },
+        );
     }
 
     /// Whether to ask `from` for the state of `key` now: once per gossip
@@ -267,15 +269,9 @@ impl ReplicatorCore {
 
     /// Sends `deltas` to `to`, in as many messages as the budget needs.
     pub(super) fn send_deltas(&mut self, to: &str, deltas: Vec<WireDelta>) {
-        let limit = self.config.max_message_bytes;
-        for deltas in split_by_budget(deltas, limit, WireDelta::budget) {
-            self.send(
-                to,
-                PeerMessage::Deltas {
-                    epoch: self.epoch,
-                    deltas,
-                },
-            );
-        }
+        let epoch = self.epoch;
+        self.send_in_parts(to, deltas, WireDelta::budget, |deltas| {
+            PeerMessage::Deltas { epoch, deltas }
+        });
     }
 }

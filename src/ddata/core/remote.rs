@@ -3,9 +3,7 @@
 
 use super::deltas::Received;
 use super::{Effect, PeerName, ReplicatorCore, Slot, Timer};
-use crate::ddata::wire::{
-    split_by_budget, PeerMessage, WireChange, WireDelta, WireEntry, WireValue,
-};
+use crate::ddata::wire::{PeerMessage, WireChange, WireDelta, WireEntry, WireValue};
 use crate::error::{Error, Result};
 
 impl ReplicatorCore {
@@ -117,16 +115,10 @@ impl ReplicatorCore {
             .iter()
             .filter_map(|key| self.sendable_entry(key))
             .collect();
-        let limit = self.config.max_message_bytes;
-        for entries in split_by_budget(entries, limit, WireEntry::budget) {
-            self.send(
-                to,
-                PeerMessage::Entries {
-                    epoch: self.epoch,
-                    entries,
-                },
-            );
-        }
+        let epoch = self.epoch;
+        self.send_in_parts(to, entries, WireEntry::budget, |entries| {
+            PeerMessage::Entries { epoch, entries }
+        });
     }
 
     /// Eager push: what changed in the keys updated locally since the last
@@ -154,17 +146,8 @@ impl ReplicatorCore {
                 deltas.extend(self.sendable(key, taken));
             }
         }
-        let limit = self.config.max_message_bytes;
-        for deltas in split_by_budget(deltas, limit, WireDelta::budget) {
-            for peer in &peers {
-                self.send(
-                    peer,
-                    PeerMessage::Deltas {
-                        epoch: self.epoch,
-                        deltas: deltas.clone(),
-                    },
-                );
-            }
+        for peer in &peers {
+            self.send_deltas(peer, deltas.clone());
         }
     }
 }
