@@ -291,6 +291,32 @@ fn encoded_sizes(_: &mut Criterion) {
     }
 }
 
+/// Decoding the merged 10k-element set from its encoding, as a receiver of a
+/// whole state does.
+fn orset_decode(c: &mut Criterion) {
+    let ours = ours_three_orsets()
+        .iter()
+        .fold(ORSet::new(), |acc, s| acc.merged(s));
+    let mut theirs = crdts::Orswot::new();
+    theirs_three_orswots()
+        .into_iter()
+        .for_each(|s| theirs.merge(s));
+    let (ours, theirs) = (
+        codec::encode(&ours).expect("encodes"),
+        rmp_serde::to_vec(&theirs).expect("encodes"),
+    );
+    let mut group = c.benchmark_group("orset_decode_10k_from_3_replicas");
+    group.bench_function("ractor_replicated", |bench| {
+        bench.iter(|| codec::decode::<ORSet<u64>>(&ours).expect("decodes"))
+    });
+    group.bench_function("crdts", |bench| {
+        bench.iter(|| {
+            rmp_serde::from_slice::<crdts::Orswot<u64, ReplicaId>>(&theirs).expect("decodes")
+        })
+    });
+    group.finish();
+}
+
 fn ours_len<T: serde::Serialize>(value: &T) -> usize {
     codec::encode(value).map_or(0, |bytes| bytes.len())
 }
@@ -305,6 +331,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = encoded_sizes, orset_merge, counter_merge, single_operations
+    targets = encoded_sizes, orset_merge, orset_decode, counter_merge, single_operations
 }
 criterion_main!(benches);

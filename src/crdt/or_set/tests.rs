@@ -220,3 +220,53 @@ fn decoding_rejects_dots_outside_the_table_or_the_context() {
     };
     assert!(ORSet::try_from(shared).unwrap_err().contains("two entries"));
 }
+
+#[test]
+fn decoding_rejects_what_the_encoder_never_writes() {
+    let (a, b) = (laws::replica(0), laws::replica(1));
+    let unsorted_table: Wire<u8> = Wire {
+        replicas: vec![b.clone(), a.clone()],
+        vector: vec![(0, 1), (1, 1)],
+        cloud: vec![],
+        entries: vec![(1, vec![(0, 1)]), (2, vec![(1, 1)])],
+    };
+    assert!(ORSet::try_from(unsorted_table)
+        .unwrap_err()
+        .contains("replica table"));
+    let repeated_replica: Wire<u8> = Wire {
+        replicas: vec![a.clone(), a.clone()],
+        vector: vec![(0, 1), (1, 1)],
+        cloud: vec![],
+        entries: vec![(1, vec![(0, 1)]), (2, vec![(1, 1)])],
+    };
+    assert!(ORSet::try_from(repeated_replica).is_err());
+    for members in [[2, 1], [1, 1]] {
+        let unsorted: Wire<u8> = Wire {
+            replicas: vec![a.clone(), b.clone()],
+            vector: vec![(0, 1), (1, 1)],
+            cloud: vec![],
+            entries: vec![(members[0], vec![(0, 1)]), (members[1], vec![(1, 1)])],
+        };
+        assert!(ORSet::try_from(unsorted)
+            .unwrap_err()
+            .contains("out of order"));
+    }
+}
+
+#[test]
+fn a_decoded_set_equals_the_encoded_one() {
+    let (a, b) = (laws::replica(0), laws::replica(1));
+    let mut set = ORSet::new();
+    for i in 0..100u32 {
+        let writer = if i % 3 == 0 { &a } else { &b };
+        set.apply(set.add(writer, i));
+    }
+    let mut concurrent = set.clone();
+    concurrent.apply(concurrent.add(&a, 7));
+    set.apply(set.add(&b, 7));
+    set.apply(set.remove(&50));
+    set.merge(&concurrent);
+    let decoded: ORSet<u32> = crate::codec::decode(&crate::codec::encode(&set).unwrap()).unwrap();
+    assert_eq!(decoded, set);
+    assert_eq!(decoded.dots_of(&7).len(), 2);
+}
