@@ -302,14 +302,20 @@ pub(crate) struct Entry {
     folded: u64,
     /// Listed among its bucket's stale keys.
     stale: bool,
-    /// Encoded size when last encoded, and updates since: together they
-    /// decide whether an update must be checked against the message budget
-    /// before it is accepted.
+    /// Encoded size when last encoded, and updates since: together with
+    /// the growth below they decide whether an update must be checked
+    /// against the message budget before it is accepted.
     encoded_len: usize,
     unchecked_updates: u32,
-    /// What recorded operations may have added to the value since it was
-    /// last encoded: an operation encodes to at least what it adds.
+    /// What changes may have added to the value since it was last encoded:
+    /// an operation, or a merged state, encodes to at least what it adds.
     grown_by: usize,
+    /// Whether `encoded_len + grown_by` bounds the value's encoded size:
+    /// true until a change of unknown size (a whole-value update, a read
+    /// repair) since the last encoding.
+    sized: bool,
+    /// The most one local update has added to the value.
+    largest_update: usize,
     /// Local changes not pushed yet.
     unpushed: Option<Recording>,
     /// The number of this key's last push in this node's sequence.
@@ -329,6 +335,8 @@ impl Entry {
             encoded_len: 0,
             unchecked_updates: 0,
             grown_by: 0,
+            sized: true,
+            largest_update: 0,
             unpushed: None,
             pushed: 0,
             heard: Vec::new(),
@@ -369,6 +377,30 @@ impl Entry {
         self.encoded_len = len;
         self.unchecked_updates = 0;
         self.grown_by = 0;
+        self.sized = true;
+    }
+
+    /// Counts a change that added at most `bytes` to the encoded value, or
+    /// an unknown amount.
+    fn grew(&mut self, bytes: Option<usize>) {
+        match bytes {
+            Some(bytes) => self.grown_by += bytes,
+            None => self.sized = false,
+        }
+    }
+
+    /// Whether the next update must be measured before it is accepted. With
+    /// a known bound, only when the bound comes within a margin of `limit`:
+    /// twice the largest update seen, and at least a sixteenth of the limit.
+    /// Without one, when the value was near the limit or after a run of
+    /// unmeasured updates.
+    fn must_measure(&self, limit: usize) -> bool {
+        let bound = self.encoded_len + self.grown_by;
+        if self.sized {
+            bound + (limit / 16).max(2 * self.largest_update) >= limit
+        } else {
+            bound >= limit / 2 || self.unchecked_updates >= UNCHECKED_UPDATES
+        }
     }
 }
 
@@ -546,6 +578,7 @@ impl ReplicatorCore {
                 },
             )),
         };
+        let measure = entry.must_measure(limit);
         let value = match &mut entry.slot {
             Slot::Deleted => return Err(Error::Deleted { key: name.into() }),
             Slot::Live { tag: found, data } => {
@@ -558,15 +591,14 @@ impl ReplicatorCore {
             }
         };
         // Encoding every update would cost as much as the update of a large
-        // value. A value is checked when it was near the budget when last
-        // encoded, or after a run of unchecked updates; only a single update
-        // that adds more than half the budget at once can slip through, and
-        // its push is then refused and counted instead. The update happens in
-        // place (a value may know things about its own writes that a copy
-        // does not carry), and a refused one is undone from a backup.
-        let recording = if entry.encoded_len + entry.grown_by >= limit / 2
-            || entry.unchecked_updates >= UNCHECKED_UPDATES
-        {
+        // value, so an update is measured only when `must_measure` says so.
+        // A single update far larger than those before it can slip past the
+        // limit; the value then cannot travel whole, which is logged and
+        // counted, and the next update is measured and refused. The update
+        // happens in place (a value may know things about its own writes
+        // that a copy does not carry), and a refused one is undone from a
+        // backup.
+        let recording = if measure {
             let backup = value.clone();
             let mut tracked = Tracked::new(&mut *value, deltas);
             modify(&mut tracked, &self.replica);
@@ -593,8 +625,12 @@ impl ReplicatorCore {
             modify(&mut tracked, &self.replica);
             entry.unchecked_updates += 1;
             let recording = tracked.into_recording();
-            if let Recording::Ops { bytes, .. } = &recording {
-                entry.grown_by += bytes;
+            match &recording {
+                Recording::Ops { bytes, .. } => {
+                    entry.largest_update = entry.largest_update.max(*bytes);
+                    entry.grew(Some(*bytes));
+                }
+                Recording::Whole => entry.grew(None),
             }
             recording
         };
@@ -660,8 +696,9 @@ impl ReplicatorCore {
     /// Merges a state recovered from a durable store, before the core serves
     /// anything. The state is not persisted again; listeners will hear of it.
     pub fn recover(&mut self, key: &str, value: WireValue) -> Result<()> {
+        let bytes = value.encoded_len();
         let slot = self.decode_slot(value)?;
-        self.merge_slot(key, slot)?;
+        self.merge_slot(key, slot, Some(bytes))?;
         self.out
             .retain(|effect| !matches!(effect, Effect::Persist { .. }));
         Ok(())

@@ -291,6 +291,16 @@ pub enum WireValue {
     Deleted,
 }
 
+impl WireValue {
+    /// The size of the encoded state (0 for a tombstone).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            WireValue::Live { state, .. } => state.len(),
+            WireValue::Deleted => 0,
+        }
+    }
+}
+
 impl PeerMessage {
     /// An upper bound of the message's encoded size, envelope included.
     pub fn budget(&self) -> usize {

@@ -156,10 +156,12 @@ impl ReplicatorCore {
     pub(super) fn receive_delta(&mut self, from: &str, epoch: u64, delta: WireDelta) -> Received {
         let WireDelta { key, seq, change } = delta;
         let outcome = match change {
-            WireChange::State(value) => self
-                .decode_slot(value)
-                .and_then(|slot| self.merge_slot(&key, slot))
-                .map(|_| Received::Applied),
+            WireChange::State(value) => {
+                let bytes = value.encoded_len();
+                self.decode_slot(value)
+                    .and_then(|slot| self.merge_slot(&key, slot, Some(bytes)))
+                    .map(|_| Received::Applied)
+            }
             WireChange::Ops { tag, ops } => {
                 let heard = match self.entries.get_mut(&key) {
                     Some(entry) => entry.heard_from(from, epoch).seq,
@@ -233,6 +235,7 @@ impl ReplicatorCore {
             }
             return Err(err);
         }
+        entry.grew(Some(ops.iter().map(|op| op.len()).sum()));
         self.stats.deltas_applied += 1;
         self.stats.changing_merges += 1;
         self.mark_changed(key);

@@ -93,15 +93,28 @@ impl ReplicatorCore {
         }
     }
 
-    /// Merges `incoming` into the local state of `key`; says whether it changed.
-    pub(super) fn merge_slot(&mut self, key: &str, incoming: Slot) -> Result<bool> {
+    /// Merges `incoming`, encoded in `bytes` if known, into the local state
+    /// of `key`; says whether it changed.
+    pub(super) fn merge_slot(
+        &mut self,
+        key: &str,
+        incoming: Slot,
+        bytes: Option<usize>,
+    ) -> Result<bool> {
         let changed = match self.entries.get_mut(key) {
             None => {
-                self.entries
-                    .insert(key.to_string(), super::Entry::new(key, incoming));
+                let mut entry = super::Entry::new(key, incoming);
+                entry.grew(bytes);
+                self.entries.insert(key.to_string(), entry);
                 true
             }
-            Some(entry) => entry.slot.merge(incoming, key)?,
+            Some(entry) => {
+                let changed = entry.slot.merge(incoming, key)?;
+                if changed {
+                    entry.grew(bytes);
+                }
+                changed
+            }
         };
         if changed {
             self.stats.changing_merges += 1;

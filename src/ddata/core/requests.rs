@@ -237,7 +237,7 @@ impl ReplicatorCore {
             return;
         };
         if let Some(slot) = read.merged {
-            if let Err(err) = self.merge_slot(&read.key, slot) {
+            if let Err(err) = self.merge_slot(&read.key, slot, None) {
                 self.out.push(Effect::ReadDone {
                     request: read.request,
                     result: Err(err),

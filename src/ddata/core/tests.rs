@@ -239,6 +239,38 @@ fn a_value_too_large_for_a_message_is_refused_and_leaves_the_old_value() {
     assert_eq!(a.get(&key).unwrap().unwrap().len() as u64, last_ok + 1);
 }
 
+#[test]
+fn what_a_replica_received_counts_against_its_own_next_update() {
+    let config = CoreConfig {
+        max_message_bytes: 4_096,
+        ..CoreConfig::default()
+    };
+    let (mut a, mut b) = (core("a", config.clone()), core("b", config));
+    a.peer_up("b");
+    b.peer_up("a");
+    let key: Key<ORSet<String>> = Key::new("big");
+    // b fills the set as far as the budget lets it; a only receives deltas,
+    // so it never measured the value itself.
+    for i in 0.. {
+        let Ok(pushed) = b.update(1, &key, WriteConsistency::Local, |s, me| {
+            s.apply(s.add(me, format!("element number {i:05}")))
+        }) else {
+            break;
+        };
+        deliver(&b, &mut a, pushed);
+        b.handle_timer(Timer::Push);
+    }
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+    let before = a.get(&key).unwrap().unwrap().clone();
+    let err = a
+        .update(2, &key, WriteConsistency::Local, |s, me| {
+            s.apply(s.add(me, "x".repeat(200)))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
+    assert_eq!(a.get(&key).unwrap().unwrap(), &before);
+}
+
 /// Two cores holding the same `count` counters, `a` knowing `b` as a peer.
 fn converged_pair(count: usize) -> (ReplicatorCore, ReplicatorCore, Vec<Key<GCounter>>) {
     let (mut a, mut b) = (
