@@ -27,7 +27,7 @@ pub use self::core::{
 };
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
-pub use self::registry::{ErasedData, TypeRegistry};
+pub use self::registry::{erase, ErasedData, TypeRegistry};
 pub use self::replicator::{Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState};
 pub use self::tracked::Tracked;
 pub use crate::discovery::{

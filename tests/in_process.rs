@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -287,6 +288,47 @@ async fn notifications_of_a_busy_key_are_coalesced_and_end_with_the_latest_value
     })
     .await;
     assert!(seen < 200, "{seen} notifications for 200 updates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_share_one_value_and_keep_the_version_they_were_sent() {
+    let nodes = cluster("shared-value", 1, test_core_config()).await;
+    let key: Key<ORSet<String>> = Key::new("cart");
+    let add = |item: &'static str| {
+        let dd = nodes[0].dd.clone();
+        let key = key.clone();
+        async move {
+            dd.update(&key, WriteConsistency::Local, move |s, me| {
+                s.apply(s.add(me, item.to_string()))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    add("milk").await;
+    let (first, mut first_changes) = listener::<Change<ORSet<String>>>().await;
+    let (second, mut second_changes) = listener::<Change<ORSet<String>>>().await;
+    nodes[0].dd.subscribe(&key, first).await.unwrap();
+    nodes[0].dd.subscribe(&key, second).await.unwrap();
+    add("eggs").await;
+    let has_eggs = |change: &Change<ORSet<String>>| matches!(change, Change::Changed { value, .. } if value.contains("eggs"));
+    let value_of = |change: Change<ORSet<String>>| match change {
+        Change::Changed { value, .. } => value,
+        other => panic!("expected a value, got {other:?}"),
+    };
+    let held = value_of(next_matching(&mut first_changes, BOUND, has_eggs).await);
+    let other = value_of(next_matching(&mut second_changes, BOUND, has_eggs).await);
+    assert!(
+        Arc::ptr_eq(&held, &other),
+        "one value, not a copy per listener"
+    );
+
+    // The next update copies the value the listeners still hold.
+    add("bread").await;
+    let has_bread = |change: &Change<ORSet<String>>| matches!(change, Change::Changed { value, .. } if value.contains("bread"));
+    let newer = value_of(next_matching(&mut first_changes, BOUND, has_bread).await);
+    assert_eq!(newer.len(), 3);
+    assert_eq!(held.iter().collect::<Vec<_>>(), ["eggs", "milk"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

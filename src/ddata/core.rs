@@ -574,7 +574,7 @@ impl ReplicatorCore {
                 name,
                 Slot::Live {
                     tag: tag.clone(),
-                    data: Box::new(T::default()),
+                    data: super::registry::erase(T::default()),
                 },
             )),
         };
@@ -603,7 +603,7 @@ impl ReplicatorCore {
             let mut tracked = Tracked::new(&mut *value, deltas);
             modify(&mut tracked, &self.replica);
             let recording = tracked.into_recording();
-            let bytes = match value.encode_erased() {
+            let bytes = match crate::codec::encode(&*value) {
                 Ok(encoded) => encoded.len(),
                 Err(err) => {
                     *value = backup;

@@ -148,7 +148,7 @@ pub(crate) struct StoredEntry<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ddata::registry::{ErasedData, TypeRegistry};
+    use crate::ddata::registry::{erase, ErasedData, TypeRegistry};
     use crate::{
         Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, OpBased,
         PNCounter, PNCounterMap, ReplicaId,
@@ -203,17 +203,17 @@ mod tests {
         let mut multi = ORMultiMap::<String, String>::new();
         multi.apply(multi.add_binding(&me, "k".to_string(), "v".to_string()));
         vec![
-            ("GCounter", Box::new(counter)),
-            ("PNCounter", Box::new(pn)),
-            ("Flag", Box::new(flag)),
-            ("GSet<String>", Box::new(gset)),
-            ("ORSet<String>", Box::new(set)),
-            ("LWWRegister<String>", Box::new(lww)),
-            ("MVRegister<String>", Box::new(mv)),
-            ("LWWMap<String,String>", Box::new(lww_map)),
-            ("PNCounterMap<String>", Box::new(pn_map)),
-            ("ORMap<String,PNCounter>", Box::new(or_map)),
-            ("ORMultiMap<String,String>", Box::new(multi)),
+            ("GCounter", erase(counter)),
+            ("PNCounter", erase(pn)),
+            ("Flag", erase(flag)),
+            ("GSet<String>", erase(gset)),
+            ("ORSet<String>", erase(set)),
+            ("LWWRegister<String>", erase(lww)),
+            ("MVRegister<String>", erase(mv)),
+            ("LWWMap<String,String>", erase(lww_map)),
+            ("PNCounterMap<String>", erase(pn_map)),
+            ("ORMap<String,PNCounter>", erase(or_map)),
+            ("ORMultiMap<String,String>", erase(multi)),
         ]
     }
 

@@ -29,8 +29,10 @@ pub enum Change<T> {
     Changed {
         /// The key.
         key: Key<T>,
-        /// Its current value.
-        value: T,
+        /// Its current value, shared with the Replicator rather than copied:
+        /// a listener that keeps it past the key's next change makes that
+        /// change copy the value.
+        value: Arc<T>,
     },
     /// The key was deleted.
     Deleted {
@@ -39,7 +41,7 @@ pub enum Change<T> {
     },
 }
 
-impl<T: Send + 'static> Message for Change<T> {}
+impl<T: Send + Sync + 'static> Message for Change<T> {}
 
 /// How to start a Replicator: [`ReplicatorConfig::new`] then `with_*`.
 pub struct ReplicatorConfig {
@@ -358,13 +360,13 @@ impl DistributedData {
                 },
                 Lookup::Live { tag: found, value } => {
                     match value
-                        .as_any()
-                        .downcast_ref::<T>()
+                        .as_shared_any()
+                        .downcast_ref::<Arc<T>>()
                         .filter(|_| found == &*tag)
                     {
                         Some(value) => Change::Changed {
                             key: typed_key.clone(),
-                            value: value.clone(),
+                            value: Arc::clone(value),
                         },
                         None => return true,
                     }

@@ -16,14 +16,17 @@ use crate::crdt::{
 };
 use crate::error::{Error, Result};
 
-/// A [`ReplicatedData`] value behind a trait object. Implemented for every
-/// `ReplicatedData` type; there is no reason to implement it by hand.
+/// A [`ReplicatedData`] value behind a trait object, as the Replicator holds
+/// it. [`erase`] makes one; there is no reason to implement it by hand.
 pub trait ErasedData: Any + Debug + Send + Sync {
     /// The value as [`Any`], to downcast it to its concrete type.
     fn as_any(&self) -> &dyn Any;
-    /// The value as mutable [`Any`].
+    /// The value as mutable [`Any`]; a value still shared with a listener is
+    /// copied first.
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// A boxed copy.
+    /// The value's shared handle, an `Arc<T>`, as [`Any`].
+    fn as_shared_any(&self) -> &dyn Any;
+    /// A boxed copy (sharing the value until either side changes it).
     fn clone_erased(&self) -> Box<dyn ErasedData>;
     /// Merges `other` into `self` and says whether `self` changed; `None` when
     /// `other` is of another type.
@@ -34,43 +37,58 @@ pub trait ErasedData: Any + Debug + Send + Sync {
     fn eq_erased(&self, other: &dyn ErasedData) -> bool;
 }
 
-impl<T: ReplicatedData> ErasedData for T {
+/// `value` behind the trait object the Replicator holds.
+pub fn erase<T: ReplicatedData>(value: T) -> Box<dyn ErasedData> {
+    Box::new(Shared(Arc::new(value)))
+}
+
+/// A value shared, copy on write, with the listeners it was last sent to: a
+/// notification costs no copy, and an update copies the value only while a
+/// listener still holds the version before it.
+#[derive(Debug)]
+struct Shared<T>(Arc<T>);
+
+impl<T: ReplicatedData> ErasedData for Shared<T> {
     fn as_any(&self) -> &dyn Any {
-        self
+        &*self.0
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
+        Arc::<T>::make_mut(&mut self.0)
+    }
+
+    fn as_shared_any(&self) -> &dyn Any {
+        &self.0
     }
 
     fn clone_erased(&self) -> Box<dyn ErasedData> {
-        Box::new(self.clone())
+        Box::new(Shared(Arc::clone(&self.0)))
     }
 
     fn merge_erased(&mut self, other: &dyn ErasedData) -> Option<bool> {
         let other = other.as_any().downcast_ref::<T>()?;
-        let merged = self.merged(other);
-        if merged == *self {
+        let merged = self.0.merged(other);
+        if merged == *self.0 {
             Some(false)
         } else {
-            *self = merged;
+            self.0 = Arc::new(merged);
             Some(true)
         }
     }
 
     fn encode_erased(&self) -> Result<Vec<u8>> {
-        codec::encode(self)
+        codec::encode(&*self.0)
     }
 
     fn eq_erased(&self, other: &dyn ErasedData) -> bool {
-        other.as_any().downcast_ref::<T>() == Some(self)
+        other.as_any().downcast_ref::<T>() == Some(&*self.0)
     }
 }
 
 type Decoder = fn(&[u8]) -> Result<Box<dyn ErasedData>>;
 
 fn decode_as<T: ReplicatedData>(bytes: &[u8]) -> Result<Box<dyn ErasedData>> {
-    Ok(Box::new(codec::decode::<T>(bytes)?))
+    Ok(erase(codec::decode::<T>(bytes)?))
 }
 
 /// How a type whose operations travel as deltas is rebuilt on a receiver.
@@ -83,7 +101,7 @@ struct DeltaCodec {
 }
 
 fn empty_of<T: ReplicatedData + Default>() -> Box<dyn ErasedData> {
-    Box::new(T::default())
+    erase(T::default())
 }
 
 fn apply_ops_as<T: ReplicatedData + OpBased>(
@@ -369,12 +387,12 @@ mod tests {
         let decoded = registry
             .decode(&tag, &codec::encode(&counter).unwrap())
             .unwrap();
-        assert!(decoded.eq_erased(&counter));
+        assert!(decoded.eq_erased(erase(counter).as_ref()));
 
-        let mut empty: Box<dyn ErasedData> = Box::new(GCounter::new());
+        let mut empty = erase(GCounter::new());
         assert_eq!(empty.merge_erased(decoded.as_ref()), Some(true));
         assert_eq!(empty.merge_erased(decoded.as_ref()), Some(false));
-        assert_eq!(empty.merge_erased(&Flag::default()), None);
+        assert_eq!(empty.merge_erased(erase(Flag::default()).as_ref()), None);
     }
 
     #[test]
