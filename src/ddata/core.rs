@@ -252,6 +252,10 @@ pub struct CoreStats {
     /// of the same key and sender had not arrived (the whole state was asked
     /// for instead).
     pub missing_deltas: u64,
+    /// Whole states encoded to be sent: anti-entropy answers, answers to a
+    /// missing delta, pushes that could not travel as operations, read
+    /// repairs.
+    pub states_sent: u64,
 }
 
 pub(crate) enum Slot {
@@ -261,6 +265,9 @@ pub(crate) enum Slot {
     },
     Deleted,
 }
+
+/// The round of a change that did not happen.
+const NEVER: u64 = u64::MAX;
 
 /// Updates of a key accepted without measuring its encoding, at most.
 const UNCHECKED_UPDATES: u32 = 64;
@@ -316,6 +323,13 @@ pub(crate) struct Entry {
     sized: bool,
     /// The most one local update has added to the value.
     largest_update: usize,
+    /// The gossip round of the last change.
+    changed_in: u64,
+    /// The gossip round in which the digest was last folded in (`NEVER`).
+    folded_in: u64,
+    /// The round in which the key, put off for `PUT_OFF_ROUNDS`, is
+    /// listed with its digest all the same, once (`NEVER`).
+    compare_in: u64,
     /// Local changes not pushed yet.
     unpushed: Option<Recording>,
     /// The number of this key's last push in this node's sequence.
@@ -337,6 +351,9 @@ impl Entry {
             grown_by: 0,
             sized: true,
             largest_update: 0,
+            changed_in: NEVER,
+            folded_in: NEVER,
+            compare_in: NEVER,
             unpushed: None,
             pushed: 0,
             heard: Vec::new(),
@@ -378,6 +395,28 @@ impl Entry {
         self.unchecked_updates = 0;
         self.grown_by = 0;
         self.sized = true;
+    }
+
+    /// Whether the key changed in gossip round `round` or the one before,
+    /// so that deltas of it may still be on their way.
+    fn changed_lately(&self, round: u64) -> bool {
+        self.changed_in
+            .checked_add(1)
+            .is_some_and(|next| next >= round)
+    }
+
+    /// Whether anti-entropy leaves the key out of comparisons in `round`: a
+    /// key that changed lately, and was compared before, is compared in one
+    /// round per `PUT_OFF_ROUNDS` only; see `ReplicatorCore::put_off`.
+    fn put_off(&mut self, round: u64) -> bool {
+        if !self.changed_lately(round) || self.folded_in == NEVER || self.compare_in == round {
+            return false;
+        }
+        if round.saturating_sub(self.folded_in) >= antientropy::PUT_OFF_ROUNDS {
+            self.compare_in = round;
+            return false;
+        }
+        true
     }
 
     /// Counts a change that added at most `bytes` to the encoded value, or
@@ -765,6 +804,7 @@ impl ReplicatorCore {
     fn mark_changed(&mut self, key: &str) {
         if let Some(entry) = self.entries.get_mut(key) {
             self.hashes.changed(key, entry);
+            entry.changed_in = self.round;
         }
         if self.config.durable.contains(key) {
             self.out.push(Effect::Persist { key: key.into() });
@@ -882,7 +922,7 @@ impl ReplicatorCore {
                 digest_of(state)
             }
         };
-        self.hashes.fold(key, entry, digest);
+        self.hashes.fold(key, entry, digest, self.round);
         if let WireValue::Live { state, .. } = &value {
             if state.len() > limit {
                 return Some(Err(Error::ValueTooLarge {
@@ -893,6 +933,7 @@ impl ReplicatorCore {
             }
         }
         let seq = entry.pushed;
+        self.stats.states_sent += 1;
         Some(Ok(WireEntry {
             key: key.to_string(),
             value,
@@ -919,7 +960,7 @@ impl ReplicatorCore {
                 }
             },
         };
-        self.hashes.fold(key, entry, digest);
+        self.hashes.fold(key, entry, digest, self.round);
         Some(digest)
     }
 }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{Entry, PeerName, ReplicatorCore};
+use super::{Entry, PeerName, ReplicatorCore, NEVER};
 use crate::ddata::wire::{
     digest_budget, key_hash, Digest, PeerMessage, BUCKETS, BUCKETS_PER_GROUP, BUCKET_BUDGET,
     GROUPS, HASH_BUDGET, TOMBSTONE_DIGEST,
@@ -37,6 +37,10 @@ use crate::ddata::wire::{
 /// For how many gossip rounds a claim on a bucket, or a key asked for, keeps
 /// other peers from being asked (a message of the exchange may be lost).
 const CLAIM_ROUNDS: u64 = 2;
+
+/// The most gossip rounds anti-entropy leaves out a key that keeps
+/// changing; see `Entry::put_off`.
+pub(super) const PUT_OFF_ROUNDS: u64 = 30;
 
 /// The incremental hashes of the key space.
 pub(crate) struct KeyHashes {
@@ -83,13 +87,14 @@ impl KeyHashes {
 
     /// Records `digest` as the digest of `entry` (of `key`) and updates its
     /// bucket's hash.
-    pub(super) fn fold(&mut self, key: &str, entry: &mut Entry, digest: Digest) {
+    pub(super) fn fold(&mut self, key: &str, entry: &mut Entry, digest: Digest, round: u64) {
         let hash = key_hash(key, digest);
         let bucket = usize::from(entry.bucket);
         self.buckets[bucket] ^= entry.folded ^ hash;
         self.groups[bucket / BUCKETS_PER_GROUP] ^= entry.folded ^ hash;
         entry.folded = hash;
         entry.digest = Some(digest);
+        entry.folded_in = round;
     }
 }
 
@@ -374,13 +379,26 @@ impl ReplicatorCore {
     }
 
     /// Folds the digests of the stale keys of `buckets` into their hashes.
+    /// A key put off keeps its old share (and stays stale): its digest would
+    /// be out of date again within the round, and computing it encodes the
+    /// whole value.
     fn refresh_buckets(&mut self, buckets: impl IntoIterator<Item = usize>) {
+        let round = self.round;
         for bucket in buckets {
+            let mut still_stale = Vec::new();
             for key in std::mem::take(&mut self.hashes.stale[bucket]) {
                 if let Some(entry) = self.entries.get_mut(&key) {
+                    if entry.put_off(round) {
+                        still_stale.push(key);
+                        continue;
+                    }
                     entry.stale = false;
                 }
                 self.digest(&key);
+            }
+            if !still_stale.is_empty() {
+                self.hashes.dirty.push(bucket as u16);
+                self.hashes.stale[bucket] = still_stale;
             }
         }
     }
@@ -394,11 +412,22 @@ impl ReplicatorCore {
             .collect()
     }
 
-    /// The keys of `buckets` with their digests.
+    /// The keys of `buckets` with their digests, leaving out the keys put
+    /// off (see `Entry::put_off`): only a current digest is worth comparing.
     fn digests_in(&mut self, buckets: &BucketSet) -> Vec<(String, Digest)> {
-        self.keys_in(buckets)
-            .into_iter()
-            .filter_map(|key| self.digest(&key).map(|digest| (key, digest)))
-            .collect()
+        let round = self.round;
+        let mut digests = Vec::new();
+        for key in self.keys_in(buckets) {
+            if let Some(entry) = self.entries.get_mut(&key) {
+                if entry.put_off(round) {
+                    continue;
+                }
+                entry.compare_in = NEVER;
+            }
+            if let Some(digest) = self.digest(&key) {
+                digests.push((key, digest));
+            }
+        }
+        digests
     }
 }

@@ -1,3 +1,4 @@
+use super::antientropy::PUT_OFF_ROUNDS;
 use super::*;
 use crate::codec;
 use crate::ddata::wire::Envelope;
@@ -183,6 +184,7 @@ fn a_deleted_key_refuses_updates_and_wins_merges() {
     );
 
     a.peer_up("b");
+    rounds_pass(&mut [&mut a, &mut b], 2);
     let summary = a.handle_timer(Timer::Gossip);
     converse(&mut a, &mut b, summary);
     assert!(matches!(b.lookup("hits"), Lookup::Deleted));
@@ -271,6 +273,15 @@ fn what_a_replica_received_counts_against_its_own_next_update() {
     assert_eq!(a.get(&key).unwrap().unwrap(), &before);
 }
 
+/// Lets `rounds` gossip rounds pass on `cores`, dropping what they send.
+fn rounds_pass(cores: &mut [&mut ReplicatorCore], rounds: usize) {
+    for _ in 0..rounds {
+        for core in cores.iter_mut() {
+            core.handle_timer(Timer::Gossip);
+        }
+    }
+}
+
 /// Two cores holding the same `count` counters, `a` knowing `b` as a peer.
 fn converged_pair(count: usize) -> (ReplicatorCore, ReplicatorCore, Vec<Key<GCounter>>) {
     let (mut a, mut b) = (
@@ -294,6 +305,9 @@ fn anti_entropy_moves_only_the_keys_that_differ() {
     increment(&mut a, &shared[3], WriteConsistency::Local);
     increment(&mut b, &Key::new("only-b"), WriteConsistency::Local);
     increment(&mut a, &Key::new("only-a"), WriteConsistency::Local);
+    // The changes are older than the round before the exchange: their
+    // deltas cannot be on their way any more.
+    rounds_pass(&mut [&mut a, &mut b], 2);
 
     let summary = a.handle_timer(Timer::Gossip);
     let log = converse(&mut a, &mut b, summary);
@@ -316,6 +330,7 @@ fn both_sides_of_a_key_that_differs_end_with_the_merge() {
         c.apply(c.increment(&ReplicaId::new("b", 1), 5))
     })
     .unwrap();
+    rounds_pass(&mut [&mut a, &mut b], 2);
     let summary = a.handle_timer(Timer::Gossip);
     let log = converse(&mut a, &mut b, summary);
     assert_eq!(entries_sent_by(&log, "a"), ["k7"]);
@@ -338,6 +353,7 @@ fn an_idle_round_costs_one_small_message_whatever_the_number_of_keys() {
 fn one_changed_key_among_many_costs_about_one_bucket_of_digests() {
     let (mut a, mut b, shared) = converged_pair(20_000);
     increment(&mut b, &shared[12_345], WriteConsistency::Local);
+    rounds_pass(&mut [&mut a, &mut b], 2);
     let summary = a.handle_timer(Timer::Gossip);
     let log = converse(&mut a, &mut b, summary);
     assert_eq!(entries_sent_by(&log, "b"), ["k12345"]);
@@ -641,6 +657,57 @@ fn an_update_of_a_large_set_travels_as_its_operation() {
     assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
     assert_eq!(b.stats().missing_deltas, 0);
     assert_eq!(b.stats().deltas_applied, 10_001);
+}
+
+/// Only the messages of `effects` (timers dropped).
+fn only_sends(effects: Vec<Effect>) -> Vec<Effect> {
+    effects
+        .into_iter()
+        .filter(|effect| matches!(effect, Effect::Send { .. }))
+        .collect()
+}
+
+#[test]
+fn a_hot_key_is_not_pulled_whole_while_deltas_keep_coming() {
+    let mut nodes = connected(&["a", "b"]);
+    let (a, b) = nodes.split_at_mut(1);
+    let (a, b) = (&mut a[0], &mut b[0]);
+    let key: Key<ORSet<String>> = Key::new("presence");
+    let mut whole_states_at = Vec::new();
+    for round in 1..=PUT_OFF_ROUNDS + 5 {
+        b.handle_timer(Timer::Gossip);
+        let summary = only_sends(a.handle_timer(Timer::Gossip));
+        // One add arrives; the next is still in flight when the exchange
+        // compares the two replicas.
+        let arrived = add(a, &key, format!("{round}-arrived"));
+        deliver(a, b, arrived);
+        a.handle_timer(Timer::Push);
+        let in_flight = add(a, &key, format!("{round}-in-flight"));
+        a.handle_timer(Timer::Push);
+        let log = converse(a, b, summary);
+        if !entries_sent_by(&log, "a").is_empty() || !entries_sent_by(&log, "b").is_empty() {
+            whole_states_at.push(round);
+        }
+        assert!(sends(&deliver(a, b, in_flight)).is_empty());
+    }
+    // Once, when the key is compared although it keeps changing.
+    assert_eq!(whole_states_at.len(), 1, "{whole_states_at:?}");
+    assert!(whole_states_at[0] > PUT_OFF_ROUNDS, "{whole_states_at:?}");
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
+
+    // The last delta of a burst is lost; once the key cools, an exchange
+    // finds the difference and repairs it.
+    let _lost = add(a, &key, "lost".into());
+    for _ in 0..2 {
+        a.handle_timer(Timer::Gossip);
+        b.handle_timer(Timer::Gossip);
+    }
+    let summary = only_sends(a.handle_timer(Timer::Gossip));
+    b.handle_timer(Timer::Gossip);
+    let log = converse(a, b, summary);
+    assert_eq!(entries_sent_by(&log, "a"), ["presence"]);
+    assert!(b.get(&key).unwrap().unwrap().contains("lost"));
+    assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
 }
 
 #[test]
