@@ -449,6 +449,21 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// CPU time, in nanoseconds, that the live threads of process `pid` have run
+/// so far (the kernel's scheduler counters, finer than clock ticks); threads
+/// that ended no longer count.
+pub fn cpu_nanos(pid: u32) -> u64 {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    threads
+        .filter_map(|thread| {
+            let schedstat = std::fs::read_to_string(thread.ok()?.path().join("schedstat")).ok()?;
+            schedstat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// TCP payload bytes sent and received so far over the open connections of
 /// process `pid`, from the kernel's socket counters (`ss`); connections that
 /// closed no longer count.

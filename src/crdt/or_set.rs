@@ -119,8 +119,8 @@ impl<T: Member> ORSet<T> {
         self.entries.contains_key(member)
     }
 
-    /// The elements, in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
+    /// The elements, in order (from either end).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator + '_ {
         self.entries.keys()
     }
 

@@ -11,6 +11,7 @@
 //! `{"ok": value}` or `{"err": "reason"}`. See `Command::run` for the commands.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,51 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
+/// Records, for each new stamp in a watched set, how long ago (wall clock,
+/// same machine) the writer added it. Stamps sort after every other element,
+/// so the newest is the last, found without a pass over the set.
+struct SetWatcher;
+
+/// A set element carrying the time it was added; see [`SetWatcher`].
+fn set_stamp(micros: u64) -> String {
+    format!("t{micros:020}")
+}
+
+impl Actor for SetWatcher {
+    type Msg = Change<ORSet<String>>;
+    /// Where latencies go, and the newest stamp heard.
+    type State = (mpsc::UnboundedSender<u64>, Arc<AtomicU64>);
+    type Arguments = (mpsc::UnboundedSender<u64>, Arc<AtomicU64>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        arguments: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(arguments)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        change: Self::Msg,
+        (sender, newest): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Change::Changed { value, .. } = change {
+            let stamp = value
+                .iter()
+                .next_back()
+                .and_then(|last| last.strip_prefix('t'))
+                .and_then(|micros| micros.parse::<u64>().ok());
+            if let Some(stamp) = stamp.filter(|stamp| *stamp > newest.load(Ordering::Relaxed)) {
+                newest.store(stamp, Ordering::Relaxed);
+                let _ = sender.send(now_micros().saturating_sub(stamp));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Records, for each change of a watched timestamp register, how long ago
 /// (wall clock, same machine) the writer stamped it.
 struct Watcher;
@@ -127,6 +173,8 @@ struct Node {
     dd: DistributedData,
     latencies: mpsc::UnboundedReceiver<u64>,
     latency_sender: mpsc::UnboundedSender<u64>,
+    /// The newest stamp a set watcher heard.
+    newest_stamp: Arc<AtomicU64>,
     ledger: Entity<Ledger>,
     tally: Entity<Ledger>,
     /// Entries acknowledged so far by each background writer, by prefix.
@@ -285,6 +333,7 @@ impl Node {
                     "changing_merges": stats.changing_merges,
                     "deltas_applied": stats.deltas_applied,
                     "missing_deltas": stats.missing_deltas,
+                    "states_sent": stats.states_sent,
                     "rejected_entries": stats.rejected_entries,
                 }))
             }
@@ -306,6 +355,62 @@ impl Node {
                     .map_err(error)?;
                 Ok(json!(value.map(|c| c.value() as u64)))
             }
+            "set-fill" => {
+                // Elements sort before every stamp; added a thousand per
+                // update, so each push is one moderate delta.
+                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let count: u64 = number(&words, 2)?;
+                for start in (0..count).step_by(1_000) {
+                    let end = (start + 1_000).min(count);
+                    dd.update(&key, local, move |s, me| {
+                        for i in start..end {
+                            s.apply(s.add(me, format!("e{i:09}")));
+                        }
+                    })
+                    .await
+                    .map_err(error)?;
+                }
+                Ok(Value::Null)
+            }
+            "set-len" => {
+                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let set = dd.get(&key, read).await.map_err(error)?;
+                Ok(json!(set.map_or(0, |s| s.len())))
+            }
+            "set-bytes" => {
+                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let set = dd.get(&key, read).await.map_err(error)?.unwrap_or_default();
+                let bytes = ractor_replicated::codec::encode(&set).map_err(error)?;
+                Ok(json!(bytes.len()))
+            }
+            "set-watch" => {
+                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let arguments = (self.latency_sender.clone(), self.newest_stamp.clone());
+                let (watcher, _) = Actor::spawn(None, SetWatcher, arguments)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                dd.subscribe(&key, watcher).await.map_err(error)?;
+                Ok(Value::Null)
+            }
+            "set-stamps" => {
+                // Paced here, not by the caller, so the pace does not carry
+                // the command round trip's jitter.
+                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let count: u64 = number(&words, 2)?;
+                let mut pace = tokio::time::interval(Duration::from_micros(number(&words, 3)?));
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last = 0;
+                for _ in 0..count {
+                    pace.tick().await;
+                    last = now_micros();
+                    let element = set_stamp(last);
+                    dd.update(&key, local, move |s, me| s.apply(s.add(me, element)))
+                        .await
+                        .map_err(error)?;
+                }
+                Ok(json!(last))
+            }
+            "set-newest" => Ok(json!(self.newest_stamp.load(Ordering::Relaxed))),
             "stamp" => {
                 let key: Key<LWWRegister<u64>> = Key::new(arg(&words, 1)?);
                 let stamp = now_micros();
@@ -776,6 +881,7 @@ async fn main() {
         dd,
         latencies,
         latency_sender,
+        newest_stamp: Arc::default(),
         ledger,
         tally,
         progress: Arc::default(),
