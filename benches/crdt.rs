@@ -260,9 +260,8 @@ fn in_place_pair(
     group.finish();
 }
 
-/// Encoded sizes (rmp-serde; ours includes the codec's version byte) of the
-/// merged 10k-element sets and the 100-replica counters.
-fn encoded_sizes(_: &mut Criterion) {
+/// The three replicas' 10k-element sets merged into one, ours and theirs.
+fn merged_orsets() -> (ORSet<u64>, crdts::Orswot<u64, ReplicaId>) {
     let ours = ours_three_orsets()
         .iter()
         .fold(ORSet::new(), |acc, s| acc.merged(s));
@@ -270,6 +269,13 @@ fn encoded_sizes(_: &mut Criterion) {
     theirs_three_orswots()
         .into_iter()
         .for_each(|s| theirs.merge(s));
+    (ours, theirs)
+}
+
+/// Encoded sizes (rmp-serde; ours includes the codec's version byte) of the
+/// merged 10k-element sets and the 100-replica counters.
+fn encoded_sizes(_: &mut Criterion) {
+    let (ours, theirs) = merged_orsets();
     let sizes = serde_json::json!({
         "orset_10k_from_3_replicas": {
             "ractor_replicated": ours_len(&ours),
@@ -294,13 +300,7 @@ fn encoded_sizes(_: &mut Criterion) {
 /// Decoding the merged 10k-element set from its encoding, as a receiver of a
 /// whole state does.
 fn orset_decode(c: &mut Criterion) {
-    let ours = ours_three_orsets()
-        .iter()
-        .fold(ORSet::new(), |acc, s| acc.merged(s));
-    let mut theirs = crdts::Orswot::new();
-    theirs_three_orswots()
-        .into_iter()
-        .for_each(|s| theirs.merge(s));
+    let (ours, theirs) = merged_orsets();
     let (ours, theirs) = (
         codec::encode(&ours).expect("encodes"),
         rmp_serde::to_vec(&theirs).expect("encodes"),
