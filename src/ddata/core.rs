@@ -803,9 +803,14 @@ impl ReplicatorCore {
     /// Bookkeeping after the local state of `key` changed, by any path.
     fn mark_changed(&mut self, key: &str) {
         if let Some(entry) = self.entries.get_mut(key) {
-            self.hashes.changed(key, entry);
-            entry.changed_in = self.round;
+            self.hashes.changed(key, entry, self.round);
         }
+        self.changed_beyond_entry(key);
+    }
+
+    /// What a change of `key` sets off beyond its entry (marked already):
+    /// storing it, telling listeners.
+    fn changed_beyond_entry(&mut self, key: &str) {
         if self.config.durable.contains(key) {
             self.out.push(Effect::Persist { key: key.into() });
         }
@@ -944,25 +949,36 @@ impl ReplicatorCore {
     /// The digest of `key`'s state, computed if stale.
     fn digest(&mut self, key: &str) -> Option<Digest> {
         let entry = self.entries.get_mut(key)?;
-        if let Some(digest) = entry.digest {
-            return Some(digest);
-        }
-        let digest = match &entry.slot {
-            Slot::Deleted => TOMBSTONE_DIGEST,
-            Slot::Live { data, .. } => match data.encode_erased() {
-                Ok(state) => {
-                    entry.encoded(state.len());
-                    digest_of(&state)
-                }
-                Err(err) => {
-                    tracing::error!(key, error = %err, "cannot encode a value; it is not replicated");
-                    return None;
-                }
-            },
-        };
-        self.hashes.fold(key, entry, digest, self.round);
-        Some(digest)
+        entry_digest(&mut self.hashes, key, entry, self.round)
     }
+}
+
+/// The digest of `entry` (of `key`), computed and folded into `hashes` if
+/// not known; `None` (logged) if its value cannot be encoded.
+fn entry_digest(
+    hashes: &mut antientropy::KeyHashes,
+    key: &str,
+    entry: &mut Entry,
+    round: u64,
+) -> Option<Digest> {
+    if let Some(digest) = entry.digest {
+        return Some(digest);
+    }
+    let digest = match &entry.slot {
+        Slot::Deleted => TOMBSTONE_DIGEST,
+        Slot::Live { data, .. } => match data.encode_erased() {
+            Ok(state) => {
+                entry.encoded(state.len());
+                digest_of(&state)
+            }
+            Err(err) => {
+                tracing::error!(key, error = %err, "cannot encode a value; it is not replicated");
+                return None;
+            }
+        },
+    };
+    hashes.fold(key, entry, digest, round);
+    Some(digest)
 }
 
 fn wrong_type(key: &str, expected: &str, found: &str) -> Error {

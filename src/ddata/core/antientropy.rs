@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{Entry, PeerName, ReplicatorCore, NEVER};
+use super::{entry_digest, Entry, PeerName, ReplicatorCore, NEVER};
 use crate::ddata::wire::{
     digest_budget, key_hash, Digest, PeerMessage, BUCKETS, BUCKETS_PER_GROUP, BUCKET_BUDGET,
     GROUPS, HASH_BUDGET, TOMBSTONE_DIGEST,
@@ -37,6 +37,12 @@ use crate::ddata::wire::{
 /// For how many gossip rounds a claim on a bucket, or a key asked for, keeps
 /// other peers from being asked (a message of the exchange may be lost).
 const CLAIM_ROUNDS: u64 = 2;
+
+/// At most this many buckets are named in one `Buckets` or `Request`
+/// message. A node that lacks many buckets then asks for them in parts, and
+/// the peer answers each part on its own, so the first states arrive while
+/// the peer still encodes the rest.
+const BUCKETS_PER_MESSAGE: usize = 512;
 
 /// The most gossip rounds anti-entropy leaves out a key that keeps
 /// changing; see `Entry::put_off`.
@@ -52,6 +58,8 @@ pub(crate) struct KeyHashes {
     stale: Vec<Vec<String>>,
     /// Buckets whose list of stale keys may not be empty.
     dirty: Vec<u16>,
+    /// How many keys the lists of stale keys hold.
+    stale_keys: usize,
     /// Per bucket, the peer it is being reconciled with (by the hash of its
     /// name; 0 for none) and until which round.
     claims: Vec<(u64, u64)>,
@@ -66,14 +74,16 @@ impl KeyHashes {
             groups: vec![0; GROUPS],
             stale: vec![Vec::new(); BUCKETS],
             dirty: Vec::new(),
+            stale_keys: 0,
             claims: vec![(0, 0); BUCKETS],
             asked: BTreeMap::new(),
         }
     }
 
-    /// Marks `entry` (of `key`) as changed: its digest is computed and folded
-    /// into its bucket's hash when next needed.
-    pub(super) fn changed(&mut self, key: &str, entry: &mut Entry) {
+    /// Marks `entry` (of `key`) as changed in gossip round `round`: its
+    /// digest is computed and folded into its bucket's hash when next needed.
+    pub(super) fn changed(&mut self, key: &str, entry: &mut Entry, round: u64) {
+        entry.changed_in = round;
         entry.digest = None;
         if !entry.stale {
             entry.stale = true;
@@ -82,6 +92,7 @@ impl KeyHashes {
                 self.dirty.push(entry.bucket);
             }
             stale.push(key.to_string());
+            self.stale_keys += 1;
         }
     }
 
@@ -179,12 +190,28 @@ impl ReplicatorCore {
                 hashes.push((bucket, ours));
             }
         }
-        self.send_in_parts(
+        self.send_bucket_parts(
             from,
             hashes,
             |_| BUCKET_BUDGET + HASH_BUDGET + 1,
             |hashes| PeerMessage::Buckets { hashes },
         );
+    }
+
+    /// Sends `items`, each naming a bucket, in messages of at most
+    /// [`BUCKETS_PER_MESSAGE`] items (and within the budget).
+    fn send_bucket_parts<T>(
+        &mut self,
+        to: &str,
+        items: Vec<T>,
+        budget: impl Fn(&T) -> usize,
+        message: impl Fn(Vec<T>) -> PeerMessage,
+    ) {
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let part: Vec<T> = items.by_ref().take(BUCKETS_PER_MESSAGE).collect();
+            self.send_in_parts(to, part, &budget, &message);
+        }
     }
 
     /// Step 3: reconciles each bucket that differs, by the cheapest way its
@@ -215,7 +242,7 @@ impl ReplicatorCore {
             let keys = self.keys_in(&BucketSet::new(give));
             self.send_entries(from, keys);
         }
-        self.send_in_parts(
+        self.send_bucket_parts(
             from,
             take,
             |_| BUCKET_BUDGET,
@@ -372,10 +399,42 @@ impl ReplicatorCore {
         true
     }
 
-    /// Folds the digests of every stale key into the hashes.
+    /// Folds the digests of every stale key into the hashes: key by key, or
+    /// in one pass over all keys when many are stale (after a catch-up, say),
+    /// which saves looking each up.
     fn refresh_all(&mut self) {
+        if self.hashes.stale_keys > self.entries.len() / 8 {
+            self.refresh_by_scan();
+            return;
+        }
         let dirty = std::mem::take(&mut self.hashes.dirty);
         self.refresh_buckets(dirty.into_iter().map(usize::from));
+    }
+
+    /// `refresh_all` in one pass over the keys.
+    fn refresh_by_scan(&mut self) {
+        let round = self.round;
+        let hashes = &mut self.hashes;
+        for bucket in std::mem::take(&mut hashes.dirty) {
+            hashes.stale[usize::from(bucket)].clear();
+        }
+        hashes.stale_keys = 0;
+        for (key, entry) in self.entries.iter_mut() {
+            if !entry.stale {
+                continue;
+            }
+            if entry.put_off(round) {
+                let stale = &mut hashes.stale[usize::from(entry.bucket)];
+                if stale.is_empty() {
+                    hashes.dirty.push(entry.bucket);
+                }
+                stale.push(key.clone());
+                hashes.stale_keys += 1;
+                continue;
+            }
+            entry.stale = false;
+            entry_digest(hashes, key, entry, round);
+        }
     }
 
     /// Folds the digests of the stale keys of `buckets` into their hashes.
@@ -386,17 +445,21 @@ impl ReplicatorCore {
         let round = self.round;
         for bucket in buckets {
             let mut still_stale = Vec::new();
-            for key in std::mem::take(&mut self.hashes.stale[bucket]) {
-                if let Some(entry) = self.entries.get_mut(&key) {
-                    if entry.put_off(round) {
-                        still_stale.push(key);
-                        continue;
-                    }
-                    entry.stale = false;
+            let keys = std::mem::take(&mut self.hashes.stale[bucket]);
+            self.hashes.stale_keys -= keys.len();
+            for key in keys {
+                let Some(entry) = self.entries.get_mut(&key) else {
+                    continue;
+                };
+                if entry.put_off(round) {
+                    still_stale.push(key);
+                    continue;
                 }
-                self.digest(&key);
+                entry.stale = false;
+                entry_digest(&mut self.hashes, &key, entry, round);
             }
             if !still_stale.is_empty() {
+                self.hashes.stale_keys += still_stale.len();
                 self.hashes.dirty.push(bucket as u16);
                 self.hashes.stale[bucket] = still_stale;
             }

@@ -101,10 +101,12 @@ impl ReplicatorCore {
         incoming: Slot,
         bytes: Option<usize>,
     ) -> Result<bool> {
+        let round = self.round;
         let changed = match self.entries.get_mut(key) {
             None => {
                 let mut entry = super::Entry::new(key, incoming);
                 entry.grew(bytes);
+                self.hashes.changed(key, &mut entry, round);
                 self.entries.insert(key.to_string(), entry);
                 true
             }
@@ -112,13 +114,14 @@ impl ReplicatorCore {
                 let changed = entry.slot.merge(incoming, key)?;
                 if changed {
                     entry.grew(bytes);
+                    self.hashes.changed(key, entry, round);
                 }
                 changed
             }
         };
         if changed {
             self.stats.changing_merges += 1;
-            self.mark_changed(key);
+            self.changed_beyond_entry(key);
         }
         Ok(changed)
     }
