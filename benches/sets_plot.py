@@ -76,12 +76,13 @@ def draw(report):
     p50 = [s["spread_us"]["p50"] / 1000 for s in report["sizes"]]
     p99 = [s["spread_us"]["p99"] / 1000 for s in report["sizes"]]
     value = [s["value_bytes"] for s in report["sizes"]]
-    cpu = [max(s["cpu_us_per_add"]["receivers"]) for s in report["sizes"]]
+    cpu = [s["cpu_us_per_add"]["receiver"] for s in report["sizes"]]
+    cpu_listening = [s["cpu_us_per_add"]["receiver_with_listener"] for s in report["sizes"]]
     parts = []
     parts += panel(0, "bytes per add, per peer", "bytes", sizes,
                    [("sent per add", bytes_per_add, "#1f77b4"), ("whole value", value, "#bbbbbb")])
     parts += panel(300, "spread latency", "ms", sizes, [("p50", p50, "#2ca02c"), ("p99", p99, "#d62728")])
-    parts += panel(600, "receiver CPU per add", "µs", sizes, [("busiest receiver", cpu, "#9467bd")])
+    parts += panel(600, "receiver CPU per add", "µs", sizes, [("receiver", cpu, "#9467bd"), ("with a listener", cpu_listening, "#8c564b")])
     svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="900" height="230" '
            'font-family="sans-serif" font-size="11">\n<rect width="900" height="230" fill="white"/>\n'
            + "\n".join(parts) + "\n</svg>\n")

@@ -327,7 +327,7 @@ pub(crate) struct Entry {
     changed_in: u64,
     /// The gossip round in which the digest was last folded in (`NEVER`).
     folded_in: u64,
-    /// The round in which the key, put off for `PUT_OFF_ROUNDS`, is
+    /// The round in which the key, put off for `put_off_rounds`, is
     /// listed with its digest all the same, once (`NEVER`).
     compare_in: u64,
     /// Local changes not pushed yet.
@@ -407,16 +407,24 @@ impl Entry {
 
     /// Whether anti-entropy leaves the key out of comparisons in `round`: a
     /// key that changed lately, and was compared before, is compared in one
-    /// round per `PUT_OFF_ROUNDS` only; see `ReplicatorCore::put_off`.
+    /// round per `put_off_rounds` only (anti-entropy point 6 of
+    /// docs/protocol.md).
     fn put_off(&mut self, round: u64) -> bool {
         if !self.changed_lately(round) || self.folded_in == NEVER || self.compare_in == round {
             return false;
         }
-        if round.saturating_sub(self.folded_in) >= antientropy::PUT_OFF_ROUNDS {
+        if round.saturating_sub(self.folded_in) >= self.put_off_rounds() {
             self.compare_in = round;
             return false;
         }
         true
+    }
+
+    /// For how many rounds in a row the key may be put off: longer for a
+    /// larger value.
+    fn put_off_rounds(&self) -> u64 {
+        let by_size = self.encoded_len / antientropy::PUT_OFF_BYTES_PER_ROUND;
+        antientropy::PUT_OFF_ROUNDS.max(u64::try_from(by_size).unwrap_or(u64::MAX))
     }
 
     /// Counts a change that added at most `bytes` to the encoded value, or

@@ -44,9 +44,15 @@ const CLAIM_ROUNDS: u64 = 2;
 /// the peer still encodes the rest.
 const BUCKETS_PER_MESSAGE: usize = 512;
 
-/// The most gossip rounds anti-entropy leaves out a key that keeps
-/// changing; see `Entry::put_off`.
+/// For how many gossip rounds in a row anti-entropy leaves out a key that
+/// keeps changing (see `Entry::put_off`): at least this many, and one more
+/// per [`PUT_OFF_BYTES_PER_ROUND`] of its encoding.
 pub(super) const PUT_OFF_ROUNDS: u64 = 30;
+
+/// Comparing a key that keeps changing encodes it, and nearly always moves
+/// it whole (a delta is in flight): a key that large is put off for longer,
+/// so that this costs each node about this many bytes per round at most.
+pub(super) const PUT_OFF_BYTES_PER_ROUND: usize = 16 * 1024;
 
 /// The incremental hashes of the key space.
 pub(crate) struct KeyHashes {

@@ -668,6 +668,36 @@ fn only_sends(effects: Vec<Effect>) -> Vec<Effect> {
 }
 
 #[test]
+fn a_large_key_that_keeps_changing_is_compared_less_often() {
+    use super::antientropy::PUT_OFF_BYTES_PER_ROUND;
+    // The rounds in which a key changing every round is compared anyway.
+    let compared_in = |encoded_len: usize| -> Vec<u64> {
+        let mut entry = Entry::new("presence", Slot::Deleted);
+        entry.encoded(encoded_len);
+        entry.folded_in = 0;
+        let mut compared = Vec::new();
+        for round in 1..=200 {
+            entry.changed_in = round;
+            if !entry.put_off(round) {
+                compared.push(round);
+                entry.folded_in = round;
+            }
+        }
+        compared
+    };
+    assert_eq!(compared_in(1_000), [30, 60, 90, 120, 150, 180]);
+    assert_eq!(
+        compared_in(20 * PUT_OFF_BYTES_PER_ROUND),
+        [30, 60, 90, 120, 150, 180]
+    );
+    assert_eq!(
+        compared_in(45 * PUT_OFF_BYTES_PER_ROUND),
+        [45, 90, 135, 180]
+    );
+    assert_eq!(compared_in(64 * PUT_OFF_BYTES_PER_ROUND), [64, 128, 192]);
+}
+
+#[test]
 fn a_hot_key_is_not_pulled_whole_while_deltas_keep_coming() {
     let mut nodes = connected(&["a", "b"]);
     let (a, b) = nodes.split_at_mut(1);
