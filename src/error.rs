@@ -107,6 +107,17 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The caller's code, run inside one of the library's actors (an update
+    /// closure, a command handler), panicked. The actor caught the panic and
+    /// carries on; what the code had changed before panicking is described
+    /// where it runs.
+    #[error("the code given for {target} panicked: {reason}")]
+    Panicked {
+        /// The key, or persistence id, the code ran for.
+        target: String,
+        /// The panic's message.
+        reason: String,
+    },
     /// Starting a cluster component (NodeServer, actor) failed.
     #[error("cannot start {what}: {reason}")]
     Start {
@@ -115,6 +126,23 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// Runs `code`, given by the library's user, catching a panic as
+/// [`Error::Panicked`] for `target`, so that the actor running it survives.
+pub(crate) fn catch_panic<R>(target: &str, code: impl FnOnce() -> R) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(code)).map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|reason| reason.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        tracing::error!(target, reason, "code given to the library panicked; the actor carries on");
+        Error::Panicked {
+            target: target.to_string(),
+            reason,
+        }
+    })
 }
 
 /// Shorthand for results whose error is [`Error`].

@@ -19,6 +19,8 @@ enum Command {
     Add(i64),
     Reset,
     Read,
+    /// The handler panics on it.
+    Explode,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,6 +56,7 @@ impl ReplicatedEventSourcedActor for Counter {
             Command::Add(n) => Effect::persist([Event::Added(n)]).then_reply(state + n),
             Command::Reset => Effect::persist([Event::WasReset]),
             Command::Read => Effect::reply(*state),
+            Command::Explode => panic!("boom"),
         }
     }
 }
@@ -333,4 +336,19 @@ async fn a_damaged_snapshot_is_passed_over_for_the_whole_journal() {
         assert_eq!(entity.state().await.unwrap(), expected);
         entity.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_command_handler_is_an_error_and_the_entity_goes_on() {
+    let entity = spawn(MemoryJournal::new(), "counter-panics").await;
+    assert_eq!(send(&entity, Command::Add(2)).await, Some(2));
+    let err = entity.command(Command::Explode).await.unwrap_err();
+    assert!(
+        matches!(&err, ractor_replicated::Error::Panicked { target, reason }
+            if target == "counter-panics" && reason == "boom"),
+        "{err:?}"
+    );
+    assert_eq!(send(&entity, Command::Add(3)).await, Some(5));
+    assert_eq!(entity.state().await.unwrap(), 5);
+    entity.stop().await;
 }

@@ -468,3 +468,35 @@ async fn thousands_of_keys_travel_in_budgeted_messages_and_an_oversized_value_is
         "nothing oversized was ever sent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_update_is_an_error_and_the_replicator_goes_on() {
+    let nodes = cluster("panicking", 2, test_core_config()).await;
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    let err = nodes[0]
+        .dd
+        .update(&cart, WriteConsistency::Local, |_, _| panic!("no milk"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Panicked { target, reason } if target == "cart" && reason == "no milk"),
+        "{err:?}"
+    );
+    assert_eq!(
+        nodes[0].dd.get(&cart, ReadConsistency::Local).await.unwrap(),
+        None
+    );
+    let majority = WriteConsistency::majority(LEVEL_TIMEOUT);
+    nodes[0]
+        .dd
+        .update(&cart, majority, |set, me| {
+            set.apply(set.add(me, "milk".to_string()))
+        })
+        .await
+        .expect("the Replicator still serves, and reaches its peer");
+    eventually("the peer holds the update", BOUND, || async {
+        let value = nodes[1].dd.get(&cart, ReadConsistency::Local).await.unwrap();
+        value.is_some_and(|set| set.contains("milk"))
+    })
+    .await;
+}

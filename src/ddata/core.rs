@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 
 use super::consistency::{ReadConsistency, WriteConsistency};
 use super::key::Key;
@@ -597,10 +597,34 @@ impl ReplicatorCore {
     /// `T` is registered with them; any other change sends the whole value.
     ///
     /// Errors come back at once and change nothing: the key is deleted, holds
-    /// another type, `T` is not registered, or the new value would not fit in a
-    /// message. Otherwise the outcome arrives later as [`Effect::WriteDone`]
-    /// (in the returned batch already for [`WriteConsistency::Local`]).
+    /// another type, `T` is not registered, the new value would not fit in a
+    /// message, or `modify` panicked before applying anything
+    /// ([`Error::Panicked`]). Otherwise the outcome arrives later as
+    /// [`Effect::WriteDone`] (in the returned batch already for
+    /// [`WriteConsistency::Local`]). A `modify` that panics after applying
+    /// operations keeps them: they spread as after any local update, and the
+    /// write is done with [`Error::Panicked`].
     pub fn update<T, F>(
+        &mut self,
+        request: RequestId,
+        key: &Key<T>,
+        level: WriteConsistency,
+        modify: F,
+    ) -> Result<Vec<Effect>>
+    where
+        T: ReplicatedData + Default,
+        F: FnOnce(&mut Tracked<'_, T>, &ReplicaId),
+    {
+        let created = !self.entries.contains_key(key.name());
+        let updated = self.update_in_place(request, key, level, modify);
+        if updated.is_err() && created {
+            // The update was refused: the key it created is not there either.
+            self.entries.remove(key.name());
+        }
+        updated
+    }
+
+    fn update_in_place<T, F>(
         &mut self,
         request: RequestId,
         key: &Key<T>,
@@ -644,12 +668,21 @@ impl ReplicatorCore {
         // counted, and the next update is measured and refused. The update
         // happens in place (a value may know things about its own writes
         // that a copy does not carry), and a refused one is undone from a
-        // backup.
-        let recording = if measure {
+        // backup. A panicking `modify` is refused the same way when there is
+        // a backup, or when it applied nothing; otherwise the operations it
+        // applied before panicking stand and spread at `Local`, as after a
+        // successful update (each is a valid change of the value), and the
+        // write is done with the panic as its error.
+        let replica = &self.replica;
+        let (recording, panicked) = if measure {
             let backup = value.clone();
             let mut tracked = Tracked::new(&mut *value, deltas);
-            modify(&mut tracked, &self.replica);
+            let outcome = catch_panic(name, || modify(&mut tracked, replica));
             let recording = tracked.into_recording();
+            if let Err(err) = outcome {
+                *value = backup;
+                return Err(err);
+            }
             let bytes = match crate::codec::encode(&*value) {
                 Ok(encoded) => encoded.len(),
                 Err(err) => {
@@ -666,12 +699,17 @@ impl ReplicatorCore {
                 });
             }
             entry.encoded(bytes);
-            recording
+            (recording, Ok(()))
         } else {
             let mut tracked = Tracked::new(value, deltas);
-            modify(&mut tracked, &self.replica);
-            entry.unchecked_updates += 1;
+            let outcome = catch_panic(name, || modify(&mut tracked, replica));
             let recording = tracked.into_recording();
+            if let (Err(err), Recording::Ops { ops, .. }) = (&outcome, &recording) {
+                if ops.is_empty() {
+                    return Err(err.clone());
+                }
+            }
+            entry.unchecked_updates += 1;
             match &recording {
                 Recording::Ops { bytes, .. } => {
                     entry.largest_update = entry.largest_update.max(*bytes);
@@ -679,9 +717,18 @@ impl ReplicatorCore {
                 }
                 Recording::Whole => entry.grew(None),
             }
-            recording
+            (recording, outcome)
         };
         entry.record(recording, limit);
+        if let Err(err) = panicked {
+            self.mark_changed(name);
+            self.mark_for_push(name);
+            self.out.push(Effect::WriteDone {
+                request,
+                result: Err(err),
+            });
+            return Ok(self.take_effects());
+        }
         self.changed_locally(request, name, level);
         Ok(self.take_effects())
     }

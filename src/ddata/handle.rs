@@ -292,7 +292,11 @@ impl DistributedData {
     /// not enough replicas confirmed in time; gossip spreads the write later.
     /// A deleted key gives [`Error::Deleted`], a key of another type
     /// [`Error::WrongType`], a value too large for one message
-    /// [`Error::ValueTooLarge`]; these change nothing.
+    /// [`Error::ValueTooLarge`]; these change nothing. A `modify` that panics
+    /// gives [`Error::Panicked`] and the Replicator goes on; what it changed
+    /// before panicking may stand and spread like any update (each operation
+    /// applied is a valid change of the value), so let `modify` decide
+    /// before it applies.
     pub async fn update<T, F>(&self, key: &Key<T>, level: WriteConsistency, modify: F) -> Result<()>
     where
         T: ReplicatedData + Default,

@@ -75,6 +75,12 @@ pub trait EventHandler: Send + 'static {
     type State: Clone + Debug + Default + Send + 'static;
 
     /// Applies one event.
+    ///
+    /// It must not panic: an event is applied once it is journaled, so a
+    /// panic leaves a state that no longer follows from the journal. The
+    /// entity then stops as a failed actor (ractor reports the panic to its
+    /// supervisor), and a restart replays the journal, where the same event
+    /// panics again until the handler is fixed.
     fn apply(&self, state: &mut Self::State, event: &Self::Event, meta: EventMeta<'_>);
 }
 

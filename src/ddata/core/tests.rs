@@ -958,3 +958,36 @@ fn a_replica_that_caught_up_by_anti_entropy_applies_the_next_delta() {
     assert_eq!(a.get(&key).unwrap(), b.get(&key).unwrap());
     assert_eq!(b.stats().missing_deltas, 0);
 }
+
+#[test]
+fn a_panicking_update_is_an_error_and_keeps_only_what_it_applied() {
+    let mut a = core("a", CoreConfig::default());
+    a.peer_up("b");
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    let refused = a.update(1, &cart, WriteConsistency::Local, |_, _| panic!("no milk"));
+    assert!(
+        matches!(&refused, Err(Error::Panicked { target, reason }) if target == "cart" && reason == "no milk"),
+        "{refused:?}"
+    );
+    assert_eq!(a.get(&cart).unwrap(), None, "a key the update created is gone");
+
+    let effects = a
+        .update(2, &cart, WriteConsistency::Local, |set, me| {
+            set.apply(set.add(me, "bread".to_string()));
+            panic!("after the bread");
+        })
+        .expect("what it applied stands");
+    assert!(effects.iter().any(|effect| matches!(
+        effect,
+        Effect::WriteDone { request: 2, result: Err(Error::Panicked { .. }) }
+    )));
+    let pushed: Vec<&PeerMessage> = sends(&effects).into_iter().map(|(_, m)| m).collect();
+    assert!(
+        matches!(&pushed[..], [PeerMessage::Deltas { deltas, .. }] if deltas[0].key == "cart"),
+        "{pushed:?}"
+    );
+    assert!(a.get(&cart).unwrap().unwrap().contains("bread"));
+
+    increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
+    assert_eq!(a.get(&Key::<GCounter>::new("hits")).unwrap().unwrap().value(), 1);
+}

@@ -18,6 +18,7 @@ use ractor::ActorRef;
 use super::{Inbound, ReplicatorMessage, ReplicatorState, Reply};
 use crate::ddata::core::Effect;
 use crate::ddata::wire::{Envelope, PeerMessage};
+use crate::error::catch_panic;
 
 /// Runs a batch of effects, in order.
 pub(crate) fn run_effects(
@@ -188,7 +189,11 @@ fn notify(state: &mut ReplicatorState, keys: Vec<String>) {
             continue;
         };
         let lookup = state.core.lookup(&key);
-        subscriptions.retain(|subscription| (subscription.notify)(lookup));
+        // A listener's message type is the caller's: a panicking conversion
+        // drops that subscription, not the Replicator.
+        subscriptions.retain(|subscription| {
+            catch_panic(&key, || (subscription.notify)(lookup)).unwrap_or(false)
+        });
         if subscriptions.is_empty() {
             state.subscriptions.remove(&key);
         }

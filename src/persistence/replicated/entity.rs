@@ -69,7 +69,9 @@ pub trait ReplicatedEventSourcedActor: EventHandler {
     /// What it replies.
     type Reply: Send + 'static;
 
-    /// Decides what a command does, given the current state.
+    /// Decides what a command does, given the current state. A panic here
+    /// is caught: the command's caller gets [`Error::Panicked`](crate::Error::Panicked),
+    /// nothing is persisted, and the entity goes on.
     fn handle_command(
         &self,
         state: &Self::State,

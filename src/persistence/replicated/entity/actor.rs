@@ -14,7 +14,7 @@ use super::{ReplicatedEventSourcedActor, ReplicationContext};
 use crate::codec;
 use crate::ddata::PeerName;
 use crate::discovery::{Discovery, PeerGroup};
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
     recover_from_journal, ConflictResolver, DecodeState, Effects, EventEnvelope, ReplicatedLog,
@@ -436,7 +436,17 @@ where
         replica: log.replica(),
         persistence_id: &state.persistence_id,
     };
-    let effect = log.handler().handle_command(log.state(), command, context);
+    let decided = catch_panic(&state.persistence_id, || {
+        log.handler().handle_command(log.state(), command, context)
+    });
+    let effect = match decided {
+        Ok(effect) => effect,
+        Err(err) => {
+            // The handler only decides: nothing was journaled or applied.
+            let _ = reply.send(Err(err));
+            return Ok(());
+        }
+    };
     if effect.events.is_empty() {
         answer_after_flush(myself, state, move |flushed| {
             let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
