@@ -137,7 +137,11 @@ pub(crate) fn catch_panic<R>(target: &str, code: impl FnOnce() -> R) -> Result<R
             .map(|reason| reason.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic without a message".to_string());
-        tracing::error!(target, reason, "code given to the library panicked; the actor carries on");
+        tracing::error!(
+            target,
+            reason,
+            "code given to the library panicked; the actor carries on"
+        );
         Error::Panicked {
             target: target.to_string(),
             reason,

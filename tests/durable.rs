@@ -3,14 +3,17 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
-    Change, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, Tracked,
-    WriteConsistency,
+    replicator_name, Change, DistributedData, Key, KeySelection, ReadConsistency, Replicator,
+    ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet};
 use support::{
@@ -51,13 +54,13 @@ async fn a_restarted_replicator_recovers_every_value_and_listeners_see_it() {
         .await
         .unwrap();
     dd.delete(&doomed, local).await.unwrap();
-    let first_life = dd.replica_id().clone();
+    let first_life = dd.replica_id().await.unwrap();
     dd.stop().await;
 
     let dd = DistributedData::start(durable(ReplicatorConfig::new("solo"), &dir, "solo"))
         .await
         .unwrap();
-    assert!(dd.replica_id().incarnation() > first_life.incarnation());
+    assert!(dd.replica_id().await.unwrap().incarnation() > first_life.incarnation());
     let read = ReadConsistency::Local;
     assert_eq!(
         dd.get(&hits, read).await.unwrap().map(|c| c.value()),
@@ -386,5 +389,114 @@ async fn write_through_acknowledges_each_update_only_after_a_flush_covered_it() 
     }
     let flushes = store.0.lock().unwrap().flushes;
     eprintln!("300 pipelined updates, {flushes} flushes");
+    dd.stop().await;
+}
+
+/// A user's supervisor: it spawns the Replicator linked to itself, with a
+/// durable store, and spawns it again whenever it stops.
+struct Supervisor;
+
+impl Supervisor {
+    const NODE: &'static str = "supervised";
+
+    async fn spawn_replicator(
+        dir: &PathBuf,
+        supervisor: &ActorRef<()>,
+    ) -> Result<(), ActorProcessingErr> {
+        let store = SledStore::open(dir, Self::NODE)?;
+        let config = ReplicatorConfig::new(Self::NODE)
+            .with_durability(Durability::new(store, KeySelection::All));
+        Actor::spawn_linked(
+            Some(replicator_name(Self::NODE)),
+            Replicator,
+            ReplicatorArguments::from(config),
+            supervisor.get_cell(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = ();
+    /// The store's directory, and how many times the Replicator was restarted.
+    type State = (PathBuf, Arc<AtomicUsize>);
+    type Arguments = (PathBuf, Arc<AtomicUsize>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        arguments: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Self::spawn_replicator(&arguments.0, &myself).await?;
+        Ok(arguments)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        (dir, restarts): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let stopped = matches!(
+            event,
+            SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..)
+        );
+        // The event may carry the stopped actor's state, which holds the
+        // store open.
+        drop(event);
+        if stopped {
+            restarts.fetch_add(1, Ordering::SeqCst);
+            Self::spawn_replicator(dir, &myself).await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicator_under_a_supervisor_survives_a_panic_and_a_restart_keeps_its_data() {
+    let dir = TempDir::new("supervised");
+    let restarts = Arc::new(AtomicUsize::new(0));
+    let (supervisor, _) = Actor::spawn(None, Supervisor, (dir.0.clone(), restarts.clone()))
+        .await
+        .expect("the supervisor and its Replicator start");
+    let replicator = ractor::registry::where_is(replicator_name(Supervisor::NODE))
+        .expect("the Replicator is registered under its name");
+    let dd = DistributedData::connect(replicator.into()).await.unwrap();
+    let hits: Key<GCounter> = Key::new("hits");
+    let local = WriteConsistency::Local;
+    let first_life = dd.replica_id().await.unwrap();
+    dd.update(&hits, local, |c, me| c.apply(c.increment(me, 3)))
+        .await
+        .unwrap();
+
+    let err = dd.update(&hits, local, |_, _| panic!("not today")).await;
+    assert!(matches!(err, Err(Error::Panicked { .. })), "{err:?}");
+    assert_eq!(
+        restarts.load(Ordering::SeqCst),
+        0,
+        "a panic is not a failure"
+    );
+
+    dd.actor().kill();
+    eventually("the supervisor restarts the Replicator", BOUND, || async {
+        restarts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The same handle finds the successor, which recovered the count.
+    eventually("the handle reaches the successor", BOUND, || async {
+        dd.update(&hits, local, |c, me| c.apply(c.increment(me, 1)))
+            .await
+            .is_ok()
+    })
+    .await;
+    let read = ReadConsistency::Local;
+    assert_eq!(
+        dd.get(&hits, read).await.unwrap().map(|c| c.value()),
+        Some(4)
+    );
+    assert!(dd.replica_id().await.unwrap().incarnation() > first_life.incarnation());
+
+    supervisor.stop_and_wait(None, None).await.unwrap();
     dd.stop().await;
 }

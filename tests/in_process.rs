@@ -483,7 +483,11 @@ async fn a_panicking_update_is_an_error_and_the_replicator_goes_on() {
         "{err:?}"
     );
     assert_eq!(
-        nodes[0].dd.get(&cart, ReadConsistency::Local).await.unwrap(),
+        nodes[0]
+            .dd
+            .get(&cart, ReadConsistency::Local)
+            .await
+            .unwrap(),
         None
     );
     let majority = WriteConsistency::majority(LEVEL_TIMEOUT);
@@ -495,8 +499,56 @@ async fn a_panicking_update_is_an_error_and_the_replicator_goes_on() {
         .await
         .expect("the Replicator still serves, and reaches its peer");
     eventually("the peer holds the update", BOUND, || async {
-        let value = nodes[1].dd.get(&cart, ReadConsistency::Local).await.unwrap();
+        let value = nodes[1]
+            .dd
+            .get(&cart, ReadConsistency::Local)
+            .await
+            .unwrap();
         value.is_some_and(|set| set.contains("milk"))
     })
     .await;
+}
+
+/// A listener message whose conversion from a change panics.
+struct Exploding;
+
+impl ractor::Message for Exploding {}
+
+impl From<Change<GCounter>> for Exploding {
+    fn from(_: Change<GCounter>) -> Self {
+        panic!("cannot convert")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_conversion_panics_is_dropped_and_others_still_hear() {
+    let nodes = cluster("exploding", 1, test_core_config()).await;
+    let dd = &nodes[0].dd;
+    let hits: Key<GCounter> = Key::new("hits");
+    let (exploding, _) = listener::<Exploding>().await;
+    let (probe, mut changes) = listener::<Change<GCounter>>().await;
+    dd.subscribe(&hits, exploding.clone()).await.unwrap();
+    dd.subscribe(&hits, probe).await.unwrap();
+    for _ in 0..2 {
+        dd.update(&hits, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+    }
+    next_matching(
+        &mut changes,
+        BOUND,
+        |change| matches!(change, Change::Changed { value, .. } if value.value() == 2),
+    )
+    .await;
+    // Subscribing again to a key with a value converts at once: refused too.
+    dd.subscribe(&hits, exploding).await.unwrap();
+    assert_eq!(
+        dd.get(&hits, ReadConsistency::Local)
+            .await
+            .unwrap()
+            .map(|c| c.value()),
+        Some(2)
+    );
 }

@@ -1,6 +1,6 @@
 //! The typed handle users hold: [`DistributedData`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorRef, Message};
@@ -12,14 +12,14 @@ use super::durable::Durability;
 use super::key::Key;
 use super::registry::TypeRegistry;
 use super::replicator::{
-    Inbound, Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState, Reply,
-    Subscription,
+    Command, Inbound, Prepared, Replicator, ReplicatorArguments, ReplicatorMessage,
+    ReplicatorState, Reply, Subscription,
 };
 use super::tracked::Tracked;
 use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
 use crate::discovery::{replicator_name, Discovery};
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 
 /// What a listener hears about a key it subscribed to.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +130,66 @@ impl ReplicatorConfig {
     }
 }
 
+impl ReplicatorConfig {
+    /// Everything the Replicator starts from: its durable state loaded,
+    /// its incarnation chosen and stored, its core built and recovered.
+    pub(crate) fn prepare(self) -> Result<Prepared> {
+        let mut core_config = self.core;
+        let mut durability = self.durability;
+        let mut recovered = None;
+        let replica = match (&mut durability, self.replica) {
+            (_, Some(replica)) => replica,
+            (None, None) => ReplicaId::fresh(self.node.clone()),
+            (Some(durability), None) => {
+                let loaded = durability.store.load()?;
+                let fresh = ReplicaId::fresh(self.node.clone()).incarnation();
+                let incarnation = loaded
+                    .last_incarnation
+                    .map_or(fresh, |last| fresh.max(last.saturating_add(1)));
+                durability.store.set_incarnation(incarnation)?;
+                recovered = Some(loaded);
+                ReplicaId::new(self.node.clone(), incarnation)
+            }
+        };
+        if let Some(durability) = &durability {
+            core_config.durable = durability.keys.clone();
+        }
+        let types = Arc::new(self.types);
+        // A node restarted from its durable store keeps its replica id; its
+        // request numbers and delta epoch must still differ from the last run.
+        let seed = self.seed.unwrap_or_else(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new()
+                .hash_one((&self.node, replica.incarnation()))
+        });
+        let mut core = ReplicatorCore::new(
+            self.node.clone(),
+            replica.clone(),
+            types.clone(),
+            core_config,
+            seed,
+        );
+        for member in &self.members {
+            core.peer_down(member);
+        }
+        if let (Some(recovered), Some(durability)) = (recovered, &durability) {
+            for (key, value) in recovered.entries {
+                core.recover(&key, value).map_err(|err| Error::Store {
+                    path: durability.store.location(),
+                    key: Some(key.clone()),
+                    reason: err.to_string(),
+                })?;
+            }
+        }
+        Ok(Prepared {
+            core,
+            discovery: self.discovery,
+            discovery_interval: self.discovery_interval,
+            store: durability.map(|durability| (durability.store, durability.mode)),
+        })
+    }
+}
+
 /// A handle to the local Replicator: cheap to clone, safe to share between tasks.
 ///
 /// ```no_run
@@ -148,79 +208,67 @@ impl ReplicatorConfig {
 /// ```
 #[derive(Clone)]
 pub struct DistributedData {
-    actor: ActorRef<ReplicatorMessage>,
+    /// The Replicator, replaced by its successor after a restart.
+    actor: Arc<RwLock<ActorRef<ReplicatorMessage>>>,
+    /// The name it was spawned under, where a successor is looked for.
+    name: Option<String>,
     node: Arc<str>,
-    replica: ReplicaId,
     types: Arc<TypeRegistry>,
 }
 
 impl DistributedData {
-    /// Starts the node's Replicator, registered under a node-unique name so
-    /// that peers find it.
+    /// Starts the node's Replicator, registered under a node-unique name
+    /// ([`replicator_name`]) so that peers find it and this handle finds a
+    /// successor the Replicator's supervisor starts. To run it under a
+    /// supervisor of your own instead, spawn [`Replicator`] with
+    /// [`ReplicatorArguments`] and [`connect`](Self::connect) to it.
     pub async fn start(config: ReplicatorConfig) -> Result<Self> {
-        let mut core_config = config.core;
-        let mut durability = config.durability;
-        let mut recovered = None;
-        let replica = match (&mut durability, config.replica) {
-            (_, Some(replica)) => replica,
-            (None, None) => ReplicaId::fresh(config.node.clone()),
-            (Some(durability), None) => {
-                let loaded = durability.store.load()?;
-                let fresh = ReplicaId::fresh(config.node.clone()).incarnation();
-                let incarnation = loaded
-                    .last_incarnation
-                    .map_or(fresh, |last| fresh.max(last.saturating_add(1)));
-                durability.store.set_incarnation(incarnation)?;
-                recovered = Some(loaded);
-                ReplicaId::new(config.node.clone(), incarnation)
-            }
-        };
-        if let Some(durability) = &durability {
-            core_config.durable = durability.keys.clone();
-        }
-        let types = Arc::new(config.types);
-        // A node restarted from its durable store keeps its replica id; its
-        // request numbers and delta epoch must still differ from the last run.
-        let seed = config.seed.unwrap_or_else(|| {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new()
-                .hash_one((&config.node, replica.incarnation()))
-        });
-        let mut core = ReplicatorCore::new(
-            config.node.clone(),
-            replica.clone(),
-            types.clone(),
-            core_config,
-            seed,
-        );
-        for member in &config.members {
-            core.peer_down(member);
-        }
-        if let (Some(recovered), Some(durability)) = (recovered, &durability) {
-            for (key, value) in recovered.entries {
-                core.recover(&key, value).map_err(|err| Error::Store {
-                    path: durability.store.location(),
-                    key: Some(key.clone()),
-                    reason: err.to_string(),
-                })?;
-            }
-        }
-        let arguments = ReplicatorArguments {
-            core,
-            discovery: config.discovery,
-            discovery_interval: config.discovery_interval,
-            store: durability.map(|durability| (durability.store, durability.mode)),
-        };
-        let (actor, _) = Actor::spawn(Some(replicator_name(&config.node)), Replicator, arguments)
+        let name = replicator_name(&config.node);
+        let (actor, _) = Actor::spawn(Some(name), Replicator, ReplicatorArguments::from(config))
             .await
-            .map_err(|err| Error::Start {
-                what: "the Replicator actor",
+            .map_err(|err| match err {
+                // What `pre_start` failed with: a store that cannot be read.
+                ractor::SpawnErr::StartupFailed(failure) => match failure.downcast::<Error>() {
+                    Ok(err) => *err,
+                    Err(failure) => Error::Start {
+                        what: "the Replicator actor",
+                        reason: failure.to_string(),
+                    },
+                },
+                err => Error::Start {
+                    what: "the Replicator actor",
+                    reason: err.to_string(),
+                },
+            })?;
+        Self::connect(actor).await
+    }
+
+    /// A handle on a running Replicator, such as one spawned under your own
+    /// supervisor. If the actor was spawned with a name, a handle whose
+    /// Replicator stopped looks for a successor under that name (a restart by
+    /// its supervisor) and carries on with it; until one is there, calls fail
+    /// with [`Error::Unavailable`].
+    pub async fn connect(actor: ActorRef<ReplicatorMessage>) -> Result<Self> {
+        let (sender, receiver) = oneshot::channel();
+        let describe: Command = Box::new(move |state: &mut ReplicatorState| {
+            let _ = sender.send((
+                Arc::<str>::from(state.core.node()),
+                state.core.types().clone(),
+            ));
+            Vec::new()
+        });
+        actor
+            .cast(ReplicatorMessage(Inbound::Command(describe)))
+            .map_err(|err| Error::Unavailable {
                 reason: err.to_string(),
             })?;
+        let (node, types) = receiver.await.map_err(|_| Error::Unavailable {
+            reason: "the Replicator stopped before answering".into(),
+        })?;
         Ok(Self {
-            actor,
-            node: config.node.into(),
-            replica,
+            name: actor.get_name(),
+            actor: Arc::new(RwLock::new(actor)),
+            node,
             types,
         })
     }
@@ -230,25 +278,50 @@ impl DistributedData {
         &self.node
     }
 
-    /// The replica id local updates write with.
-    pub fn replica_id(&self) -> &ReplicaId {
-        &self.replica
+    /// The replica id local updates write with now (a restarted Replicator
+    /// writes under a new incarnation).
+    pub async fn replica_id(&self) -> Result<ReplicaId> {
+        self.ask(|state, sender| {
+            let _ = sender.send(state.core.replica().clone());
+            Vec::new()
+        })
+        .await
     }
 
-    /// The Replicator actor.
-    pub fn actor(&self) -> &ActorRef<ReplicatorMessage> {
-        &self.actor
+    /// The Replicator actor (its successor, once this handle found one).
+    pub fn actor(&self) -> ActorRef<ReplicatorMessage> {
+        self.actor
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
+    /// Sends `command` to the Replicator, or to its successor if it stopped.
     fn command(
         &self,
         command: impl FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send + 'static,
     ) -> Result<()> {
-        self.actor
-            .cast(ReplicatorMessage(Inbound::Command(Box::new(command))))
-            .map_err(|err| Error::Unavailable {
-                reason: err.to_string(),
-            })
+        let unavailable = |reason: String| Error::Unavailable { reason };
+        let message = ReplicatorMessage(Inbound::Command(Box::new(command)));
+        let message = match self.actor().cast(message) {
+            Ok(()) => return Ok(()),
+            Err(ractor::MessagingErr::SendErr(message)) => message,
+            Err(err) => return Err(unavailable(err.to_string())),
+        };
+        let successor = self
+            .name
+            .as_deref()
+            .and_then(ractor::registry::where_is)
+            .map(ActorRef::<ReplicatorMessage>::from)
+            .ok_or_else(|| unavailable("the Replicator stopped and has no successor".into()))?;
+        successor
+            .cast(message)
+            .map_err(|err| unavailable(err.to_string()))?;
+        *self
+            .actor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = successor;
+        Ok(())
     }
 
     async fn ask<R: Send + 'static>(
@@ -380,7 +453,8 @@ impl DistributedData {
         };
         let name = key.name().to_string();
         self.ask(move |state, sender| {
-            let alive = notify(state.core.lookup(&name));
+            let lookup = state.core.lookup(&name);
+            let alive = catch_panic(&name, || notify(lookup)).unwrap_or(false);
             if alive {
                 state
                     .subscriptions
@@ -433,6 +507,6 @@ impl DistributedData {
 
     /// Stops the Replicator and waits until it has stopped. In-memory state is lost.
     pub async fn stop(&self) {
-        let _ = self.actor.stop_and_wait(None, None).await;
+        let _ = self.actor().stop_and_wait(None, None).await;
     }
 }

@@ -10,6 +10,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
 use super::durable::{DurableStore, WriteMode};
+use super::handle::ReplicatorConfig;
 use super::wire::{Envelope, MESSAGE_VARIANT};
 use crate::discovery::{DiscoveredPeer, Discovery, PeerGroup};
 use crate::error::{Error, Result};
@@ -82,8 +83,31 @@ pub(crate) struct Subscription {
     pub(crate) notify: Box<dyn Fn(Lookup<'_>) -> bool + Send>,
 }
 
-/// What [`Replicator`] is started with.
+/// What [`Replicator`] is started with: its configuration.
+///
+/// The Replicator loads its durable store, chooses its incarnation and
+/// recovers its keys in `pre_start`, so it can run under a supervisor of
+/// your own: spawn it with `Actor::spawn_linked(Some(replicator_name(node)),
+/// Replicator, ReplicatorArguments::from(config), supervisor)`, and after a
+/// failure spawn it again with a new configuration (opening the same
+/// store): it resumes with what the store holds. Naming it with
+/// [`replicator_name`](crate::ddata::replicator_name) lets
+/// [`DistributedData`](super::DistributedData) handles find the successor.
+/// Drop the supervision event before spawning again: ractor hands the
+/// stopped actor's state to the supervisor in `ActorTerminated`, and that
+/// state holds the store open.
 pub struct ReplicatorArguments {
+    config: ReplicatorConfig,
+}
+
+impl From<ReplicatorConfig> for ReplicatorArguments {
+    fn from(config: ReplicatorConfig) -> Self {
+        Self { config }
+    }
+}
+
+/// What a Replicator starts from, once its configuration is prepared.
+pub(crate) struct Prepared {
     pub(crate) core: ReplicatorCore,
     pub(crate) discovery: Option<Box<dyn Discovery>>,
     pub(crate) discovery_interval: Duration,
@@ -128,9 +152,10 @@ impl ReplicatorState {
     }
 }
 
-/// The Replicator actor. Start it through
-/// [`DistributedData::start`](super::DistributedData::start), which also
-/// registers it under its node-unique name so peers discover it.
+/// The Replicator actor: one per node. Start it through
+/// [`DistributedData::start`](super::DistributedData::start), or spawn it
+/// yourself with [`ReplicatorArguments`] (under a supervisor, say) and
+/// [`connect`](super::DistributedData::connect) a handle to it.
 pub struct Replicator;
 
 impl Actor for Replicator {
@@ -143,6 +168,7 @@ impl Actor for Replicator {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> std::result::Result<Self::State, ActorProcessingErr> {
+        let args = args.config.prepare()?;
         let mut state = ReplicatorState {
             core: args.core,
             next_request: 0,

@@ -211,7 +211,7 @@ impl Node {
         let read = ReadConsistency::Local;
         match arg(&words, 0)? {
             "peers" => Ok(json!(dd.reachable_peers().await.map_err(error)?)),
-            "replica" => Ok(json!(dd.replica_id().to_string())),
+            "replica" => Ok(json!(dd.replica_id().await.map_err(error)?.to_string())),
             "inc" => {
                 let (key, by): (Key<GCounter>, u64) =
                     (Key::new(arg(&words, 1)?), number(&words, 2)?);

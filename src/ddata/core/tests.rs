@@ -969,7 +969,11 @@ fn a_panicking_update_is_an_error_and_keeps_only_what_it_applied() {
         matches!(&refused, Err(Error::Panicked { target, reason }) if target == "cart" && reason == "no milk"),
         "{refused:?}"
     );
-    assert_eq!(a.get(&cart).unwrap(), None, "a key the update created is gone");
+    assert_eq!(
+        a.get(&cart).unwrap(),
+        None,
+        "a key the update created is gone"
+    );
 
     let effects = a
         .update(2, &cart, WriteConsistency::Local, |set, me| {
@@ -979,7 +983,10 @@ fn a_panicking_update_is_an_error_and_keeps_only_what_it_applied() {
         .expect("what it applied stands");
     assert!(effects.iter().any(|effect| matches!(
         effect,
-        Effect::WriteDone { request: 2, result: Err(Error::Panicked { .. }) }
+        Effect::WriteDone {
+            request: 2,
+            result: Err(Error::Panicked { .. })
+        }
     )));
     let pushed: Vec<&PeerMessage> = sends(&effects).into_iter().map(|(_, m)| m).collect();
     assert!(
@@ -989,5 +996,11 @@ fn a_panicking_update_is_an_error_and_keeps_only_what_it_applied() {
     assert!(a.get(&cart).unwrap().unwrap().contains("bread"));
 
     increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
-    assert_eq!(a.get(&Key::<GCounter>::new("hits")).unwrap().unwrap().value(), 1);
+    assert_eq!(
+        a.get(&Key::<GCounter>::new("hits"))
+            .unwrap()
+            .unwrap()
+            .value(),
+        1
+    );
 }
