@@ -14,8 +14,8 @@ mod protocol;
 mod recovery;
 
 pub use entity::{
-    Effect, Entity, EntityConfig, EntityMessage, EntityStats, EventApplied, ReplicatedEntity,
-    ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
+    Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, EventApplied,
+    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
 };
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{

@@ -8,7 +8,9 @@ use crate::causal::ReplicaId;
 mod actor;
 mod handle;
 
-pub use actor::{EntityMessage, EventApplied, ReplicatedEntity, ENTITY_MESSAGE_VARIANT};
+pub use actor::{
+    EntityArguments, EntityMessage, EventApplied, ReplicatedEntity, ENTITY_MESSAGE_VARIANT,
+};
 pub use handle::{Entity, EntityConfig, EntityStats};
 
 /// What a command handler knows besides the state.

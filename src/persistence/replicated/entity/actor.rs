@@ -90,16 +90,62 @@ impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
 type Parameters<B, R, J> = PhantomData<fn() -> (B, R, J)>;
 
 /// The entity actor: one replica of one persistence id. Spawn it with
-/// [`ReplicatedEntity::spawn`].
+/// [`ReplicatedEntity::spawn`], or yourself with [`EntityArguments`] (under
+/// a supervisor, say).
 pub struct ReplicatedEntity<B, R, J>(Parameters<B, R, J>);
 
-/// What an entity starts with.
+/// What an entity starts with: its behaviour, conflict resolver, journal
+/// and configuration.
+///
+/// The entity replays its journal in `pre_start`, so it can run under a
+/// supervisor of your own: spawn [`ReplicatedEntity`] with
+/// `Actor::spawn_linked(Some(name), ReplicatedEntity::new(), arguments,
+/// supervisor)`, with `name` from [`EntityArguments::actor_name`] (peers and
+/// restarted handles find it by that name), and after a failure spawn it
+/// again with new arguments (the same journal and replica id): it resumes
+/// with what the journal holds. Drop the supervision event first: ractor
+/// hands a stopped actor's state to its supervisor, and that state holds
+/// the journal open. [`Entity::for_actor`] makes a handle for it.
 pub struct EntityArguments<B: ReplicatedEventSourcedActor, R, J> {
     behaviour: B,
     resolver: R,
     journal: J,
     config: EntityConfig,
     snapshots: Option<Snapshots<B::State>>,
+}
+
+impl<B: ReplicatedEventSourcedActor, R, J> EntityArguments<B, R, J> {
+    /// A replica of `config`'s persistence id, with `behaviour`, resolving
+    /// concurrent events with `resolver` and journaling in `journal`.
+    pub fn new(behaviour: B, resolver: R, journal: J, config: EntityConfig) -> Self {
+        Self {
+            behaviour,
+            resolver,
+            journal,
+            config,
+            snapshots: None,
+        }
+    }
+
+    /// Keeps memory and recovery time bounded with a snapshot about every
+    /// `every` events (see [`ReplicatedEntity::spawn_with_snapshots`]).
+    pub fn with_snapshots(mut self, every: usize) -> Self
+    where
+        B::State: Serialize + DeserializeOwned,
+    {
+        self.snapshots = Some(Snapshots {
+            every,
+            encode: |state| codec::encode(state),
+            decode: |bytes| codec::decode(bytes),
+        });
+        self
+    }
+
+    /// The name to spawn the entity under: unique per persistence id and
+    /// node, and where replicas and handles find it.
+    pub fn actor_name(&self) -> String {
+        PeerGroup::entity(&self.config.persistence_id).actor_name(self.config.replica.node())
+    }
 }
 
 /// How an entity that snapshots encodes its state, and how often.
@@ -157,7 +203,7 @@ where
         journal: J,
         config: EntityConfig,
     ) -> Result<Entity<B>> {
-        Self::start(behaviour, resolver, journal, config, None).await
+        Self::start(EntityArguments::new(behaviour, resolver, journal, config)).await
     }
 
     /// Spawns a replica as [`spawn`](Self::spawn) does, which also keeps its
@@ -178,40 +224,33 @@ where
     where
         B::State: Serialize + DeserializeOwned,
     {
-        let snapshots = Snapshots {
-            every: snapshot_every,
-            encode: |state| codec::encode(state),
-            decode: |bytes| codec::decode(bytes),
-        };
-        Self::start(behaviour, resolver, journal, config, Some(snapshots)).await
+        let arguments = EntityArguments::new(behaviour, resolver, journal, config)
+            .with_snapshots(snapshot_every);
+        Self::start(arguments).await
     }
 
-    async fn start(
-        behaviour: B,
-        resolver: R,
-        journal: J,
-        config: EntityConfig,
-        snapshots: Option<Snapshots<B::State>>,
-    ) -> Result<Entity<B>> {
-        let persistence_id = config.persistence_id.clone();
-        let name = PeerGroup::entity(&persistence_id).actor_name(config.replica.node());
-        let arguments = EntityArguments {
-            behaviour,
-            resolver,
-            journal,
-            config,
-            snapshots,
-        };
-        let (actor, _) = Actor::spawn(Some(name), Self(PhantomData), arguments)
+    async fn start(arguments: EntityArguments<B, R, J>) -> Result<Entity<B>> {
+        let persistence_id = arguments.config.persistence_id.clone();
+        let (actor, _) = Actor::spawn(Some(arguments.actor_name()), Self::new(), arguments)
             .await
             .map_err(|err| Error::Start {
                 what: "a replicated entity",
                 reason: err.to_string(),
             })?;
-        Ok(Entity {
-            actor,
-            persistence_id,
-        })
+        Ok(Entity::for_actor(actor, persistence_id))
+    }
+}
+
+impl<B, R, J> ReplicatedEntity<B, R, J> {
+    /// The entity actor, to spawn with [`EntityArguments`].
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<B, R, J> Default for ReplicatedEntity<B, R, J> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,3 +1,4 @@
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -107,20 +108,38 @@ pub struct EntityStats {
 
 /// A handle to a running entity: one replica of one persistence id.
 pub struct Entity<B: ReplicatedEventSourcedActor> {
-    pub(super) actor: ActorRef<EntityMessage<B>>,
-    pub(super) persistence_id: String,
+    /// The entity actor, replaced by its successor after a restart.
+    actor: Arc<RwLock<ActorRef<EntityMessage<B>>>>,
+    /// The name it was spawned under, where a successor is looked for.
+    name: Option<String>,
+    persistence_id: String,
 }
 
 impl<B: ReplicatedEventSourcedActor> Clone for Entity<B> {
     fn clone(&self) -> Self {
         Self {
             actor: self.actor.clone(),
+            name: self.name.clone(),
             persistence_id: self.persistence_id.clone(),
         }
     }
 }
 
 impl<B: ReplicatedEventSourcedActor> Entity<B> {
+    /// A handle on the entity `actor`, a replica of `persistence_id` (which
+    /// its errors name), such as one spawned under your own supervisor with
+    /// [`EntityArguments`](super::EntityArguments). If the actor was spawned
+    /// with a name, a handle whose entity stopped looks for a successor under
+    /// that name (a restart by its supervisor) and carries on with it; until
+    /// one is there, calls fail with [`Error::EntityUnavailable`].
+    pub fn for_actor(actor: ActorRef<EntityMessage<B>>, persistence_id: impl Into<String>) -> Self {
+        Self {
+            name: actor.get_name(),
+            actor: Arc::new(RwLock::new(actor)),
+            persistence_id: persistence_id.into(),
+        }
+    }
+
     /// Runs a command. Its events are journaled durably and applied before
     /// the reply: `Ok(None)` if the handler gave no reply, an error if the
     /// journal refused the events (which are then not applied).
@@ -144,12 +163,7 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
     /// and replicated (see [`EventApplied`]): the feed for projections and
     /// read models. A stopped subscriber is dropped.
     pub fn subscribe(&self, subscriber: ActorRef<EventApplied<B::Event>>) -> Result<()> {
-        self.actor
-            .cast(EntityMessage(Inbound::Subscribe(subscriber)))
-            .map_err(|err| Error::EntityUnavailable {
-                persistence_id: self.persistence_id.clone(),
-                reason: err.to_string(),
-            })
+        self.send(Inbound::Subscribe(subscriber))
     }
 
     /// The persistence id.
@@ -157,15 +171,48 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
         &self.persistence_id
     }
 
-    /// The entity actor.
-    pub fn actor(&self) -> &ActorRef<EntityMessage<B>> {
-        &self.actor
+    /// The entity actor (its successor, once this handle found one).
+    pub fn actor(&self) -> ActorRef<EntityMessage<B>> {
+        self.actor
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops the entity after the commands already sent, and waits. Their
     /// events are durable: the entity flushes its journal when it stops.
     pub async fn stop(&self) {
-        let _ = self.actor.drain_and_wait(None).await;
+        let _ = self.actor().drain_and_wait(None).await;
+    }
+
+    fn unavailable(&self, reason: String) -> Error {
+        Error::EntityUnavailable {
+            persistence_id: self.persistence_id.clone(),
+            reason,
+        }
+    }
+
+    /// Sends `message` to the entity, or to its successor if it stopped.
+    fn send(&self, message: Inbound<B>) -> Result<()> {
+        let message = match self.actor().cast(EntityMessage(message)) {
+            Ok(()) => return Ok(()),
+            Err(ractor::MessagingErr::SendErr(message)) => message,
+            Err(err) => return Err(self.unavailable(err.to_string())),
+        };
+        let successor = self
+            .name
+            .as_deref()
+            .and_then(ractor::registry::where_is)
+            .map(ActorRef::<EntityMessage<B>>::from)
+            .ok_or_else(|| self.unavailable("the entity stopped and has no successor".into()))?;
+        successor
+            .cast(message)
+            .map_err(|err| self.unavailable(err.to_string()))?;
+        *self
+            .actor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = successor;
+        Ok(())
     }
 
     async fn ask<R: Send + 'static>(
@@ -173,15 +220,9 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
         message: impl FnOnce(oneshot::Sender<R>) -> Inbound<B>,
     ) -> Result<R> {
         let (sender, receiver) = oneshot::channel();
-        let unavailable = |reason: String| Error::EntityUnavailable {
-            persistence_id: self.persistence_id.clone(),
-            reason,
-        };
-        self.actor
-            .cast(EntityMessage(message(sender)))
-            .map_err(|err| unavailable(err.to_string()))?;
+        self.send(message(sender))?;
         receiver
             .await
-            .map_err(|_| unavailable("the entity stopped before answering".into()))
+            .map_err(|_| self.unavailable("the entity stopped before answering".into()))
     }
 }
