@@ -38,6 +38,7 @@ pub mod crdt;
 pub mod ddata;
 pub mod discovery;
 mod error;
+mod followed;
 pub mod persistence;
 mod remote_cast;
 mod rng;

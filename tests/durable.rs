@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::Actor;
 use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
@@ -18,7 +18,7 @@ use ractor_replicated::ddata::{
 use ractor_replicated::{codec, Error, GCounter, ORSet};
 use support::{
     cluster, cluster_with, eventually, listener, next_matching, replicator_config,
-    test_core_config, TempDir,
+    test_core_config, Restarter, SpawnChild, TempDir,
 };
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -392,75 +392,37 @@ async fn write_through_acknowledges_each_update_only_after_a_flush_covered_it() 
     dd.stop().await;
 }
 
-/// A user's supervisor: it spawns the Replicator linked to itself, with a
-/// durable store, and spawns it again whenever it stops.
-struct Supervisor;
+const SUPERVISED: &str = "supervised";
 
-impl Supervisor {
-    const NODE: &'static str = "supervised";
-
-    async fn spawn_replicator(
-        dir: &PathBuf,
-        supervisor: &ActorRef<()>,
-    ) -> Result<(), ActorProcessingErr> {
-        let store = SledStore::open(dir, Self::NODE)?;
-        let config = ReplicatorConfig::new(Self::NODE)
-            .with_durability(Durability::new(store, KeySelection::All));
-        Actor::spawn_linked(
-            Some(replicator_name(Self::NODE)),
-            Replicator,
-            ReplicatorArguments::from(config),
-            supervisor.get_cell(),
-        )
-        .await?;
-        Ok(())
-    }
-}
-
-impl Actor for Supervisor {
-    type Msg = ();
-    /// The store's directory, and how many times the Replicator was restarted.
-    type State = (PathBuf, Arc<AtomicUsize>);
-    type Arguments = (PathBuf, Arc<AtomicUsize>);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<()>,
-        arguments: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Self::spawn_replicator(&arguments.0, &myself).await?;
-        Ok(arguments)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<()>,
-        event: SupervisionEvent,
-        (dir, restarts): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let stopped = matches!(
-            event,
-            SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..)
-        );
-        // The event may carry the stopped actor's state, which holds the
-        // store open.
-        drop(event);
-        if stopped {
-            restarts.fetch_add(1, Ordering::SeqCst);
-            Self::spawn_replicator(dir, &myself).await?;
-        }
-        Ok(())
-    }
+/// Spawns the Replicator of node `SUPERVISED`, with a durable store in `dir`.
+fn spawn_replicator(dir: PathBuf) -> SpawnChild {
+    Arc::new(move |supervisor| {
+        let dir = dir.clone();
+        Box::pin(async move {
+            let store = SledStore::open(&dir, SUPERVISED)?;
+            let config = ReplicatorConfig::new(SUPERVISED)
+                .with_durability(Durability::new(store, KeySelection::All));
+            Actor::spawn_linked(
+                Some(replicator_name(SUPERVISED)),
+                Replicator,
+                ReplicatorArguments::from(config),
+                supervisor,
+            )
+            .await?;
+            Ok(())
+        })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicator_under_a_supervisor_survives_a_panic_and_a_restart_keeps_its_data() {
     let dir = TempDir::new("supervised");
     let restarts = Arc::new(AtomicUsize::new(0));
-    let (supervisor, _) = Actor::spawn(None, Supervisor, (dir.0.clone(), restarts.clone()))
+    let spawn = spawn_replicator(dir.0.clone());
+    let (supervisor, _) = Actor::spawn(None, Restarter, (spawn, restarts.clone()))
         .await
         .expect("the supervisor and its Replicator start");
-    let replicator = ractor::registry::where_is(replicator_name(Supervisor::NODE))
+    let replicator = ractor::registry::where_is(replicator_name(SUPERVISED))
         .expect("the Replicator is registered under its name");
     let dd = DistributedData::connect(replicator.into()).await.unwrap();
     let hits: Key<GCounter> = Key::new("hits");

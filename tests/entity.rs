@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::Actor;
 use ractor_replicated::ddata::PeerGroup;
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
@@ -18,7 +18,7 @@ use ractor_replicated::persistence::replicated::{
 use ractor_replicated::ReplicaId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use support::{eventually, TempDir};
+use support::{eventually, Restarter, SpawnChild, TempDir};
 
 struct Counter;
 
@@ -360,80 +360,41 @@ async fn a_panicking_command_handler_is_an_error_and_the_entity_goes_on() {
     entity.stop().await;
 }
 
-/// A user's supervisor: it spawns a counter entity linked to itself, with a
-/// sled journal, and spawns it again whenever it stops.
-struct EntitySupervisor;
+const SUPERVISED_ID: &str = "counter-supervised";
+const SUPERVISED_NODE: &str = "node-a";
 
-impl EntitySupervisor {
-    const PERSISTENCE_ID: &'static str = "counter-supervised";
-    const NODE: &'static str = "node-a";
-
-    async fn spawn_entity(
-        dir: &PathBuf,
-        supervisor: &ActorRef<()>,
-    ) -> Result<(), ActorProcessingErr> {
-        let journal = SledJournal::open(dir)?;
-        // The same replica id in every life: the journal holds its events.
-        let config = EntityConfig::new(Self::PERSISTENCE_ID, ReplicaId::new(Self::NODE, 1));
-        let arguments = EntityArguments::new(Counter, LastWriterWins, journal, config);
-        Actor::spawn_linked(
-            Some(arguments.actor_name()),
-            ReplicatedEntity::new(),
-            arguments,
-            supervisor.get_cell(),
-        )
-        .await?;
-        Ok(())
-    }
-}
-
-impl Actor for EntitySupervisor {
-    type Msg = ();
-    /// The journal's directory, and how many times the entity was restarted.
-    type State = (PathBuf, Arc<AtomicUsize>);
-    type Arguments = (PathBuf, Arc<AtomicUsize>);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<()>,
-        arguments: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Self::spawn_entity(&arguments.0, &myself).await?;
-        Ok(arguments)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<()>,
-        event: SupervisionEvent,
-        (dir, restarts): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let stopped = matches!(
-            event,
-            SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..)
-        );
-        // The event may carry the stopped entity's state, which holds the
-        // journal open.
-        drop(event);
-        if stopped {
-            restarts.fetch_add(1, Ordering::SeqCst);
-            Self::spawn_entity(dir, &myself).await?;
-        }
-        Ok(())
-    }
+/// Spawns a counter entity of `SUPERVISED_ID`, journaling in `dir`.
+fn spawn_entity(dir: PathBuf) -> SpawnChild {
+    Arc::new(move |supervisor| {
+        let dir = dir.clone();
+        Box::pin(async move {
+            let journal = SledJournal::open(&dir)?;
+            // The same replica id in every life: the journal holds its events.
+            let config = EntityConfig::new(SUPERVISED_ID, ReplicaId::new(SUPERVISED_NODE, 1));
+            let arguments = EntityArguments::new(Counter, LastWriterWins, journal, config);
+            Actor::spawn_linked(
+                Some(arguments.actor_name()),
+                ReplicatedEntity::new(),
+                arguments,
+                supervisor,
+            )
+            .await?;
+            Ok(())
+        })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entity_under_a_supervisor_is_restarted_with_its_journal_and_the_handle_follows() {
     let dir = TempDir::new("entity-supervised");
     let restarts = Arc::new(AtomicUsize::new(0));
-    let (supervisor, _) = Actor::spawn(None, EntitySupervisor, (dir.0.clone(), restarts.clone()))
+    let spawn = spawn_entity(dir.0.clone());
+    let (supervisor, _) = Actor::spawn(None, Restarter, (spawn, restarts.clone()))
         .await
         .expect("the supervisor and its entity start");
-    let name =
-        PeerGroup::entity(EntitySupervisor::PERSISTENCE_ID).actor_name(EntitySupervisor::NODE);
+    let name = PeerGroup::entity(SUPERVISED_ID).actor_name(SUPERVISED_NODE);
     let actor = ractor::registry::where_is(name).expect("the entity is registered under its name");
-    let entity: Entity<Counter> = Entity::for_actor(actor.into(), EntitySupervisor::PERSISTENCE_ID);
+    let entity: Entity<Counter> = Entity::for_actor(actor.into(), SUPERVISED_ID);
     assert_eq!(send(&entity, Command::Add(5)).await, Some(5));
     assert!(entity.command(Command::Explode).await.is_err());
     assert_eq!(

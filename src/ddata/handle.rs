@@ -1,6 +1,6 @@
 //! The typed handle users hold: [`DistributedData`].
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorRef, Message};
@@ -20,6 +20,7 @@ use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
 use crate::discovery::{replicator_name, Discovery};
 use crate::error::{catch_panic, Error, Result};
+use crate::followed::Followed;
 
 /// What a listener hears about a key it subscribed to.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,9 +210,7 @@ impl ReplicatorConfig {
 #[derive(Clone)]
 pub struct DistributedData {
     /// The Replicator, replaced by its successor after a restart.
-    actor: Arc<RwLock<ActorRef<ReplicatorMessage>>>,
-    /// The name it was spawned under, where a successor is looked for.
-    name: Option<String>,
+    actor: Arc<Followed<ReplicatorMessage>>,
     node: Arc<str>,
     types: Arc<TypeRegistry>,
 }
@@ -266,8 +265,7 @@ impl DistributedData {
             reason: "the Replicator stopped before answering".into(),
         })?;
         Ok(Self {
-            name: actor.get_name(),
-            actor: Arc::new(RwLock::new(actor)),
+            actor: Arc::new(Followed::new(actor)),
             node,
             types,
         })
@@ -290,10 +288,7 @@ impl DistributedData {
 
     /// The Replicator actor (its successor, once this handle found one).
     pub fn actor(&self) -> ActorRef<ReplicatorMessage> {
-        self.actor
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.actor.current()
     }
 
     /// Sends `command` to the Replicator, or to its successor if it stopped.
@@ -301,27 +296,9 @@ impl DistributedData {
         &self,
         command: impl FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send + 'static,
     ) -> Result<()> {
-        let unavailable = |reason: String| Error::Unavailable { reason };
-        let message = ReplicatorMessage(Inbound::Command(Box::new(command)));
-        let message = match self.actor().cast(message) {
-            Ok(()) => return Ok(()),
-            Err(ractor::MessagingErr::SendErr(message)) => message,
-            Err(err) => return Err(unavailable(err.to_string())),
-        };
-        let successor = self
-            .name
-            .as_deref()
-            .and_then(ractor::registry::where_is)
-            .map(ActorRef::<ReplicatorMessage>::from)
-            .ok_or_else(|| unavailable("the Replicator stopped and has no successor".into()))?;
-        successor
-            .cast(message)
-            .map_err(|err| unavailable(err.to_string()))?;
-        *self
-            .actor
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = successor;
-        Ok(())
+        self.actor
+            .cast(ReplicatorMessage(Inbound::Command(Box::new(command))))
+            .map_err(|reason| Error::Unavailable { reason })
     }
 
     async fn ask<R: Send + 'static>(

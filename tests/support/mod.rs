@@ -5,10 +5,12 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use ractor_replicated::ddata::{CoreConfig, DistributedData, ReplicatorConfig, SessionDiscovery};
 use tokio::sync::mpsc;
@@ -276,5 +278,52 @@ impl ractor::Message for RawBytes {
             args: self.bytes,
             metadata: None,
         })
+    }
+}
+
+/// Spawns a supervisor's child, linked to the supervisor given; called again
+/// for every restart.
+pub type SpawnChild = Arc<
+    dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<(), ActorProcessingErr>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A user's supervisor: it spawns its child and spawns it again whenever it
+/// stops, counting the restarts.
+pub struct Restarter;
+
+impl Actor for Restarter {
+    type Msg = ();
+    type State = (SpawnChild, Arc<AtomicUsize>);
+    type Arguments = (SpawnChild, Arc<AtomicUsize>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        arguments: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        (arguments.0)(myself.get_cell()).await?;
+        Ok(arguments)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        (spawn, restarts): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let stopped = matches!(
+            event,
+            SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..)
+        );
+        // The event may carry the stopped child's state, which holds its
+        // store or journal open.
+        drop(event);
+        if stopped {
+            restarts.fetch_add(1, Ordering::SeqCst);
+            spawn(myself.get_cell()).await?;
+        }
+        Ok(())
     }
 }

@@ -93,13 +93,18 @@ impl KeyHashes {
         entry.digest = None;
         if !entry.stale {
             entry.stale = true;
-            let stale = &mut self.stale[usize::from(entry.bucket)];
-            if stale.is_empty() {
-                self.dirty.push(entry.bucket);
-            }
-            stale.push(key.to_string());
-            self.stale_keys += 1;
+            self.list_stale(entry.bucket, key.to_string());
         }
+    }
+
+    /// Adds `key` to the stale keys of `bucket`.
+    fn list_stale(&mut self, bucket: u16, key: String) {
+        let stale = &mut self.stale[usize::from(bucket)];
+        if stale.is_empty() {
+            self.dirty.push(bucket);
+        }
+        stale.push(key);
+        self.stale_keys += 1;
     }
 
     /// Records `digest` as the digest of `entry` (of `key`) and updates its
@@ -430,12 +435,7 @@ impl ReplicatorCore {
                 continue;
             }
             if entry.put_off(round) {
-                let stale = &mut hashes.stale[usize::from(entry.bucket)];
-                if stale.is_empty() {
-                    hashes.dirty.push(entry.bucket);
-                }
-                stale.push(key.clone());
-                hashes.stale_keys += 1;
+                hashes.list_stale(entry.bucket, key.clone());
                 continue;
             }
             entry.stale = false;

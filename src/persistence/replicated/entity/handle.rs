@@ -1,4 +1,4 @@
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -10,6 +10,7 @@ use crate::causal::{ReplicaId, VersionVector};
 use crate::ddata::PeerName;
 use crate::discovery::Discovery;
 use crate::error::{Error, Result};
+use crate::followed::Followed;
 
 /// How one replica of one persistence id runs.
 pub struct EntityConfig {
@@ -109,9 +110,7 @@ pub struct EntityStats {
 /// A handle to a running entity: one replica of one persistence id.
 pub struct Entity<B: ReplicatedEventSourcedActor> {
     /// The entity actor, replaced by its successor after a restart.
-    actor: Arc<RwLock<ActorRef<EntityMessage<B>>>>,
-    /// The name it was spawned under, where a successor is looked for.
-    name: Option<String>,
+    actor: Arc<Followed<EntityMessage<B>>>,
     persistence_id: String,
 }
 
@@ -119,7 +118,6 @@ impl<B: ReplicatedEventSourcedActor> Clone for Entity<B> {
     fn clone(&self) -> Self {
         Self {
             actor: self.actor.clone(),
-            name: self.name.clone(),
             persistence_id: self.persistence_id.clone(),
         }
     }
@@ -134,8 +132,7 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
     /// one is there, calls fail with [`Error::EntityUnavailable`].
     pub fn for_actor(actor: ActorRef<EntityMessage<B>>, persistence_id: impl Into<String>) -> Self {
         Self {
-            name: actor.get_name(),
-            actor: Arc::new(RwLock::new(actor)),
+            actor: Arc::new(Followed::new(actor)),
             persistence_id: persistence_id.into(),
         }
     }
@@ -173,10 +170,7 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
 
     /// The entity actor (its successor, once this handle found one).
     pub fn actor(&self) -> ActorRef<EntityMessage<B>> {
-        self.actor
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.actor.current()
     }
 
     /// Stops the entity after the commands already sent, and waits. Their
@@ -194,25 +188,9 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
 
     /// Sends `message` to the entity, or to its successor if it stopped.
     fn send(&self, message: Inbound<B>) -> Result<()> {
-        let message = match self.actor().cast(EntityMessage(message)) {
-            Ok(()) => return Ok(()),
-            Err(ractor::MessagingErr::SendErr(message)) => message,
-            Err(err) => return Err(self.unavailable(err.to_string())),
-        };
-        let successor = self
-            .name
-            .as_deref()
-            .and_then(ractor::registry::where_is)
-            .map(ActorRef::<EntityMessage<B>>::from)
-            .ok_or_else(|| self.unavailable("the entity stopped and has no successor".into()))?;
-        successor
-            .cast(message)
-            .map_err(|err| self.unavailable(err.to_string()))?;
-        *self
-            .actor
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = successor;
-        Ok(())
+        self.actor
+            .cast(EntityMessage(message))
+            .map_err(|reason| self.unavailable(reason))
     }
 
     async fn ask<R: Send + 'static>(
