@@ -28,7 +28,10 @@ pub use self::core::{
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
 pub use self::registry::{erase, ErasedData, TypeRegistry};
-pub use self::replicator::{Replicator, ReplicatorArguments, ReplicatorMessage, ReplicatorState};
+pub use self::replicator::{
+    Delete, DeleteResponse, Get, GetResponse, Replicator, ReplicatorArguments, ReplicatorMessage,
+    ReplicatorState, Retrieved, Subscribe, Update, UpdateResponse, Written,
+};
 pub use self::tracked::Tracked;
 pub use crate::discovery::{
     replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup, SessionDiscovery,

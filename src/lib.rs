@@ -41,6 +41,7 @@ mod error;
 mod followed;
 pub mod persistence;
 mod remote_cast;
+mod reply;
 mod rng;
 mod sled_db;
 
@@ -51,6 +52,7 @@ pub use crdt::{
     PNCounterOp, Payload, ReplicatedData, ReverseClock, Timestamped, WallClock,
 };
 pub use error::{Error, Result};
+pub use reply::ReplyTo;
 
 /// Compiles and runs the README's examples with the doc tests, so they cannot drift.
 #[cfg(doctest)]

@@ -8,17 +8,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::Actor;
+use ractor::{call, cast, Actor};
 use ractor_replicated::ddata::PeerGroup;
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    Effect, Entity, EntityArguments, EntityConfig, EventEnvelope, EventHandler, EventMeta,
-    LastWriterWins, ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
+    CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EventEnvelope,
+    EventHandler, EventMeta, LastWriterWins, ReplicatedEntity, ReplicatedEventSourcedActor,
+    ReplicationContext,
 };
-use ractor_replicated::ReplicaId;
+use ractor_replicated::{ReplicaId, ReplyTo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use support::{eventually, Restarter, SpawnChild, TempDir};
+use support::{eventually, listener, next_matching, Restarter, SpawnChild, TempDir};
 
 struct Counter;
 
@@ -357,6 +358,35 @@ async fn a_panicking_command_handler_is_an_error_and_the_entity_goes_on() {
     );
     assert_eq!(send(&entity, Command::Add(3)).await, Some(5));
     assert_eq!(entity.state().await.unwrap(), 5);
+    entity.stop().await;
+}
+
+/// A command's answer, tagged with the command it answers.
+struct Answer(usize, CommandResult<i64>);
+
+impl ractor::Message for Answer {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_work_with_call_and_answer_as_the_callers_messages() {
+    let entity = spawn(MemoryJournal::new(), "counter-messages").await;
+    let actor = entity.actor();
+    let reply = call!(actor, EntityMessage::command, Command::Add(1)).unwrap();
+    assert_eq!(reply.unwrap(), Some(1));
+
+    // Pipelined commands answered to an actor, each tagged, in order.
+    let (listener, mut answers) = listener::<Answer>().await;
+    for (i, n) in [2, 3, 4].into_iter().enumerate() {
+        let target = listener.clone();
+        let reply = ReplyTo::actor_with(target, move |result| Answer(i, result));
+        cast!(actor, EntityMessage::command(Command::Add(n), reply)).unwrap();
+    }
+    for (i, expected) in [3, 6, 10].into_iter().enumerate() {
+        let Answer(tag, result) =
+            next_matching(&mut answers, Duration::from_secs(10), |_| true).await;
+        assert_eq!((tag, result.unwrap()), (i, Some(expected)));
+    }
+    assert_eq!(call!(actor, EntityMessage::State).unwrap(), 10);
+    assert_eq!(call!(actor, EntityMessage::Stats).unwrap().events, 4);
     entity.stop().await;
 }
 

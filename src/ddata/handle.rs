@@ -3,23 +3,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorId, ActorRef, Message};
+use ractor::{Actor, ActorId, ActorRef, Message, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use super::consistency::{ReadConsistency, WriteConsistency};
-use super::core::{CoreConfig, CoreStats, Effect, Lookup, PeerName, ReplicatorCore, RequestId};
+use super::core::{CoreConfig, CoreStats, PeerName, ReplicatorCore};
 use super::durable::Durability;
 use super::key::Key;
 use super::registry::TypeRegistry;
 use super::replicator::{
-    Command, Inbound, Prepared, Replicator, ReplicatorArguments, ReplicatorMessage,
-    ReplicatorState, Reply, Subscription,
+    Inbound, Prepared, Replicator, ReplicatorArguments, ReplicatorMessage, Written,
 };
 use super::tracked::Tracked;
 use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
 use crate::discovery::{replicator_name, Discovery};
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{Error, Result};
 use crate::followed::Followed;
 
 /// What a listener hears about a key it subscribed to.
@@ -249,21 +248,12 @@ impl DistributedData {
     /// with [`Error::Unavailable`].
     pub async fn connect(actor: ActorRef<ReplicatorMessage>) -> Result<Self> {
         let (sender, receiver) = oneshot::channel();
-        let describe: Command = Box::new(move |state: &mut ReplicatorState| {
-            let _ = sender.send((
-                Arc::<str>::from(state.core.node()),
-                state.core.types().clone(),
-            ));
-            Vec::new()
-        });
         actor
-            .cast(ReplicatorMessage(Inbound::Command(describe)))
+            .cast(Inbound::Describe(sender).into())
             .map_err(|err| Error::Unavailable {
                 reason: err.to_string(),
             })?;
-        let (node, types) = receiver.await.map_err(|_| Error::Unavailable {
-            reason: "the Replicator stopped before answering".into(),
-        })?;
+        let (node, types) = receiver.await.map_err(|_| stopped())?;
         Ok(Self {
             actor: Arc::new(Followed::new(actor)),
             node,
@@ -279,11 +269,7 @@ impl DistributedData {
     /// The replica id local updates write with now (a restarted Replicator
     /// writes under a new incarnation).
     pub async fn replica_id(&self) -> Result<ReplicaId> {
-        self.ask(|state, sender| {
-            let _ = sender.send(state.core.replica().clone());
-            Vec::new()
-        })
-        .await
+        self.call(ReplicatorMessage::ReplicaId).await
     }
 
     /// The Replicator actor (its successor, once this handle found one).
@@ -291,43 +277,17 @@ impl DistributedData {
         self.actor.current()
     }
 
-    /// Sends `command` to the Replicator, or to its successor if it stopped.
-    fn command(
+    /// Sends the Replicator (or its successor, if it stopped) the message
+    /// `request` builds, and waits for the answer.
+    async fn call<R: Send + 'static>(
         &self,
-        command: impl FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send + 'static,
-    ) -> Result<()> {
-        self.actor
-            .cast(ReplicatorMessage(Inbound::Command(Box::new(command))))
-            .map_err(|reason| Error::Unavailable { reason })
-    }
-
-    async fn ask<R: Send + 'static>(
-        &self,
-        command: impl FnOnce(&mut ReplicatorState, oneshot::Sender<R>) -> Vec<Effect> + Send + 'static,
+        request: impl FnOnce(RpcReplyPort<R>) -> ReplicatorMessage,
     ) -> Result<R> {
         let (sender, receiver) = oneshot::channel();
-        self.command(move |state| command(state, sender))?;
-        receiver.await.map_err(|_| Error::Unavailable {
-            reason: "the Replicator stopped before answering".into(),
-        })
-    }
-
-    /// Runs a write of the core inside the Replicator and waits for its outcome.
-    async fn write(
-        &self,
-        write: impl FnOnce(&mut ReplicatorCore, RequestId) -> Result<Vec<Effect>> + Send + 'static,
-    ) -> Result<()> {
-        self.ask(move |state, sender| {
-            let reply = Reply::Write(Box::new(move |result| {
-                let _ = sender.send(result.map(drop));
-            }));
-            let request = state.expect_reply(reply);
-            write(&mut state.core, request).unwrap_or_else(|err| {
-                state.fail(request, err);
-                Vec::new()
-            })
-        })
-        .await?
+        self.actor
+            .cast(request(sender.into()))
+            .map_err(|reason| Error::Unavailable { reason })?;
+        receiver.await.map_err(|_| stopped())
     }
 
     /// Applies `modify` to the local value of `key` (its type's default if the
@@ -347,14 +307,19 @@ impl DistributedData {
     /// before panicking may stand and spread like any update (each operation
     /// applied is a valid change of the value), so let `modify` decide
     /// before it applies.
-    pub async fn update<T, F>(&self, key: &Key<T>, level: WriteConsistency, modify: F) -> Result<()>
+    pub async fn update<T, F>(
+        &self,
+        key: &Key<T>,
+        level: WriteConsistency,
+        modify: F,
+    ) -> Result<Written>
     where
         T: ReplicatedData + Default,
         F: FnOnce(&mut Tracked<'_, T>, &ReplicaId) + Send + 'static,
     {
-        let key = key.clone();
-        self.write(move |core, request| core.update(request, &key, level, modify))
-            .await
+        self.call(|reply| ReplicatorMessage::update(key, level, modify, reply))
+            .await?
+            .result
     }
 
     /// Deletes `key` for good at `level`. Its tombstone wins every merge, and
@@ -363,10 +328,10 @@ impl DistributedData {
         &self,
         key: &Key<T>,
         level: WriteConsistency,
-    ) -> Result<()> {
-        let key = key.clone();
-        self.write(move |core, request| core.delete(request, &key, level))
-            .await
+    ) -> Result<Written> {
+        self.call(|reply| ReplicatorMessage::delete(key, level, reply))
+            .await?
+            .result
     }
 
     /// Reads `key` at `level`: `Ok(None)` if no replica asked has it,
@@ -378,20 +343,10 @@ impl DistributedData {
         key: &Key<T>,
         level: ReadConsistency,
     ) -> Result<Option<T>> {
-        let key = key.clone();
-        self.ask(move |state, sender| {
-            let name = key.name().to_string();
-            let reply = Reply::Read(Box::new(move |result| {
-                let _ =
-                    sender.send(result.and_then(|(snapshot, _)| snapshot.into_typed::<T>(&name)));
-            }));
-            let request = state.expect_reply(reply);
-            state.core.read(request, &key, level).unwrap_or_else(|err| {
-                state.fail(request, err);
-                Vec::new()
-            })
-        })
-        .await?
+        let response = self
+            .call(|reply| ReplicatorMessage::get(key, level, reply))
+            .await?;
+        response.result.map(|retrieved| retrieved.value)
     }
 
     /// Sends `listener` a [`Change`] whenever `key` changes or is deleted, and
@@ -403,87 +358,43 @@ impl DistributedData {
         T: ReplicatedData,
         M: Message + From<Change<T>>,
     {
-        let tag = self.types.require_tag_of::<T>()?;
-        let typed_key = key.clone();
-        let listener_id = listener.get_id();
-        let notify = move |lookup: Lookup<'_>| -> bool {
-            let change = match lookup {
-                Lookup::Absent => return true,
-                Lookup::Deleted => Change::Deleted {
-                    key: typed_key.clone(),
-                },
-                Lookup::Live { tag: found, value } => {
-                    match value
-                        .as_shared_any()
-                        .downcast_ref::<Arc<T>>()
-                        .filter(|_| found == &*tag)
-                    {
-                        Some(value) => Change::Changed {
-                            key: typed_key.clone(),
-                            value: Arc::clone(value),
-                        },
-                        None => return true,
-                    }
-                }
-            };
-            listener.cast(M::from(change)).is_ok()
-        };
-        let name = key.name().to_string();
-        self.ask(move |state, sender| {
-            let lookup = state.core.lookup(&name);
-            let alive = catch_panic(&name, || notify(lookup)).unwrap_or(false);
-            if alive {
-                state
-                    .subscriptions
-                    .entry(name)
-                    .or_default()
-                    .push(Subscription {
-                        listener: listener_id,
-                        notify: Box::new(notify),
-                    });
-            }
-            let _ = sender.send(());
-            Vec::new()
-        })
-        .await
+        self.types.require_tag_of::<T>()?;
+        self.actor
+            .cast(ReplicatorMessage::subscribe(key, listener))
+            .map_err(|reason| Error::Unavailable { reason })
     }
 
     /// Stops sending changes of `key` to `listener`.
     pub async fn unsubscribe<T>(&self, key: &Key<T>, listener: ActorId) -> Result<()> {
-        let name = key.name().to_string();
-        self.ask(move |state, sender| {
-            if let Some(subscriptions) = state.subscriptions.get_mut(&name) {
-                subscriptions.retain(|subscription| subscription.listener != listener);
-                if subscriptions.is_empty() {
-                    state.subscriptions.remove(&name);
-                }
-            }
-            let _ = sender.send(());
-            Vec::new()
-        })
-        .await
+        self.actor
+            .cast(ReplicatorMessage::unsubscribe(key, listener))
+            .map_err(|reason| Error::Unavailable { reason })
+    }
+
+    /// The names of the keys this replica holds, deleted ones included.
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        self.call(ReplicatorMessage::GetKeys).await
     }
 
     /// The peers this Replicator can reach now, by node name.
     pub async fn reachable_peers(&self) -> Result<Vec<PeerName>> {
-        self.ask(|state, sender| {
-            let _ = sender.send(state.peers.keys().cloned().collect());
-            Vec::new()
-        })
-        .await
+        self.call(ReplicatorMessage::ReachablePeers).await
     }
 
     /// Counters of rejected input and work done, and the number of keys.
     pub async fn stats(&self) -> Result<CoreStats> {
-        self.ask(|state, sender| {
-            let _ = sender.send(state.core.stats());
-            Vec::new()
-        })
-        .await
+        self.call(ReplicatorMessage::Stats).await
     }
 
     /// Stops the Replicator and waits until it has stopped. In-memory state is lost.
     pub async fn stop(&self) {
         let _ = self.actor().stop_and_wait(None, None).await;
+    }
+}
+
+/// The error of a request whose Replicator stopped before answering.
+fn stopped() -> Error {
+    Error::Unavailable {
+        reason: "the Replicator stopped before answering".into(),
     }
 }

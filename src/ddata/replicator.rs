@@ -4,38 +4,42 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use ractor::concurrency::JoinHandle;
-use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
 use super::durable::{DurableStore, WriteMode};
 use super::handle::ReplicatorConfig;
-use super::wire::{Envelope, MESSAGE_VARIANT};
+use super::registry::TypeRegistry;
+use super::wire::Envelope;
 use crate::discovery::{DiscoveredPeer, Discovery, PeerGroup};
 use crate::error::{Error, Result};
-use crate::remote_cast;
 
 mod effects;
 mod held;
+mod messages;
 mod storage;
 
 pub(crate) use effects::run_effects;
 use effects::{cast_to, commit, request_discovery};
 use held::Held;
+use messages::Internal;
+pub use messages::{
+    Delete, DeleteResponse, Get, GetResponse, ReplicatorMessage, Retrieved, Subscribe, Update,
+    UpdateResponse, Written,
+};
 use storage::Storage;
-
-/// The messages of the [`Replicator`] actor. Only peer messages cross the
-/// network; everything else is built by [`DistributedData`](super::DistributedData).
-pub struct ReplicatorMessage(pub(crate) Inbound);
 
 pub(crate) enum Inbound {
     /// A message from another node's Replicator.
     Peer(Envelope),
     /// Bytes from the network that are not a valid peer message.
     Undecodable(String),
-    /// Work from the local handle, run inside the actor.
-    Command(Command),
+    /// A handle asks for the node's name and type registry.
+    Describe(oneshot::Sender<(Arc<str>, Arc<TypeRegistry>)>),
     /// A timer the core asked for.
     Tick(Timer),
     /// Time to poll discovery.
@@ -45,31 +49,6 @@ pub(crate) enum Inbound {
     /// Time for the group commit: flush a write-through store and let out
     /// the announcements that waited for it.
     Commit,
-}
-
-pub(crate) type Command = Box<dyn FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send>;
-
-impl ractor::Message for ReplicatorMessage {
-    fn serializable() -> bool {
-        true
-    }
-
-    fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
-        match self.0 {
-            Inbound::Peer(envelope) => remote_cast::encode(MESSAGE_VARIANT, &envelope),
-            _ => Err(BoxedDowncastErr),
-        }
-    }
-
-    /// Never fails: bytes that are not a peer message become an undecodable
-    /// message, so the Replicator counts and logs them instead of ractor
-    /// dropping them silently.
-    fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        Ok(Self(match remote_cast::decode(MESSAGE_VARIANT, message) {
-            Ok(envelope) => Inbound::Peer(envelope),
-            Err(reason) => Inbound::Undecodable(reason),
-        }))
-    }
 }
 
 pub(crate) enum Reply {
@@ -185,18 +164,18 @@ impl Actor for Replicator {
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&PeerGroup::replicators(), &myself.get_cell());
-            let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
+            let _ = myself.cast(ReplicatorMessage::from(Inbound::Discover));
             state
                 .timers
                 .push(myself.send_interval(args.discovery_interval, || {
-                    ReplicatorMessage(Inbound::Discover)
+                    ReplicatorMessage::from(Inbound::Discover)
                 }));
         }
         if let Some(WriteMode::WriteBehind { interval }) = state.storage.as_ref().map(Storage::mode)
         {
             state
                 .timers
-                .push(myself.send_interval(interval, || ReplicatorMessage(Inbound::Flush)));
+                .push(myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Flush)));
         }
         let effects = state.core.start();
         run_effects(&myself, &mut state, effects);
@@ -227,39 +206,84 @@ impl Actor for Replicator {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        let effects = match message.0 {
-            Inbound::Peer(envelope) => {
-                if !state.peers.contains_key(&envelope.from) {
-                    // Its answers would have nowhere to go: look again.
-                    request_discovery(&myself, state);
-                }
-                state.core.handle_message(&envelope.from, envelope.message)
-            }
-            Inbound::Undecodable(reason) => {
-                tracing::warn!(
-                    node = state.core.node(),
-                    reason,
-                    "rejected an undecodable peer message"
-                );
-                state.core.record_undecodable_message();
-                Vec::new()
-            }
-            Inbound::Command(command) => command(state),
-            Inbound::Tick(timer) => state.core.handle_timer(timer),
-            Inbound::Discover => discover(state).await,
-            Inbound::Flush => {
-                if let Some(Err(err)) = state.storage.as_mut().map(|s| s.flush(&state.core)) {
-                    tracing::error!(error = %err, "cannot flush the durable store");
+        let effects = match message {
+            ReplicatorMessage::Update(Update(command))
+            | ReplicatorMessage::Delete(Delete(command))
+            | ReplicatorMessage::Get(Get(command))
+            | ReplicatorMessage::Subscribe(Subscribe(command)) => command(state),
+            ReplicatorMessage::Unsubscribe { key, listener } => {
+                if let Some(subscriptions) = state.subscriptions.get_mut(&key) {
+                    subscriptions.retain(|subscription| subscription.listener != listener);
+                    if subscriptions.is_empty() {
+                        state.subscriptions.remove(&key);
+                    }
                 }
                 Vec::new()
             }
-            Inbound::Commit => {
-                commit(&myself, state);
+            ReplicatorMessage::GetKeys(reply) => {
+                let _ = reply.send(state.core.keys().map(String::from).collect());
                 Vec::new()
+            }
+            ReplicatorMessage::ReplicaId(reply) => {
+                let _ = reply.send(state.core.replica().clone());
+                Vec::new()
+            }
+            ReplicatorMessage::ReachablePeers(reply) => {
+                let _ = reply.send(state.peers.keys().cloned().collect());
+                Vec::new()
+            }
+            ReplicatorMessage::Stats(reply) => {
+                let _ = reply.send(state.core.stats());
+                Vec::new()
+            }
+            ReplicatorMessage::Internal(Internal(inbound)) => {
+                handle_internal(&myself, state, inbound).await
             }
         };
         run_effects(&myself, state, effects);
         Ok(())
+    }
+}
+
+/// The Replicator's own work: peer messages, timers, flushes.
+async fn handle_internal(
+    myself: &ActorRef<ReplicatorMessage>,
+    state: &mut ReplicatorState,
+    inbound: Inbound,
+) -> Vec<Effect> {
+    match inbound {
+        Inbound::Peer(envelope) => {
+            if !state.peers.contains_key(&envelope.from) {
+                // Its answers would have nowhere to go: look again.
+                request_discovery(myself, state);
+            }
+            state.core.handle_message(&envelope.from, envelope.message)
+        }
+        Inbound::Undecodable(reason) => {
+            tracing::warn!(
+                node = state.core.node(),
+                reason,
+                "rejected an undecodable peer message"
+            );
+            state.core.record_undecodable_message();
+            Vec::new()
+        }
+        Inbound::Describe(reply) => {
+            let _ = reply.send((state.core.node().into(), state.core.types().clone()));
+            Vec::new()
+        }
+        Inbound::Tick(timer) => state.core.handle_timer(timer),
+        Inbound::Discover => discover(state).await,
+        Inbound::Flush => {
+            if let Some(Err(err)) = state.storage.as_mut().map(|s| s.flush(&state.core)) {
+                tracing::error!(error = %err, "cannot flush the durable store");
+            }
+            Vec::new()
+        }
+        Inbound::Commit => {
+            commit(myself, state);
+            Vec::new()
+        }
     }
 }
 

@@ -14,8 +14,9 @@ mod protocol;
 mod recovery;
 
 pub use entity::{
-    Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, EventApplied,
-    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext, ENTITY_MESSAGE_VARIANT,
+    CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats,
+    EventApplied, ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
+    ENTITY_MESSAGE_VARIANT,
 };
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{

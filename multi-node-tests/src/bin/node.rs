@@ -719,7 +719,7 @@ impl BackgroundWriter {
                     .await
             };
             let line = match outcome {
-                Ok(()) => format!("ack {n}"),
+                Ok(_) => format!("ack {n}"),
                 Err(err) => format!("fail {n} {}", err.to_string().replace('\n', " ")),
             };
             if writeln!(log, "{line}").is_err() {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use ractor::ActorRef;
 
-use super::{Inbound, ReplicatorMessage, ReplicatorState, Reply};
+use super::{Inbound, Internal, ReplicatorMessage, ReplicatorState, Reply};
 use crate::ddata::core::Effect;
 use crate::ddata::wire::{Envelope, PeerMessage};
 use crate::error::catch_panic;
@@ -29,7 +29,7 @@ pub(crate) fn run_effects(
     for effect in effects {
         match effect {
             Effect::Schedule { timer, after } => {
-                let tick = move || ReplicatorMessage(Inbound::Tick(timer));
+                let tick = move || ReplicatorMessage::from(Inbound::Tick(timer));
                 if after.is_zero() {
                     let _ = myself.cast(tick());
                 } else {
@@ -56,7 +56,7 @@ pub(crate) fn run_effects(
                     state.waiting_for_disk.push(announcement);
                     if !state.commit_requested {
                         state.commit_requested = true;
-                        let _ = myself.cast(ReplicatorMessage(Inbound::Commit));
+                        let _ = myself.cast(Inbound::Commit.into());
                     }
                 } else {
                     announce(myself, state, announcement, None);
@@ -156,7 +156,7 @@ fn send(
 pub(crate) fn request_discovery(myself: &ActorRef<ReplicatorMessage>, state: &mut ReplicatorState) {
     if !state.discovery_requested {
         state.discovery_requested = true;
-        let _ = myself.cast(ReplicatorMessage(Inbound::Discover));
+        let _ = myself.cast(Inbound::Discover.into());
     }
 }
 
@@ -171,11 +171,11 @@ pub(crate) fn cast_to(
         from: from.to_string(),
         message,
     };
-    match peer.cast(ReplicatorMessage(Inbound::Peer(envelope))) {
+    match peer.cast(Inbound::Peer(envelope).into()) {
         Ok(()) => None,
-        Err(ractor::MessagingErr::SendErr(ReplicatorMessage(Inbound::Peer(envelope)))) => {
-            Some(envelope.message)
-        }
+        Err(ractor::MessagingErr::SendErr(ReplicatorMessage::Internal(Internal(
+            Inbound::Peer(envelope),
+        )))) => Some(envelope.message),
         Err(err) => {
             tracing::warn!(error = %err, "a message to a peer was lost; anti-entropy will repair");
             None

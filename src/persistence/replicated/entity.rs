@@ -9,7 +9,8 @@ mod actor;
 mod handle;
 
 pub use actor::{
-    EntityArguments, EntityMessage, EventApplied, ReplicatedEntity, ENTITY_MESSAGE_VARIANT,
+    CommandResult, EntityArguments, EntityMessage, EventApplied, ReplicatedEntity,
+    ENTITY_MESSAGE_VARIANT,
 };
 pub use handle::{Entity, EntityConfig, EntityStats};
 

@@ -4,10 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::concurrency::JoinHandle;
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use super::handle::{Entity, EntityConfig, EntityStats};
 use super::{ReplicatedEventSourcedActor, ReplicationContext};
@@ -21,19 +20,61 @@ use crate::persistence::replicated::{
     Replication, ReplicationEffect, ReplicationMessage, Snapshot,
 };
 use crate::remote_cast;
+use crate::reply::ReplyTo;
 
 /// The ractor message variant of replication messages between entities.
 pub const ENTITY_MESSAGE_VARIANT: &str = "ractor_replicated.entity.replication";
 
-/// The entity actor's messages. Only replication messages between replicas
-/// cross the network; the rest is built by the [`Entity`] handle.
-pub struct EntityMessage<B: ReplicatedEventSourcedActor>(pub(super) Inbound<B>);
-
-pub(super) enum Inbound<B: ReplicatedEventSourcedActor> {
-    Command(B::Command, oneshot::Sender<Result<Option<B::Reply>>>),
-    State(oneshot::Sender<B::State>),
-    Stats(oneshot::Sender<EntityStats>),
+/// The entity actor's messages, for `call!`, `cast!` and the [`Entity`]
+/// handle alike.
+///
+/// A command is answered after its events are durable, which can take a
+/// journal flush: an actor that must not wait for it sends the command with
+/// itself as the reply target (see [`ReplyTo`]) and gets the answer later
+/// as one of its messages. Only replication messages between replicas cross
+/// the network; they travel in the hidden internal variant.
+pub enum EntityMessage<B: ReplicatedEventSourcedActor> {
+    /// Run a command: see [`EntityMessage::command`].
+    Command(B::Command, ReplyTo<CommandResult<B::Reply>>),
+    /// The current state, once everything it holds is durable.
+    State(RpcReplyPort<B::State>),
+    /// What the entity has done.
+    Stats(RpcReplyPort<EntityStats>),
+    /// Send every event this replica applies from now on to the subscriber
+    /// (see [`Entity::subscribe`]).
     Subscribe(ActorRef<EventApplied<B::Event>>),
+    /// Replication between replicas, and the entity's own timers.
+    #[doc(hidden)]
+    Internal(Internal<B>),
+}
+
+/// What a command comes to: the handler's reply (`None` if it gave none)
+/// once its events are durable, or why they are not (see
+/// [`Entity::command`]).
+pub type CommandResult<R> = Result<Option<R>>;
+
+impl<B: ReplicatedEventSourcedActor> EntityMessage<B> {
+    /// Runs `command`; sends its outcome to `reply` once its events are
+    /// durable. Works with `call!(entity, EntityMessage::command, command)`.
+    pub fn command(
+        command: B::Command,
+        reply: impl Into<ReplyTo<CommandResult<B::Reply>>>,
+    ) -> Self {
+        Self::Command(command, reply.into())
+    }
+}
+
+/// The entity's messages to itself and to its peers: not for users.
+#[doc(hidden)]
+pub struct Internal<B: ReplicatedEventSourcedActor>(Inbound<B>);
+
+impl<B: ReplicatedEventSourcedActor> From<Inbound<B>> for EntityMessage<B> {
+    fn from(inbound: Inbound<B>) -> Self {
+        Self::Internal(Internal(inbound))
+    }
+}
+
+enum Inbound<B: ReplicatedEventSourcedActor> {
     /// A message from another replica of the persistence id.
     Peer(PeerEnvelope<B::Event>),
     /// Bytes from the network that are not a replication message.
@@ -67,8 +108,10 @@ impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
     }
 
     fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
-        match self.0 {
-            Inbound::Peer(envelope) => remote_cast::encode(ENTITY_MESSAGE_VARIANT, &envelope),
+        match self {
+            Self::Internal(Internal(Inbound::Peer(envelope))) => {
+                remote_cast::encode(ENTITY_MESSAGE_VARIANT, &envelope)
+            }
             _ => Err(BoxedDowncastErr),
         }
     }
@@ -77,12 +120,11 @@ impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
     /// undecodable message, so the entity counts and logs them instead of
     /// ractor dropping them silently.
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        Ok(Self(
-            match remote_cast::decode(ENTITY_MESSAGE_VARIANT, message) {
-                Ok(envelope) => Inbound::Peer(envelope),
-                Err(reason) => Inbound::Undecodable(reason),
-            },
-        ))
+        Ok(match remote_cast::decode(ENTITY_MESSAGE_VARIANT, message) {
+            Ok(envelope) => Inbound::Peer(envelope),
+            Err(reason) => Inbound::Undecodable(reason),
+        }
+        .into())
     }
 }
 
@@ -371,16 +413,16 @@ where
         };
         if let Some(discovery) = &state.discovery {
             discovery.register(&state.group, &myself.get_cell());
-            let _ = myself.cast(EntityMessage(Inbound::Discover));
+            let _ = myself.cast(EntityMessage::from(Inbound::Discover));
             state
                 .timers
                 .push(myself.send_interval(config.discovery_interval, || {
-                    EntityMessage(Inbound::Discover)
+                    EntityMessage::from(Inbound::Discover)
                 }));
             state
                 .timers
                 .push(myself.send_interval(config.anti_entropy_interval, || {
-                    EntityMessage(Inbound::AntiEntropy)
+                    EntityMessage::from(Inbound::AntiEntropy)
                 }));
         }
         Ok(state)
@@ -409,12 +451,12 @@ where
         message: Self::Msg,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        let effects = match message.0 {
-            Inbound::Command(command, reply) => {
+        let inbound = match message {
+            EntityMessage::Command(command, reply) => {
                 handle_command(&myself, state, command, reply)?;
-                Vec::new()
+                return Ok(());
             }
-            Inbound::State(reply) => {
+            EntityMessage::State(reply) => {
                 let current = state.replication.log().state().clone();
                 // If the flush fails, the state may hold events that are
                 // lost: no answer.
@@ -423,16 +465,19 @@ where
                         let _ = reply.send(current);
                     }
                 });
-                Vec::new()
+                return Ok(());
             }
-            Inbound::Stats(reply) => {
+            EntityMessage::Stats(reply) => {
                 let _ = reply.send(stats(state));
-                Vec::new()
+                return Ok(());
             }
-            Inbound::Subscribe(subscriber) => {
+            EntityMessage::Subscribe(subscriber) => {
                 state.subscribers.push(subscriber);
-                Vec::new()
+                return Ok(());
             }
+            EntityMessage::Internal(Internal(inbound)) => inbound,
+        };
+        let effects = match inbound {
             Inbound::Peer(envelope) => {
                 if envelope.persistence_id == state.persistence_id {
                     state
@@ -463,7 +508,7 @@ fn handle_command<B, R, J>(
     myself: &ActorRef<EntityMessage<B>>,
     state: &mut EntityState<B, R, J>,
     command: B::Command,
-    reply: oneshot::Sender<Result<Option<B::Reply>>>,
+    reply: ReplyTo<CommandResult<B::Reply>>,
 ) -> Result<()>
 where
     B: ReplicatedEventSourcedActor,
@@ -482,13 +527,13 @@ where
         Ok(effect) => effect,
         Err(err) => {
             // The handler only decides: nothing was journaled or applied.
-            let _ = reply.send(Err(err));
+            reply.send(Err(err));
             return Ok(());
         }
     };
     if effect.events.is_empty() {
         answer_after_flush(myself, state, move |flushed| {
-            let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
+            reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
         });
         return Ok(());
     }
@@ -498,7 +543,7 @@ where
             // Atomic: nothing of the command reached the journal, so nothing
             // is applied and the entity can go on.
             tracing::error!(persistence_id = state.persistence_id, error = %err, "the journal refused a command's events");
-            let _ = reply.send(Err(err));
+            reply.send(Err(err));
             return Ok(());
         }
         Ok(added) if added != stamped.len() => {
@@ -514,7 +559,7 @@ where
                 reason: "the journal already holds an event with this id; the entity stops".into(),
             };
             tracing::error!(persistence_id = state.persistence_id, error = %err, "event id already journaled");
-            let _ = reply.send(Err(err.clone()));
+            reply.send(Err(err.clone()));
             return Err(err);
         }
         Ok(_) => {}
@@ -526,7 +571,7 @@ where
         .receive_all(stamped.iter().cloned());
     state.unannounced.extend(stamped);
     answer_after_flush(myself, state, move |flushed| {
-        let _ = reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
+        reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
     });
     Ok(())
 }
@@ -556,7 +601,7 @@ where
     B: ReplicatedEventSourcedActor,
 {
     if !state.flush_scheduled {
-        state.flush_scheduled = myself.cast(EntityMessage(Inbound::Flush)).is_ok();
+        state.flush_scheduled = myself.cast(EntityMessage::from(Inbound::Flush)).is_ok();
     }
 }
 
@@ -699,7 +744,7 @@ where
             from: state.node.clone(),
             message,
         };
-        if peer.cast(EntityMessage(Inbound::Peer(envelope))).is_err() {
+        if peer.cast(Inbound::Peer(envelope).into()).is_err() {
             tracing::debug!(peer = to, "replica proxy stopped");
         }
     }

@@ -1,10 +1,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::ActorRef;
+use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use super::actor::{EntityMessage, EventApplied, Inbound};
+use super::actor::{EntityMessage, EventApplied};
 use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
 use crate::ddata::PeerName;
@@ -141,26 +141,27 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
     /// the reply: `Ok(None)` if the handler gave no reply, an error if the
     /// journal refused the events (which are then not applied).
     pub async fn command(&self, command: B::Command) -> Result<Option<B::Reply>> {
-        self.ask(|reply| Inbound::Command(command, reply))
-            .await
-            .and_then(|outcome| outcome)
+        self.call(|reply| EntityMessage::command(command, reply))
+            .await?
     }
 
     /// The current state.
     pub async fn state(&self) -> Result<B::State> {
-        self.ask(Inbound::State).await
+        self.call(EntityMessage::State).await
     }
 
     /// What the entity has done.
     pub async fn stats(&self) -> Result<EntityStats> {
-        self.ask(Inbound::Stats).await
+        self.call(EntityMessage::Stats).await
     }
 
     /// Sends `subscriber` every event this replica applies from now on, local
     /// and replicated (see [`EventApplied`]): the feed for projections and
     /// read models. A stopped subscriber is dropped.
     pub fn subscribe(&self, subscriber: ActorRef<EventApplied<B::Event>>) -> Result<()> {
-        self.send(Inbound::Subscribe(subscriber))
+        self.actor
+            .cast(EntityMessage::Subscribe(subscriber))
+            .map_err(|reason| self.unavailable(reason))
     }
 
     /// The persistence id.
@@ -186,19 +187,16 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
         }
     }
 
-    /// Sends `message` to the entity, or to its successor if it stopped.
-    fn send(&self, message: Inbound<B>) -> Result<()> {
-        self.actor
-            .cast(EntityMessage(message))
-            .map_err(|reason| self.unavailable(reason))
-    }
-
-    async fn ask<R: Send + 'static>(
+    /// Sends the entity (or its successor, if it stopped) the message
+    /// `request` builds, and waits for the answer.
+    async fn call<R: Send + 'static>(
         &self,
-        message: impl FnOnce(oneshot::Sender<R>) -> Inbound<B>,
+        request: impl FnOnce(RpcReplyPort<R>) -> EntityMessage<B>,
     ) -> Result<R> {
         let (sender, receiver) = oneshot::channel();
-        self.send(message(sender))?;
+        self.actor
+            .cast(request(sender.into()))
+            .map_err(|reason| self.unavailable(reason))?;
         receiver
             .await
             .map_err(|_| self.unavailable("the entity stopped before answering".into()))
