@@ -43,7 +43,7 @@ pub mod persistence;
 mod remote_cast;
 mod reply;
 mod rng;
-mod sled_db;
+pub mod sled_db;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
 pub use crdt::{

@@ -1,7 +1,35 @@
-//! Opening a sled database, shared by the durable store and the journal.
+//! Opening the sled databases of durable stores and journals, with the
+//! library's defaults and your own settings.
+//!
+//! [`SledStore`](crate::ddata::durable::SledStore) and
+//! [`SledJournal`](crate::persistence::journal::SledJournal) open a path with
+//! [`config`]: sled's settings with a page cache of [`DEFAULT_CACHE_BYTES`]
+//! (sled's own default is 1 GiB per database) and no periodic flusher (the
+//! store and the journal flush when their rules say so). To change a setting,
+//! start from [`config`] and pass the result to `open_with`; to keep a store
+//! and a journal in one database (one cache, one file lock), [`open`] it once
+//! and give the [`sled::Db`] to both with `with_db`:
+//!
+//! ```no_run
+//! use ractor_replicated::ddata::durable::SledStore;
+//! use ractor_replicated::persistence::journal::SledJournal;
+//! use ractor_replicated::sled_db;
+//!
+//! let db = sled_db::open(&sled_db::config("data/node-a").cache_capacity(16 << 20))?;
+//! let store = SledStore::with_db(db.clone(), "node-a")?;
+//! let journal = SledJournal::with_db(db);
+//! # Ok::<(), ractor_replicated::Error>(())
+//! ```
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// The page cache of a database opened with [`config`], in bytes: 64 MiB.
+/// Data beyond it is read from disk when needed; reads of the durable store
+/// and the journal happen at start (recovery) and when a peer is behind.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How long an open waits for a database that is still locked.
 ///
@@ -12,24 +40,39 @@ use std::time::{Duration, Instant};
 /// of failing.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// Opens (or creates) the sled database at `path`, with no flusher thread:
-/// the callers decide when to flush. A database locked by another open
-/// instance (in this process or another) is an error after [`LOCK_WAIT`].
-pub(crate) fn open(path: &Path) -> Result<sled::Db, String> {
+/// The settings a store or journal opens `path` with: a
+/// [`DEFAULT_CACHE_BYTES`] page cache and no periodic flusher. Change any
+/// with sled's builder methods.
+pub fn config(path: impl AsRef<Path>) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(DEFAULT_CACHE_BYTES)
+        .flush_every_ms(None)
+}
+
+/// Opens (or creates) the database `config` describes. A database locked by
+/// another open instance (in this process or another) is waited for a
+/// moment, as after a restart, then an [`Error::Store`].
+pub fn open(config: &sled::Config) -> Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
+    let failure = |reason: String| Error::Store {
+        path: config.get_path().display().to_string(),
+        key: None,
+        reason,
+    };
     loop {
-        match sled::Config::new().path(path).flush_every_ms(None).open() {
+        match config.open() {
             Ok(db) => return Ok(db),
             Err(err) if is_locked(&err) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(err) if is_locked(&err) => {
-                return Err(format!(
+                return Err(failure(format!(
                     "the database is in use by another open store or journal \
                      (in this process or another) and stayed locked for {LOCK_WAIT:?}: {err}"
-                ))
+                )))
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(failure(err.to_string())),
         }
     }
 }
@@ -49,7 +92,7 @@ mod tests {
         // Unflushed writes make the drop hand sled's thread pool work that
         // holds the file a moment longer.
         for round in 0..50u32 {
-            let db = open(&dir).expect("a closed database reopens");
+            let db = open(&config(&dir)).expect("a closed database reopens");
             for item in 0..64u32 {
                 db.insert(
                     [round.to_be_bytes(), item.to_be_bytes()].concat(),
@@ -58,11 +101,11 @@ mod tests {
                 .unwrap();
             }
         }
-        let db = open(&dir).unwrap();
+        let db = open(&config(&dir)).unwrap();
         assert_eq!(db.len(), 50 * 64);
         let started = Instant::now();
-        let err = open(&dir).unwrap_err();
-        assert!(err.contains("in use"), "{err}");
+        let err = open(&config(&dir)).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
         assert!(started.elapsed() >= LOCK_WAIT);
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,11 +2,15 @@
 
 mod support;
 
+use ractor_replicated::ddata::durable::{Durability, SledStore};
+use ractor_replicated::ddata::{
+    DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
+};
 use ractor_replicated::persistence::journal::{Journal, SledJournal, StoredSnapshot};
 use ractor_replicated::persistence::replicated::{
     EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
 };
-use ractor_replicated::{codec, Error, ReplicaId, VersionVector};
+use ractor_replicated::{codec, sled_db, Error, GCounter, ReplicaId, VersionVector};
 use support::TempDir;
 
 /// Appends names to a list: the order of events shows in the state.
@@ -217,4 +221,40 @@ fn a_malformed_snapshot_is_an_error_naming_it() {
         0,
         "events are apart"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_store_and_a_journal_share_one_database() {
+    let dir = TempDir::new("shared-db");
+    let (_, events) = two_replicas();
+    let hits: Key<GCounter> = Key::new("hits");
+    let open = || {
+        let db = sled_db::open(&sled_db::config(&dir.0).cache_capacity(8 << 20)).unwrap();
+        let store = SledStore::with_db(db.clone(), "shared").unwrap();
+        let config = ReplicatorConfig::new("shared")
+            .with_durability(Durability::new(store, KeySelection::All));
+        (config, SledJournal::with_db(db))
+    };
+    for life in 0..2 {
+        let (config, mut journal) = open();
+        let dd = DistributedData::start(config).await.unwrap();
+        dd.update(&hits, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+        journal
+            .append("cart-1", &events[life * 2..life * 2 + 2])
+            .unwrap();
+        journal.flush().unwrap();
+        dd.stop().await;
+    }
+    let (config, journal) = open();
+    let dd = DistributedData::start(config).await.unwrap();
+    let value = dd.get(&hits, ReadConsistency::Local).await.unwrap();
+    assert_eq!(value.map(|c| c.value()), Some(2), "both lives' updates");
+    let read: Vec<(u64, EventEnvelope<String>)> = journal.read_from("cart-1", 1).unwrap();
+    let read: Vec<EventEnvelope<String>> = read.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(read, events, "both lives' events");
+    dd.stop().await;
 }

@@ -47,6 +47,12 @@ pub struct StoredSnapshot {
 /// so that an entity can make a burst of commands durable with one disk sync
 /// (group commit). A crash may lose appends since the last flush, but only a
 /// suffix: never an event while keeping one appended after it.
+///
+/// Not usable as `dyn Journal`: [`append`](Self::append) and
+/// [`read_from`](Self::read_from) are generic over the event type, so that
+/// one journal serves entities of every event type and does the encoding.
+/// To choose a journal at run time, implement `Journal` for an enum of the
+/// choices that delegates to them.
 pub trait Journal: Send + 'static {
     /// Stores `events` atomically (all or none), skipping those already
     /// stored, and returns how many were new.

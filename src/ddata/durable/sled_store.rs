@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{DurableStore, Recovered, StoredEntry};
 use crate::codec;
@@ -13,31 +13,44 @@ const INCARNATION: &[u8] = b"incarnation";
 /// `ddata/<node>` under the key's name, its incarnation in `ddata-meta/<node>`.
 /// Values are codec encodings (version byte + MessagePack).
 pub struct SledStore {
-    path: PathBuf,
+    location: String,
     entries: sled::Tree,
     meta: sled::Tree,
     db: sled::Db,
 }
 
 impl SledStore {
-    /// Opens (or creates) the database at `path` for node `node`. The
+    /// Opens (or creates) the database at `path` for node `node`, with the
+    /// library's settings ([`sled_db::config`](crate::sled_db::config)). The
     /// Replicator decides when to flush (see [`WriteMode`](super::WriteMode)).
     pub fn open(path: impl AsRef<Path>, node: &str) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_with(&crate::sled_db::config(path), node)
+    }
+
+    /// Opens (or creates) the database `config` describes, for node `node`:
+    /// start from [`sled_db::config`](crate::sled_db::config) to change the
+    /// cache size or another setting.
+    pub fn open_with(config: &sled::Config, node: &str) -> Result<Self> {
+        let db = crate::sled_db::open(config)?;
+        Self::in_db(db, config.get_path().display().to_string(), node)
+    }
+
+    /// The store of node `node` in an open database, which other stores and
+    /// journals may share (see [`sled_db`](crate::sled_db)).
+    pub fn with_db(db: sled::Db, node: &str) -> Result<Self> {
+        Self::in_db(db, "a shared sled database".into(), node)
+    }
+
+    fn in_db(db: sled::Db, location: String, node: &str) -> Result<Self> {
         let fail = |err: sled::Error| Error::Store {
-            path: path.display().to_string(),
+            path: location.clone(),
             key: None,
             reason: err.to_string(),
         };
-        let db = crate::sled_db::open(&path).map_err(|reason| Error::Store {
-            path: path.display().to_string(),
-            key: None,
-            reason,
-        })?;
         let entries = db.open_tree(format!("ddata/{node}")).map_err(fail)?;
         let meta = db.open_tree(format!("ddata-meta/{node}")).map_err(fail)?;
         Ok(Self {
-            path,
+            location,
             entries,
             meta,
             db,
@@ -46,7 +59,7 @@ impl SledStore {
 
     fn error(&self, key: Option<&str>, reason: impl ToString) -> Error {
         Error::Store {
-            path: self.path.display().to_string(),
+            path: self.location.clone(),
             key: key.map(str::to_string),
             reason: reason.to_string(),
         }
@@ -110,6 +123,6 @@ impl DurableStore for SledStore {
     }
 
     fn location(&self) -> String {
-        self.path.display().to_string()
+        self.location.clone()
     }
 }

@@ -1,5 +1,5 @@
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
@@ -37,7 +37,7 @@ const SNAPSHOT: [u8; 1] = [1];
 /// Clones share the database, so entities of different persistence ids can
 /// journal in one; each persistence id must be written through one handle.
 pub struct SledJournal {
-    path: PathBuf,
+    location: String,
     db: sled::Db,
     /// The open trees and the next local sequence number, per persistence id
     /// this handle appended to.
@@ -88,7 +88,7 @@ impl Clone for SledJournal {
     /// is only valid for the handle that writes.
     fn clone(&self) -> Self {
         Self {
-            path: self.path.clone(),
+            location: self.location.clone(),
             db: self.db.clone(),
             appending: HashMap::new(),
         }
@@ -102,24 +102,37 @@ fn event_key(sequence: u64) -> [u8; 9] {
 }
 
 impl SledJournal {
-    /// Opens (or creates) the journal at `path`.
+    /// Opens (or creates) the journal at `path`, with the library's
+    /// settings ([`sled_db::config`](crate::sled_db::config)).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let db = crate::sled_db::open(&path).map_err(|reason| Error::Store {
-            path: path.display().to_string(),
-            key: None,
-            reason,
-        })?;
-        Ok(Self {
-            path,
+        Self::open_with(&crate::sled_db::config(path))
+    }
+
+    /// Opens (or creates) the journal in the database `config` describes:
+    /// start from [`sled_db::config`](crate::sled_db::config) to change the
+    /// cache size or another setting.
+    pub fn open_with(config: &sled::Config) -> Result<Self> {
+        let db = crate::sled_db::open(config)?;
+        Ok(Self::in_db(db, config.get_path().display().to_string()))
+    }
+
+    /// The journal in an open database, which a durable store and other
+    /// journals may share (see [`sled_db`](crate::sled_db)).
+    pub fn with_db(db: sled::Db) -> Self {
+        Self::in_db(db, "a shared sled database".into())
+    }
+
+    fn in_db(db: sled::Db, location: String) -> Self {
+        Self {
+            location,
             db,
             appending: HashMap::new(),
-        })
+        }
     }
 
     fn error(&self, key: Option<String>, reason: impl ToString) -> Error {
         Error::Store {
-            path: self.path.display().to_string(),
+            path: self.location.clone(),
             key,
             reason: reason.to_string(),
         }
