@@ -13,9 +13,11 @@
 mod consistency;
 mod core;
 pub mod durable;
+#[cfg(feature = "cluster")]
 mod handle;
 mod key;
 mod registry;
+#[cfg(feature = "cluster")]
 mod replicator;
 mod tracked;
 pub mod wire;
@@ -25,14 +27,17 @@ pub use self::core::{
     CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReadOutcome, ReplicatorCore,
     RequestId, Snapshot, Timer, MIN_MESSAGE_BYTES,
 };
+#[cfg(feature = "cluster")]
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
 pub use self::registry::{erase, ErasedData, TypeRegistry};
+#[cfg(feature = "cluster")]
 pub use self::replicator::{
     Delete, DeleteResponse, Get, GetResponse, Replicator, ReplicatorArguments, ReplicatorMessage,
     ReplicatorState, Retrieved, Subscribe, Update, UpdateResponse, Written,
 };
 pub use self::tracked::Tracked;
+#[cfg(feature = "cluster")]
 pub use crate::discovery::{
     replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup, SessionDiscovery,
 };

@@ -32,17 +32,23 @@
 #![warn(missing_docs)]
 
 pub mod causal;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod codec;
 pub mod crdt;
 pub mod ddata;
+#[cfg(feature = "cluster")]
 pub mod discovery;
 mod error;
+#[cfg(feature = "cluster")]
 mod followed;
 pub mod persistence;
+#[cfg(feature = "cluster")]
 mod remote_cast;
+#[cfg(feature = "cluster")]
 mod reply;
 mod rng;
+#[cfg(feature = "sled")]
 pub mod sled_db;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
@@ -52,6 +58,7 @@ pub use crdt::{
     PNCounterOp, Payload, ReplicatedData, ReverseClock, Timestamped, WallClock,
 };
 pub use error::{Error, Result};
+#[cfg(feature = "cluster")]
 pub use reply::ReplyTo;
 
 /// Compiles and runs the README's examples with the doc tests, so they cannot drift.

@@ -10,14 +10,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+#[cfg(feature = "cluster")]
 use super::core::KeySelection;
 use super::wire::WireValue;
 use crate::error::Result;
 
+#[cfg(feature = "sled")]
 mod sled_store;
 
+#[cfg(feature = "sled")]
 pub use sled_store::SledStore;
 
 /// Everything a store holds for one node.
@@ -64,12 +65,14 @@ pub enum WriteMode {
 }
 
 /// Durability settings of a Replicator.
+#[cfg(feature = "cluster")]
 pub struct Durability {
     pub(crate) store: Box<dyn DurableStore>,
     pub(crate) keys: KeySelection,
     pub(crate) mode: WriteMode,
 }
 
+#[cfg(feature = "cluster")]
 impl Durability {
     /// Keeps the keys in `keys` in `store`, write-through.
     pub fn new(store: impl DurableStore, keys: KeySelection) -> Self {
@@ -138,14 +141,8 @@ impl DurableStore for MemoryStore {
     }
 }
 
-/// What a store writes per key: the wire form, so a stored entry decodes
-/// exactly like a replicated one. Generic so that storing borrows the value.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StoredEntry<V> {
-    pub(crate) value: V,
-}
-
-#[cfg(test)]
+// The store's round trips, with the sled store.
+#[cfg(all(test, feature = "sled"))]
 mod tests {
     use super::*;
     use crate::ddata::registry::{erase, ErasedData, TypeRegistry};

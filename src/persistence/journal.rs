@@ -10,9 +10,11 @@ use crate::error::Result;
 use crate::persistence::replicated::EventEnvelope;
 
 mod memory_journal;
+#[cfg(feature = "sled")]
 mod sled_journal;
 
 pub use memory_journal::MemoryJournal;
+#[cfg(feature = "sled")]
 pub use sled_journal::SledJournal;
 
 /// A snapshot as a journal keeps it: the state after a prefix of the

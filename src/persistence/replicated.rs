@@ -13,11 +13,12 @@ mod log;
 mod protocol;
 mod recovery;
 
+#[cfg(feature = "cluster")]
 pub use entity::{
-    CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats,
-    EventApplied, ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
-    ENTITY_MESSAGE_VARIANT,
+    CommandResult, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, EventApplied,
+    ReplicatedEntity, ENTITY_MESSAGE_VARIANT,
 };
+pub use entity::{Effect, ReplicatedEventSourcedActor, ReplicationContext};
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{
     Effects, Replication, ReplicationEffect, ReplicationMessage, DEFAULT_STABILITY_TICKS,

@@ -1,11 +1,20 @@
 use std::path::Path;
 
-use super::{DurableStore, Recovered, StoredEntry};
+use serde::{Deserialize, Serialize};
+
+use super::{DurableStore, Recovered};
 use crate::codec;
 use crate::ddata::wire::WireValue;
 use crate::error::{Error, Result};
 
 const INCARNATION: &[u8] = b"incarnation";
+
+/// What the store writes per key: the wire form, so a stored entry decodes
+/// exactly like a replicated one. Generic so that storing borrows the value.
+#[derive(Serialize, Deserialize)]
+struct StoredEntry<V> {
+    value: V,
+}
 
 /// A [`DurableStore`] in a sled database (0.34).
 ///

@@ -5,13 +5,17 @@
 use super::EventHandler;
 use crate::causal::ReplicaId;
 
+#[cfg(feature = "cluster")]
 mod actor;
+#[cfg(feature = "cluster")]
 mod handle;
 
+#[cfg(feature = "cluster")]
 pub use actor::{
     CommandResult, EntityArguments, EntityMessage, EventApplied, ReplicatedEntity,
     ENTITY_MESSAGE_VARIANT,
 };
+#[cfg(feature = "cluster")]
 pub use handle::{Entity, EntityConfig, EntityStats};
 
 /// What a command handler knows besides the state.
@@ -60,6 +64,12 @@ impl<E, R> Effect<E, R> {
     pub fn then_reply(mut self, reply: R) -> Self {
         self.reply = Some(reply);
         self
+    }
+
+    /// The events to persist and the reply, for whatever runs the command
+    /// handler.
+    pub fn into_parts(self) -> (Vec<E>, Option<R>) {
+        (self.events, self.reply)
     }
 }
 

@@ -523,21 +523,21 @@ where
     let decided = catch_panic(&state.persistence_id, || {
         log.handler().handle_command(log.state(), command, context)
     });
-    let effect = match decided {
-        Ok(effect) => effect,
+    let (events, answer) = match decided {
+        Ok(effect) => effect.into_parts(),
         Err(err) => {
             // The handler only decides: nothing was journaled or applied.
             reply.send(Err(err));
             return Ok(());
         }
     };
-    if effect.events.is_empty() {
+    if events.is_empty() {
         answer_after_flush(myself, state, move |flushed| {
-            reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
+            reply.send(flushed.map(|()| answer).map_err(Error::clone));
         });
         return Ok(());
     }
-    let stamped = state.replication.log().stamp(effect.events, now_millis());
+    let stamped = state.replication.log().stamp(events, now_millis());
     match state.journal.append(&state.persistence_id, &stamped) {
         Err(err) => {
             // Atomic: nothing of the command reached the journal, so nothing
@@ -571,7 +571,7 @@ where
         .receive_all(stamped.iter().cloned());
     state.unannounced.extend(stamped);
     answer_after_flush(myself, state, move |flushed| {
-        reply.send(flushed.map(|()| effect.reply).map_err(Error::clone));
+        reply.send(flushed.map(|()| answer).map_err(Error::clone));
     });
     Ok(())
 }
