@@ -17,6 +17,7 @@
 //! * sends a heartbeat to every peer's membership actor and stops a session
 //!   whose peer stayed silent past the timeout, so that it is redialled (a
 //!   blackholed link otherwise stays "up" forever);
+//! * secures every connection with TLS when configured ([`TlsConfig`]);
 //! * gives Replicators a [`ProcessGroupDiscovery`], which finds peer
 //!   Replicators through a scoped process group (one NodeServer per process).
 
@@ -36,7 +37,8 @@ mod discovery;
 mod transport;
 
 pub use discovery::ProcessGroupDiscovery;
-pub use transport::{ConnectionStats, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
+pub use tokio_rustls::rustls;
+pub use transport::{ConnectionStats, TlsConfig, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
 use transport::{Connections, SessionEvent, SessionEvents};
 
 /// The process-group scope of everything ractor_replicated registers.
@@ -81,6 +83,9 @@ pub struct ClusterConfig {
     /// How long a connection may take to authenticate before it is closed.
     /// Default 10 s.
     pub auth_timeout: Duration,
+    /// TLS for every connection, inbound and outbound; default none (the
+    /// cookie authenticates, nothing is encrypted).
+    pub tls: Option<TlsConfig>,
 }
 
 impl ClusterConfig {
@@ -105,7 +110,16 @@ impl ClusterConfig {
             max_frame_bytes: ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE,
             max_unauthenticated: 64,
             auth_timeout: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// Secures every connection of the node with `tls`. Every node of the
+    /// cluster must use TLS: a plain connection to a TLS node fails its
+    /// handshake.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Dials these `host:port` addresses and keeps dialling them.
@@ -399,6 +413,7 @@ impl Actor for Membership {
             server.clone(),
             connections.clone(),
             config.name.clone(),
+            config.tls.clone(),
             config.max_unauthenticated,
             config.auth_timeout,
         ));
@@ -540,12 +555,13 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
         seed.backoff = (seed.backoff * 2).min(state.config.redial_backoff.1);
         let (server, address, me) = (state.server.clone(), seed.address.clone(), myself.clone());
         let connections = state.connections.clone();
+        let tls = state.config.tls.clone();
         // A seed not known by name is asked for it first: dialling a node
         // that is connected already would open a duplicate session.
         let probe_first = seed.node.is_none();
         tokio::spawn(async move {
             if probe_first {
-                match transport::probe(&address).await {
+                match transport::probe(&address, tls.as_ref(), &connections).await {
                     Ok(Some(node)) => {
                         let _ = me.cast(MembershipMessage(Inbound::Probed {
                             seed: address,
@@ -565,7 +581,7 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
                     }
                 }
             }
-            let outcome = transport::dial(&server, &address, &connections)
+            let outcome = transport::dial(&server, &address, &connections, tls.as_ref())
                 .await
                 .map_err(|err| err.to_string());
             let _ = me.cast(MembershipMessage(Inbound::Dialled {

@@ -8,7 +8,9 @@
 //! * bound what a peer that has not authenticated yet can cost: a cap on such
 //!   connections, a deadline to authenticate, and no frame larger than
 //!   [`PRE_AUTH_FRAME_LIMIT`] read before authentication (the rest of a larger
-//!   one waits in the kernel's socket buffer, not in this process).
+//!   one waits in the kernel's socket buffer, not in this process);
+//! * with [`TlsConfig`], secure every connection (name probes included) with
+//!   rustls before anything else is read.
 
 use std::collections::HashMap;
 use std::io;
@@ -26,8 +28,11 @@ use ractor_cluster::{
     BoxRead, BoxWrite, ClusterBidiStream, NodeEventSubscription, NodeServerMessage,
     NodeSessionMessage,
 };
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 /// The largest frame read from a peer before it has authenticated. The
 /// handshake's frames are a few hundred bytes.
@@ -55,6 +60,129 @@ pub struct ConnectionStats {
     /// Sessions that authenticated (and won ractor_cluster's election
     /// between duplicate connections).
     pub authenticated: u64,
+    /// TLS handshakes that failed, inbound or outbound: a peer without a
+    /// certificate this node trusts, or one that does not trust this node's.
+    pub tls_failed: u64,
+}
+
+/// TLS for every connection of a [`ClusterNode`](super::ClusterNode), with
+/// rustls (the version ractor_cluster uses, re-exported as
+/// [`rustls`](super::rustls)).
+///
+/// `server` secures inbound connections; make it require client
+/// certificates (a `WebPkiClientVerifier` over the cluster's CA) so that
+/// only nodes with a certificate of that CA get in. `client` secures
+/// outbound connections and checks the peer's certificate for
+/// `server_name`: every node's certificate must be valid for that one name
+/// (say `cluster.internal`), whatever address it is dialled at. A failed
+/// handshake closes the connection before a byte of ractor_cluster is read,
+/// and is counted in [`ConnectionStats::tls_failed`].
+#[derive(Clone)]
+pub struct TlsConfig {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl TlsConfig {
+    /// TLS with `server` inbound and `client` outbound, checking peers'
+    /// certificates for `server_name`; an error if that is not a valid DNS
+    /// name or IP address.
+    pub fn new(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> crate::Result<Self> {
+        let server_name =
+            ServerName::try_from(server_name.to_string()).map_err(|err| crate::Error::Start {
+                what: "TLS",
+                reason: format!("{server_name:?} is not a server name: {err}"),
+            })?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(server),
+            connector: TlsConnector::from(client),
+            server_name,
+        })
+    }
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection's bytes: plain TCP, or TLS over TCP.
+enum Link {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Link {
+    /// Secures an accepted connection, if the node uses TLS.
+    async fn accepted(stream: TcpStream, tls: Option<&TlsConfig>) -> io::Result<Self> {
+        match tls {
+            None => Ok(Self::Plain(stream)),
+            Some(tls) => Ok(Self::Tls(Box::new(
+                tls.acceptor.accept(stream).await?.into(),
+            ))),
+        }
+    }
+
+    /// Secures a dialled connection, if the node uses TLS.
+    async fn dialled(stream: TcpStream, tls: Option<&TlsConfig>) -> io::Result<Self> {
+        match tls {
+            None => Ok(Self::Plain(stream)),
+            Some(tls) => Ok(Self::Tls(Box::new(
+                tls.connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await?
+                    .into(),
+            ))),
+        }
+    }
+}
+
+impl AsyncRead for Link {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Link {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -64,6 +192,7 @@ struct Counters {
     refused: AtomicU64,
     timed_out: AtomicU64,
     authenticated: AtomicU64,
+    tls_failed: AtomicU64,
 }
 
 /// A connection not authenticated yet.
@@ -182,6 +311,7 @@ impl Connections {
             refused: c.refused.load(Ordering::Relaxed),
             timed_out: c.timed_out.load(Ordering::Relaxed),
             authenticated: c.authenticated.load(Ordering::Relaxed),
+            tls_failed: c.tls_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -214,6 +344,21 @@ const MAX_NAME_ANSWER: usize = 256;
 /// How long a probe waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Secures `stream` with `secure`, counting a failed TLS handshake.
+async fn secure<F: Future<Output = io::Result<Link>>>(
+    secure: F,
+    connections: &Connections,
+    peer: &str,
+) -> io::Result<Link> {
+    secure.await.inspect_err(|err| {
+        connections
+            .counters
+            .tls_failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer, error = %err, "closed a connection: the TLS handshake failed");
+    })
+}
+
 /// Accepts connections on `listener` for `server` until the task is
 /// aborted; answers name probes with `name`.
 pub(crate) async fn accept(
@@ -221,6 +366,7 @@ pub(crate) async fn accept(
     server: ActorRef<NodeServerMessage>,
     connections: Arc<Connections>,
     name: String,
+    tls: Option<TlsConfig>,
     max_unauthenticated: usize,
     auth_timeout: Duration,
 ) {
@@ -249,8 +395,14 @@ pub(crate) async fn accept(
             .accepted
             .fetch_add(1, Ordering::Relaxed);
         let (server, connections, name) = (server.clone(), connections.clone(), name.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let first = tokio::time::timeout(auth_timeout, read_prefix(stream)).await;
+            let peer = address.to_string();
+            let opening = async {
+                let link = Link::accepted(stream, tls.as_ref());
+                read_prefix(secure(link, &connections, &peer).await?).await
+            };
+            let first = tokio::time::timeout(auth_timeout, opening).await;
             let (stream, prefix) = match first {
                 Ok(Ok((mut stream, prefix))) if prefix == NAME_PROBE => {
                     let answer = format!("{name}\n");
@@ -283,7 +435,7 @@ pub(crate) async fn accept(
 }
 
 /// The first 8 bytes of `stream` (fewer if it closes first).
-async fn read_prefix(mut stream: TcpStream) -> io::Result<(TcpStream, Vec<u8>)> {
+async fn read_prefix(mut stream: Link) -> io::Result<(Link, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut prefix = vec![0u8; NAME_PROBE.len()];
     let mut filled = 0;
@@ -300,10 +452,15 @@ async fn read_prefix(mut stream: TcpStream) -> io::Result<(TcpStream, Vec<u8>)> 
 
 /// Asks `seed` which node listens there; `Ok(None)` if it answers but is
 /// not a ClusterNode (a plain NodeServer closes the connection).
-pub(crate) async fn probe(seed: &str) -> io::Result<Option<String>> {
+pub(crate) async fn probe(
+    seed: &str,
+    tls: Option<&TlsConfig>,
+    connections: &Connections,
+) -> io::Result<Option<String>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ask = async {
-        let mut stream = TcpStream::connect(seed).await?;
+        let stream = TcpStream::connect(seed).await?;
+        let mut stream = secure(Link::dialled(stream, tls), connections, seed).await?;
         stream.write_all(NAME_PROBE).await?;
         let mut answer = Vec::new();
         let mut chunk = [0u8; MAX_NAME_ANSWER];
@@ -330,11 +487,16 @@ pub(crate) async fn dial(
     server: &ActorRef<NodeServerMessage>,
     seed: &str,
     connections: &Connections,
+    tls: Option<&TlsConfig>,
 ) -> io::Result<String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(seed))
+    let connect = async {
+        let stream = TcpStream::connect(seed).await?;
+        let _ = stream.set_nodelay(true);
+        secure(Link::dialled(stream, tls), connections, seed).await
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
     let (label, flags) = connections.open(false, seed);
     connections.counters.dials.fetch_add(1, Ordering::Relaxed);
     let stream = Box::new(GuardedStream {
@@ -398,10 +560,10 @@ impl<F: Fn(SessionEvent) + Send + 'static> NodeEventSubscription for SessionEven
     }
 }
 
-/// A TCP connection whose reader holds back frames above
+/// A connection whose reader holds back frames above
 /// [`PRE_AUTH_FRAME_LIMIT`] until its session has authenticated.
 struct GuardedStream {
-    stream: TcpStream,
+    stream: Link,
     /// Bytes already read from `stream` (while looking for a name probe).
     prefix: Vec<u8>,
     label: String,
@@ -410,7 +572,17 @@ struct GuardedStream {
 
 impl ClusterBidiStream for GuardedStream {
     fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
-        let (read, write) = self.stream.into_split();
+        // Plain TCP splits into halves that need no lock between them.
+        let (read, write): (BoxRead, BoxWrite) = match self.stream {
+            Link::Plain(stream) => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Link::Tls(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (Box::new(read), Box::new(write))
+            }
+        };
         let reader = FrameGuard {
             inner: Prefixed {
                 prefix: self.prefix,
