@@ -207,6 +207,52 @@ async fn with_a_node_down_majority_succeeds_all_times_out_and_the_write_stands()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_node_gone_for_good_is_removed_all_is_reached_without_it() {
+    let nodes = cluster("removed", 3, test_core_config()).await;
+    nodes[2].shut_down().await;
+    eventually("the stopped node is seen gone", BOUND, || async {
+        nodes[0]
+            .dd
+            .reachable_peers()
+            .await
+            .is_ok_and(|p| p.len() == 1)
+    })
+    .await;
+    let key: Key<GCounter> = Key::new("k");
+    let all = WriteConsistency::All {
+        timeout: Duration::from_millis(300),
+    };
+    let err = nodes[0]
+        .dd
+        .update(&key, all, |c, me| c.apply(c.increment(me, 1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { required: 3, .. }), "{err}");
+
+    nodes[0].dd.remove_member(nodes[2].name.clone()).unwrap();
+    let written = nodes[0]
+        .dd
+        .update(&key, all, |c, me| c.apply(c.increment(me, 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        written.acknowledged_by,
+        [nodes[0].name.clone(), nodes[1].name.clone()]
+    );
+    let read = nodes[0]
+        .dd
+        .get(
+            &key,
+            ReadConsistency::All {
+                timeout: LEVEL_TIMEOUT,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.map(|c| c.value()), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_reaches_listeners_everywhere_and_the_key_cannot_be_reused() {
     let nodes = cluster("delete", 3, test_core_config()).await;
     let key: Key<ORSet<String>> = Key::new("doomed");

@@ -461,6 +461,9 @@ pub struct ReplicatorCore {
     /// Known peers, reachable or not: all of them count as members for
     /// `Majority` and `All`, so a partition cannot shrink a majority.
     peers: BTreeMap<PeerName, bool>,
+    /// Peers removed from the cluster: no longer members, whatever losing
+    /// sight of them says, until one is reachable again.
+    removed: BTreeSet<PeerName>,
     rng: SplitMix64,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
@@ -504,6 +507,7 @@ impl ReplicatorCore {
             types,
             entries: BTreeMap::new(),
             peers: BTreeMap::new(),
+            removed: BTreeSet::new(),
             rng,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -809,10 +813,13 @@ impl ReplicatorCore {
     /// once, so that whichever of the two missed something catches up. (Only
     /// the node whose name sorts first starts it: two exchanges at once would
     /// move what differs twice.)
+    /// A removed peer that is reachable again (restarted under its name)
+    /// is a member again.
     pub fn peer_up(&mut self, peer: &str) -> Vec<Effect> {
         if peer == self.node {
             return Vec::new();
         }
+        self.removed.remove(peer);
         let was_reachable = self.peers.insert(peer.to_string(), true);
         if was_reachable != Some(true) {
             if self.node.as_str() < peer {
@@ -825,19 +832,25 @@ impl ReplicatorCore {
 
     /// Peer `peer` is unreachable, or a configured member not reached yet. It
     /// still counts as a member, so majorities keep their meaning during a
-    /// partition.
+    /// partition. A removed peer stays removed.
     pub fn peer_down(&mut self, peer: &str) -> Vec<Effect> {
-        if peer != self.node {
+        if peer != self.node && !self.removed.contains(peer) {
             self.peers.insert(peer.to_string(), false);
             self.release_claims(peer);
         }
         self.take_effects()
     }
 
-    /// Peer `peer` left the cluster for good and no longer counts as a member.
+    /// Peer `peer` left the cluster for good (decommissioned): it no longer
+    /// counts as a member, so `All` and `Majority` of later requests are
+    /// reached without it, and losing sight of it does not make it one
+    /// again. Requests already waiting keep the count they started with.
     pub fn peer_removed(&mut self, peer: &str) -> Vec<Effect> {
-        self.peers.remove(peer);
-        self.release_claims(peer);
+        if peer != self.node {
+            self.removed.insert(peer.to_string());
+            self.peers.remove(peer);
+            self.release_claims(peer);
+        }
         self.take_effects()
     }
 

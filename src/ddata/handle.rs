@@ -376,6 +376,19 @@ impl DistributedData {
         self.call(ReplicatorMessage::GetKeys).await
     }
 
+    /// Node `node` left the cluster for good (decommissioned): it no longer
+    /// counts as a member, so `Majority` and `All` are reached without it
+    /// (requests already waiting keep their count). Without this, a node
+    /// that is gone for good counts forever, and `All` always times out.
+    /// Losing sight of it later does not make it a member again; being
+    /// reachable again (a node restarted under that name) does. Tell every
+    /// Replicator that should stop counting it.
+    pub fn remove_member(&self, node: impl Into<PeerName>) -> Result<()> {
+        self.actor
+            .cast(ReplicatorMessage::RemoveMember(node.into()))
+            .map_err(|reason| Error::Unavailable { reason })
+    }
+
     /// The peers this Replicator can reach now, by node name.
     pub async fn reachable_peers(&self) -> Result<Vec<PeerName>> {
         self.call(ReplicatorMessage::ReachablePeers).await

@@ -236,6 +236,10 @@ impl Actor for Replicator {
                 let _ = reply.send(state.core.stats());
                 Vec::new()
             }
+            ReplicatorMessage::RemoveMember(node) => {
+                tracing::info!(node, "member removed");
+                state.core.peer_removed(&node)
+            }
             ReplicatorMessage::Internal(Internal(inbound)) => {
                 handle_internal(&myself, state, inbound).await
             }

@@ -1004,3 +1004,26 @@ fn a_panicking_update_is_an_error_and_keeps_only_what_it_applied() {
         1
     );
 }
+
+#[test]
+fn a_removed_peer_no_longer_counts_and_losing_sight_of_it_does_not_restore_it() {
+    let mut a = core("a", CoreConfig::default());
+    for peer in ["b", "c"] {
+        a.peer_up(peer);
+    }
+    a.peer_down("c");
+    assert_eq!(a.members(), 3);
+    a.peer_removed("c");
+    assert_eq!(a.members(), 2);
+    a.peer_down("c");
+    assert_eq!(a.members(), 2, "a removed peer seen gone stays removed");
+    let key: Key<GCounter> = Key::new("k");
+    let all = WriteConsistency::All {
+        timeout: Duration::from_secs(1),
+    };
+    let effects = increment(&mut a, &key, all);
+    let asked: Vec<&str> = sends(&effects).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(asked, ["b"], "only the remaining peer is asked");
+    a.peer_up("c");
+    assert_eq!(a.members(), 3, "reachable again, a member again");
+}

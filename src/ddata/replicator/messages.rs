@@ -78,6 +78,10 @@ pub enum ReplicatorMessage {
     ReachablePeers(RpcReplyPort<Vec<PeerName>>),
     /// Counters of rejected input and work done, and the number of keys.
     Stats(RpcReplyPort<CoreStats>),
+    /// The node left the cluster for good (decommissioned): it no longer
+    /// counts as a member for `Majority` and `All`, until it is reachable
+    /// again (see [`DistributedData::remove_member`](crate::ddata::DistributedData::remove_member)).
+    RemoveMember(PeerName),
     /// Messages between Replicators, and the Replicator's own timers.
     #[doc(hidden)]
     Internal(Internal),
