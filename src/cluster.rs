@@ -21,7 +21,7 @@
 //! * gives Replicators a [`ProcessGroupDiscovery`], which finds peer
 //!   Replicators through a scoped process group (one NodeServer per process).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,12 +138,29 @@ impl ClusterConfig {
     }
 }
 
+/// A change in the nodes this node is connected to, as
+/// [`ClusterNode::subscribe`] delivers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// Node `0` is connected: its session authenticated and its actors
+    /// (process groups) are visible here.
+    Up(String),
+    /// Node `0` is no longer connected: it stopped, the link broke, or it
+    /// stayed silent past the heartbeat timeout. It may come back.
+    Down(String),
+    /// Node `0` left the cluster for good ([`ClusterNode::remove_member`]).
+    Removed(String),
+}
+
+impl ractor::Message for MemberEvent {}
+
 /// A running node: its NodeServer and its membership actor.
 pub struct ClusterNode {
     name: String,
     server: ActorRef<NodeServerMessage>,
     membership: ActorRef<MembershipMessage>,
     connections: Arc<Connections>,
+    connected: tokio::sync::watch::Receiver<BTreeSet<String>>,
 }
 
 impl ClusterNode {
@@ -177,11 +194,13 @@ impl ClusterNode {
             })?;
         let name = config.name.clone();
         let connections = Arc::new(Connections::default());
+        let (connected_sender, connected) = tokio::sync::watch::channel(BTreeSet::new());
         let arguments = MembershipArguments {
             config,
             server: server.clone(),
             listener,
             connections: connections.clone(),
+            connected: connected_sender,
         };
         let spawned = Actor::spawn(
             Some(format!("{MEMBERSHIP_NAME_PREFIX}{name}")),
@@ -204,7 +223,84 @@ impl ClusterNode {
             server,
             membership,
             connections,
+            connected,
         })
+    }
+
+    /// Sends `subscriber` a [`MemberEvent`] whenever a node connects,
+    /// disconnects or is removed, starting with an `Up` for every node
+    /// connected now. Events come from ractor_cluster's session events: no
+    /// polling. A subscriber that stopped is dropped.
+    pub fn subscribe<M>(&self, subscriber: ActorRef<M>) -> Result<()>
+    where
+        M: ractor::Message + From<MemberEvent>,
+    {
+        let deliver = Box::new(move |event: MemberEvent| subscriber.cast(M::from(event)).is_ok());
+        self.membership
+            .cast(MembershipMessage(Inbound::Subscribe(deliver)))
+            .map_err(|err| Error::Unavailable {
+                reason: err.to_string(),
+            })
+    }
+
+    /// Tells every subscriber that node `node` left the cluster for good
+    /// (decommissioned), as [`MemberEvent::Removed`]. A Replicator started
+    /// from [`replicator_config`](Self::replicator_config) then stops
+    /// counting it for `Majority` and `All`.
+    pub fn remove_member(&self, node: impl Into<String>) -> Result<()> {
+        self.membership
+            .cast(MembershipMessage(Inbound::Remove(node.into())))
+            .map_err(|err| Error::Unavailable {
+                reason: err.to_string(),
+            })
+    }
+
+    /// Waits until at least `count` other nodes are connected (see
+    /// [`MemberEvent::Up`]), and returns their names; an
+    /// [`Error::NotConnected`] after `timeout`.
+    pub async fn wait_until_connected(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>> {
+        let mut connected = self.connected.clone();
+        let waited =
+            tokio::time::timeout(timeout, connected.wait_for(|nodes| nodes.len() >= count)).await;
+        match waited {
+            Ok(Ok(nodes)) => Ok(nodes.iter().cloned().collect()),
+            _ => Err(Error::NotConnected {
+                required: count,
+                connected: self.connected.borrow().iter().cloned().collect(),
+                waited: timeout,
+            }),
+        }
+    }
+
+    /// The nodes connected now (see [`MemberEvent::Up`]).
+    pub fn members_up(&self) -> Vec<String> {
+        self.connected.borrow().iter().cloned().collect()
+    }
+
+    /// The configuration of this node's Replicator: its node name, discovery
+    /// through this node's process groups, and this node's membership
+    /// events. The Replicator subscribes to them when it starts (again after
+    /// a restart): a node connecting or disconnecting starts a discovery
+    /// round at once, so discovery is polled only every second as a safety
+    /// net, and a node removed with [`remove_member`](Self::remove_member)
+    /// no longer counts for `Majority` and `All`.
+    pub fn replicator_config(&self) -> crate::ddata::ReplicatorConfig {
+        let membership = self.membership.clone();
+        crate::ddata::ReplicatorConfig::new(self.name.clone())
+            .with_discovery(self.discovery())
+            .with_discovery_interval(Duration::from_secs(1))
+            .with_membership(Box::new(move |replicator| {
+                let deliver = Box::new(move |event: MemberEvent| {
+                    replicator
+                        .cast(crate::ddata::ReplicatorMessage::from(event))
+                        .is_ok()
+                });
+                let _ = membership.cast(MembershipMessage(Inbound::Subscribe(deliver)));
+            }))
     }
 
     /// The node's name.
@@ -269,10 +365,15 @@ async fn peer_sessions(
 /// The membership actor's messages; only heartbeats cross the network.
 pub struct MembershipMessage(Inbound);
 
+/// Delivers a membership event; false once its subscriber is gone.
+type Deliver = Box<dyn Fn(MemberEvent) -> bool + Send>;
+
 enum Inbound {
     Heartbeat {
         from: String,
     },
+    Subscribe(Deliver),
+    Remove(String),
     Undecodable(String),
     Tick,
     /// A dial of `seed` ended: the label of its connection, or why not.
@@ -317,6 +418,7 @@ struct MembershipArguments {
     server: ActorRef<NodeServerMessage>,
     listener: tokio::net::TcpListener,
     connections: Arc<Connections>,
+    connected: tokio::sync::watch::Sender<BTreeSet<String>>,
 }
 
 struct Seed {
@@ -341,6 +443,12 @@ struct MembershipState {
     next_heartbeat: Instant,
     ticker: Option<ractor::concurrency::JoinHandle<()>>,
     acceptor: Option<tokio::task::JoinHandle<()>>,
+    /// Authenticated sessions by connection label, with their node.
+    authenticated: HashMap<String, String>,
+    /// Of those, the sessions whose process groups are synchronised.
+    ready: HashMap<String, String>,
+    connected: tokio::sync::watch::Sender<BTreeSet<String>>,
+    subscribers: Vec<Deliver>,
 }
 
 impl MembershipState {
@@ -348,12 +456,62 @@ impl MembershipState {
         self.seeds.iter_mut().find(|seed| seed.address == address)
     }
 
-    /// Learns from a session event which node a dialled seed reaches, and
-    /// ends the dial.
+    /// Publishes the nodes that came up or went down since last time. A
+    /// node is up from its first ready session until it has no
+    /// authenticated one left: when ractor_cluster replaces a duplicate
+    /// session, the new one authenticates before the old one closes, so the
+    /// node does not flap.
+    fn publish_changes(&mut self) {
+        let before = self.connected.borrow().clone();
+        let still: BTreeSet<&String> = self.authenticated.values().collect();
+        let now: BTreeSet<String> = self
+            .ready
+            .values()
+            .cloned()
+            .chain(before.iter().filter(|node| still.contains(node)).cloned())
+            .collect();
+        if now == before {
+            return;
+        }
+        let events: Vec<MemberEvent> = now
+            .difference(&before)
+            .map(|node| MemberEvent::Up(node.clone()))
+            .chain(
+                before
+                    .difference(&now)
+                    .map(|node| MemberEvent::Down(node.clone())),
+            )
+            .collect();
+        self.connected.send_replace(now);
+        for event in events {
+            tracing::info!(?event, "membership changed");
+            self.publish(event);
+        }
+    }
+
+    fn publish(&mut self, event: MemberEvent) {
+        self.subscribers.retain(|deliver| deliver(event.clone()));
+    }
+
+    /// Learns from a session event which nodes are up, and which node a
+    /// dialled seed reaches (ending the dial).
     fn session_event(&mut self, event: SessionEvent) {
         let (label, node) = match event {
-            SessionEvent::Authenticated { label, node } => (label, Some(node)),
-            SessionEvent::Closed { label, node } => (label, node),
+            SessionEvent::Authenticated { label, node } => {
+                self.authenticated.insert(label.clone(), node.clone());
+                (label, Some(node))
+            }
+            SessionEvent::Ready { label, node } => {
+                self.ready.insert(label, node);
+                self.publish_changes();
+                return;
+            }
+            SessionEvent::Closed { label, node } => {
+                self.authenticated.remove(&label);
+                self.ready.remove(&label);
+                self.publish_changes();
+                (label, node)
+            }
         };
         let Some(address) = transport::dialled_seed(&label).map(str::to_string) else {
             return;
@@ -392,6 +550,7 @@ impl Actor for Membership {
             server,
             listener,
             connections,
+            connected,
         } = arguments;
         let events = myself.clone();
         server.cast(NodeServerMessage::SubscribeToEvents {
@@ -444,6 +603,10 @@ impl Actor for Membership {
             next_heartbeat: now,
             ticker: Some(ticker),
             acceptor: Some(acceptor),
+            authenticated: HashMap::new(),
+            ready: HashMap::new(),
+            connected,
+            subscribers: Vec::new(),
         })
     }
 
@@ -479,6 +642,16 @@ impl Actor for Membership {
             }
             Inbound::Undecodable(reason) => {
                 tracing::warn!(reason, "rejected an undecodable membership message");
+            }
+            Inbound::Subscribe(deliver) => {
+                let up = state.connected.borrow().clone();
+                if up.into_iter().all(|node| deliver(MemberEvent::Up(node))) {
+                    state.subscribers.push(deliver);
+                }
+            }
+            Inbound::Remove(node) => {
+                tracing::info!(node, "member removed");
+                state.publish(MemberEvent::Removed(node));
             }
             Inbound::Dialled { seed, outcome } => match (outcome, state.seed_mut(&seed)) {
                 (Ok(label), _) => tracing::debug!(seed, connection = label, "seed dialled"),

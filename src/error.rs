@@ -118,6 +118,16 @@ pub enum Error {
         /// The panic's message.
         reason: String,
     },
+    /// Fewer nodes than required were connected when the wait ended.
+    #[error("{} of {required} nodes connected after {waited:?}: {connected:?}", connected.len())]
+    NotConnected {
+        /// How many other nodes were waited for.
+        required: usize,
+        /// The nodes connected when the wait ended.
+        connected: Vec<String>,
+        /// How long the wait took.
+        waited: std::time::Duration,
+    },
     /// Starting a cluster component (NodeServer, actor) failed.
     #[error("cannot start {what}: {reason}")]
     Start {

@@ -516,6 +516,9 @@ pub(crate) async fn dial(
 pub(crate) enum SessionEvent {
     /// The session on connection `label` authenticated with node `node`.
     Authenticated { label: String, node: String },
+    /// The session on connection `label` with node `node` has synchronised
+    /// its process groups: the peer's actors are visible.
+    Ready { label: String, node: String },
     /// The session on connection `label` closed; `node` if the peer named
     /// itself before.
     Closed { label: String, node: Option<String> },
@@ -553,6 +556,15 @@ impl<F: Fn(SessionEvent) + Send + 'static> NodeEventSubscription for SessionEven
         self.connections.session_authenticated(&session.peer_addr);
         if let Some(node) = peer_node(&session) {
             (self.forward)(SessionEvent::Authenticated {
+                label: session.peer_addr,
+                node,
+            });
+        }
+    }
+
+    fn node_session_ready(&self, session: NodeServerSessionInformation) {
+        if let Some(node) = peer_node(&session) {
+            (self.forward)(SessionEvent::Ready {
                 label: session.peer_addr,
                 node,
             });

@@ -54,7 +54,11 @@ pub struct ReplicatorConfig {
     members: Vec<PeerName>,
     seed: Option<u64>,
     durability: Option<Durability>,
+    membership: Option<Subscribe>,
 }
+
+/// Subscribes a started Replicator to its node's membership events.
+pub(crate) type Subscribe = Box<dyn FnOnce(ActorRef<ReplicatorMessage>) + Send>;
 
 impl ReplicatorConfig {
     /// A Replicator for node `node` (unique in the cluster) with the built-in
@@ -70,7 +74,14 @@ impl ReplicatorConfig {
             members: Vec::new(),
             seed: None,
             durability: None,
+            membership: None,
         }
+    }
+
+    /// Subscribes the Replicator, once started, to membership events.
+    pub(crate) fn with_membership(mut self, subscribe: Subscribe) -> Self {
+        self.membership = Some(subscribe);
+        self
     }
 
     /// Keeps the selected keys in a durable store. On start, every stored key
@@ -186,6 +197,7 @@ impl ReplicatorConfig {
             discovery: self.discovery,
             discovery_interval: self.discovery_interval,
             store: durability.map(|durability| (durability.store, durability.mode)),
+            membership: self.membership,
         })
     }
 }

@@ -91,6 +91,7 @@ pub(crate) struct Prepared {
     pub(crate) discovery: Option<Box<dyn Discovery>>,
     pub(crate) discovery_interval: Duration,
     pub(crate) store: Option<(Box<dyn DurableStore>, WriteMode)>,
+    pub(crate) membership: Option<super::handle::Subscribe>,
 }
 
 /// The Replicator's state: its core plus what the shell must remember.
@@ -176,6 +177,9 @@ impl Actor for Replicator {
             state
                 .timers
                 .push(myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Flush)));
+        }
+        if let Some(subscribe) = args.membership {
+            subscribe(myself.clone());
         }
         let effects = state.core.start();
         run_effects(&myself, &mut state, effects);

@@ -91,6 +91,18 @@ pub enum ReplicatorMessage {
 #[doc(hidden)]
 pub struct Internal(pub(crate) Inbound);
 
+/// Membership events drive the Replicator: a node connecting or
+/// disconnecting starts a discovery round, a removed node stops counting.
+impl From<crate::cluster::MemberEvent> for ReplicatorMessage {
+    fn from(event: crate::cluster::MemberEvent) -> Self {
+        use crate::cluster::MemberEvent;
+        match event {
+            MemberEvent::Up(_) | MemberEvent::Down(_) => Inbound::Discover.into(),
+            MemberEvent::Removed(node) => Self::RemoveMember(node),
+        }
+    }
+}
+
 impl From<Inbound> for ReplicatorMessage {
     fn from(inbound: Inbound) -> Self {
         Self::Internal(Internal(inbound))
