@@ -297,3 +297,21 @@ async fn snapshotting_replicas_serve_a_lagging_one_from_the_journal_and_reload_f
     assert_no_entry_twice(&replicas[0], 605).await;
     shut_down(&replicas, &nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_hears_from_an_unknown_one_finds_it_without_waiting_for_its_poll() {
+    let nodes = cluster("unknown-sender", 2, test_core_config()).await;
+    // Replica 0 polls discovery once a minute: only the message from
+    // replica 1 can make it look earlier.
+    let slow = replica_config(&nodes[0], "unknown-sender")
+        .with_discovery_interval(Duration::from_secs(60));
+    let first = ReplicatedEntity::spawn(Ledger, LastWriterWins, MemoryJournal::new(), slow)
+        .await
+        .expect("the entity starts");
+    let second = spawn_replica(&nodes[1], MemoryJournal::new(), "unknown-sender").await;
+    let replicas = [first, second];
+    see_each_other(&replicas).await;
+    replicas[0].command("from-0".into()).await.unwrap();
+    eventually("the event replicated", BOUND, || converged(&replicas, 1)).await;
+    shut_down(&replicas, &nodes).await;
+}

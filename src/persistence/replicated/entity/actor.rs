@@ -209,6 +209,8 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     group: PeerGroup,
     discovery: Option<Box<dyn Discovery>>,
     peers: BTreeMap<PeerName, ActorRef<EntityMessage<B>>>,
+    /// A discovery round was asked for and has not run yet.
+    discovery_requested: bool,
     /// Appended since the last flush.
     unflushed: bool,
     flush_scheduled: bool,
@@ -399,6 +401,7 @@ where
             node: config.replica.node().to_string(),
             discovery: config.discovery,
             peers: BTreeMap::new(),
+            discovery_requested: false,
             unflushed: false,
             flush_scheduled: false,
             unannounced: Vec::new(),
@@ -480,6 +483,12 @@ where
         let effects = match inbound {
             Inbound::Peer(envelope) => {
                 if envelope.persistence_id == state.persistence_id {
+                    if !state.peers.contains_key(&envelope.from) && !state.discovery_requested {
+                        // A replica this one does not know yet (it started
+                        // after the last round): answers would have nowhere
+                        // to go.
+                        state.discovery_requested = myself.cast(Inbound::Discover.into()).is_ok();
+                    }
                     state
                         .replication
                         .handle_message(&envelope.from, envelope.message)
@@ -799,6 +808,7 @@ where
     B: ReplicatedEventSourcedActor,
     R: ConflictResolver<B::Event>,
 {
+    state.discovery_requested = false;
     let Some(discovery) = &state.discovery else {
         return Vec::new();
     };
