@@ -235,12 +235,7 @@ impl ClusterNode {
     where
         M: ractor::Message + From<MemberEvent>,
     {
-        let deliver = Box::new(move |event: MemberEvent| subscriber.cast(M::from(event)).is_ok());
-        self.membership
-            .cast(MembershipMessage(Inbound::Subscribe(deliver)))
-            .map_err(|err| Error::Unavailable {
-                reason: err.to_string(),
-            })
+        subscribe_to(&self.membership, subscriber)
     }
 
     /// Tells every subscriber that node `node` left the cluster for good
@@ -294,12 +289,9 @@ impl ClusterNode {
             .with_discovery(self.discovery())
             .with_discovery_interval(Duration::from_secs(1))
             .with_membership(Box::new(move |replicator| {
-                let deliver = Box::new(move |event: MemberEvent| {
-                    replicator
-                        .cast(crate::ddata::ReplicatorMessage::from(event))
-                        .is_ok()
-                });
-                let _ = membership.cast(MembershipMessage(Inbound::Subscribe(deliver)));
+                if let Err(err) = subscribe_to(&membership, replicator) {
+                    tracing::warn!(error = %err, "the Replicator cannot follow membership events");
+                }
             }))
     }
 
@@ -338,6 +330,19 @@ impl ClusterNode {
         let _ = self.membership.stop_and_wait(None, None).await;
         let _ = self.server.stop_and_wait(None, None).await;
     }
+}
+
+/// Subscribes `subscriber` to the events of the membership actor `membership`.
+fn subscribe_to<M>(membership: &ActorRef<MembershipMessage>, subscriber: ActorRef<M>) -> Result<()>
+where
+    M: ractor::Message + From<MemberEvent>,
+{
+    let deliver = Box::new(move |event: MemberEvent| subscriber.cast(M::from(event)).is_ok());
+    membership
+        .cast(MembershipMessage(Inbound::Subscribe(deliver)))
+        .map_err(|err| Error::Unavailable {
+            reason: err.to_string(),
+        })
 }
 
 /// Authenticated sessions by peer node name, with their connection's label;

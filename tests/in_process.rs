@@ -153,9 +153,9 @@ async fn every_consistency_level_is_reached_when_all_nodes_are_up() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_node_down_majority_succeeds_all_times_out_and_the_write_stands() {
-    let nodes = cluster("down", 3, test_core_config()).await;
+/// A cluster of three whose third node stopped, once node 0 has seen it go.
+async fn three_nodes_with_the_third_down(label: &str) -> Vec<support::TestNode> {
+    let nodes = cluster(label, 3, test_core_config()).await;
     nodes[2].shut_down().await;
     eventually("the stopped node is seen gone", BOUND, || async {
         nodes[0]
@@ -165,6 +165,12 @@ async fn with_a_node_down_majority_succeeds_all_times_out_and_the_write_stands()
             .is_ok_and(|p| p.len() == 1)
     })
     .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_node_down_majority_succeeds_all_times_out_and_the_write_stands() {
+    let nodes = three_nodes_with_the_third_down("down").await;
     let key: Key<GCounter> = Key::new("k");
     nodes[0]
         .dd
@@ -208,16 +214,7 @@ async fn with_a_node_down_majority_succeeds_all_times_out_and_the_write_stands()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_a_node_gone_for_good_is_removed_all_is_reached_without_it() {
-    let nodes = cluster("removed", 3, test_core_config()).await;
-    nodes[2].shut_down().await;
-    eventually("the stopped node is seen gone", BOUND, || async {
-        nodes[0]
-            .dd
-            .reachable_peers()
-            .await
-            .is_ok_and(|p| p.len() == 1)
-    })
-    .await;
+    let nodes = three_nodes_with_the_third_down("removed").await;
     let key: Key<GCounter> = Key::new("k");
     let all = WriteConsistency::All {
         timeout: Duration::from_millis(300),
