@@ -175,8 +175,7 @@ async fn node(index: usize, ports: Vec<u16>, journal: String) {
     let journal = SledJournal::open(&journal).expect("the journal opens");
     // The journal is new on every run, so the replica id may stay the node name.
     let config = EntityConfig::new("counter-1", ReplicaId::new(name.as_str(), 0))
-        .with_discovery(cluster.discovery())
-        .with_discovery_interval(Duration::from_millis(20));
+        .with_discovery(cluster.discovery());
     let counter = ReplicatedEntity::spawn(Counter, ResolveWith(reset_wins), journal, config)
         .await
         .expect("the entity starts");

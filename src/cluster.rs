@@ -18,8 +18,11 @@
 //!   whose peer stayed silent past the timeout, so that it is redialled (a
 //!   blackholed link otherwise stays "up" forever);
 //! * secures every connection with TLS when configured ([`TlsConfig`]);
-//! * gives Replicators a [`ProcessGroupDiscovery`], which finds peer
-//!   Replicators through a scoped process group (one NodeServer per process).
+//! * publishes membership events ([`MemberEvent`]) to subscribers, the
+//!   node's Replicator among them;
+//! * gives Replicators and entities a [`ProcessGroupDiscovery`], which finds
+//!   their counterparts through monitored process groups (one NodeServer per
+//!   process).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -41,9 +44,8 @@ pub use tokio_rustls::rustls;
 pub use transport::{ConnectionStats, TlsConfig, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
 use transport::{Connections, SessionEvent, SessionEvents};
 
-/// The process-group scope of everything ractor_replicated registers.
-pub const SCOPE: &str = "ractor_replicated";
-const MEMBERSHIP_GROUP: &str = "membership";
+/// The process group of the nodes' membership actors.
+const MEMBERSHIP_GROUP: &str = "ractor_replicated.membership";
 const MEMBERSHIP_VARIANT: &str = "ractor_replicated.membership.v1";
 const MEMBERSHIP_NAME_PREFIX: &str = "ractor_replicated.membership@";
 
@@ -279,15 +281,12 @@ impl ClusterNode {
     /// The configuration of this node's Replicator: its node name, discovery
     /// through this node's process groups, and this node's membership
     /// events. The Replicator subscribes to them when it starts (again after
-    /// a restart): a node connecting or disconnecting starts a discovery
-    /// round at once, so discovery is polled only every second as a safety
-    /// net, and a node removed with [`remove_member`](Self::remove_member)
+    /// a restart): a node removed with [`remove_member`](Self::remove_member)
     /// no longer counts for `Majority` and `All`.
     pub fn replicator_config(&self) -> crate::ddata::ReplicatorConfig {
         let membership = self.membership.clone();
         crate::ddata::ReplicatorConfig::new(self.name.clone())
             .with_discovery(self.discovery())
-            .with_discovery_interval(Duration::from_secs(1))
             .with_membership(Box::new(move |replicator| {
                 if let Err(err) = subscribe_to(&membership, replicator) {
                     tracing::warn!(error = %err, "the Replicator cannot follow membership events");
@@ -567,11 +566,7 @@ impl Actor for Membership {
                 },
             }),
         })?;
-        ractor::pg::join_scoped(
-            SCOPE.into(),
-            MEMBERSHIP_GROUP.into(),
-            vec![myself.get_cell()],
-        );
+        ractor::pg::join(MEMBERSHIP_GROUP.into(), vec![myself.get_cell()]);
         let acceptor = tokio::spawn(transport::accept(
             listener,
             server.clone(),
@@ -691,9 +686,7 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
     let dial_bound = transport::CONNECT_TIMEOUT + state.config.auth_timeout;
     if now >= state.next_heartbeat {
         state.next_heartbeat = now + state.config.heartbeat_interval;
-        for member in
-            ractor::pg::get_scoped_members(&SCOPE.to_string(), &MEMBERSHIP_GROUP.to_string())
-        {
+        for member in ractor::pg::get_members(&MEMBERSHIP_GROUP.to_string()) {
             if member.get_id().is_local() {
                 continue;
             }

@@ -95,7 +95,6 @@ async fn two_nodes_with_certificates_of_the_cluster_authority_connect_over_tls_a
     let replicator = |node: &ClusterNode| {
         ReplicatorConfig::new(node.name())
             .with_discovery(SessionDiscovery::new(node.server().clone()))
-            .with_discovery_interval(Duration::from_millis(20))
     };
     let dd_a = DistributedData::start(replicator(&a)).await.unwrap();
     let dd_b = DistributedData::start(replicator(&b)).await.unwrap();

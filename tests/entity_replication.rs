@@ -52,7 +52,6 @@ impl ReplicatedEventSourcedActor for Ledger {
 fn replica_config(node: &TestNode, id: &str) -> EntityConfig {
     EntityConfig::new(id, ReplicaId::new(node.name.as_str(), 0))
         .with_discovery(SessionDiscovery::new(node.server.clone()))
-        .with_discovery_interval(Duration::from_millis(20))
         .with_anti_entropy_interval(Duration::from_millis(100))
 }
 
@@ -299,15 +298,11 @@ async fn snapshotting_replicas_serve_a_lagging_one_from_the_journal_and_reload_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_hears_from_an_unknown_one_finds_it_without_waiting_for_its_poll() {
+async fn a_replica_finds_one_that_starts_after_it_without_polling() {
     let nodes = cluster("unknown-sender", 2, test_core_config()).await;
-    // Replica 0 polls discovery once a minute: only the message from
-    // replica 1 can make it look earlier.
-    let slow = replica_config(&nodes[0], "unknown-sender")
-        .with_discovery_interval(Duration::from_secs(60));
-    let first = ReplicatedEntity::spawn(Ledger, LastWriterWins, MemoryJournal::new(), slow)
-        .await
-        .expect("the entity starts");
+    // Discovery is never polled: replica 0 learns of replica 1 from its
+    // process group's change or from its first message.
+    let first = spawn_replica(&nodes[0], MemoryJournal::new(), "unknown-sender").await;
     let second = spawn_replica(&nodes[1], MemoryJournal::new(), "unknown-sender").await;
     let replicas = [first, second];
     see_each_other(&replicas).await;

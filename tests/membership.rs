@@ -49,8 +49,7 @@ async fn members_come_up_go_down_and_are_removed_and_all_is_then_reached_without
     let mut replicators = Vec::new();
     for node in &nodes {
         let config = ReplicatorConfig::new(node.name())
-            .with_discovery(SessionDiscovery::new(node.server().clone()))
-            .with_discovery_interval(Duration::from_millis(50));
+            .with_discovery(SessionDiscovery::new(node.server().clone()));
         let dd = DistributedData::start(config).await.unwrap();
         node.subscribe(dd.actor()).unwrap();
         replicators.push(dd);

@@ -1,11 +1,8 @@
-use ractor::ActorCell;
-
-use super::SCOPE;
 use crate::discovery::{DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup};
 
-/// Finds peers through process groups of the [`SCOPE`] scope, one per
-/// [`PeerGroup`], which ractor_cluster keeps in sync across sessions. Members
-/// join their group when they start.
+/// Finds peers through ractor's process groups, one per [`PeerGroup`], which
+/// ractor_cluster keeps in sync across sessions. Members join and monitor
+/// their group when they start.
 ///
 /// Process groups are process-global: use this with one NodeServer per
 /// process. Several nodes in one process (tests) use
@@ -21,14 +18,10 @@ impl ProcessGroupDiscovery {
 }
 
 impl Discovery for ProcessGroupDiscovery {
-    fn register(&self, group: &PeerGroup, actor: &ActorCell) {
-        ractor::pg::join_scoped(SCOPE.into(), group.name().into(), vec![actor.clone()]);
-    }
-
     fn discover(&self, group: &PeerGroup) -> DiscoveryFuture<'_> {
         let group = group.clone();
         Box::pin(async move {
-            ractor::pg::get_scoped_members(&SCOPE.to_string(), &group.name().to_string())
+            ractor::pg::get_members(&group.name().to_string())
                 .into_iter()
                 .filter(|cell| !cell.get_id().is_local())
                 .filter_map(|actor| {

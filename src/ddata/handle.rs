@@ -50,7 +50,7 @@ pub struct ReplicatorConfig {
     types: TypeRegistry,
     core: CoreConfig,
     discovery: Option<Box<dyn Discovery>>,
-    discovery_interval: Duration,
+    discovery_interval: Option<Duration>,
     members: Vec<PeerName>,
     seed: Option<u64>,
     durability: Option<Durability>,
@@ -70,7 +70,7 @@ impl ReplicatorConfig {
             types: TypeRegistry::with_builtins(),
             core: CoreConfig::default(),
             discovery: None,
-            discovery_interval: Duration::from_millis(100),
+            discovery_interval: None,
             members: Vec::new(),
             seed: None,
             durability: None,
@@ -92,16 +92,18 @@ impl ReplicatorConfig {
         self
     }
 
-    /// Finds peers with `discovery`, polled every `discovery_interval`
-    /// (default 100 ms) and whenever a message arrives from an unknown peer.
+    /// Finds peers with `discovery`, asked again whenever ractor reports a
+    /// change to the Replicators' process group, a message arrives from an
+    /// unknown peer or a peer's proxy stops (see [`Discovery`]).
     pub fn with_discovery(mut self, discovery: impl Discovery) -> Self {
         self.discovery = Some(Box::new(discovery));
         self
     }
 
-    /// How often discovery is polled.
+    /// Also polls discovery every `interval` (by default it is never
+    /// polled), for a [`Discovery`] whose changes ractor does not report.
     pub fn with_discovery_interval(mut self, interval: Duration) -> Self {
-        self.discovery_interval = interval;
+        self.discovery_interval = Some(interval);
         self
     }
 

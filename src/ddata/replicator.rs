@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
 use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
@@ -15,7 +15,7 @@ use super::durable::{DurableStore, WriteMode};
 use super::handle::ReplicatorConfig;
 use super::registry::TypeRegistry;
 use super::wire::Envelope;
-use crate::discovery::{DiscoveredPeer, Discovery, PeerGroup};
+use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
 use crate::error::{Error, Result};
 
 mod effects;
@@ -42,7 +42,7 @@ pub(crate) enum Inbound {
     Describe(oneshot::Sender<(Arc<str>, Arc<TypeRegistry>)>),
     /// A timer the core asked for.
     Tick(Timer),
-    /// Time to poll discovery.
+    /// Time for a discovery round.
     Discover,
     /// Time to flush a write-behind store.
     Flush,
@@ -89,7 +89,7 @@ impl From<ReplicatorConfig> for ReplicatorArguments {
 pub(crate) struct Prepared {
     pub(crate) core: ReplicatorCore,
     pub(crate) discovery: Option<Box<dyn Discovery>>,
-    pub(crate) discovery_interval: Duration,
+    pub(crate) discovery_interval: Option<Duration>,
     pub(crate) store: Option<(Box<dyn DurableStore>, WriteMode)>,
     pub(crate) membership: Option<super::handle::Subscribe>,
 }
@@ -100,14 +100,11 @@ pub struct ReplicatorState {
     next_request: RequestId,
     replies: HashMap<RequestId, Reply>,
     pub(crate) subscriptions: BTreeMap<String, Vec<Subscription>>,
-    pub(crate) peers: BTreeMap<PeerName, ActorRef<ReplicatorMessage>>,
-    discovery: Option<Box<dyn Discovery>>,
+    pub(crate) peers: Peers<ReplicatorMessage>,
     timers: Vec<JoinHandle<()>>,
     storage: Option<Storage>,
     /// Messages for peers without a route yet.
     held: Held,
-    /// A discovery round was asked for and has not run yet.
-    discovery_requested: bool,
     /// Announcements waiting for the next group commit, in order.
     waiting_for_disk: Vec<Effect>,
     /// An [`Inbound::Commit`] is on its way.
@@ -149,28 +146,26 @@ impl Actor for Replicator {
         args: Self::Arguments,
     ) -> std::result::Result<Self::State, ActorProcessingErr> {
         let args = args.config.prepare()?;
+        let node = args.core.node().to_string();
         let mut state = ReplicatorState {
             core: args.core,
             next_request: 0,
             replies: HashMap::new(),
             subscriptions: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            discovery: args.discovery,
+            peers: Peers::new(args.discovery, PeerGroup::replicators(), node),
             timers: Vec::new(),
             storage: args.store.map(|(store, mode)| Storage::new(store, mode)),
             held: Held::default(),
-            discovery_requested: false,
             waiting_for_disk: Vec::new(),
             commit_requested: false,
         };
-        if let Some(discovery) = &state.discovery {
-            discovery.register(&PeerGroup::replicators(), &myself.get_cell());
-            let _ = myself.cast(ReplicatorMessage::from(Inbound::Discover));
-            state
-                .timers
-                .push(myself.send_interval(args.discovery_interval, || {
-                    ReplicatorMessage::from(Inbound::Discover)
-                }));
+        if state.peers.register(&myself.get_cell()) {
+            request_discovery(&myself, &mut state);
+            if let Some(interval) = args.discovery_interval {
+                state.timers.push(
+                    myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Discover)),
+                );
+            }
         }
         if let Some(WriteMode::WriteBehind { interval }) = state.storage.as_ref().map(Storage::mode)
         {
@@ -233,7 +228,7 @@ impl Actor for Replicator {
                 Vec::new()
             }
             ReplicatorMessage::ReachablePeers(reply) => {
-                let _ = reply.send(state.peers.keys().cloned().collect());
+                let _ = reply.send(state.peers.nodes());
                 Vec::new()
             }
             ReplicatorMessage::Stats(reply) => {
@@ -251,6 +246,20 @@ impl Actor for Replicator {
         run_effects(&myself, state, effects);
         Ok(())
     }
+
+    /// The Replicator supervises nothing; ractor tells it here that the
+    /// Replicators' process group changed.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if state.peers.changed(&event) {
+            request_discovery(&myself, state);
+        }
+        Ok(())
+    }
 }
 
 /// The Replicator's own work: peer messages, timers, flushes.
@@ -261,7 +270,7 @@ async fn handle_internal(
 ) -> Vec<Effect> {
     match inbound {
         Inbound::Peer(envelope) => {
-            if !state.peers.contains_key(&envelope.from) {
+            if !state.peers.contains(&envelope.from) {
                 // Its answers would have nowhere to go: look again.
                 request_discovery(myself, state);
             }
@@ -295,55 +304,28 @@ async fn handle_internal(
     }
 }
 
-/// Polls discovery and tells the core which peers came and went. A peer whose
-/// proxy changed restarted or reconnected: it is reported down and up again so
-/// that it gets every digest and catches up.
+/// Runs a discovery round and tells the core which peers came and went.
+/// Messages held for a peer that came up go to it first.
 async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
-    state.discovery_requested = false;
     state.held.expire(Instant::now());
-    let Some(discovery) = &state.discovery else {
-        return Vec::new();
-    };
-    let found: BTreeMap<PeerName, ActorRef<ReplicatorMessage>> = discovery
-        .discover(&PeerGroup::replicators())
-        .await
-        .into_iter()
-        .filter(|peer| peer.node != state.core.node())
-        .map(|DiscoveredPeer { node, actor }| (node, actor.into()))
-        .collect();
     let mut effects = Vec::new();
-    let gone: Vec<PeerName> = state
-        .peers
-        .keys()
-        .filter(|node| !found.contains_key(*node))
-        .cloned()
-        .collect();
-    for node in gone {
-        state.peers.remove(&node);
-        tracing::debug!(node, "peer replicator gone");
-        effects.extend(state.core.peer_down(&node));
-    }
-    for (node, replicator) in found {
-        let known = state.peers.get(&node).map(|known| known.get_id());
-        if known == Some(replicator.get_id()) {
-            continue;
-        }
-        if known.is_some() {
-            effects.extend(state.core.peer_down(&node));
-        }
-        tracing::debug!(node, "peer replicator up");
-        let mut held = state.held.take(&node).into_iter();
-        while let Some(message) = held.next() {
-            if let Some(message) = cast_to(&replicator, state.core.node(), message) {
-                // The new proxy stopped too: everything waits for the next.
-                let now = Instant::now();
-                for message in std::iter::once(message).chain(held.by_ref()) {
-                    state.held.hold(&node, message, now);
+    for change in state.peers.round().await {
+        match change {
+            PeerChange::Down(node) => effects.extend(state.core.peer_down(&node)),
+            PeerChange::Up(node, replicator) => {
+                let mut held = state.held.take(&node).into_iter();
+                while let Some(message) = held.next() {
+                    if let Some(message) = cast_to(&replicator, state.core.node(), message) {
+                        // The new proxy stopped too: everything waits for the next.
+                        let now = Instant::now();
+                        for message in std::iter::once(message).chain(held.by_ref()) {
+                            state.held.hold(&node, message, now);
+                        }
+                    }
                 }
+                effects.extend(state.core.peer_up(&node));
             }
         }
-        state.peers.insert(node.clone(), replicator);
-        effects.extend(state.core.peer_up(&node));
     }
     effects
 }

@@ -122,7 +122,6 @@ pub fn replicator_config(
 ) -> ReplicatorConfig {
     ReplicatorConfig::new(name)
         .with_discovery(SessionDiscovery::new(server.clone()))
-        .with_discovery_interval(Duration::from_millis(20))
         .with_core(core)
 }
 

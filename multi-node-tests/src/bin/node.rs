@@ -184,6 +184,8 @@ struct Node {
     /// A reading handle on the sled journal, with `--data`.
     journal: Option<SledJournal>,
     cluster: Arc<ClusterNode>,
+    /// Entities started by `entities-spawn`, with the library's defaults.
+    many: Vec<Entity<Ledger>>,
 }
 
 fn arg<'a>(words: &'a [&str], index: usize) -> Result<&'a str, String> {
@@ -471,6 +473,58 @@ impl Node {
             }
             "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?.entries)),
             "ledger-stats" => entity_stats(&self.ledger).await,
+            "entities-spawn" => {
+                let count: usize = number(&words, 1)?;
+                let started = Instant::now();
+                for _ in 0..count {
+                    let persistence_id = format!("many-{}", self.many.len());
+                    let config =
+                        EntityConfig::new(persistence_id, ReplicaId::fresh(self.name.as_str()))
+                            .with_discovery(self.cluster.discovery());
+                    let ledger = Ledger {
+                        keep_entries: false,
+                    };
+                    let entity = ReplicatedEntity::spawn(
+                        ledger,
+                        LastWriterWins,
+                        MemoryJournal::new(),
+                        config,
+                    )
+                    .await
+                    .map_err(error)?;
+                    self.many.push(entity);
+                }
+                Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
+            }
+            "entities-with-peers" => {
+                // How many of the spawned entities reach `peers` replicas.
+                let peers: usize = number(&words, 1)?;
+                let mut count = 0;
+                for entity in &self.many {
+                    if entity.stats().await.map_err(error)?.reachable_peers.len() == peers {
+                        count += 1;
+                    }
+                }
+                Ok(json!(count))
+            }
+            "entity-record" => {
+                let entity = self
+                    .many
+                    .get(number::<usize>(&words, 1)?)
+                    .ok_or("no such entity")?;
+                entity
+                    .command(arg(&words, 2)?.to_string())
+                    .await
+                    .map_err(error)?;
+                Ok(json!(null))
+            }
+            "entity-events" => {
+                let entity = self
+                    .many
+                    .get(number::<usize>(&words, 1)?)
+                    .ok_or("no such entity")?;
+                Ok(json!(entity.stats().await.map_err(error)?.events))
+            }
             "tally-stats" => entity_stats(&self.tally).await,
             "rss" => Ok(resident_kib().map_or(Value::Null, |kib| json!(kib))),
             "watch-lag" => {
@@ -889,6 +943,7 @@ async fn main() {
         lag_sender,
         journal: reading_journal,
         cluster: cluster.clone(),
+        many: Vec::new(),
     };
 
     let mut stdout = tokio::io::stdout();

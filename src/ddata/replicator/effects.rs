@@ -145,7 +145,7 @@ fn send(
     };
     state.held.hold(&to, message, Instant::now());
     request_discovery(myself, state);
-    if state.peers.remove(&to).is_some() {
+    if state.peers.forget(&to) {
         tracing::debug!(peer = to, "peer proxy stopped");
         let effects = state.core.peer_down(&to);
         run_effects(myself, state, effects);
@@ -154,8 +154,7 @@ fn send(
 
 /// Asks for a discovery round soon, once however many messages wait.
 pub(crate) fn request_discovery(myself: &ActorRef<ReplicatorMessage>, state: &mut ReplicatorState) {
-    if !state.discovery_requested {
-        state.discovery_requested = true;
+    if state.peers.request() {
         let _ = myself.cast(Inbound::Discover.into());
     }
 }

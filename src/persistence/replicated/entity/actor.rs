@@ -1,10 +1,10 @@
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::concurrency::JoinHandle;
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +12,7 @@ use super::handle::{Entity, EntityConfig, EntityStats};
 use super::{ReplicatedEventSourcedActor, ReplicationContext};
 use crate::codec;
 use crate::ddata::PeerName;
-use crate::discovery::{Discovery, PeerGroup};
+use crate::discovery::{PeerChange, PeerGroup, Peers};
 use crate::error::{catch_panic, Error, Result};
 use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
@@ -206,11 +206,7 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     journal: J,
     persistence_id: String,
     node: PeerName,
-    group: PeerGroup,
-    discovery: Option<Box<dyn Discovery>>,
-    peers: BTreeMap<PeerName, ActorRef<EntityMessage<B>>>,
-    /// A discovery round was asked for and has not run yet.
-    discovery_requested: bool,
+    peers: Peers<EntityMessage<B>>,
     /// Appended since the last flush.
     unflushed: bool,
     flush_scheduled: bool,
@@ -396,12 +392,13 @@ where
         let mut state = EntityState {
             replication,
             journal: args.journal,
-            group: PeerGroup::entity(&config.persistence_id),
+            peers: Peers::new(
+                config.discovery,
+                PeerGroup::entity(&config.persistence_id),
+                config.replica.node().to_string(),
+            ),
             persistence_id: config.persistence_id,
             node: config.replica.node().to_string(),
-            discovery: config.discovery,
-            peers: BTreeMap::new(),
-            discovery_requested: false,
             unflushed: false,
             flush_scheduled: false,
             unannounced: Vec::new(),
@@ -414,14 +411,13 @@ where
             snapshot_from: recovered.snapshot_from.unwrap_or(1),
             snapshot_events: 0,
         };
-        if let Some(discovery) = &state.discovery {
-            discovery.register(&state.group, &myself.get_cell());
-            let _ = myself.cast(EntityMessage::from(Inbound::Discover));
-            state
-                .timers
-                .push(myself.send_interval(config.discovery_interval, || {
-                    EntityMessage::from(Inbound::Discover)
-                }));
+        if state.peers.register(&myself.get_cell()) {
+            request_discovery(&myself, &mut state);
+            if let Some(interval) = config.discovery_interval {
+                state.timers.push(
+                    myself.send_interval(interval, || EntityMessage::from(Inbound::Discover)),
+                );
+            }
             state
                 .timers
                 .push(myself.send_interval(config.anti_entropy_interval, || {
@@ -483,11 +479,11 @@ where
         let effects = match inbound {
             Inbound::Peer(envelope) => {
                 if envelope.persistence_id == state.persistence_id {
-                    if !state.peers.contains_key(&envelope.from) && !state.discovery_requested {
-                        // A replica this one does not know yet (it started
-                        // after the last round): answers would have nowhere
-                        // to go.
-                        state.discovery_requested = myself.cast(Inbound::Discover.into()).is_ok();
+                    if !state.peers.contains(&envelope.from) {
+                        // A replica this one does not know yet (its process
+                        // group entry is still on its way): answers would
+                        // have nowhere to go.
+                        request_discovery(&myself, state);
                     }
                     state
                         .replication
@@ -510,6 +506,20 @@ where
             }
         };
         run_effects(&myself, state, effects)
+    }
+
+    /// An entity supervises nothing; ractor tells it here that its replicas'
+    /// process group changed.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if state.peers.changed(&event) {
+            request_discovery(&myself, state);
+        }
+        Ok(())
     }
 }
 
@@ -733,9 +743,10 @@ where
     Ok(())
 }
 
-fn send<B, R, J>(state: &EntityState<B, R, J>, effects: Effects<B>)
+fn send<B, R, J>(state: &mut EntityState<B, R, J>, effects: Effects<B>)
 where
     B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
 {
     for effect in effects {
         let ReplicationEffect::Send { to, message } = effect else {
@@ -754,7 +765,10 @@ where
             message,
         };
         if peer.cast(Inbound::Peer(envelope).into()).is_err() {
+            // The next round finds its new proxy, if any.
             tracing::debug!(peer = to, "replica proxy stopped");
+            state.peers.forget(&to);
+            state.replication.peer_down(&to);
         }
     }
 }
@@ -794,54 +808,35 @@ where
         compacted_events: log.compacted_events(),
         waiting: log.waiting(),
         version: log.version().clone(),
-        reachable_peers: state.peers.keys().cloned().collect(),
+        reachable_peers: state.peers.nodes(),
         rejected_messages: state.rejected_messages,
         history_reloads: state.history_reloads,
     }
 }
 
-/// Polls discovery and tells replication which replicas came and went. A
-/// replica whose proxy changed restarted or reconnected: it is reported down
-/// and up again so that it catches up.
+/// Asks for a discovery round, once however many ask before it runs.
+fn request_discovery<B, R, J>(myself: &ActorRef<EntityMessage<B>>, state: &mut EntityState<B, R, J>)
+where
+    B: ReplicatedEventSourcedActor,
+{
+    if state.peers.request() {
+        let _ = myself.cast(Inbound::Discover.into());
+    }
+}
+
+/// Runs a discovery round and tells replication which replicas came and
+/// went.
 async fn discover<B, R, J>(state: &mut EntityState<B, R, J>) -> Effects<B>
 where
     B: ReplicatedEventSourcedActor,
     R: ConflictResolver<B::Event>,
 {
-    state.discovery_requested = false;
-    let Some(discovery) = &state.discovery else {
-        return Vec::new();
-    };
-    let found: BTreeMap<PeerName, ActorRef<EntityMessage<B>>> = discovery
-        .discover(&state.group)
-        .await
-        .into_iter()
-        .filter(|peer| peer.node != state.node)
-        .map(|peer| (peer.node, peer.actor.into()))
-        .collect();
-    let gone: Vec<PeerName> = state
-        .peers
-        .keys()
-        .filter(|node| !found.contains_key(*node))
-        .cloned()
-        .collect();
-    for node in gone {
-        state.peers.remove(&node);
-        tracing::debug!(node, persistence_id = state.persistence_id, "replica gone");
-        state.replication.peer_down(&node);
-    }
     let mut effects = Vec::new();
-    for (node, actor) in found {
-        let known = state.peers.get(&node).map(|known| known.get_id());
-        if known == Some(actor.get_id()) {
-            continue;
+    for change in state.peers.round().await {
+        match change {
+            PeerChange::Down(node) => state.replication.peer_down(&node),
+            PeerChange::Up(node, _) => effects.extend(state.replication.peer_up(&node)),
         }
-        if known.is_some() {
-            state.replication.peer_down(&node);
-        }
-        tracing::debug!(node, persistence_id = state.persistence_id, "replica up");
-        state.peers.insert(node.clone(), actor);
-        effects.extend(state.replication.peer_up(&node));
     }
     effects
 }

@@ -17,7 +17,7 @@ pub struct EntityConfig {
     pub(super) persistence_id: String,
     pub(super) replica: ReplicaId,
     pub(super) discovery: Option<Box<dyn Discovery>>,
-    pub(super) discovery_interval: Duration,
+    pub(super) discovery_interval: Option<Duration>,
     pub(super) anti_entropy_interval: Duration,
     pub(super) max_message_bytes: usize,
     pub(super) stability_time: Option<Duration>,
@@ -37,7 +37,7 @@ impl EntityConfig {
             persistence_id: persistence_id.into(),
             replica,
             discovery: None,
-            discovery_interval: Duration::from_millis(100),
+            discovery_interval: None,
             anti_entropy_interval: Duration::from_secs(1),
             max_message_bytes: 4 * 1024 * 1024,
             stability_time: None,
@@ -45,15 +45,18 @@ impl EntityConfig {
     }
 
     /// Finds the other replicas of the persistence id with `discovery`, the
-    /// same one the node's Replicator uses.
+    /// same one the node's Replicator uses, asked again whenever ractor
+    /// reports a change to the replicas' process group or a message arrives
+    /// from an unknown replica (see [`Discovery`]).
     pub fn with_discovery(mut self, discovery: impl Discovery) -> Self {
         self.discovery = Some(Box::new(discovery));
         self
     }
 
-    /// How often discovery is polled (default 100 ms).
+    /// Also polls discovery every `interval` (by default it is never
+    /// polled), for a [`Discovery`] whose changes ractor does not report.
     pub fn with_discovery_interval(mut self, interval: Duration) -> Self {
-        self.discovery_interval = interval;
+        self.discovery_interval = Some(interval);
         self
     }
 

@@ -1,0 +1,120 @@
+//! Many idle replicated entities in a 3-process loopback cluster: what they
+//! cost while nothing happens, and how fast one event still travels. Prints
+//! JSON.
+//!
+//! ```sh
+//! cargo build --release -p multi-node-tests && target/release/idle_entities
+//! ```
+//!
+//! Each node spawns `IDLE_ENTITIES` entities (default 1,000) with the
+//! library's defaults and in-memory journals, the same persistence ids on
+//! every node. The benchmark then reports:
+//! * how long spawning took, and until every replica reached the other two;
+//! * each node's CPU use (percent of one core) over `IDLE_SECONDS` (default
+//!   10) of idleness, and its resident memory;
+//! * the replication latency of single events: node 0 records an entry on
+//!   one entity, and the time until both other nodes hold it (read by
+//!   polling them, so it includes the polls' round trips, about 0.1 ms each).
+
+use std::time::{Duration, Instant};
+
+use multi_node_tests::{cpu_nanos, eventually, percentile, sibling_node_binary, LoopbackCluster};
+use serde_json::json;
+
+const NODES: usize = 3;
+const LATENCY_SAMPLES: usize = 20;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let entities = setting("IDLE_ENTITIES", 1_000) as usize;
+    let idle_seconds = setting("IDLE_SECONDS", 10);
+    let binary = sibling_node_binary();
+    let mut cluster = LoopbackCluster::new(&binary, "idle-entities", NODES);
+    cluster.start_all();
+    cluster.wait_connected();
+
+    let started = Instant::now();
+    let spawn_seconds: Vec<f64> = (0..NODES)
+        .map(|i| {
+            cluster.node(i).must(&format!("entities-spawn {entities}"))["seconds"]
+                .as_f64()
+                .expect("seconds")
+        })
+        .collect();
+    eventually(
+        "every replica reaches the others",
+        Duration::from_secs(600),
+        || {
+            (0..NODES).all(|i| {
+                cluster
+                    .node(i)
+                    .must(&format!("entities-with-peers {}", NODES - 1))
+                    .as_u64()
+                    == Some(entities as u64)
+            })
+        },
+    );
+    let connected_seconds = started.elapsed().as_secs_f64();
+
+    let pids: Vec<u32> = (0..NODES).map(|i| cluster.node(i).pid()).collect();
+    let before: Vec<u64> = pids.iter().map(|pid| cpu_nanos(*pid)).collect();
+    let idle_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_seconds));
+    let elapsed = idle_started.elapsed().as_secs_f64();
+    let cpu_percent: Vec<f64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(pid, before)| {
+            let spent = cpu_nanos(*pid).saturating_sub(*before) as f64 / 1e9;
+            (spent / elapsed * 1000.0).round() / 10.0
+        })
+        .collect();
+    let resident_kib: Vec<_> = (0..NODES).map(|i| cluster.node(i).must("rss")).collect();
+
+    let mut latencies_micros = Vec::new();
+    for sample in 0..LATENCY_SAMPLES {
+        let entity = sample * entities / LATENCY_SAMPLES;
+        let sent = Instant::now();
+        cluster
+            .node(0)
+            .must(&format!("entity-record {entity} sample-{sample}"));
+        // Polled back to back: `eventually`'s pause would dwarf the latency.
+        for i in 1..NODES {
+            while cluster
+                .node(i)
+                .must(&format!("entity-events {entity}"))
+                .as_u64()
+                != Some(1)
+            {
+                assert!(
+                    sent.elapsed() < Duration::from_secs(60),
+                    "the event did not reach node {i} within 60 s"
+                );
+            }
+        }
+        latencies_micros.push(sent.elapsed().as_micros() as u64);
+    }
+    latencies_micros.sort_unstable();
+
+    let report = json!({
+        "entities_per_node": entities,
+        "nodes": NODES,
+        "spawn_seconds": spawn_seconds,
+        "all_replicas_connected_seconds": connected_seconds,
+        "idle_seconds": idle_seconds,
+        "idle_cpu_percent": cpu_percent,
+        "resident_kib": resident_kib,
+        "replication_latency_micros": {
+            "samples": latencies_micros.len(),
+            "p50": percentile(&latencies_micros, 0.5),
+            "max": latencies_micros.last(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
