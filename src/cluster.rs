@@ -44,9 +44,8 @@ pub use tokio_rustls::rustls;
 pub use transport::{ConnectionStats, TlsConfig, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
 use transport::{Connections, SessionEvent, SessionEvents};
 
-/// The process group of the nodes' membership actors.
-const MEMBERSHIP_GROUP: &str = "ractor_replicated.membership";
 const MEMBERSHIP_VARIANT: &str = "ractor_replicated.membership.v1";
+const REMOVED_VARIANT: &str = "ractor_replicated.membership.removed.v1";
 const MEMBERSHIP_NAME_PREFIX: &str = "ractor_replicated.membership@";
 
 /// How to run one node of a cluster.
@@ -231,7 +230,7 @@ impl ClusterNode {
 
     /// Sends `subscriber` a [`MemberEvent`] whenever a node connects,
     /// disconnects or is removed, starting with an `Up` for every node
-    /// connected now. Events come from ractor_cluster's session events: no
+    /// connected now and a `Removed` for every node removed and not back. Events come from ractor_cluster's session events: no
     /// polling. A subscriber that stopped is dropped.
     pub fn subscribe<M>(&self, subscriber: ActorRef<M>) -> Result<()>
     where
@@ -240,10 +239,17 @@ impl ClusterNode {
         subscribe_to(&self.membership, subscriber)
     }
 
-    /// Tells every subscriber that node `node` left the cluster for good
-    /// (decommissioned), as [`MemberEvent::Removed`]. A Replicator started
-    /// from [`replicator_config`](Self::replicator_config) then stops
-    /// counting it for `Majority` and `All`.
+    /// Tells every subscriber, here and on every other node, that node
+    /// `node` left the cluster for good (decommissioned), as
+    /// [`MemberEvent::Removed`]. A Replicator started from
+    /// [`replicator_config`](Self::replicator_config) then stops counting it
+    /// for `Majority` and `All`, and no node dials it any more.
+    ///
+    /// Nodes connected now hear of it at once and pass it on; a node that
+    /// connects later hears of it from the nodes it connects to. A removed
+    /// node that connects again is a member again (an `Up`), and a node
+    /// ignores a removal it hears from a peer while it is connected to the
+    /// removed node.
     pub fn remove_member(&self, node: impl Into<String>) -> Result<()> {
         self.membership
             .cast(MembershipMessage(Inbound::Remove(node.into())))
@@ -344,11 +350,13 @@ where
         })
 }
 
-/// Authenticated sessions by peer node name, with their connection's label;
-/// `None` if the NodeServer did not answer in time.
-async fn peer_sessions(
-    server: &ActorRef<NodeServerMessage>,
-) -> Option<BTreeMap<String, (String, ActorCell)>> {
+/// Authenticated sessions by peer node name: their connection's label and
+/// their session actor.
+type Sessions = BTreeMap<String, (String, ActorCell)>;
+
+/// The authenticated sessions; `None` if the NodeServer did not answer in
+/// time.
+async fn peer_sessions(server: &ActorRef<NodeServerMessage>) -> Option<Sessions> {
     let sessions = match server
         .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
         .await
@@ -366,7 +374,7 @@ async fn peer_sessions(
     Some(sessions)
 }
 
-/// The membership actor's messages; only heartbeats cross the network.
+/// The membership actor's messages; heartbeats and removals cross the network.
 pub struct MembershipMessage(Inbound);
 
 /// Delivers a membership event; false once its subscriber is gone.
@@ -377,7 +385,12 @@ enum Inbound {
         from: String,
     },
     Subscribe(Deliver),
+    /// The local node removes a member ([`ClusterNode::remove_member`]).
     Remove(String),
+    /// A peer says that a member was removed.
+    Removed {
+        node: String,
+    },
     Undecodable(String),
     Tick,
     /// A dial of `seed` ended: the label of its connection, or why not.
@@ -401,17 +414,19 @@ impl ractor::Message for MembershipMessage {
     fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
         match self.0 {
             Inbound::Heartbeat { from } => remote_cast::encode(MEMBERSHIP_VARIANT, &from),
+            Inbound::Removed { node } => remote_cast::encode(REMOVED_VARIANT, &node),
             _ => Err(BoxedDowncastErr),
         }
     }
 
     fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        Ok(Self(
-            match remote_cast::decode(MEMBERSHIP_VARIANT, message) {
-                Ok(from) => Inbound::Heartbeat { from },
-                Err(reason) => Inbound::Undecodable(reason),
-            },
-        ))
+        let removal = matches!(&message, SerializedMessage::Cast { variant, .. } if variant == REMOVED_VARIANT);
+        let inbound = if removal {
+            remote_cast::decode(REMOVED_VARIANT, message).map(|node| Inbound::Removed { node })
+        } else {
+            remote_cast::decode(MEMBERSHIP_VARIANT, message).map(|from| Inbound::Heartbeat { from })
+        };
+        Ok(Self(inbound.unwrap_or_else(Inbound::Undecodable)))
     }
 }
 
@@ -453,6 +468,10 @@ struct MembershipState {
     ready: HashMap<String, String>,
     connected: tokio::sync::watch::Sender<BTreeSet<String>>,
     subscribers: Vec<Deliver>,
+    /// Nodes removed from the cluster and not connected since.
+    removed: BTreeSet<String>,
+    /// Nodes that came up and have not been told of `removed` yet.
+    newcomers: Vec<String>,
 }
 
 impl MembershipState {
@@ -489,7 +508,59 @@ impl MembershipState {
         self.connected.send_replace(now);
         for event in events {
             tracing::info!(?event, "membership changed");
+            if let MemberEvent::Up(node) = &event {
+                // Back, so a member again.
+                self.removed.remove(node);
+                self.newcomers.push(node.clone());
+            }
             self.publish(event);
+        }
+    }
+
+    /// Tells the nodes that came up whom the cluster removed while they were
+    /// away.
+    async fn tell_newcomers(&mut self) {
+        let newcomers = std::mem::take(&mut self.newcomers);
+        if newcomers.is_empty() || self.removed.is_empty() {
+            return;
+        }
+        let Some(sessions) = peer_sessions(&self.server).await else {
+            tracing::warn!("the NodeServer did not list its sessions; new members miss removals");
+            return;
+        };
+        for node in &newcomers {
+            for removed in &self.removed {
+                tell_membership(&sessions, Some(node), || Inbound::Removed {
+                    node: removed.clone(),
+                });
+            }
+        }
+    }
+
+    /// Removes `node` from the cluster, as this node's user asked or as a
+    /// peer said, and passes the news on to every peer once.
+    async fn remove(&mut self, node: String, from_peer: bool) {
+        if node == self.config.name {
+            tracing::warn!("a peer says this node was removed; it stays");
+            return;
+        }
+        if from_peer && self.connected.borrow().contains(&node) {
+            tracing::debug!(node, "a peer says a connected node was removed; ignored");
+            return;
+        }
+        if !self.removed.insert(node.clone()) {
+            return;
+        }
+        tracing::info!(node, "member removed");
+        self.publish(MemberEvent::Removed(node.clone()));
+        match peer_sessions(&self.server).await {
+            Some(sessions) => {
+                tell_membership(&sessions, None, || Inbound::Removed { node: node.clone() })
+            }
+            None => tracing::warn!(
+                node,
+                "the NodeServer did not list its sessions; peers miss a removal"
+            ),
         }
     }
 
@@ -566,7 +637,6 @@ impl Actor for Membership {
                 },
             }),
         })?;
-        ractor::pg::join(MEMBERSHIP_GROUP.into(), vec![myself.get_cell()]);
         let acceptor = tokio::spawn(transport::accept(
             listener,
             server.clone(),
@@ -607,6 +677,8 @@ impl Actor for Membership {
             ready: HashMap::new(),
             connected,
             subscribers: Vec::new(),
+            removed: BTreeSet::new(),
+            newcomers: Vec::new(),
         })
     }
 
@@ -645,14 +717,16 @@ impl Actor for Membership {
             }
             Inbound::Subscribe(deliver) => {
                 let up = state.connected.borrow().clone();
-                if up.into_iter().all(|node| deliver(MemberEvent::Up(node))) {
+                let now = up
+                    .into_iter()
+                    .map(MemberEvent::Up)
+                    .chain(state.removed.iter().cloned().map(MemberEvent::Removed));
+                if now.into_iter().all(&deliver) {
                     state.subscribers.push(deliver);
                 }
             }
-            Inbound::Remove(node) => {
-                tracing::info!(node, "member removed");
-                state.publish(MemberEvent::Removed(node));
-            }
+            Inbound::Remove(node) => state.remove(node, false).await,
+            Inbound::Removed { node } => state.remove(node, true).await,
             Inbound::Dialled { seed, outcome } => match (outcome, state.seed_mut(&seed)) {
                 (Ok(label), _) => tracing::debug!(seed, connection = label, "seed dialled"),
                 (Err(reason), Some(seed_state)) => {
@@ -661,7 +735,10 @@ impl Actor for Membership {
                 }
                 (Err(_), None) => {}
             },
-            Inbound::Session(event) => state.session_event(event),
+            Inbound::Session(event) => {
+                state.session_event(event);
+                state.tell_newcomers().await;
+            }
             Inbound::Probed { seed, node } => {
                 if let Some(seed) = state.seed_mut(&seed) {
                     seed.learn(node);
@@ -676,6 +753,27 @@ impl Actor for Membership {
     }
 }
 
+/// Sends what `message` builds to the membership actor of node `to`, or of
+/// every node with a session, through the proxy that node's session holds.
+/// (Process groups would find them with one node per process, but with
+/// several, proxies of different sessions share ids there and one session's
+/// end removes another's.)
+fn tell_membership(sessions: &Sessions, to: Option<&str>, message: impl Fn() -> Inbound) {
+    for (node, (_, session)) in sessions {
+        if to.is_some_and(|to| to != node) {
+            continue;
+        }
+        let name = format!("{MEMBERSHIP_NAME_PREFIX}{node}");
+        let proxy = session
+            .get_children()
+            .into_iter()
+            .find(|proxy| proxy.get_name().as_deref() == Some(name.as_str()));
+        if let Some(proxy) = proxy {
+            let _ = proxy.send_message(MembershipMessage(message()));
+        }
+    }
+}
+
 async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState) {
     let now = Instant::now();
     state
@@ -684,25 +782,18 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
     // A dial whose session never reported back (it could not even start)
     // is over once it had the time to connect and authenticate.
     let dial_bound = transport::CONNECT_TIMEOUT + state.config.auth_timeout;
-    if now >= state.next_heartbeat {
-        state.next_heartbeat = now + state.config.heartbeat_interval;
-        for member in ractor::pg::get_members(&MEMBERSHIP_GROUP.to_string()) {
-            if member.get_id().is_local() {
-                continue;
-            }
-            let heartbeat = MembershipMessage(Inbound::Heartbeat {
-                from: state.config.name.clone(),
-            });
-            let _ = member.send_message(heartbeat);
-        }
-    }
-
     let Some(sessions) = peer_sessions(&state.server).await else {
         // Without the session list nothing can be decided: dialling now
         // could open a second session to a connected node.
         tracing::debug!("the NodeServer did not list its sessions in time");
         return;
     };
+    if now >= state.next_heartbeat {
+        state.next_heartbeat = now + state.config.heartbeat_interval;
+        tell_membership(&sessions, None, || Inbound::Heartbeat {
+            from: state.config.name.clone(),
+        });
+    }
     let own = state.config.name.clone();
     for seed in &mut state.seeds {
         // A seed is connected when its node has a session, dialled or
@@ -711,6 +802,13 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
             Some(node) => *node == own || sessions.contains_key(node),
             None => false,
         };
+        if seed
+            .node
+            .as_ref()
+            .is_some_and(|node| state.removed.contains(node))
+        {
+            continue;
+        }
         if connected {
             seed.backoff = state.config.redial_backoff.0;
             continue;

@@ -1,7 +1,8 @@
 //! Membership as events: a `ClusterNode` tells subscribers which nodes come
 //! up, go down and are removed, lets callers wait for a number of
 //! connected nodes, and a Replicator subscribed to it stops counting a
-//! removed node for `All`.
+//! removed node for `All`. A removal reaches every node, also one that
+//! connects later.
 
 mod support;
 
@@ -28,6 +29,8 @@ async fn members_come_up_go_down_and_are_removed_and_all_is_then_reached_without
     }
     let (events, mut heard) = listener::<MemberEvent>().await;
     nodes[0].subscribe(events).unwrap();
+    let (events, mut heard_by_1) = listener::<MemberEvent>().await;
+    nodes[1].subscribe(events).unwrap();
     let mut up = nodes[0].wait_until_connected(2, BOUND).await.unwrap();
     up.sort();
     assert_eq!(up, ["member-1", "member-2"]);
@@ -90,9 +93,36 @@ async fn members_come_up_go_down_and_are_removed_and_all_is_then_reached_without
     })
     .await;
 
+    // Node 1 heard of the removal from node 0, and its Replicator too.
+    let removed = next_matching(&mut heard_by_1, BOUND, |event| {
+        matches!(event, MemberEvent::Removed(_))
+    })
+    .await;
+    assert_eq!(removed, MemberEvent::Removed("member-2".into()));
+    support::eventually("All is reached from node 1 too", BOUND, || async {
+        replicators[1]
+            .update(&key, all, |c, me| c.apply(c.increment(me, 1)))
+            .await
+            .is_ok_and(|written| written.acknowledged_by.len() == 2)
+    })
+    .await;
+
+    // A node that connects later hears of it from the nodes it reaches.
+    let config = ClusterConfig::new("member-3", "127.0.0.1", free_port(), COOKIE)
+        .with_seeds(seeds[..2].to_vec());
+    let late = ClusterNode::start(config).await.unwrap();
+    let (events, mut heard_by_3) = listener::<MemberEvent>().await;
+    late.subscribe(events).unwrap();
+    let removed = next_matching(&mut heard_by_3, BOUND, |event| {
+        matches!(event, MemberEvent::Removed(_))
+    })
+    .await;
+    assert_eq!(removed, MemberEvent::Removed("member-2".into()));
+
     for dd in &replicators[..2] {
         dd.stop().await;
     }
+    late.stop().await;
     for node in &nodes[..2] {
         node.stop().await;
     }
