@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::persistence::journal::SledJournal;
 use ractor_replicated::persistence::replicated::{
-    Effect, EntityConfig, EventEnvelope, EventHandler, EventMeta, ReplicatedEntity,
-    ReplicatedEventSourcedActor, ReplicationContext, ResolveWith,
+    Effect, EventEnvelope, EventHandler, EventMeta, ReplicatedEntity, ReplicatedEventSourcedActor,
+    ReplicationContext, ResolveWith,
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};
@@ -174,8 +174,7 @@ async fn node(index: usize, ports: Vec<u16>, journal: String) {
         .expect("the node server starts");
     let journal = SledJournal::open(&journal).expect("the journal opens");
     // The journal is new on every run, so the replica id may stay the node name.
-    let config = EntityConfig::new("counter-1", ReplicaId::new(name.as_str(), 0))
-        .with_discovery(cluster.discovery());
+    let config = cluster.entity_config("counter-1", ReplicaId::new(name.as_str(), 0));
     let counter = ReplicatedEntity::spawn(Counter, ResolveWith(reset_wins), journal, config)
         .await
         .expect("the entity starts");

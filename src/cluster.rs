@@ -290,14 +290,32 @@ impl ClusterNode {
     /// a restart): a node removed with [`remove_member`](Self::remove_member)
     /// no longer counts for `Majority` and `All`.
     pub fn replicator_config(&self) -> crate::ddata::ReplicatorConfig {
-        let membership = self.membership.clone();
         crate::ddata::ReplicatorConfig::new(self.name.clone())
             .with_discovery(self.discovery())
-            .with_membership(Box::new(move |replicator| {
-                if let Err(err) = subscribe_to(&membership, replicator) {
-                    tracing::warn!(error = %err, "the Replicator cannot follow membership events");
-                }
-            }))
+            .with_membership(MemberEvents(self.membership.clone()))
+    }
+
+    /// The configuration of this node's replica `replica` of entity
+    /// `persistence_id`: discovery through this node's process groups, and
+    /// this node's membership events, to which the entity subscribes when it
+    /// starts (again after a restart), so that a node removed with
+    /// [`remove_member`](Self::remove_member) no longer holds its
+    /// compaction back. `replica.node()` must be this node's name.
+    pub fn entity_config(
+        &self,
+        persistence_id: impl Into<String>,
+        replica: crate::ReplicaId,
+    ) -> crate::persistence::replicated::EntityConfig {
+        if replica.node() != self.name {
+            tracing::warn!(
+                replica = %replica,
+                node = self.name,
+                "an entity's replica id names another node than its cluster node"
+            );
+        }
+        crate::persistence::replicated::EntityConfig::new(persistence_id, replica)
+            .with_discovery(self.discovery())
+            .with_membership(MemberEvents(self.membership.clone()))
     }
 
     /// The node's name.
@@ -334,6 +352,24 @@ impl ClusterNode {
     pub async fn stop(&self) {
         let _ = self.membership.stop_and_wait(None, None).await;
         let _ = self.server.stop_and_wait(None, None).await;
+    }
+}
+
+/// A node's membership actor, for the actors that subscribe to it when they
+/// start.
+#[derive(Clone)]
+pub(crate) struct MemberEvents(ActorRef<MembershipMessage>);
+
+impl MemberEvents {
+    /// Subscribes `subscriber`; a failure is logged, since the subscriber
+    /// is starting and works without the events, only less well.
+    pub(crate) fn subscribe<M>(&self, subscriber: ActorRef<M>)
+    where
+        M: ractor::Message + From<MemberEvent>,
+    {
+        if let Err(err) = subscribe_to(&self.0, subscriber) {
+            tracing::warn!(error = %err, "cannot follow membership events");
+        }
     }
 }
 

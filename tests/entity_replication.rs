@@ -7,11 +7,12 @@ mod support;
 use std::time::Duration;
 
 use ractor::ActorRef;
+use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::persistence::journal::MemoryJournal;
 use ractor_replicated::persistence::replicated::{
-    Effect, Entity, EntityConfig, EventHandler, EventMeta, LastWriterWins, ReplicatedEntity,
-    ReplicatedEventSourcedActor, ReplicationContext,
+    Effect, Entity, EntityConfig, EntityMessage, EventHandler, EventMeta, LastWriterWins,
+    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};
@@ -309,4 +310,63 @@ async fn a_replica_finds_one_that_starts_after_it_without_polling() {
     replicas[0].command("from-0".into()).await.unwrap();
     eventually("the event replicated", BOUND, || converged(&replicas, 1)).await;
     shut_down(&replicas, &nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_no_longer_holds_compaction_back() {
+    let nodes = cluster("removed-replica", 2, test_core_config()).await;
+    // Only removal can end the wait for replica 1 within the test.
+    let config =
+        replica_config(&nodes[0], "removed-replica").with_stability_time(Duration::from_secs(600));
+    let first = ReplicatedEntity::spawn_with_snapshots(
+        Ledger,
+        LastWriterWins,
+        MemoryJournal::new(),
+        config,
+        SNAPSHOT_EVERY,
+    )
+    .await
+    .expect("the entity starts");
+    let second = spawn_replica(&nodes[1], MemoryJournal::new(), "removed-replica").await;
+    let replicas = [first, second];
+    see_each_other(&replicas).await;
+    replicas[1].command("from-1".into()).await.unwrap();
+    eventually("the event replicated", BOUND, || converged(&replicas, 1)).await;
+    replicas[1].stop().await;
+    eventually("replica 1 is gone", BOUND, || async {
+        replicas[0]
+            .stats()
+            .await
+            .is_ok_and(|stats| stats.reachable_peers.is_empty())
+    })
+    .await;
+
+    let mut written = 1;
+    for n in 0..3 * SNAPSHOT_EVERY {
+        replicas[0].command(format!("alone-{n}")).await.unwrap();
+        written += 1;
+    }
+    let stats = replicas[0].stats().await.unwrap();
+    assert_eq!(stats.compacted_events, 0, "an absent replica is waited for");
+
+    replicas[0]
+        .actor()
+        .cast(EntityMessage::from(MemberEvent::Removed(
+            nodes[1].name.clone(),
+        )))
+        .unwrap();
+    for n in 0..SNAPSHOT_EVERY {
+        replicas[0].command(format!("removed-{n}")).await.unwrap();
+        written += 1;
+    }
+    let stats = replicas[0].stats().await.unwrap();
+    assert!(
+        stats.compacted_events >= SNAPSHOT_EVERY as u64,
+        "a removed replica is not waited for: {stats:?}"
+    );
+    assert_eq!(replicas[0].state().await.unwrap().len(), written);
+    replicas[0].stop().await;
+    for node in &nodes {
+        node.shut_down().await;
+    }
 }

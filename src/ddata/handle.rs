@@ -16,6 +16,7 @@ use super::replicator::{
 };
 use super::tracked::Tracked;
 use crate::causal::ReplicaId;
+use crate::cluster::MemberEvents;
 use crate::crdt::ReplicatedData;
 use crate::discovery::{replicator_name, Discovery};
 use crate::error::{Error, Result};
@@ -54,11 +55,8 @@ pub struct ReplicatorConfig {
     members: Vec<PeerName>,
     seed: Option<u64>,
     durability: Option<Durability>,
-    membership: Option<Subscribe>,
+    membership: Option<MemberEvents>,
 }
-
-/// Subscribes a started Replicator to its node's membership events.
-pub(crate) type Subscribe = Box<dyn FnOnce(ActorRef<ReplicatorMessage>) + Send>;
 
 impl ReplicatorConfig {
     /// A Replicator for node `node` (unique in the cluster) with the built-in
@@ -79,8 +77,8 @@ impl ReplicatorConfig {
     }
 
     /// Subscribes the Replicator, once started, to membership events.
-    pub(crate) fn with_membership(mut self, subscribe: Subscribe) -> Self {
-        self.membership = Some(subscribe);
+    pub(crate) fn with_membership(mut self, events: MemberEvents) -> Self {
+        self.membership = Some(events);
         self
     }
 

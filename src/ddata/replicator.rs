@@ -91,7 +91,7 @@ pub(crate) struct Prepared {
     pub(crate) discovery: Option<Box<dyn Discovery>>,
     pub(crate) discovery_interval: Option<Duration>,
     pub(crate) store: Option<(Box<dyn DurableStore>, WriteMode)>,
-    pub(crate) membership: Option<super::handle::Subscribe>,
+    pub(crate) membership: Option<crate::cluster::MemberEvents>,
 }
 
 /// The Replicator's state: its core plus what the shell must remember.
@@ -173,8 +173,8 @@ impl Actor for Replicator {
                 .timers
                 .push(myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Flush)));
         }
-        if let Some(subscribe) = args.membership {
-            subscribe(myself.clone());
+        if let Some(events) = args.membership {
+            events.subscribe(myself.clone());
         }
         let effects = state.core.start();
         run_effects(&myself, &mut state, effects);

@@ -27,7 +27,7 @@ use ractor_replicated::ddata::{
 };
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    recover_from_journal, Entity, EntityConfig, LastWriterWins, ReplicatedEntity, ReplicatedLog,
+    recover_from_journal, Entity, LastWriterWins, ReplicatedEntity, ReplicatedLog,
 };
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
@@ -478,9 +478,9 @@ impl Node {
                 let started = Instant::now();
                 for _ in 0..count {
                     let persistence_id = format!("many-{}", self.many.len());
-                    let config =
-                        EntityConfig::new(persistence_id, ReplicaId::fresh(self.name.as_str()))
-                            .with_discovery(self.cluster.discovery());
+                    let config = self
+                        .cluster
+                        .entity_config(persistence_id, ReplicaId::fresh(self.name.as_str()));
                     let ledger = Ledger {
                         keep_entries: false,
                     };
@@ -822,8 +822,8 @@ async fn start_ledger<J>(
 where
     J: ractor_replicated::persistence::journal::Journal + Sync,
 {
-    let config = EntityConfig::new(persistence_id, replica)
-        .with_discovery(cluster.discovery())
+    let config = cluster
+        .entity_config(persistence_id, replica)
         .with_anti_entropy_interval(Duration::from_millis(200));
     let ledger = Ledger { keep_entries };
     match snapshot_every {

@@ -80,6 +80,8 @@ pub struct Replication<H: EventHandler, R> {
     peer_versions: BTreeMap<PeerName, VersionVector>,
     /// The tick each replica was last heard of, by node.
     last_heard: BTreeMap<PeerName, u64>,
+    /// Nodes that left the cluster for good and have not come back.
+    removed: BTreeSet<PeerName>,
     ticks: u64,
     stability_ticks: u64,
     max_message_bytes: usize,
@@ -108,6 +110,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             reachable: BTreeSet::new(),
             peer_versions: BTreeMap::new(),
             last_heard,
+            removed: BTreeSet::new(),
             ticks: 0,
             stability_ticks: DEFAULT_STABILITY_TICKS,
             max_message_bytes,
@@ -161,6 +164,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// A replica came up: it learns this replica's version and answers with
     /// what this one lacks.
     pub fn peer_up(&mut self, peer: &str) -> Effects<H> {
+        self.removed.remove(peer);
         self.reachable.insert(peer.to_string());
         self.heard_of(peer);
         vec![self.version_to(peer)]
@@ -171,6 +175,18 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     pub fn peer_down(&mut self, peer: &str) {
         self.reachable.remove(peer);
         self.heard_of(peer);
+    }
+
+    /// The replica on node `peer` left the cluster for good
+    /// (decommissioned): it no longer holds compaction back, even when its
+    /// old events still arrive through other replicas, until it comes up
+    /// again. Should events of it sort among compacted ones after all, the
+    /// log reads its history back ([`ReplicationEffect::LoadHistory`]).
+    pub fn peer_removed(&mut self, peer: &str) {
+        self.removed.insert(peer.to_string());
+        self.reachable.remove(peer);
+        self.last_heard.remove(peer);
+        self.peer_versions.remove(peer);
     }
 
     /// The whole journal, read back after [`ReplicationEffect::LoadHistory`]:
@@ -255,7 +271,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     }
 
     fn heard_of(&mut self, node: &str) {
-        mark_heard(&mut self.last_heard, node, self.ticks);
+        if !self.removed.contains(node) {
+            mark_heard(&mut self.last_heard, node, self.ticks);
+        }
     }
 
     fn after_receiving(&mut self, applied: Vec<EventEnvelope<H::Event>>) -> Effects<H> {
@@ -265,7 +283,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             if previous != Some(&event.origin) {
                 previous = Some(&event.origin);
                 if event.origin.node() != self.log.replica().node() {
-                    mark_heard(&mut self.last_heard, event.origin.node(), self.ticks);
+                    self.heard_of(event.origin.node());
                 }
             }
         }

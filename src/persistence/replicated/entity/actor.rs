@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::handle::{Entity, EntityConfig, EntityStats};
 use super::{ReplicatedEventSourcedActor, ReplicationContext};
+use crate::cluster::MemberEvent;
 use crate::codec;
 use crate::ddata::PeerName;
 use crate::discovery::{PeerChange, PeerGroup, Peers};
@@ -68,6 +69,18 @@ impl<B: ReplicatedEventSourcedActor> EntityMessage<B> {
 #[doc(hidden)]
 pub struct Internal<B: ReplicatedEventSourcedActor>(Inbound<B>);
 
+/// Membership events drive an entity: a node connecting or disconnecting
+/// starts a discovery round, and a removed node no longer holds compaction
+/// back.
+impl<B: ReplicatedEventSourcedActor> From<MemberEvent> for EntityMessage<B> {
+    fn from(event: MemberEvent) -> Self {
+        match event {
+            MemberEvent::Up(_) | MemberEvent::Down(_) => Inbound::Discover.into(),
+            MemberEvent::Removed(node) => Inbound::Removed(node).into(),
+        }
+    }
+}
+
 impl<B: ReplicatedEventSourcedActor> From<Inbound<B>> for EntityMessage<B> {
     fn from(inbound: Inbound<B>) -> Self {
         Self::Internal(Internal(inbound))
@@ -80,6 +93,8 @@ enum Inbound<B: ReplicatedEventSourcedActor> {
     /// Bytes from the network that are not a replication message.
     Undecodable(String),
     Discover,
+    /// The node left the cluster for good.
+    Removed(PeerName),
     AntiEntropy,
     /// Group commit: make what the commands before it journaled durable.
     Flush,
@@ -424,6 +439,9 @@ where
                     EntityMessage::from(Inbound::AntiEntropy)
                 }));
         }
+        if let Some(events) = config.membership {
+            events.subscribe(myself.clone());
+        }
         Ok(state)
     }
 
@@ -498,6 +516,15 @@ where
                 Vec::new()
             }
             Inbound::Discover => discover(state).await,
+            Inbound::Removed(node) => {
+                tracing::info!(
+                    node,
+                    persistence_id = state.persistence_id,
+                    "replica removed"
+                );
+                state.replication.peer_removed(&node);
+                Vec::new()
+            }
             Inbound::AntiEntropy => state.replication.tick(),
             Inbound::Flush => {
                 state.flush_scheduled = false;

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 use super::actor::{EntityMessage, EventApplied};
 use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
+use crate::cluster::MemberEvents;
 use crate::ddata::PeerName;
 use crate::discovery::Discovery;
 use crate::error::{Error, Result};
@@ -21,6 +22,7 @@ pub struct EntityConfig {
     pub(super) anti_entropy_interval: Duration,
     pub(super) max_message_bytes: usize,
     pub(super) stability_time: Option<Duration>,
+    pub(super) membership: Option<MemberEvents>,
 }
 
 impl EntityConfig {
@@ -41,7 +43,14 @@ impl EntityConfig {
             anti_entropy_interval: Duration::from_secs(1),
             max_message_bytes: 4 * 1024 * 1024,
             stability_time: None,
+            membership: None,
         }
+    }
+
+    /// Subscribes the entity, once started, to membership events.
+    pub(crate) fn with_membership(mut self, events: MemberEvents) -> Self {
+        self.membership = Some(events);
+        self
     }
 
     /// Finds the other replicas of the persistence id with `discovery`, the
