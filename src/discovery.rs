@@ -242,14 +242,15 @@ impl<M> Peers<M> {
         self.discovery.is_some() && self.group.changed(event)
     }
 
-    /// Asks for a round: true if the caller should now schedule one (none
-    /// is waiting yet).
-    pub(crate) fn request(&mut self) -> bool {
-        if self.discovery.is_none() || self.requested {
-            return false;
+    /// Asks for a round: sends `actor` the message `round` builds, unless
+    /// one is on its way already (or there is no discovery).
+    pub(crate) fn request(&mut self, actor: &ActorRef<M>, round: impl FnOnce() -> M)
+    where
+        M: ractor::Message,
+    {
+        if self.discovery.is_some() && !self.requested {
+            self.requested = actor.cast(round()).is_ok();
         }
-        self.requested = true;
-        true
     }
 
     /// Runs a discovery round: the routes now match what the discovery

@@ -24,7 +24,7 @@ mod messages;
 mod storage;
 
 pub(crate) use effects::run_effects;
-use effects::{cast_to, commit, request_discovery};
+use effects::{cast_to, commit};
 use held::Held;
 use messages::Internal;
 pub use messages::{
@@ -160,7 +160,7 @@ impl Actor for Replicator {
             commit_requested: false,
         };
         if state.peers.register(&myself.get_cell()) {
-            request_discovery(&myself, &mut state);
+            state.peers.request(&myself, || Inbound::Discover.into());
             if let Some(interval) = args.discovery_interval {
                 state.timers.push(
                     myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Discover)),
@@ -256,7 +256,7 @@ impl Actor for Replicator {
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
         if state.peers.changed(&event) {
-            request_discovery(&myself, state);
+            state.peers.request(&myself, || Inbound::Discover.into());
         }
         Ok(())
     }
@@ -272,7 +272,7 @@ async fn handle_internal(
         Inbound::Peer(envelope) => {
             if !state.peers.contains(&envelope.from) {
                 // Its answers would have nowhere to go: look again.
-                request_discovery(myself, state);
+                state.peers.request(myself, || Inbound::Discover.into());
             }
             state.core.handle_message(&envelope.from, envelope.message)
         }

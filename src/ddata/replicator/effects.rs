@@ -144,18 +144,11 @@ fn send(
         return;
     };
     state.held.hold(&to, message, Instant::now());
-    request_discovery(myself, state);
+    state.peers.request(myself, || Inbound::Discover.into());
     if state.peers.forget(&to) {
         tracing::debug!(peer = to, "peer proxy stopped");
         let effects = state.core.peer_down(&to);
         run_effects(myself, state, effects);
-    }
-}
-
-/// Asks for a discovery round soon, once however many messages wait.
-pub(crate) fn request_discovery(myself: &ActorRef<ReplicatorMessage>, state: &mut ReplicatorState) {
-    if state.peers.request() {
-        let _ = myself.cast(Inbound::Discover.into());
     }
 }
 

@@ -427,7 +427,7 @@ where
             snapshot_events: 0,
         };
         if state.peers.register(&myself.get_cell()) {
-            request_discovery(&myself, &mut state);
+            state.peers.request(&myself, || Inbound::Discover.into());
             if let Some(interval) = config.discovery_interval {
                 state.timers.push(
                     myself.send_interval(interval, || EntityMessage::from(Inbound::Discover)),
@@ -501,7 +501,7 @@ where
                         // A replica this one does not know yet (its process
                         // group entry is still on its way): answers would
                         // have nowhere to go.
-                        request_discovery(&myself, state);
+                        state.peers.request(&myself, || Inbound::Discover.into());
                     }
                     state
                         .replication
@@ -544,7 +544,7 @@ where
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
         if state.peers.changed(&event) {
-            request_discovery(&myself, state);
+            state.peers.request(&myself, || Inbound::Discover.into());
         }
         Ok(())
     }
@@ -838,16 +838,6 @@ where
         reachable_peers: state.peers.nodes(),
         rejected_messages: state.rejected_messages,
         history_reloads: state.history_reloads,
-    }
-}
-
-/// Asks for a discovery round, once however many ask before it runs.
-fn request_discovery<B, R, J>(myself: &ActorRef<EntityMessage<B>>, state: &mut EntityState<B, R, J>)
-where
-    B: ReplicatedEventSourcedActor,
-{
-    if state.peers.request() {
-        let _ = myself.cast(Inbound::Discover.into());
     }
 }
 
