@@ -22,6 +22,32 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The length of [`encode`]'s output for `value`, computed without keeping
+/// the bytes: sizing messages under a budget must not cost an allocation and
+/// a copy per value.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
+    let mut counter = Counter(1);
+    rmp_serde::encode::write(&mut counter, value).map_err(|err| Error::Encode {
+        what: std::any::type_name::<T>(),
+        reason: err.to_string(),
+    })?;
+    Ok(counter.0)
+}
+
+/// A writer that only counts.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes bytes written by [`encode`].
 ///
 /// Rejects an empty input, an unknown version byte, malformed MessagePack, values
@@ -72,6 +98,12 @@ mod tests {
         assert_eq!(bytes[0], WIRE_VERSION);
         let back: (u32, String) = decode(&bytes).unwrap();
         assert_eq!(back, (1, "two".to_string()));
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let value = (1u32, "two".to_string(), vec![3u64; 40]);
+        assert_eq!(encoded_len(&value).unwrap(), encode(&value).unwrap().len());
     }
 
     #[test]

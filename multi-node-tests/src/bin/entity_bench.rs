@@ -13,7 +13,12 @@
 //!   commands without waiting (so they share journal flushes); each node
 //!   reports its commands per second, and the time until it has journaled
 //!   every event of all three gives its journaled events per second,
-//!   replicated ones included;
+//!   replicated ones included. Node 0 alone issues all its commands at once;
+//!   the three nodes keep at most `ENTITY_BENCH_WINDOW` commands in flight
+//!   each (default 1,000), as clients with that many requests outstanding
+//!   would, so that the replica lag measures replication rather than the
+//!   queue of a node's own commands; then they write again at half the
+//!   per-node rate they reached, for the lag at a sustainable load;
 //! * recovery: the time node 0 takes to read its tally journal and rebuild
 //!   the state, as a restart does, from the whole journal and from the
 //!   snapshot.
@@ -53,6 +58,58 @@ fn micros(value: &Value, field: &str) -> u64 {
     value[field].as_u64().expect("a timestamp")
 }
 
+/// All three nodes issue `load` commands, at most `window` in flight and
+/// `rate` per second (0: flat out); then each node's journaled events per
+/// second until it holds `expected` events, and the replica lag.
+fn three_writing(
+    cluster: &mut LoopbackCluster,
+    load: u64,
+    window: u64,
+    rate: u64,
+    expected: u64,
+) -> Value {
+    let mut local = Vec::new();
+    let command = format!("tally-throughput {load} {window} {rate}");
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = cluster
+            .running()
+            .map(|node| {
+                let command = command.clone();
+                scope.spawn(move || node.must(&command))
+            })
+            .collect();
+        local = runs
+            .into_iter()
+            .map(|run| run.join().expect("a run"))
+            .collect();
+    });
+    let started = local
+        .iter()
+        .map(|run| micros(run, "started_micros"))
+        .min()
+        .unwrap_or(0);
+    let mut journaled = Vec::new();
+    for i in 0..3 {
+        let done = micros(
+            &cluster.node(i).must(&format!("tally-wait {expected}")),
+            "done_micros",
+        );
+        let seconds = done.saturating_sub(started) as f64 / 1e6;
+        journaled.push(json!({
+            "events": 3 * load,
+            "seconds": seconds,
+            "per_second": (3 * load) as f64 / seconds,
+        }));
+    }
+    json!({
+        "window": window,
+        "rate_per_node": rate,
+        "commands_per_node": local,
+        "journaled_per_node": journaled,
+        "replica_lag_us": lags(cluster),
+    })
+}
+
 fn main() {
     // Commands per node in the throughput runs; `ENTITY_BENCH_EVENTS` overrides.
     let load: u64 = std::env::var("ENTITY_BENCH_EVENTS")
@@ -61,6 +118,10 @@ fn main() {
         .unwrap_or(50_000);
     let snapshot_every =
         std::env::var("ENTITY_BENCH_SNAPSHOT_EVERY").unwrap_or_else(|_| "10000".into());
+    let window: u64 = std::env::var("ENTITY_BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     let binary = sibling_node_binary();
     let mut cluster = LoopbackCluster::durable(&binary, "entity-bench", 3)
         .with_node_arguments(&["--snapshot-every", &snapshot_every]);
@@ -103,37 +164,20 @@ fn main() {
         .collect();
     let alone_lag = lags(&mut cluster);
 
-    let mut local = Vec::new();
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = cluster
-            .running()
-            .map(|node| scope.spawn(move || node.must(&format!("tally-throughput {load}"))))
-            .collect();
-        local = runs
-            .into_iter()
-            .map(|run| run.join().expect("a run"))
-            .collect();
-    });
     expected += 3 * load;
-    let started = local
+    let flat_out = three_writing(&mut cluster, load, window, 0, expected);
+    // Half the slowest node's journaled rate, in commands per node.
+    let half_rate = flat_out["journaled_per_node"]
+        .as_array()
+        .expect("three nodes")
         .iter()
-        .map(|run| micros(run, "started_micros"))
-        .min()
-        .unwrap_or(0);
-    let mut journaled = Vec::new();
-    for i in 0..3 {
-        let done = micros(
-            &cluster.node(i).must(&format!("tally-wait {expected}")),
-            "done_micros",
-        );
-        let seconds = done.saturating_sub(started) as f64 / 1e6;
-        journaled.push(json!({
-            "events": 3 * load,
-            "seconds": seconds,
-            "per_second": (3 * load) as f64 / seconds,
-        }));
-    }
-    let loaded_lag = lags(&mut cluster);
+        .map(|node| node["per_second"].as_f64().unwrap_or(0.0))
+        .fold(f64::INFINITY, f64::min)
+        / 6.0;
+    let half_rate = (half_rate as u64).max(1);
+    let paced_load = half_rate * 5;
+    expected += 3 * paced_load;
+    let paced = three_writing(&mut cluster, paced_load, window, half_rate, expected);
     let tallies: Vec<Value> = (0..3).map(|i| cluster.node(i).must("tally")).collect();
     let recovery = cluster.node(0).must("tally-recovery");
     let stats: Vec<Value> = (0..3)
@@ -149,11 +193,8 @@ fn main() {
             "journaled_per_node": alone_journaled,
             "replica_lag_us": alone_lag,
         },
-        "three_nodes_writing": {
-            "commands_per_node": local,
-            "journaled_per_node": journaled,
-            "replica_lag_us": loaded_lag,
-        },
+        "three_nodes_writing": flat_out,
+        "three_nodes_writing_at_half_rate": paced,
         "snapshot_every": snapshot_every,
         "tallies": tallies,
         "tally_stats": stats,

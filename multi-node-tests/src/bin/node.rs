@@ -32,7 +32,7 @@ use ractor_replicated::persistence::replicated::{
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 struct Options {
     name: String,
@@ -554,7 +554,12 @@ impl Node {
                 let state = self.tally.state().await.map_err(error)?;
                 Ok(json!({ "count": state.count, "digest": state.digest }))
             }
-            "tally-throughput" => self.tally_throughput(number(&words, 1)?).await,
+            "tally-throughput" => {
+                let window = words.get(2).map_or(Ok(0), |_| number(&words, 2))?;
+                let rate = words.get(3).map_or(Ok(0), |_| number(&words, 3))?;
+                self.tally_throughput(number(&words, 1)?, window, rate)
+                    .await
+            }
             "tally-recovery" => {
                 // What a restart of the tally does before it takes commands:
                 // read the journal, rebuild the log and its state.
@@ -649,18 +654,43 @@ impl Node {
         })
     }
 
-    /// Commands on the tally per second, all issued at once, then awaited:
-    /// their events share journal flushes.
-    async fn tally_throughput(&self, count: u64) -> Result<Value, String> {
+    /// Commands on the tally per second, issued without waiting for each
+    /// other (their events share journal flushes), at most `window` in
+    /// flight (0: all at once) and at most `rate` per second (0: flat out),
+    /// then awaited.
+    async fn tally_throughput(
+        &self,
+        count: u64,
+        window: usize,
+        rate: u64,
+    ) -> Result<Value, String> {
         let started_micros = now_micros();
         let started = Instant::now();
-        let commands: Vec<_> = (0..count)
-            .map(|n| {
-                let tally = self.tally.clone();
-                let entry = format!("{}-load-{n}", self.name);
-                tokio::spawn(async move { tally.command(entry).await })
-            })
-            .collect();
+        let window = if window == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            window
+        };
+        let in_flight = Arc::new(Semaphore::new(window));
+        let mut commands = Vec::new();
+        for n in 0..count {
+            if rate > 0 {
+                let due = Duration::from_secs_f64(n as f64 / rate as f64);
+                tokio::time::sleep_until((started + due).into()).await;
+            }
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let tally = self.tally.clone();
+            let entry = format!("{}-load-{n}", self.name);
+            commands.push(tokio::spawn(async move {
+                let done = tally.command(entry).await;
+                drop(permit);
+                done
+            }));
+        }
         for command in commands {
             command.await.map_err(|e| e.to_string())?.map_err(error)?;
         }

@@ -4,6 +4,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use super::{ConflictResolver, EventEnvelope, EventHandler, EventMeta};
 use crate::causal::{ReplicaId, VersionVector};
 
+mod rank_tree;
+
+use rank_tree::{NodeId, RankTree};
+
 /// States are kept every this many events, so that a late concurrent event
 /// replays at most this many events after its position.
 const CHECKPOINT_EVERY: usize = 64;
@@ -42,8 +46,9 @@ pub struct Snapshot<S> {
 ///   holding the same events hold the same order and, with a deterministic
 ///   handler, the same state, even when the handler does not commute.
 /// * **Late events**: an event that arrives after events it sorts before is
-///   inserted at its place and the state is replayed from the checkpoint
-///   before it.
+///   inserted at its place, found and taken in time logarithmic in the
+///   events in memory, and the state is replayed from the checkpoint before
+///   it (once per batch).
 /// * **Compaction**: [`compact`](Self::compact) drops a prefix of the order
 ///   from memory, keeping only the state after it (a [`Snapshot`]). It picks
 ///   a prefix that the events to come will have seen, as far as the peers'
@@ -60,14 +65,15 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     replica: ReplicaId,
     handler: H,
     resolver: R,
-    /// Everything applied, in canonical order. Boxed: under concurrent load
-    /// late events go deep into the vector, and moving pointers instead of
-    /// envelopes made those insertions several times cheaper.
-    events: Vec<Box<EventEnvelope<H::Event>>>,
-    /// `dots[i]`: the origin (as an index into `origins`) and origin sequence
-    /// number of `events[i]`, so that finding an event's predecessors scans
-    /// integers instead of comparing replica ids.
-    dots: Vec<(usize, u64)>,
+    /// Everything applied, in canonical order: a tree, because under
+    /// concurrent load late events go deep into the order, and placing one
+    /// must not cost in proportion to how deep.
+    events: RankTree<EventEnvelope<H::Event>>,
+    /// Per origin (an index into `origins`), the nodes of its events in
+    /// `events`, by sequence number: an origin's applied events in memory
+    /// are consecutive (delivery is causal, compaction cuts a prefix), so an
+    /// event's predecessors are found without a scan.
+    nodes_by_origin: Vec<VecDeque<NodeId>>,
     origins: Vec<ReplicaId>,
     origin_index: HashMap<ReplicaId, usize>,
     /// Events received before their causal past.
@@ -80,6 +86,9 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     state: H::State,
     /// How many events of `events` the state reflects, in order.
     applied: usize,
+    /// The merge of the versions of the events the state reflects, compacted
+    /// ones included.
+    applied_version: VersionVector,
     /// The first position where an event went since the state was last
     /// brought up to date, if before `applied`: the state must be replayed.
     stale_from: Option<usize>,
@@ -100,8 +109,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             replica,
             handler,
             resolver,
-            events: Vec::new(),
-            dots: Vec::new(),
+            events: RankTree::new(),
+            nodes_by_origin: Vec::new(),
             origins: Vec::new(),
             origin_index: HashMap::new(),
             waiting: Vec::new(),
@@ -109,6 +118,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             checkpoints: vec![(H::State::default(), VersionVector::new())],
             state: H::State::default(),
             applied: 0,
+            applied_version: VersionVector::new(),
             stale_from: None,
             compacted_events: 0,
             history_needed: false,
@@ -126,7 +136,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     pub fn events(
         &self,
     ) -> impl ExactSizeIterator<Item = &EventEnvelope<H::Event>> + DoubleEndedIterator + '_ {
-        self.events.iter().map(|event| &**event)
+        self.events.iter()
     }
 
     /// What this replica has applied, per origin.
@@ -297,6 +307,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         }
         self.seen = snapshot.version.clone();
         self.state = snapshot.state.clone();
+        self.applied_version = snapshot.version.clone();
         self.checkpoints = vec![(snapshot.state, snapshot.version)];
         self.compacted_events = snapshot.events;
         self.walk(after);
@@ -313,13 +324,14 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     ) -> Vec<EventEnvelope<H::Event>> {
         let waiting = std::mem::take(&mut self.waiting);
         self.events.clear();
-        self.dots.clear();
+        self.nodes_by_origin.clear();
         self.origins.clear();
         self.origin_index.clear();
         self.seen = VersionVector::new();
         self.checkpoints = vec![(H::State::default(), VersionVector::new())];
         self.state = H::State::default();
         self.applied = 0;
+        self.applied_version = VersionVector::new();
         self.stale_from = None;
         self.compacted_events = 0;
         self.history_needed = false;
@@ -385,15 +397,28 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 .map(|checkpoint| (checkpoint * CHECKPOINT_EVERY, Some(checkpoint)))
         };
         let (end, checkpoint) = cut.filter(|&(end, _)| end >= at_least.max(1))?;
-        let mut latest_found = vec![false; self.origins.len()];
-        for (&(origin, _), event) in self.dots[..end].iter().zip(&self.events[..end]).rev() {
-            if !latest_found[origin] {
-                latest_found[origin] = true;
-                self.compacted_latest[origin] = Some(event.version.clone());
+        // An origin's events are in order, so those cut are a prefix of its
+        // nodes.
+        for (nodes, latest) in self
+            .nodes_by_origin
+            .iter_mut()
+            .zip(&mut self.compacted_latest)
+        {
+            let mut last_cut = None;
+            while let Some(&node) = nodes.front() {
+                if self.events.rank(node) >= end {
+                    break;
+                }
+                last_cut = Some(node);
+                nodes.pop_front();
+            }
+            if let Some(node) = last_cut {
+                *latest = Some(self.events.item(node).version.clone());
             }
         }
-        self.events.drain(..end);
-        self.dots.drain(..end);
+        let resolver = &self.resolver;
+        self.events
+            .remove_first(end, &|a, b| canonical(resolver, a, b), drop);
         match checkpoint {
             Some(checkpoint) => {
                 self.checkpoints.drain(..checkpoint);
@@ -481,8 +506,50 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// an order that respects causality: all it lacks if
     /// [`can_serve`](Self::can_serve) says so, else the journal must answer.
     pub fn missing_for(&self, peer: &VersionVector) -> Vec<&EventEnvelope<H::Event>> {
-        self.events()
-            .filter(|e| e.origin_seq > peer.get(&e.origin))
+        self.missing(peer, None)
+    }
+
+    /// Of the events [`missing_for`](Self::missing_for) gives, those within
+    /// `held` (an earlier version of this log: what it held then).
+    pub fn missing_for_within(
+        &self,
+        peer: &VersionVector,
+        held: &VersionVector,
+    ) -> Vec<&EventEnvelope<H::Event>> {
+        self.missing(peer, Some(held))
+    }
+
+    /// Each origin's missing events are a run of its consecutive sequence
+    /// numbers, so the cost is in the events missing, not in those held.
+    fn missing(
+        &self,
+        peer: &VersionVector,
+        held: Option<&VersionVector>,
+    ) -> Vec<&EventEnvelope<H::Event>> {
+        let mut missing: Vec<(usize, NodeId)> = Vec::new();
+        for (origin, nodes) in self.origins.iter().zip(&self.nodes_by_origin) {
+            let Some(&front) = nodes.front() else {
+                continue;
+            };
+            let first = self.events.item(front).origin_seq;
+            let from = peer.get(origin).saturating_add(1).max(first);
+            let to = held.map_or(u64::MAX, |held| held.get(origin));
+            let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
+            let take =
+                usize::try_from(to.saturating_add(1).saturating_sub(from)).unwrap_or(usize::MAX);
+            missing.extend(
+                nodes
+                    .iter()
+                    .skip(skip)
+                    .take(take)
+                    .map(|&node| (self.events.rank(node), node)),
+            );
+        }
+        // The canonical order respects causality.
+        missing.sort_unstable();
+        missing
+            .into_iter()
+            .map(|(_, node)| self.events.item(node))
             .collect()
     }
 
@@ -494,13 +561,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 .any(|w| w.origin == envelope.origin && w.origin_seq == envelope.origin_seq)
     }
 
-    /// The resolver's order, with ties broken by event identity, so that the
-    /// incremental insertion and the one-pass recovery agree even for a
-    /// resolver that leaves ties.
+    /// The canonical order of two events (see [`canonical`]).
     fn order(&self, first: &EventEnvelope<H::Event>, second: &EventEnvelope<H::Event>) -> Ordering {
-        self.resolver.order(first, second).then_with(|| {
-            (&first.origin, first.origin_seq).cmp(&(&second.origin, second.origin_seq))
-        })
+        canonical(&self.resolver, first, second)
     }
 
     /// Its causal past is applied: the origin's previous event and every
@@ -534,11 +597,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             return bound;
         };
         if let Some(&index) = self.origin_index.get(&replica) {
-            let in_memory = self
-                .dots
-                .iter()
-                .rposition(|&(origin, _)| origin == index)
-                .map(|position| &self.events[position].version);
+            let in_memory = self.nodes_by_origin[index]
+                .back()
+                .map(|&node| &self.events.item(node).version);
             if let Some(latest) = in_memory.or(self.compacted_latest[index].as_ref()) {
                 bound.merge(latest);
             }
@@ -565,25 +626,27 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// its last predecessor, and it goes before the first later event the
     /// resolver orders after it; the order of all other events is unchanged.
     fn insert(&mut self, envelope: EventEnvelope<H::Event>) {
-        // The event's causal past per origin index; an origin it has not
-        // seen has no event in it.
-        let mut past = vec![0; self.origins.len()];
+        // Its last predecessor is the latest, in the order, of the last
+        // events it had seen of each origin; those compacted are before
+        // everything in memory.
+        let mut available_from = 0;
         for (replica, n) in envelope.version.iter() {
-            if let Some(&index) = self.origin_index.get(replica) {
-                past[index] = if replica == &envelope.origin {
-                    n.saturating_sub(1)
-                } else {
-                    n
-                };
+            let Some(&index) = self.origin_index.get(replica) else {
+                continue;
+            };
+            let last_seen = if replica == &envelope.origin {
+                n.saturating_sub(1)
+            } else {
+                n
+            };
+            if let Some(node) = self.node_of(index, last_seen) {
+                available_from = available_from.max(self.events.rank(node) + 1);
             }
         }
-        let available_from = self
-            .dots
-            .iter()
-            .rposition(|&(origin, seq)| seq <= past[origin])
-            .map_or(0, |last| last + 1);
-        let position = (available_from..self.events.len())
-            .find(|&i| self.order(&envelope, &self.events[i]) == Ordering::Less)
+        let resolver = &self.resolver;
+        let position = self
+            .events
+            .first_after(available_from, &envelope, &|a, b| canonical(resolver, a, b))
             .unwrap_or(self.events.len());
         if position < self.applied {
             self.stale_from = Some(self.stale_from.map_or(position, |p| p.min(position)));
@@ -595,8 +658,20 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     fn place(&mut self, position: usize, envelope: EventEnvelope<H::Event>) {
         self.seen.merge(&envelope.version);
         let origin = self.index_of(&envelope.origin);
-        self.dots.insert(position, (origin, envelope.origin_seq));
-        self.events.insert(position, Box::new(envelope));
+        let resolver = &self.resolver;
+        let node = self
+            .events
+            .insert(position, envelope, &|a, b| canonical(resolver, a, b));
+        self.nodes_by_origin[origin].push_back(node);
+    }
+
+    /// The node of event `sequence` of the origin at `index`, if it is in
+    /// memory.
+    fn node_of(&self, index: usize, sequence: u64) -> Option<NodeId> {
+        let nodes = &self.nodes_by_origin[index];
+        let first = self.events.item(*nodes.front()?).origin_seq;
+        let offset = usize::try_from(sequence.checked_sub(first)?).ok()?;
+        nodes.get(offset).copied()
     }
 
     fn index_of(&mut self, replica: &ReplicaId) -> usize {
@@ -605,6 +680,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             None => {
                 self.origins.push(replica.clone());
                 self.compacted_latest.push(None);
+                self.nodes_by_origin.push(VecDeque::new());
                 self.origin_index
                     .insert(replica.clone(), self.origins.len() - 1);
                 self.origins.len() - 1
@@ -626,29 +702,33 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             None => self.applied,
         };
         let mut seen = if start == self.applied {
-            self.applied_version()
+            std::mem::take(&mut self.applied_version)
         } else {
             self.checkpoints[start / CHECKPOINT_EVERY].1.clone()
         };
-        for i in start..self.events.len() {
-            apply(&self.handler, &mut self.state, &self.events[i], &seen);
-            seen.merge(&self.events[i].version);
+        for (i, event) in (start..).zip(self.events.iter_from(start)) {
+            apply(&self.handler, &mut self.state, event, &seen);
+            seen.merge(&event.version);
             if (i + 1) % CHECKPOINT_EVERY == 0 {
                 self.checkpoints.push((self.state.clone(), seen.clone()));
             }
         }
         self.applied = self.events.len();
+        self.applied_version = seen;
     }
+}
 
-    /// The merge of the versions of the events the state reflects.
-    fn applied_version(&self) -> VersionVector {
-        let checkpoint = self.applied / CHECKPOINT_EVERY;
-        let mut version = self.checkpoints[checkpoint].1.clone();
-        for e in &self.events[checkpoint * CHECKPOINT_EVERY..self.applied] {
-            version.merge(&e.version);
-        }
-        version
-    }
+/// The resolver's order, with ties broken by event identity, so that the
+/// incremental insertion and the one-pass recovery agree even for a resolver
+/// that leaves ties.
+fn canonical<E, R: ConflictResolver<E>>(
+    resolver: &R,
+    first: &EventEnvelope<E>,
+    second: &EventEnvelope<E>,
+) -> Ordering {
+    resolver
+        .order(first, second)
+        .then_with(|| (&first.origin, first.origin_seq).cmp(&(&second.origin, second.origin_seq)))
 }
 
 /// An envelope whose identity and version agree: a sequence number from 1

@@ -3,9 +3,12 @@
 //!
 //! * A replica pushes the events it persists to every reachable replica.
 //! * Anti-entropy: a replica sends its version vector to a peer (when the
-//!   peer comes up, and on every tick to a random one); the peer answers with
+//!   peer comes up, and on every tick to the next one); the peer answers with
 //!   the events the version lacks, in causal order, in messages kept under a
-//!   byte budget. Lost, duplicated and reordered messages are harmless: the
+//!   byte budget. On a tick, the answer leaves out the events the peer got
+//!   less than a tick ago: under load, a peer's version lags by the events
+//!   still on their way as pushes, and answering with those too sent most of
+//!   them twice. Lost, duplicated and reordered messages are harmless: the
 //!   log buffers events until their past arrives and drops duplicates.
 //! * Snapshots (optional): every so many events, the log compacts the
 //!   prefix that the next events of the replicas still heard of will have
@@ -30,6 +33,11 @@ pub enum ReplicationMessage<E> {
     Events(Vec<EventEnvelope<E>>),
     /// "This is what I have": answered with the events it lacks.
     Version(VersionVector),
+    /// "This is what I have", sent every anti-entropy tick: answered with
+    /// the events it lacks that the receiver held a tick ago. Newer ones are
+    /// still on their way as pushes; the next report asks again for any of
+    /// them that was lost.
+    Report(VersionVector),
 }
 
 /// What the caller must do, in order.
@@ -83,6 +91,10 @@ pub struct Replication<H: EventHandler, R> {
     /// Nodes that left the cluster for good and have not come back.
     removed: BTreeSet<PeerName>,
     ticks: u64,
+    /// What the log held at the last tick, and at the one before: a
+    /// [`ReplicationMessage::Report`] is answered within the latter.
+    held_at_last_tick: VersionVector,
+    held_a_tick_before: VersionVector,
     stability_ticks: u64,
     max_message_bytes: usize,
     next_peer: usize,
@@ -112,6 +124,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             last_heard,
             removed: BTreeSet::new(),
             ticks: 0,
+            held_at_last_tick: VersionVector::new(),
+            held_a_tick_before: VersionVector::new(),
             stability_ticks: DEFAULT_STABILITY_TICKS,
             max_message_bytes,
             next_peer: 0,
@@ -152,10 +166,11 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// Local events were journaled durably and applied: push them to every
     /// reachable replica (and snapshot, if it is time).
     pub fn persisted(&mut self, events: &[EventEnvelope<H::Event>]) -> Effects<H> {
+        let sized = sized(events.iter());
         let mut effects: Effects<H> = self
             .reachable
             .iter()
-            .flat_map(|peer| self.events_to(peer, events.iter()))
+            .flat_map(|peer| self.sized_to(peer, sized.clone()))
             .collect();
         effects.extend(self.compaction());
         effects
@@ -210,6 +225,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// [`with_stability_ticks`](Self::with_stability_ticks).
     pub fn tick(&mut self) -> Effects<H> {
         self.ticks += 1;
+        self.held_a_tick_before =
+            std::mem::replace(&mut self.held_at_last_tick, self.log.version().clone());
         for peer in &self.reachable {
             self.last_heard.insert(peer.clone(), self.ticks);
         }
@@ -230,7 +247,10 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             .nth(index)
             .cloned()
             .unwrap_or_default();
-        vec![self.version_to(&peer)]
+        vec![ReplicationEffect::Send {
+            to: peer,
+            message: ReplicationMessage::Report(self.log.version().clone()),
+        }]
     }
 
     /// A message from the replica on node `from`.
@@ -244,30 +264,40 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 let applied = self.log.receive_all(events);
                 self.after_receiving(applied)
             }
-            ReplicationMessage::Version(version) => {
-                let mut effects = if self.log.can_serve(&version) {
-                    let missing = self.log.missing_for(&version);
-                    self.events_to(from, missing.into_iter())
-                } else {
-                    vec![ReplicationEffect::ServeFromJournal {
-                        to: from.to_string(),
-                        version: version.clone(),
-                    }]
-                };
-                self.peer_versions.insert(from.to_string(), version);
-                self.heard_of(from);
-                // What held compaction back may be what the peer had not
-                // seen.
-                if self
-                    .snapshot_every
-                    .is_some_and(|every| self.log.events().len() >= every)
-                {
-                    self.next_compaction = 0;
-                }
-                effects.extend(self.compaction());
-                effects
-            }
+            ReplicationMessage::Version(version) => self.answer(from, version, false),
+            ReplicationMessage::Report(version) => self.answer(from, version, true),
         }
+    }
+
+    /// Answers a peer's version with the events it lacks (only those held a
+    /// tick ago if `report`), and takes it as what the peer has seen.
+    fn answer(&mut self, from: &str, version: VersionVector, report: bool) -> Effects<H> {
+        let mut effects = if self.log.can_serve(&version) {
+            let missing = if report {
+                self.log
+                    .missing_for_within(&version, &self.held_a_tick_before)
+            } else {
+                self.log.missing_for(&version)
+            };
+            self.events_to(from, missing.into_iter())
+        } else {
+            vec![ReplicationEffect::ServeFromJournal {
+                to: from.to_string(),
+                version: version.clone(),
+            }]
+        };
+        self.peer_versions.insert(from.to_string(), version);
+        self.heard_of(from);
+        // What held compaction back may be what the peer had not
+        // seen.
+        if self
+            .snapshot_every
+            .is_some_and(|every| self.log.events().len() >= every)
+        {
+            self.next_compaction = 0;
+        }
+        effects.extend(self.compaction());
+        effects
     }
 
     fn heard_of(&mut self, node: &str) {
@@ -336,15 +366,11 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     where
         H::Event: 'a,
     {
-        let sized: Vec<(usize, EventEnvelope<H::Event>)> = events
-            .filter_map(|envelope| match codec::encode(envelope) {
-                Ok(bytes) => Some((bytes.len() + 16, envelope.clone())),
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot encode an event; it is not replicated");
-                    None
-                }
-            })
-            .collect();
+        self.sized_to(peer, sized(events))
+    }
+
+    /// Messages to `peer` carrying events sized by [`sized`].
+    fn sized_to(&self, peer: &str, sized: Vec<(usize, EventEnvelope<H::Event>)>) -> Effects<H> {
         split_by_budget(sized, self.max_message_bytes, |(size, _)| *size)
             .into_iter()
             .map(|chunk| ReplicationEffect::Send {
@@ -355,6 +381,22 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     }
 }
 
+/// Events with their encoded sizes (plus room for framing), to split under
+/// a message budget; one that cannot be encoded is logged and left out.
+fn sized<'a, E: Serialize + Clone + 'a>(
+    events: impl Iterator<Item = &'a EventEnvelope<E>>,
+) -> Vec<(usize, EventEnvelope<E>)> {
+    events
+        .filter_map(|envelope| match codec::encoded_len(envelope) {
+            Ok(len) => Some((len + 16, envelope.clone())),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot encode an event; it is not replicated");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Records that the replica on `node` was heard of at tick `ticks`.
 fn mark_heard(last_heard: &mut BTreeMap<PeerName, u64>, node: &str, ticks: u64) {
     match last_heard.get_mut(node) {
@@ -362,5 +404,72 @@ fn mark_heard(last_heard: &mut BTreeMap<PeerName, u64>, node: &str, ticks: u64) 
         None => {
             last_heard.insert(node.to_string(), ticks);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causal::ReplicaId;
+    use crate::persistence::replicated::{EventMeta, LastWriterWins};
+
+    struct Sum;
+
+    impl EventHandler for Sum {
+        type Event = u64;
+        type State = u64;
+
+        fn apply(&self, state: &mut u64, event: &u64, _meta: EventMeta<'_>) {
+            *state += event;
+        }
+    }
+
+    fn replica(node: &str) -> Replication<Sum, LastWriterWins> {
+        let log = ReplicatedLog::new(ReplicaId::new(node, 1), Sum, LastWriterWins);
+        Replication::new(log, 1 << 20)
+    }
+
+    /// How many events the answer to `message` carries.
+    fn answered(
+        replication: &mut Replication<Sum, LastWriterWins>,
+        message: ReplicationMessage<u64>,
+    ) -> usize {
+        replication
+            .handle_message("b", message)
+            .into_iter()
+            .map(|effect| match effect {
+                ReplicationEffect::Send {
+                    message: ReplicationMessage::Events(events),
+                    ..
+                } => events.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_report_is_answered_with_events_held_for_a_tick_and_a_version_with_all() {
+        let mut a = replica("a");
+        a.peer_up("b");
+        a.log_mut().persist(vec![1, 2], 1);
+        a.tick();
+        a.log_mut().persist(vec![3], 2);
+        let nothing = VersionVector::new();
+        // Held for less than a tick: maybe still on their way as pushes.
+        assert_eq!(
+            answered(&mut a, ReplicationMessage::Report(nothing.clone())),
+            0
+        );
+        assert_eq!(
+            answered(&mut a, ReplicationMessage::Version(nothing.clone())),
+            3
+        );
+        a.tick();
+        assert_eq!(
+            answered(&mut a, ReplicationMessage::Report(nothing.clone())),
+            2
+        );
+        a.tick();
+        assert_eq!(answered(&mut a, ReplicationMessage::Report(nothing)), 3);
     }
 }
