@@ -12,9 +12,9 @@ use ractor::{call, cast, Actor};
 use ractor_replicated::ddata::PeerGroup;
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EventEnvelope,
-    EventHandler, EventMeta, LastWriterWins, ReplicatedEntity, ReplicatedEventSourcedActor,
-    ReplicationContext,
+    CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EventApplied,
+    EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedEntity,
+    ReplicatedEventSourcedActor, ReplicationContext,
 };
 use ractor_replicated::{ReplicaId, ReplyTo};
 use serde::de::DeserializeOwned;
@@ -453,5 +453,102 @@ async fn an_entity_under_a_supervisor_is_restarted_with_its_journal_and_the_hand
     );
 
     supervisor.stop_and_wait(None, None).await.unwrap();
+    entity.stop().await;
+}
+
+/// A projection's own message type, fed by an entity's subscription.
+#[derive(Debug, PartialEq)]
+enum Projection {
+    Applied(u64, Event),
+}
+
+impl ractor::Message for Projection {}
+
+impl From<EventApplied<Event>> for Projection {
+    fn from(applied: EventApplied<Event>) -> Self {
+        Projection::Applied(applied.sequence, applied.envelope.event)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_replays_from_a_sequence_number_then_follows_without_gap_or_repeat() {
+    let entity = spawn(MemoryJournal::new(), "projected").await;
+    for n in 1..=10 {
+        send(&entity, Command::Add(n)).await;
+    }
+    // Commands keep coming while the subscription replays the journal.
+    let writers: Vec<_> = (11..=40)
+        .map(|n| {
+            let entity = entity.clone();
+            tokio::spawn(async move { send(&entity, Command::Add(n)).await })
+        })
+        .collect();
+    let (projection, mut applied) = listener::<Projection>().await;
+    entity.subscribe_from(projection.clone(), 5).unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut received = Vec::new();
+    while received.len() < 36 {
+        received.push(next_matching(&mut applied, Duration::from_secs(10), |_| true).await);
+    }
+    let sequences: Vec<u64> = received
+        .iter()
+        .map(|Projection::Applied(sequence, _)| *sequence)
+        .collect();
+    assert_eq!(sequences, (5..=40).collect::<Vec<_>>());
+    // The replayed part is the journal's: the first ten commands, in order.
+    assert_eq!(received[0], Projection::Applied(5, Event::Added(5)));
+    assert_eq!(received[5], Projection::Applied(10, Event::Added(10)));
+    let mut added: Vec<i64> = received
+        .iter()
+        .filter_map(|Projection::Applied(_, event)| match event {
+            Event::Added(n) => Some(*n),
+            Event::WasReset => None,
+        })
+        .collect();
+    added.sort_unstable();
+    assert_eq!(added, (5..=40).collect::<Vec<_>>());
+
+    entity.unsubscribe(projection.get_id()).unwrap();
+    send(&entity, Command::Add(41)).await;
+    // Everything sent to the projection is in its channel once it drained.
+    projection.drain_and_wait(None).await.unwrap();
+    assert!(applied.try_recv().is_err(), "nothing after unsubscribing");
+    entity.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_events_once_durable_and_is_dropped_when_its_conversion_panics() {
+    struct Fragile;
+    impl ractor::Message for Fragile {}
+    impl From<EventApplied<Event>> for Fragile {
+        fn from(applied: EventApplied<Event>) -> Self {
+            assert_ne!(
+                applied.envelope.event,
+                Event::WasReset,
+                "cannot take a reset"
+            );
+            Fragile
+        }
+    }
+    let entity = spawn(MemoryJournal::new(), "fragile").await;
+    let (fragile, mut fragile_applied) = listener::<Fragile>().await;
+    let (plain, mut plain_applied) = listener::<EventApplied<Event>>().await;
+    entity.subscribe(fragile.clone()).unwrap();
+    entity.subscribe(plain).unwrap();
+    send(&entity, Command::Add(1)).await;
+    send(&entity, Command::Reset).await;
+    send(&entity, Command::Add(2)).await;
+    for expected in [Event::Added(1), Event::WasReset, Event::Added(2)] {
+        let applied = next_matching(&mut plain_applied, Duration::from_secs(10), |_| true).await;
+        assert_eq!(applied.envelope.event, expected);
+    }
+    fragile.drain_and_wait(None).await.unwrap();
+    let mut fragile_count = 0;
+    while fragile_applied.try_recv().is_ok() {
+        fragile_count += 1;
+    }
+    assert_eq!(fragile_count, 1, "dropped at the event it could not take");
     entity.stop().await;
 }

@@ -109,7 +109,7 @@ impl Actor for LagWatcher {
     async fn handle(
         &self,
         _: ActorRef<Self::Msg>,
-        EventApplied(envelope): Self::Msg,
+        EventApplied { envelope, .. }: Self::Msg,
         (node, lags): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if envelope.origin.node() != node.as_str() {

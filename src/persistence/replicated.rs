@@ -16,7 +16,7 @@ mod recovery;
 #[cfg(feature = "cluster")]
 pub use entity::{
     CommandResult, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, EventApplied,
-    ReplicatedEntity, ENTITY_MESSAGE_VARIANT,
+    ReplicatedEntity, Subscription, ENTITY_MESSAGE_VARIANT,
 };
 pub use entity::{Effect, ReplicatedEventSourcedActor, ReplicationContext};
 pub use log::{ReplicatedLog, Snapshot};

@@ -12,7 +12,7 @@ mod handle;
 
 #[cfg(feature = "cluster")]
 pub use actor::{
-    CommandResult, EntityArguments, EntityMessage, EventApplied, ReplicatedEntity,
+    CommandResult, EntityArguments, EntityMessage, EventApplied, ReplicatedEntity, Subscription,
     ENTITY_MESSAGE_VARIANT,
 };
 #[cfg(feature = "cluster")]

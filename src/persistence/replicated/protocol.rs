@@ -90,6 +90,9 @@ pub struct Replication<H: EventHandler, R> {
     last_heard: BTreeMap<PeerName, u64>,
     /// Nodes that left the cluster for good and have not come back.
     removed: BTreeSet<PeerName>,
+    /// The nodes that run a replica, if known: compaction waits for them
+    /// instead of for those heard of lately.
+    replicas: Option<BTreeSet<PeerName>>,
     ticks: u64,
     /// What the log held at the last tick, and at the one before: a
     /// [`ReplicationMessage::Report`] is answered within the latter.
@@ -123,6 +126,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             peer_versions: BTreeMap::new(),
             last_heard,
             removed: BTreeSet::new(),
+            replicas: None,
             ticks: 0,
             held_at_last_tick: VersionVector::new(),
             held_a_tick_before: VersionVector::new(),
@@ -143,6 +147,20 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let every = events.max(1);
         self.snapshot_every = Some(every);
         self.next_compaction = self.log.events().len().saturating_add(every);
+        self
+    }
+
+    /// The nodes that run a replica of this persistence id (this replica's
+    /// node may be among them). Compaction then waits for each of them,
+    /// however long it is away, instead of for those heard of within the
+    /// [stability ticks](Self::with_stability_ticks), which are then not
+    /// used: no replica's events can sort among compacted ones, so none
+    /// makes the log read its history back. A replica on a node not listed
+    /// still replicates, but its events may sort among compacted ones (a
+    /// history reload). A [removed](Self::peer_removed) node stops holding
+    /// compaction back until it comes up again.
+    pub fn with_replicas(mut self, nodes: impl IntoIterator<Item = impl Into<PeerName>>) -> Self {
+        self.replicas = Some(nodes.into_iter().map(Into::into).collect());
         self
     }
 
@@ -233,9 +251,10 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let (ticks, stability) = (self.ticks, self.stability_ticks);
         self.last_heard
             .retain(|_, heard| ticks - *heard <= stability);
-        let last_heard = &self.last_heard;
-        self.peer_versions
-            .retain(|peer, _| last_heard.contains_key(peer));
+        let (last_heard, replicas) = (&self.last_heard, &self.replicas);
+        self.peer_versions.retain(|peer, _| {
+            last_heard.contains_key(peer) || replicas.as_ref().is_some_and(|r| r.contains(peer))
+        });
         if self.reachable.is_empty() {
             return Vec::new();
         }
@@ -336,15 +355,21 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         if self.log.events().len() < self.next_compaction {
             return None;
         }
-        // Every replica heard of lately: the reachable ones are (each tick
-        // renews them), and so are those away for less than the stability
-        // ticks.
+        // The known replicas, else every replica heard of lately: the
+        // reachable ones are (each tick renews them), and so are those away
+        // for less than the stability ticks.
         let versions = &self.peer_versions;
-        let own = self.log.replica().node().to_string();
-        let peers = self
-            .last_heard
-            .keys()
-            .filter(|node| **node != own)
+        let own = self.log.replica().node();
+        let removed = &self.removed;
+        let peers: Vec<&PeerName> = match &self.replicas {
+            Some(replicas) => replicas
+                .iter()
+                .filter(|node| *node != own && !removed.contains(*node))
+                .collect(),
+            None => self.last_heard.keys().filter(|node| *node != own).collect(),
+        };
+        let peers = peers
+            .into_iter()
             .map(|node| (node.as_str(), versions.get(node)));
         let snapshot = self.log.compact(peers, every);
         self.next_compaction = self.log.events().len().saturating_add(every);
@@ -445,6 +470,53 @@ mod tests {
                 _ => 0,
             })
             .sum()
+    }
+
+    fn snapshots(effects: &Effects<Sum>) -> usize {
+        effects
+            .iter()
+            .filter(|effect| matches!(effect, ReplicationEffect::Snapshot(_)))
+            .count()
+    }
+
+    /// Replica `a`, snapshotting every 2 events, whose peer `b` came up and
+    /// went away more than a stability tick ago; then 4 local events.
+    fn after_b_left(known_replicas: bool) -> (Replication<Sum, LastWriterWins>, Effects<Sum>) {
+        let mut a = replica("a").with_snapshots(2).with_stability_ticks(1);
+        if known_replicas {
+            a = a.with_replicas(["a", "b"]);
+        }
+        a.peer_up("b");
+        a.peer_down("b");
+        for _ in 0..3 {
+            a.tick();
+        }
+        let events = a.log_mut().persist(vec![1, 2, 3, 4], 1);
+        let effects = a.persisted(&events);
+        (a, effects)
+    }
+
+    #[test]
+    fn known_replicas_hold_compaction_back_until_they_have_seen_the_events() {
+        let (_, guessing) = after_b_left(false);
+        assert_eq!(snapshots(&guessing), 1, "b was forgotten after a tick");
+
+        let (mut a, knowing) = after_b_left(true);
+        assert_eq!(snapshots(&knowing), 0, "b runs a replica: wait for it");
+        for _ in 0..40 {
+            assert_eq!(snapshots(&a.tick()), 0);
+        }
+        let seen = a.log().version().clone();
+        let effects = a.handle_message("b", ReplicationMessage::Version(seen));
+        assert_eq!(snapshots(&effects), 1, "b has seen all four");
+    }
+
+    #[test]
+    fn a_removed_replica_no_longer_holds_compaction_back() {
+        let (mut a, _) = after_b_left(true);
+        a.peer_removed("b");
+        let events = a.log_mut().persist(vec![5, 6], 2);
+        assert_eq!(snapshots(&a.persisted(&events)), 1);
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::concurrency::JoinHandle;
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -41,9 +43,11 @@ pub enum EntityMessage<B: ReplicatedEventSourcedActor> {
     State(RpcReplyPort<B::State>),
     /// What the entity has done.
     Stats(RpcReplyPort<EntityStats>),
-    /// Send every event this replica applies from now on to the subscriber
-    /// (see [`Entity::subscribe`]).
-    Subscribe(ActorRef<EventApplied<B::Event>>),
+    /// Send the subscriber the events this replica applies: see
+    /// [`EntityMessage::subscribe`] and [`EntityMessage::subscribe_from`].
+    Subscribe(Subscription<B::Event>),
+    /// Stop sending events to this subscriber.
+    Unsubscribe(ActorId),
     /// Replication between replicas, and the entity's own timers.
     #[doc(hidden)]
     Internal(Internal<B>),
@@ -62,6 +66,57 @@ impl<B: ReplicatedEventSourcedActor> EntityMessage<B> {
         reply: impl Into<ReplyTo<CommandResult<B::Reply>>>,
     ) -> Self {
         Self::Command(command, reply.into())
+    }
+
+    /// Sends `listener` every event this replica applies from now on, local
+    /// and replicated, as an [`EventApplied`] converted into its message
+    /// type: the feed for projections and read models. A listener that
+    /// stopped, or whose conversion panics, is dropped.
+    pub fn subscribe<M>(listener: ActorRef<M>) -> Self
+    where
+        M: Message + From<EventApplied<B::Event>>,
+    {
+        Self::Subscribe(Subscription::new(listener, None))
+    }
+
+    /// As [`subscribe`](Self::subscribe), first replaying the journaled
+    /// events from local sequence number `sequence` on (1 for all of them):
+    /// a projection that stored the [`sequence`](EventApplied::sequence) of
+    /// the last event it handled resumes from the one after it, without a
+    /// gap or a repeat between the replay and what follows.
+    pub fn subscribe_from<M>(listener: ActorRef<M>, sequence: u64) -> Self
+    where
+        M: Message + From<EventApplied<B::Event>>,
+    {
+        Self::Subscribe(Subscription::new(listener, Some(sequence)))
+    }
+}
+
+/// A listener of an entity's events, made by [`EntityMessage::subscribe`]
+/// or [`EntityMessage::subscribe_from`].
+pub struct Subscription<E> {
+    listener: ActorId,
+    from: Option<u64>,
+    notify: Notify<E>,
+}
+
+/// Sends one event to a subscriber; false once the subscriber is gone.
+type Notify<E> = Box<dyn FnMut(&EventApplied<E>) -> bool + Send>;
+
+impl<E: Clone + Send + 'static> Subscription<E> {
+    fn new<M>(listener: ActorRef<M>, from: Option<u64>) -> Self
+    where
+        M: Message + From<EventApplied<E>>,
+    {
+        Self {
+            listener: listener.get_id(),
+            from,
+            notify: Box::new(move |applied| {
+                let target = "an entity subscriber's conversion";
+                catch_panic(target, || M::from(applied.clone()))
+                    .is_ok_and(|message| listener.cast(message).is_ok())
+            }),
+        }
     }
 }
 
@@ -100,12 +155,18 @@ enum Inbound<B: ReplicatedEventSourcedActor> {
     Flush,
 }
 
-/// An event the entity applied, as its subscribers receive it: local events
-/// once durable, replicated ones once journaled, each in the causal order
-/// this replica delivered them (which respects causality but, for concurrent
-/// events, may differ from the canonical order the state is computed in).
+/// An event the entity applied, as its subscribers receive it: once it is
+/// durable in this replica's journal, in the journal's order (which respects
+/// causality but, for concurrent events, may differ from the canonical order
+/// the state is computed in).
 #[derive(Clone, Debug)]
-pub struct EventApplied<E>(pub EventEnvelope<E>);
+pub struct EventApplied<E> {
+    /// The event's local sequence number in this replica's journal, from 1:
+    /// where [`EntityMessage::subscribe_from`] resumes.
+    pub sequence: u64,
+    /// The event.
+    pub envelope: EventEnvelope<E>,
+}
 
 impl<E: Send + 'static> ractor::Message for EventApplied<E> {}
 
@@ -229,7 +290,12 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     /// event its origin could lose in a crash and then mint again.
     unannounced: Vec<EventEnvelope<B::Event>>,
     pending_replies: Vec<PendingReply>,
-    subscribers: Vec<ActorRef<EventApplied<B::Event>>>,
+    subscribers: Vec<Subscription<B::Event>>,
+    /// Journaled events the subscribers get once they are durable, in the
+    /// journal's order.
+    unpublished: Vec<EventApplied<B::Event>>,
+    /// The local sequence number the journal gives the next event.
+    next_sequence: u64,
     rejected_messages: u64,
     history_reloads: u64,
     timers: Vec<JoinHandle<()>>,
@@ -394,9 +460,16 @@ where
         let decode = args.snapshots.as_ref().map(|snapshots| snapshots.decode);
         let recovered =
             recover_from_journal(&mut log, &args.journal, &config.persistence_id, decode)?;
+        let next_sequence = args
+            .journal
+            .highest_sequence(&config.persistence_id)?
+            .saturating_add(1);
         let mut replication = Replication::new(log, config.max_message_bytes);
         if let Some(snapshots) = &args.snapshots {
             replication = replication.with_snapshots(snapshots.every);
+        }
+        if let Some(replicas) = config.replicas {
+            replication = replication.with_replicas(replicas);
         }
         if let Some(time) = config.stability_time {
             let interval = config.anti_entropy_interval.as_nanos().max(1);
@@ -419,6 +492,8 @@ where
             unannounced: Vec::new(),
             pending_replies: Vec::new(),
             subscribers: Vec::new(),
+            unpublished: Vec::new(),
+            next_sequence,
             rejected_messages: 0,
             history_reloads: 0,
             timers: Vec::new(),
@@ -488,8 +563,14 @@ where
                 let _ = reply.send(stats(state));
                 return Ok(());
             }
-            EntityMessage::Subscribe(subscriber) => {
-                state.subscribers.push(subscriber);
+            EntityMessage::Subscribe(subscription) => {
+                subscribe(state, subscription)?;
+                return Ok(());
+            }
+            EntityMessage::Unsubscribe(listener) => {
+                state
+                    .subscribers
+                    .retain(|subscription| subscription.listener != listener);
                 return Ok(());
             }
             EntityMessage::Internal(Internal(inbound)) => inbound,
@@ -611,6 +692,7 @@ where
         Ok(_) => {}
     }
     state.unflushed = true;
+    journaled(state, &stamped);
     state
         .replication
         .log_mut()
@@ -674,6 +756,7 @@ where
         // replica might mint again. If it was durable, anti-entropy carries
         // it after the restart.
         state.unannounced.clear();
+        state.unpublished.clear();
         tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot flush the journal; the entity stops");
         return Err(err);
     }
@@ -683,7 +766,7 @@ where
         .into_iter()
         .partition(|effect| matches!(effect, ReplicationEffect::Snapshot(_)));
     send(state, sends);
-    publish(state, &events);
+    publish(state);
     // Everything applied is durable now.
     for effect in snapshots {
         if let ReplicationEffect::Snapshot(snapshot) = effect {
@@ -710,13 +793,27 @@ where
             ReplicationEffect::Journal(events) => {
                 // Already applied: a journal that refuses them stops the
                 // entity, which recovers from its journal and the peers.
-                if let Err(err) = state.journal.append(&state.persistence_id, &events) {
-                    tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot journal replicated events; the entity stops");
-                    return Err(err.into());
+                match state.journal.append(&state.persistence_id, &events) {
+                    Err(err) => {
+                        tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot journal replicated events; the entity stops");
+                        return Err(err.into());
+                    }
+                    Ok(added) if added != events.len() => {
+                        // The journal held some already (two entities on one
+                        // persistence id and journal): numbering from it.
+                        tracing::warn!(
+                            persistence_id = state.persistence_id,
+                            "the journal already held replicated events the log did not"
+                        );
+                        state.next_sequence = state
+                            .journal
+                            .highest_sequence(&state.persistence_id)?
+                            .saturating_add(1);
+                    }
+                    Ok(_) => journaled(state, &events),
                 }
                 state.unflushed = true;
                 schedule_flush(myself, state);
-                publish(state, &events);
             }
             send @ ReplicationEffect::Send { .. } => sends.push(send),
             ReplicationEffect::Snapshot(snapshot) => {
@@ -800,19 +897,64 @@ where
     }
 }
 
-/// Tells the subscribers; those that stopped are dropped.
-fn publish<B, R, J>(state: &mut EntityState<B, R, J>, events: &[EventEnvelope<B::Event>])
+/// Numbers events just appended to the journal, for the subscribers.
+fn journaled<B: ReplicatedEventSourcedActor, R, J>(
+    state: &mut EntityState<B, R, J>,
+    events: &[EventEnvelope<B::Event>],
+) {
+    for envelope in events {
+        state.unpublished.push(EventApplied {
+            sequence: state.next_sequence,
+            envelope: envelope.clone(),
+        });
+        state.next_sequence = state.next_sequence.saturating_add(1);
+    }
+}
+
+/// Tells the subscribers of the events made durable; those gone are
+/// dropped.
+fn publish<B, R, J>(state: &mut EntityState<B, R, J>)
 where
     B: ReplicatedEventSourcedActor,
 {
+    let events = std::mem::take(&mut state.unpublished);
     if events.is_empty() {
         return;
     }
-    state.subscribers.retain(|subscriber| {
-        events
-            .iter()
-            .all(|event| subscriber.cast(EventApplied(event.clone())).is_ok())
-    });
+    state
+        .subscribers
+        .retain_mut(|subscription| events.iter().all(|event| (subscription.notify)(event)));
+}
+
+/// Adds a subscriber, after replaying the journal to it if it asked. The
+/// flush first publishes what the journal holds to the subscribers before
+/// it, so the replay ends where the new one's live events begin.
+fn subscribe<B, R, J>(
+    state: &mut EntityState<B, R, J>,
+    mut subscription: Subscription<B::Event>,
+) -> Result<()>
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    if let Some(from) = subscription.from {
+        flush(state)?;
+        let journaled = match state.journal.read_from(&state.persistence_id, from.max(1)) {
+            Ok(journaled) => journaled,
+            Err(err) => {
+                tracing::error!(persistence_id = state.persistence_id, error = %err, "cannot read the journal to replay it to a subscriber; not subscribed");
+                return Ok(());
+            }
+        };
+        for (sequence, envelope) in journaled {
+            if !(subscription.notify)(&EventApplied { sequence, envelope }) {
+                return Ok(());
+            }
+        }
+    }
+    state.subscribers.push(subscription);
+    Ok(())
 }
 
 fn reject<B: ReplicatedEventSourcedActor, R, J>(state: &mut EntityState<B, R, J>, reason: &str) {

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorId, ActorRef, Message, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use super::actor::{EntityMessage, EventApplied};
@@ -22,6 +22,7 @@ pub struct EntityConfig {
     pub(super) anti_entropy_interval: Duration,
     pub(super) max_message_bytes: usize,
     pub(super) stability_time: Option<Duration>,
+    pub(super) replicas: Option<Vec<PeerName>>,
     pub(super) membership: Option<MemberEvents>,
 }
 
@@ -43,6 +44,7 @@ impl EntityConfig {
             anti_entropy_interval: Duration::from_secs(1),
             max_message_bytes: 4 * 1024 * 1024,
             stability_time: None,
+            replicas: None,
             membership: None,
         }
     }
@@ -86,6 +88,22 @@ impl EntityConfig {
     /// while a replica is away.
     pub fn with_stability_time(mut self, time: Duration) -> Self {
         self.stability_time = Some(time);
+        self
+    }
+
+    /// For an entity with snapshots: the nodes that run a replica of the
+    /// persistence id (this one's node may be among them). Compaction then
+    /// waits for each of them, however long it is away, instead of guessing
+    /// with the [stability time](Self::with_stability_time), so no
+    /// replica's events ever make the others read their journals back; a
+    /// replica away for long keeps the others' memory growing meanwhile.
+    /// A replica on a node not listed still replicates, but does not hold
+    /// compaction back: its concurrent events may make the others read
+    /// their journals back. A node
+    /// [removed](crate::cluster::ClusterNode::remove_member) from the
+    /// cluster stops holding compaction back.
+    pub fn with_replicas(mut self, nodes: impl IntoIterator<Item = impl Into<PeerName>>) -> Self {
+        self.replicas = Some(nodes.into_iter().map(Into::into).collect());
         self
     }
 
@@ -167,12 +185,34 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
         self.call(EntityMessage::Stats).await
     }
 
-    /// Sends `subscriber` every event this replica applies from now on, local
-    /// and replicated (see [`EventApplied`]): the feed for projections and
-    /// read models. A stopped subscriber is dropped.
-    pub fn subscribe(&self, subscriber: ActorRef<EventApplied<B::Event>>) -> Result<()> {
+    /// Sends `listener` every event this replica applies from now on, local
+    /// and replicated, once durable (see [`EventApplied`]): the feed for
+    /// projections and read models. See [`EntityMessage::subscribe`].
+    pub fn subscribe<M>(&self, listener: ActorRef<M>) -> Result<()>
+    where
+        M: Message + From<EventApplied<B::Event>>,
+    {
+        self.tell(EntityMessage::subscribe(listener))
+    }
+
+    /// As [`subscribe`](Self::subscribe), first replaying the journaled
+    /// events from local sequence number `sequence` on. See
+    /// [`EntityMessage::subscribe_from`].
+    pub fn subscribe_from<M>(&self, listener: ActorRef<M>, sequence: u64) -> Result<()>
+    where
+        M: Message + From<EventApplied<B::Event>>,
+    {
+        self.tell(EntityMessage::subscribe_from(listener, sequence))
+    }
+
+    /// Stops sending events to `listener`.
+    pub fn unsubscribe(&self, listener: ActorId) -> Result<()> {
+        self.tell(EntityMessage::Unsubscribe(listener))
+    }
+
+    fn tell(&self, message: EntityMessage<B>) -> Result<()> {
         self.actor
-            .cast(EntityMessage::Subscribe(subscriber))
+            .cast(message)
             .map_err(|reason| self.unavailable(reason))
     }
 
