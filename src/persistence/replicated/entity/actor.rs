@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::handle::{Entity, EntityConfig, EntityStats};
 use super::{ReplicatedEventSourcedActor, ReplicationContext};
+use crate::causal::ReplicaId;
 use crate::cluster::MemberEvent;
 use crate::codec;
 use crate::ddata::PeerName;
@@ -305,6 +306,12 @@ pub struct EntityState<B: ReplicatedEventSourcedActor, R, J> {
     snapshot_from: u64,
     /// The size of the last snapshot saved: one no larger is stale.
     snapshot_events: u64,
+    /// When snapshotting: the local sequence number, origin and origin
+    /// sequence number of each event journaled from `positions_from` on, so
+    /// that where a snapshot's recovery starts is found in memory instead
+    /// of by reading the journal back.
+    positions: VecDeque<(u64, ReplicaId, u64)>,
+    positions_from: u64,
 }
 
 impl<B, R, J> ReplicatedEntity<B, R, J>
@@ -395,11 +402,29 @@ where
     }
     let persistence_id = state.persistence_id.as_str();
     let stored = (snapshots.encode)(&snapshot.state).and_then(|encoded| {
-        let from_sequence = state.journal.first_sequence_outside(
-            persistence_id,
-            &snapshot.version,
-            state.snapshot_from,
-        )?;
+        let from_sequence = if state.snapshot_from >= state.positions_from {
+            let outside = state
+                .positions
+                .iter()
+                .filter(|(sequence, ..)| *sequence >= state.snapshot_from)
+                .find(|(_, origin, origin_seq)| *origin_seq > snapshot.version.get(origin));
+            let from_sequence = outside.map_or(state.next_sequence, |(sequence, ..)| *sequence);
+            debug_assert!(
+                state
+                    .journal
+                    .first_sequence_outside(persistence_id, &snapshot.version, state.snapshot_from)
+                    .ok()
+                    .is_none_or(|read| read == from_sequence),
+                "the journal positions kept in memory agree with the journal"
+            );
+            from_sequence
+        } else {
+            state.journal.first_sequence_outside(
+                persistence_id,
+                &snapshot.version,
+                state.snapshot_from,
+            )?
+        };
         Ok(StoredSnapshot {
             version: snapshot.version,
             events: snapshot.events,
@@ -422,6 +447,14 @@ where
             );
             state.snapshot_from = from_sequence;
             state.snapshot_events = snapshot.events;
+            while state
+                .positions
+                .front()
+                .is_some_and(|(sequence, ..)| *sequence < from_sequence)
+            {
+                state.positions.pop_front();
+            }
+            state.positions_from = state.positions_from.max(from_sequence);
             // Durable with the next flush, at the latest when the entity stops.
             state.unflushed = true;
         }
@@ -499,6 +532,8 @@ where
             timers: Vec::new(),
             snapshots: args.snapshots,
             snapshot_from: recovered.snapshot_from.unwrap_or(1),
+            positions: VecDeque::new(),
+            positions_from: next_sequence,
             snapshot_events: 0,
         };
         if state.peers.register(&myself.get_cell()) {
@@ -809,6 +844,8 @@ where
                             .journal
                             .highest_sequence(&state.persistence_id)?
                             .saturating_add(1);
+                        state.positions.clear();
+                        state.positions_from = state.next_sequence;
                     }
                     Ok(_) => journaled(state, &events),
                 }
@@ -903,10 +940,21 @@ fn journaled<B: ReplicatedEventSourcedActor, R, J>(
     events: &[EventEnvelope<B::Event>],
 ) {
     for envelope in events {
-        state.unpublished.push(EventApplied {
-            sequence: state.next_sequence,
-            envelope: envelope.clone(),
-        });
+        if state.snapshots.is_some() {
+            state.positions.push_back((
+                state.next_sequence,
+                envelope.origin.clone(),
+                envelope.origin_seq,
+            ));
+        }
+        // A subscriber that comes later gets only events journaled after
+        // it, or replays the journal.
+        if !state.subscribers.is_empty() {
+            state.unpublished.push(EventApplied {
+                sequence: state.next_sequence,
+                envelope: envelope.clone(),
+            });
+        }
         state.next_sequence = state.next_sequence.saturating_add(1);
     }
 }
