@@ -410,9 +410,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 *latest = Some(self.events.item(node).version.clone());
             }
         }
-        let resolver = &self.resolver;
-        self.events
-            .remove_first(end, &|a, b| canonical(resolver, a, b), drop);
+        self.events.remove_first(end, &by(&self.resolver), drop);
         match checkpoint {
             Some(checkpoint) => {
                 self.checkpoints.drain(..checkpoint);
@@ -637,10 +635,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
                 available_from = available_from.max(self.events.rank(node) + 1);
             }
         }
-        let resolver = &self.resolver;
         let position = self
             .events
-            .first_after(available_from, &envelope, &|a, b| canonical(resolver, a, b))
+            .first_after(available_from, &envelope, &by(&self.resolver))
             .unwrap_or(self.events.len());
         if position < self.applied {
             self.stale_from = Some(self.stale_from.map_or(position, |p| p.min(position)));
@@ -652,10 +649,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     fn place(&mut self, position: usize, envelope: EventEnvelope<H::Event>) {
         self.seen.merge(&envelope.version);
         let origin = self.index_of(&envelope.origin);
-        let resolver = &self.resolver;
-        let node = self
-            .events
-            .insert(position, envelope, &|a, b| canonical(resolver, a, b));
+        let node = self.events.insert(position, envelope, &by(&self.resolver));
         self.nodes_by_origin[origin].push_back(node);
     }
 
@@ -745,6 +739,13 @@ fn canonical<E, R: ConflictResolver<E>>(
     resolver
         .order(first, second)
         .then_with(|| (&first.origin, first.origin_seq).cmp(&(&second.origin, second.origin_seq)))
+}
+
+/// [`canonical`] with `resolver`, as the tree takes an order.
+fn by<E, R: ConflictResolver<E>>(
+    resolver: &R,
+) -> impl Fn(&EventEnvelope<E>, &EventEnvelope<E>) -> Ordering + '_ {
+    move |first, second| canonical(resolver, first, second)
 }
 
 /// An envelope whose identity and version agree: a sequence number from 1

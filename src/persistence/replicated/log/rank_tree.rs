@@ -228,14 +228,9 @@ impl<T> RankTree<T> {
         }
         // In order, without recursion.
         let mut stack = Vec::new();
-        let mut at = prefix;
-        while at != NIL || !stack.is_empty() {
-            while at != NIL {
-                stack.push(at);
-                at = self.left(at);
-            }
-            let Some(node) = stack.pop() else { break };
-            at = self.right(node);
+        self.push_spine(&mut stack, prefix, Side::Left);
+        while let Some(node) = stack.pop() {
+            self.push_spine(&mut stack, self.right(node), Side::Left);
             if let Some(item) = self.nodes[node as usize].item.take() {
                 removed(item);
             }
@@ -268,10 +263,8 @@ impl<T> RankTree<T> {
             }
         }
         let mut back = Vec::new();
-        let mut at = self.root;
-        while at != NIL && remaining > 0 {
-            back.push(at);
-            at = self.right(at);
+        if remaining > 0 {
+            self.push_spine(&mut back, self.root, Side::Right);
         }
         Iter {
             tree: self,
@@ -384,6 +377,19 @@ impl<T> RankTree<T> {
         entry.size = u32::try_from(size).unwrap_or(u32::MAX);
     }
 
+    /// Pushes `from` and its descendants along one side onto `stack`: the
+    /// next items of an in-order walk in that direction.
+    fn push_spine(&self, stack: &mut Vec<NodeId>, from: NodeId, side: Side) {
+        let mut at = from;
+        while at != NIL {
+            stack.push(at);
+            at = match side {
+                Side::Left => self.left(at),
+                Side::Right => self.right(at),
+            };
+        }
+    }
+
     fn set_left(&mut self, node: NodeId, child: NodeId) {
         self.nodes[node as usize].left = child;
         if child != NIL {
@@ -423,6 +429,13 @@ impl<T> RankTree<T> {
     }
 }
 
+/// A direction down the tree.
+#[derive(Clone, Copy)]
+enum Side {
+    Left,
+    Right,
+}
+
 /// The items of a [`RankTree`] in order, from a position on.
 pub(super) struct Iter<'a, T> {
     tree: &'a RankTree<T>,
@@ -441,11 +454,8 @@ impl<'a, T> Iterator for Iter<'a, T> {
             return None;
         }
         let node = self.front.pop()?;
-        let mut at = self.tree.right(node);
-        while at != NIL {
-            self.front.push(at);
-            at = self.tree.left(at);
-        }
+        self.tree
+            .push_spine(&mut self.front, self.tree.right(node), Side::Left);
         self.remaining -= 1;
         Some(self.tree.item(node))
     }
@@ -461,11 +471,8 @@ impl<T> DoubleEndedIterator for Iter<'_, T> {
             return None;
         }
         let node = self.back.pop()?;
-        let mut at = self.tree.left(node);
-        while at != NIL {
-            self.back.push(at);
-            at = self.tree.right(at);
-        }
+        self.tree
+            .push_spine(&mut self.back, self.tree.left(node), Side::Right);
         self.remaining -= 1;
         Some(self.tree.item(node))
     }
