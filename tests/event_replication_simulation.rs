@@ -1,26 +1,37 @@
 //! Deterministic simulation of event replication between three replicas of
-//! one persistence id: messages go through the codec and are lost,
-//! duplicated, delayed (so reordered) and cut by partitions, while replicas
-//! persist events concurrently and crash, losing what their journal had not
-//! flushed, then restart from their journal. After healing, anti-entropy must
-//! bring every replica to the same events, order and state, with every event
-//! journaled exactly once everywhere. Every other seed snapshots: replicas
-//! compact their logs, save snapshots, restart from them, answer lagging
-//! peers from the journal and read the journal back when a late event may
-//! sort among compacted ones; their states must equal a replay of the whole
-//! journal. 1,000 seeds per `cargo test`; `REPLICATION_SEEDS=100000` for
-//! more; a failure names its seed.
+//! one persistence id, each an [`EntityCore`]: the very rules the entity
+//! actor runs, driven here instead of by ractor. Messages go through the
+//! codec and are lost, duplicated, delayed (so reordered) and cut by
+//! partitions, while replicas run commands concurrently. A replica's journal
+//! flush runs when the core scheduled it, some time later (group commit),
+//! so appends stay unflushed for a while, and replicas crash in that window,
+//! losing what their journal had not flushed, then restart from it.
+//!
+//! At every crash: every acknowledged command's events survived, no event
+//! published to a subscriber was lost, and no peer holds an event of the
+//! crashed replica that it lost (it would mint another under the same id).
+//! After healing, anti-entropy must bring every replica to the same events,
+//! order and state, with every event journaled exactly once everywhere.
+//! Every other seed snapshots: replicas compact their logs, save snapshots,
+//! restart from them, answer lagging peers from the journal and read the
+//! journal back when a late event may sort among compacted ones; their
+//! states must equal a replay of the whole journal. 1,000 seeds per `cargo
+//! test`; `REPLICATION_SEEDS=100000` for more; a failure names its seed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
 
+use ractor_replicated::causal::VersionVector;
 use ractor_replicated::codec;
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, StoredSnapshot};
 use ractor_replicated::persistence::replicated::{
-    recover_from_journal, Effects, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
-    Replication, ReplicationEffect, ReplicationMessage,
+    Effect, EntityCore, EntityIo, EventApplied, EventEnvelope, EventHandler, EventMeta,
+    LastWriterWins, ReplicatedEventSourcedActor, ReplicatedLog, ReplicationContext,
+    ReplicationMessage, Snapshots,
 };
 use ractor_replicated::ReplicaId;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use support::Rng;
 
@@ -47,30 +58,192 @@ impl EventHandler for Arithmetic {
     }
 }
 
+/// A command persists its operations and answers how many.
+impl ReplicatedEventSourcedActor for Arithmetic {
+    type Command = Vec<Op>;
+    type Reply = u64;
+
+    fn handle_command(
+        &self,
+        _: &(i64, u64),
+        ops: Vec<Op>,
+        _: ReplicationContext<'_>,
+    ) -> Effect<Op, u64> {
+        let count = ops.len() as u64;
+        Effect::persist(ops).then_reply(count)
+    }
+}
+
 const NAMES: [&str; 3] = ["r0", "r1", "r2"];
 const ENTITY: &str = "entity";
 
-/// A message on the wire: delivery time, a tie breaker, receiver, sender, bytes.
-type InFlight = (u64, u64, usize, usize, Vec<u8>);
+type Core = EntityCore<Arithmetic, LastWriterWins, Disk>;
+
+/// What a replica's disk saw, summed over its lives.
+#[derive(Default)]
+struct DiskLog {
+    snapshots_saved: usize,
+    served_from_journal: usize,
+    /// Appends that held events the journal had already: must stay empty.
+    journaled_twice: Vec<String>,
+}
+
+/// A replica's disk: a [`MemoryJournal`], which loses what was not flushed
+/// when the simulation crashes the replica, noting what the core asks of it.
+#[derive(Clone, Default)]
+struct Disk {
+    journal: MemoryJournal,
+    log: Arc<Mutex<DiskLog>>,
+}
+
+impl Disk {
+    fn note(&self) -> std::sync::MutexGuard<'_, DiskLog> {
+        self.log.lock().expect("not poisoned")
+    }
+}
+
+impl Journal for Disk {
+    fn append<E: Serialize>(
+        &mut self,
+        persistence_id: &str,
+        events: &[EventEnvelope<E>],
+    ) -> ractor_replicated::Result<usize> {
+        let added = self.journal.append(persistence_id, events)?;
+        if added != events.len() {
+            self.note().journaled_twice.push(format!(
+                "asked to journal {} events, {added} of them new",
+                events.len()
+            ));
+        }
+        Ok(added)
+    }
+
+    fn flush(&mut self) -> ractor_replicated::Result<()> {
+        self.journal.flush()
+    }
+
+    fn read_from<E: DeserializeOwned>(
+        &self,
+        persistence_id: &str,
+        from: u64,
+    ) -> ractor_replicated::Result<Vec<(u64, EventEnvelope<E>)>> {
+        self.journal.read_from(persistence_id, from)
+    }
+
+    fn missing_for<E: DeserializeOwned>(
+        &self,
+        persistence_id: &str,
+        peer: &VersionVector,
+    ) -> ractor_replicated::Result<Vec<EventEnvelope<E>>> {
+        self.note().served_from_journal += 1;
+        self.journal.missing_for(persistence_id, peer)
+    }
+
+    fn highest_sequence(&self, persistence_id: &str) -> ractor_replicated::Result<u64> {
+        self.journal.highest_sequence(persistence_id)
+    }
+
+    fn save_snapshot(
+        &mut self,
+        persistence_id: &str,
+        snapshot: &StoredSnapshot,
+    ) -> ractor_replicated::Result<()> {
+        self.note().snapshots_saved += 1;
+        self.journal.save_snapshot(persistence_id, snapshot)
+    }
+
+    fn load_snapshot(
+        &self,
+        persistence_id: &str,
+    ) -> ractor_replicated::Result<Option<StoredSnapshot>> {
+        self.journal.load_snapshot(persistence_id)
+    }
+
+    fn first_sequence_outside(
+        &self,
+        persistence_id: &str,
+        prefix: &VersionVector,
+        from: u64,
+    ) -> ractor_replicated::Result<u64> {
+        self.journal
+            .first_sequence_outside(persistence_id, prefix, from)
+    }
+}
+
+/// What a replica's core asked for during one step.
+#[derive(Default)]
+struct Outbox {
+    sends: Vec<(String, ReplicationMessage<Op>)>,
+    flush: bool,
+    published: Vec<EventApplied<Op>>,
+}
+
+impl EntityIo<Op> for Outbox {
+    fn send(&mut self, to: &str, message: ReplicationMessage<Op>) -> bool {
+        self.sends.push((to.to_string(), message));
+        true
+    }
+
+    fn schedule_flush(&mut self) -> bool {
+        self.flush = true;
+        true
+    }
+
+    fn publishing(&self) -> bool {
+        true
+    }
+
+    fn publish(&mut self, events: Vec<EventApplied<Op>>) {
+        self.published.extend(events);
+    }
+}
+
+/// Something on its way: a message between replicas, or a replica's
+/// scheduled flush (which dies with the replica's life).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Pending {
+    Message {
+        to: usize,
+        from: usize,
+        bytes: Vec<u8>,
+    },
+    Flush {
+        replica: usize,
+        life: u32,
+    },
+}
+
+/// When it happens, a tie breaker, and what.
+type Queued = (u64, u64, Pending);
+
+/// What a replica did in its current life, checked when it crashes.
+#[derive(Default)]
+struct Life {
+    number: u32,
+    /// Events of the commands acknowledged, over all lives.
+    acknowledged: Arc<Mutex<u64>>,
+    /// The highest local sequence number published to subscribers.
+    published: u64,
+}
 
 struct Sim {
     rng: Rng,
-    replicas: Vec<Replication<Arithmetic, LastWriterWins>>,
-    queue: BinaryHeap<Reverse<InFlight>>,
+    replicas: Vec<Core>,
+    disks: Vec<Disk>,
+    lives: Vec<Life>,
+    queue: BinaryHeap<Reverse<Queued>>,
     sequence: u64,
     now: u64,
     group: [u8; 3],
     healed: bool,
-    persisted: usize,
-    journals: Vec<MemoryJournal>,
+    /// Events the commands asked for, acknowledged or not.
+    attempted: u64,
     crashes: usize,
-    /// Replicated events the log asked to journal twice: must stay empty.
-    journaled_twice: Vec<String>,
+    /// Events of the crashed replica that were journaled and not flushed.
+    lost_in_crashes: u64,
     /// Compact and snapshot every this many events, with this many
     /// stability ticks, if set.
     snapshot_every: Option<(usize, u64)>,
-    /// Per replica, where its last snapshot's recovery reads from.
-    snapshot_from: Vec<u64>,
     counts: Counts,
 }
 
@@ -80,12 +253,13 @@ struct Counts {
     snapshots_saved: usize,
     started_from_snapshot: usize,
     served_from_journal: usize,
-    history_loads: usize,
+    history_loads: u64,
+    lost_in_crashes: u64,
 }
 
 /// A log rebuilt from the whole journal.
 fn replayed(journal: &MemoryJournal, index: usize) -> ReplicatedLog<Arithmetic, LastWriterWins> {
-    let mut log = ReplicatedLog::new(ReplicaId::new(NAMES[index], 1), Arithmetic, LastWriterWins);
+    let mut log = ReplicatedLog::new(replica_id(index), Arithmetic, LastWriterWins);
     let journaled = journal
         .read_from::<Op>(ENTITY, 1)
         .expect("the journal reads back");
@@ -93,61 +267,49 @@ fn replayed(journal: &MemoryJournal, index: usize) -> ReplicatedLog<Arithmetic, 
     log
 }
 
-/// A replica as its entity starts: its log rebuilt from its journal, from
-/// its snapshot if it snapshots and has one that fits.
-fn replica_from(
-    journal: &MemoryJournal,
-    index: usize,
-    snapshot_every: Option<(usize, u64)>,
-    counts: &mut Counts,
-) -> (Replication<Arithmetic, LastWriterWins>, u64) {
-    let mut log = ReplicatedLog::new(ReplicaId::new(NAMES[index], 1), Arithmetic, LastWriterWins);
-    let decode: fn(&[u8]) -> ractor_replicated::Result<(i64, u64)> = |bytes| codec::decode(bytes);
-    let recovered = recover_from_journal(&mut log, journal, ENTITY, snapshot_every.map(|_| decode))
-        .expect("the journal reads back");
-    if recovered.snapshot_from.is_some() {
-        counts.started_from_snapshot += 1;
-    }
-    let from = recovered.snapshot_from.unwrap_or(1);
+fn replica_id(index: usize) -> ReplicaId {
+    ReplicaId::new(NAMES[index], 1)
+}
+
+/// A replica as its entity starts: from its journal, from its snapshot if
+/// it snapshots and has one that fits.
+fn replica_from(disk: &Disk, index: usize, snapshot_every: Option<(usize, u64)>) -> Core {
+    let log = ReplicatedLog::new(replica_id(index), Arithmetic, LastWriterWins);
+    let snapshots = snapshot_every.map(|(every, _)| Snapshots::every(every));
     // Small budgets force catch-up to travel in many messages.
-    let replication = Replication::new(log, 300);
+    let core =
+        EntityCore::recover(ENTITY, log, disk.clone(), snapshots, 300).expect("the journal reads");
     match snapshot_every {
-        Some((every, stability)) => (
-            replication
-                .with_snapshots(every)
-                .with_stability_ticks(stability),
-            from,
-        ),
-        None => (replication, from),
+        Some((_, stability)) => core.with_stability_ticks(stability),
+        None => core,
     }
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
-        let journals: Vec<MemoryJournal> = NAMES.iter().map(|_| MemoryJournal::new()).collect();
+        let disks: Vec<Disk> = NAMES.iter().map(|_| Disk::default()).collect();
         // Short stability times make replicas compact past partitioned
         // peers, so that catch-up from the journal and history reloads run.
         let stability = [0, 2, 30][(seed / 2 % 3) as usize];
         let snapshot_every = (seed % 2 == 1).then_some((64, stability));
-        let mut counts = Counts::default();
         let replicas = (0..NAMES.len())
-            .map(|i| replica_from(&journals[i], i, snapshot_every, &mut counts).0)
+            .map(|i| replica_from(&disks[i], i, snapshot_every))
             .collect();
         Self {
             rng: Rng(seed),
             replicas,
+            disks,
+            lives: NAMES.iter().map(|_| Life::default()).collect(),
             queue: BinaryHeap::new(),
             sequence: 0,
             now: 0,
             group: [0; 3],
             healed: false,
-            persisted: 0,
-            journals,
+            attempted: 0,
             crashes: 0,
-            journaled_twice: Vec::new(),
+            lost_in_crashes: 0,
             snapshot_every,
-            snapshot_from: vec![1; NAMES.len()],
-            counts,
+            counts: Counts::default(),
         }
     }
 
@@ -155,80 +317,64 @@ impl Sim {
         self.group[a] == self.group[b]
     }
 
-    fn run_effects(&mut self, from: usize, effects: Effects<Arithmetic>) {
-        for effect in effects {
-            match effect {
-                ReplicationEffect::Snapshot(snapshot) => {
-                    // As an entity does: what the snapshot covers is durable first.
-                    let journal = &mut self.journals[from];
-                    journal.flush().expect("flushes");
-                    let from_sequence = journal
-                        .first_sequence_outside(ENTITY, &snapshot.version, self.snapshot_from[from])
-                        .expect("the journal reads back");
-                    let stored = StoredSnapshot {
-                        state: codec::encode(&snapshot.state).expect("the state encodes"),
-                        version: snapshot.version,
-                        events: snapshot.events,
-                        from_sequence,
-                        sequence: journal.highest_sequence(ENTITY).expect("reads"),
-                    };
-                    journal.save_snapshot(ENTITY, &stored).expect("saves");
-                    self.snapshot_from[from] = from_sequence;
-                    self.counts.snapshots_saved += 1;
-                }
-                ReplicationEffect::ServeFromJournal { to, version } => {
-                    self.counts.served_from_journal += 1;
-                    let missing = self.journals[from]
-                        .missing_for::<Op>(ENTITY, &version)
-                        .expect("the journal reads back");
-                    let effects = self.replicas[from].events_for(&to, &missing);
-                    self.run_effects(from, effects);
-                }
-                ReplicationEffect::LoadHistory => {
-                    self.counts.history_loads += 1;
-                    let journaled = self.journals[from]
-                        .read_from::<Op>(ENTITY, 1)
-                        .expect("the journal reads back");
-                    self.snapshot_from[from] = 1;
-                    let effects =
-                        self.replicas[from].history_loaded(journaled.into_iter().map(|(_, e)| e));
-                    self.run_effects(from, effects);
-                }
-                ReplicationEffect::Journal(events) => {
-                    let new = self.journals[from]
-                        .append(ENTITY, &events)
-                        .expect("the journal appends");
-                    if new != events.len() {
-                        self.journaled_twice.push(format!(
-                            "r{from} asked to journal {} events, {new} of them new",
-                            events.len()
-                        ));
-                    }
-                }
-                ReplicationEffect::Send { to, message } => {
-                    let to = NAMES
-                        .iter()
-                        .position(|n| *n == to)
-                        .expect("a known replica");
-                    let bytes = codec::encode(&message).expect("messages encode");
-                    let lost = !self.healed && self.rng.below(10) < 2;
-                    let copies = if !self.healed && self.rng.below(10) == 0 {
-                        2
-                    } else {
-                        1
-                    };
-                    for _ in 0..if lost { 0 } else { copies } {
-                        self.sequence += 1;
-                        let at = self.now + 1 + self.rng.below(20);
-                        self.queue
-                            .push(Reverse((at, self.sequence, to, from, bytes.clone())));
-                    }
-                }
+    /// Lets replica `r`'s core do `step`, then carries out what it asked:
+    /// messages onto the network, its flush into the queue, published events
+    /// checked for order.
+    fn act(
+        &mut self,
+        r: usize,
+        step: impl FnOnce(&mut Core, &mut Outbox) -> ractor_replicated::Result<()>,
+    ) -> Result<(), String> {
+        let mut outbox = Outbox::default();
+        let outcome = step(&mut self.replicas[r], &mut outbox);
+        for (to, message) in outbox.sends {
+            let to = NAMES
+                .iter()
+                .position(|n| *n == to)
+                .expect("a known replica");
+            let bytes = codec::encode(&message).expect("messages encode");
+            let lost = !self.healed && self.rng.below(10) < 2;
+            let copies = if !self.healed && self.rng.below(10) == 0 {
+                2
+            } else {
+                1
+            };
+            for _ in 0..if lost { 0 } else { copies } {
+                let at = self.now + 1 + self.rng.below(20);
+                self.push(
+                    at,
+                    Pending::Message {
+                        to,
+                        from: r,
+                        bytes: bytes.clone(),
+                    },
+                );
             }
         }
+        if outbox.flush {
+            // Group commits happen when the mailbox gets to them.
+            let at = self.now + 1 + self.rng.below(30);
+            let life = self.lives[r].number;
+            self.push(at, Pending::Flush { replica: r, life });
+        }
+        for event in outbox.published {
+            if event.sequence != self.lives[r].published + 1 && self.lives[r].published != 0 {
+                return Err(format!(
+                    "r{r} published #{} after #{}",
+                    event.sequence, self.lives[r].published
+                ));
+            }
+            self.lives[r].published = event.sequence;
+        }
+        outcome.map_err(|err| format!("r{r} stopped: {err}"))
     }
 
-    fn set_links(&mut self, group: [u8; 3]) {
+    fn push(&mut self, at: u64, pending: Pending) {
+        self.sequence += 1;
+        self.queue.push(Reverse((at, self.sequence, pending)));
+    }
+
+    fn set_links(&mut self, group: [u8; 3]) -> Result<(), String> {
         let before = self.group;
         self.group = group;
         for a in 0..3 {
@@ -240,35 +386,28 @@ impl Sim {
                 if was && !is {
                     self.replicas[a].peer_down(NAMES[b]);
                 } else if !was && is {
-                    let effects = self.replicas[a].peer_up(NAMES[b]);
-                    self.run_effects(a, effects);
+                    self.act(a, |core, io| core.peer_up(io, NAMES[b]))?;
                 }
             }
         }
+        Ok(())
     }
 
     fn run_to_end(&mut self) -> Result<(), String> {
         for a in 0..3 {
             for (b, name) in NAMES.iter().enumerate() {
                 if a != b {
-                    let effects = self.replicas[a].peer_up(name);
-                    self.run_effects(a, effects);
+                    self.act(a, |core, io| core.peer_up(io, name))?;
                 }
             }
         }
         for step in 0..300u64 {
             self.now = step * 10;
-            self.deliver_until(self.now);
-            // Group commits happen when they happen.
-            for journal in &mut self.journals {
-                if self.rng.chance(0.5) {
-                    journal.flush().expect("flushes");
-                }
-            }
+            self.deliver_until(self.now)?;
             match self.rng.below(10) {
                 0..=4 => {
                     let r = self.rng.below(3) as usize;
-                    let ops = (0..1 + self.rng.below(3))
+                    let ops: Vec<Op> = (0..1 + self.rng.below(3))
                         .map(|_| {
                             if self.rng.below(3) == 0 {
                                 Op::Times(self.rng.below(3) as i64 + 1)
@@ -278,44 +417,47 @@ impl Sim {
                         })
                         .collect();
                     let timestamp = self.rng.below(50) as i64;
-                    // As an entity does: journal, flush, apply, then push.
-                    let events = self.replicas[r].log().stamp(ops, timestamp);
-                    self.journals[r].append(ENTITY, &events).expect("appends");
-                    self.journals[r].flush().expect("flushes");
-                    self.replicas[r]
-                        .log_mut()
-                        .receive_all(events.iter().cloned());
-                    self.persisted += events.len();
-                    let effects = self.replicas[r].persisted(&events);
-                    self.run_effects(r, effects);
+                    self.attempted += ops.len() as u64;
+                    let acknowledged = Arc::clone(&self.lives[r].acknowledged);
+                    self.act(r, |core, io| {
+                        core.command(io, ops, timestamp, move |result| {
+                            if let Ok(Some(count)) = result {
+                                *acknowledged.lock().expect("not poisoned") += count;
+                            }
+                        })
+                    })?;
                 }
-                7 if self.rng.below(4) == 0 => {
+                7 if self.rng.below(3) == 0 => {
                     let r = self.rng.below(3) as usize;
-                    self.crash(r);
+                    self.crash(r)?;
                 }
                 5 => {
                     let group = [0, self.rng.below(2) as u8, self.rng.below(2) as u8];
-                    self.set_links(group);
+                    self.set_links(group)?;
                 }
-                6 => self.set_links([0; 3]),
+                6 => self.set_links([0; 3])?,
                 _ => {
                     let r = self.rng.below(3) as usize;
-                    let effects = self.replicas[r].tick();
-                    self.run_effects(r, effects);
+                    self.act(r, |core, io| core.tick(io))?;
                 }
             }
         }
         self.healed = true;
-        self.set_links([0; 3]);
+        self.set_links([0; 3])?;
         for round in 0..200u64 {
             self.now = 10_000 + round * 100;
-            self.deliver_until(self.now);
+            self.deliver_until(self.now)?;
             if self.converged() {
+                for r in 0..3 {
+                    self.act(r, |core, io| {
+                        core.stop(io);
+                        Ok(())
+                    })?;
+                }
                 return self.check();
             }
             for r in 0..3 {
-                let effects = self.replicas[r].tick();
-                self.run_effects(r, effects);
+                self.act(r, |core, io| core.tick(io))?;
             }
         }
         Err("no convergence 200 anti-entropy rounds after healing".into())
@@ -324,55 +466,115 @@ impl Sim {
     /// Replica `r` crashes and restarts from its journal, which lost what it
     /// had not flushed, under the same replica id; the others see it go down
     /// and come up again.
-    fn crash(&mut self, r: usize) {
+    fn crash(&mut self, r: usize) -> Result<(), String> {
         self.crashes += 1;
-        self.journals[r].lose_unflushed();
-        let (replica, from) =
-            replica_from(&self.journals[r], r, self.snapshot_every, &mut self.counts);
+        self.counts.history_loads += self.replicas[r].history_reloads();
+        let journaled = self.disks[r]
+            .journal
+            .highest_sequence(ENTITY)
+            .expect("reads");
+        self.disks[r].journal.lose_unflushed();
+        let durable = self.disks[r]
+            .journal
+            .highest_sequence(ENTITY)
+            .expect("reads");
+        self.lost_in_crashes += journaled - durable;
+        let replica = replica_from(&self.disks[r], r, self.snapshot_every);
+        if replica.recovered().snapshot_from.is_some() {
+            self.counts.started_from_snapshot += 1;
+        }
+        let own = replica.log().version().get(&replica_id(r));
+        let life = &mut self.lives[r];
+        let acknowledged = *life.acknowledged.lock().expect("not poisoned");
+        if own < acknowledged {
+            return Err(format!(
+                "r{r} acknowledged {acknowledged} events of its own and kept {own} after a crash"
+            ));
+        }
+        if life.published > durable {
+            return Err(format!(
+                "r{r} published event #{} and kept {durable} after a crash",
+                life.published
+            ));
+        }
+        life.number += 1;
+        life.published = 0;
+        for (other, peer) in self.replicas.iter().enumerate() {
+            let held = peer.log().version().get(&replica_id(r));
+            if other != r && held > own {
+                return Err(format!(
+                    "r{other} holds r{r}'s event #{held}, which r{r} lost in a crash: it was sent before it was durable"
+                ));
+            }
+        }
         self.replicas[r] = replica;
-        self.snapshot_from[r] = from;
         for (other, name) in NAMES.iter().enumerate() {
             if other == r || !self.connected(r, other) {
                 continue;
             }
-            let effects = self.replicas[r].peer_up(name);
-            self.run_effects(r, effects);
+            self.act(r, |core, io| core.peer_up(io, name))?;
             self.replicas[other].peer_down(NAMES[r]);
-            let effects = self.replicas[other].peer_up(NAMES[r]);
-            self.run_effects(other, effects);
+            self.act(other, |core, io| core.peer_up(io, NAMES[r]))?;
         }
+        Ok(())
     }
 
-    fn deliver_until(&mut self, time: u64) {
-        while let Some(Reverse((at, _, _, _, _))) = self.queue.peek() {
+    fn deliver_until(&mut self, time: u64) -> Result<(), String> {
+        while let Some(Reverse((at, ..))) = self.queue.peek() {
             if *at > time {
                 break;
             }
-            let Reverse((at, _, to, from, bytes)) = self.queue.pop().expect("peeked");
+            let Reverse((at, _, pending)) = self.queue.pop().expect("peeked");
             self.now = self.now.max(at);
-            if !self.connected(to, from) {
-                continue;
+            match pending {
+                Pending::Message { to, from, bytes } => {
+                    if !self.connected(to, from) {
+                        continue;
+                    }
+                    let message: ReplicationMessage<Op> =
+                        codec::decode(&bytes).expect("our own bytes decode");
+                    self.act(to, |core, io| core.received(io, NAMES[from], message))?;
+                }
+                Pending::Flush { replica, life } => {
+                    if life == self.lives[replica].number {
+                        self.act(replica, |core, io| core.scheduled_flush(io))?;
+                    }
+                }
             }
-            let message: ReplicationMessage<Op> =
-                codec::decode(&bytes).expect("our own bytes decode");
-            let effects = self.replicas[to].handle_message(NAMES[from], message);
-            self.run_effects(to, effects);
         }
+        Ok(())
     }
 
+    /// Every replica applied the same events and none waits for any.
     fn converged(&self) -> bool {
+        let first = self.replicas[0].log();
         self.replicas
             .iter()
-            .all(|r| r.log().applied_events() == self.persisted as u64 && r.log().waiting() == 0)
+            .all(|r| r.log().version() == first.version() && r.log().waiting() == 0)
     }
 
-    /// Every replica holds the same order and state, and a replica that
-    /// compacted holds the state a replay of its whole journal gives.
+    /// Every replica holds the same order and state, every event exactly
+    /// once, every acknowledged event, and a replica that compacted holds
+    /// the state a replay of its whole journal gives.
     fn check(&self) -> Result<(), String> {
-        let first = replayed(&self.journals[0], 0);
+        let total: u64 = (0..NAMES.len())
+            .map(|r| self.replicas[0].log().version().get(&replica_id(r)))
+            .sum();
+        let acknowledged: u64 = self
+            .lives
+            .iter()
+            .map(|life| *life.acknowledged.lock().expect("not poisoned"))
+            .sum();
+        if total < acknowledged || total > self.attempted {
+            return Err(format!(
+                "{total} events in the end, {acknowledged} acknowledged of {} attempted",
+                self.attempted
+            ));
+        }
+        let first = replayed(&self.disks[0].journal, 0);
         for (i, replica) in self.replicas.iter().enumerate() {
             let log = replica.log();
-            let full = replayed(&self.journals[i], i);
+            let full = replayed(&self.disks[i].journal, i);
             if !full.events().eq(first.events()) {
                 return Err(format!("r{i} holds another order than r0"));
             }
@@ -393,33 +595,55 @@ impl Sim {
                     full.state()
                 ));
             }
-            if log.state() != first.state() || log.state().1 as usize != self.persisted {
+            if log.state() != first.state() || log.state().1 != total {
                 return Err(format!(
-                    "r{i} ends in {:?}, r0 in {:?}",
+                    "r{i} ends in {:?}, r0 in {:?}, {total} events",
                     log.state(),
                     first.state()
                 ));
             }
-            let journaled = self.journals[i]
+            let journaled = self.disks[i]
+                .journal
                 .read_from::<Op>(ENTITY, 1)
                 .map_err(|err| err.to_string())?
-                .len();
-            if journaled != self.persisted {
+                .len() as u64;
+            if journaled != total {
                 return Err(format!(
-                    "r{i} journaled {journaled} events, expected {}",
-                    self.persisted
+                    "r{i} journaled {journaled} events, expected {total}"
                 ));
             }
+            if let Some(twice) = self.disks[i].note().journaled_twice.first() {
+                return Err(format!("r{i} {twice}"));
+            }
         }
-        match self.journaled_twice.first() {
-            Some(twice) => Err(twice.clone()),
-            None => Ok(()),
+        Ok(())
+    }
+
+    fn counted(&mut self) -> Counts {
+        let disks = self.disks.iter().map(|disk| disk.note());
+        let (saved, served) = disks.fold((0, 0), |(saved, served), note| {
+            (
+                saved + note.snapshots_saved,
+                served + note.served_from_journal,
+            )
+        });
+        Counts {
+            snapshots_saved: saved,
+            started_from_snapshot: self.counts.started_from_snapshot,
+            served_from_journal: served,
+            history_loads: self.counts.history_loads
+                + self
+                    .replicas
+                    .iter()
+                    .map(|core| core.history_reloads())
+                    .sum::<u64>(),
+            lost_in_crashes: self.lost_in_crashes,
         }
     }
 }
 
 #[test]
-fn replicas_of_an_entity_converge_through_loss_duplication_and_partitions() {
+fn replicas_of_an_entity_converge_through_loss_duplication_crashes_and_partitions() {
     let seeds: u64 = std::env::var("REPLICATION_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -430,10 +654,12 @@ fn replicas_of_an_entity_converge_through_loss_duplication_and_partitions() {
         let mut sim = Sim::new(seed);
         let outcome = sim.run_to_end();
         crashes += sim.crashes;
-        counts.snapshots_saved += sim.counts.snapshots_saved;
-        counts.started_from_snapshot += sim.counts.started_from_snapshot;
-        counts.served_from_journal += sim.counts.served_from_journal;
-        counts.history_loads += sim.counts.history_loads;
+        let seen = sim.counted();
+        counts.snapshots_saved += seen.snapshots_saved;
+        counts.started_from_snapshot += seen.started_from_snapshot;
+        counts.served_from_journal += seen.served_from_journal;
+        counts.history_loads += seen.history_loads;
+        counts.lost_in_crashes += seen.lost_in_crashes;
         if let Err(failure) = outcome {
             panic!("seed {seed}: {failure}");
         }
@@ -445,8 +671,9 @@ fn replicas_of_an_entity_converge_through_loss_duplication_and_partitions() {
             counts.snapshots_saved > 0
                 && counts.started_from_snapshot > 0
                 && counts.served_from_journal > 0
-                && counts.history_loads > 0,
-            "every snapshot path runs: {counts:?}"
+                && counts.history_loads > 0
+                && counts.lost_in_crashes > 0,
+            "every snapshot path runs, and crashes lose unflushed events: {counts:?}"
         );
     }
 }

@@ -13,12 +13,15 @@ mod log;
 mod protocol;
 mod recovery;
 
+pub use entity::{
+    CommandResult, Effect, EntityCore, EntityIo, EventApplied, PendingReply,
+    ReplicatedEventSourcedActor, ReplicationContext, Snapshots,
+};
 #[cfg(feature = "cluster")]
 pub use entity::{
-    CommandResult, Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, EventApplied,
-    ReplicatedEntity, Subscription, ENTITY_MESSAGE_VARIANT,
+    Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, ReplicatedEntity,
+    Subscription, ENTITY_MESSAGE_VARIANT,
 };
-pub use entity::{Effect, ReplicatedEventSourcedActor, ReplicationContext};
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{
     Effects, Replication, ReplicationEffect, ReplicationMessage, DEFAULT_STABILITY_TICKS,

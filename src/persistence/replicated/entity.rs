@@ -7,13 +7,14 @@ use crate::causal::ReplicaId;
 
 #[cfg(feature = "cluster")]
 mod actor;
+mod core;
 #[cfg(feature = "cluster")]
 mod handle;
 
+pub use self::core::{CommandResult, EntityCore, EntityIo, EventApplied, PendingReply, Snapshots};
 #[cfg(feature = "cluster")]
 pub use actor::{
-    CommandResult, EntityArguments, EntityMessage, EventApplied, ReplicatedEntity, Subscription,
-    ENTITY_MESSAGE_VARIANT,
+    EntityArguments, EntityMessage, ReplicatedEntity, Subscription, ENTITY_MESSAGE_VARIANT,
 };
 #[cfg(feature = "cluster")]
 pub use handle::{Entity, EntityConfig, EntityStats};

@@ -4,7 +4,8 @@ use std::time::Duration;
 use ractor::{ActorId, ActorRef, Message, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use super::actor::{EntityMessage, EventApplied};
+use super::actor::EntityMessage;
+use super::core::EventApplied;
 use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
 use crate::cluster::MemberEvents;

@@ -1,0 +1,599 @@
+//! The rules of one replica of one persistence id, as a sans-IO core that
+//! the entity actor and the simulation both drive.
+
+use std::collections::VecDeque;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::ReplicatedEventSourcedActor;
+use crate::causal::ReplicaId;
+use crate::codec;
+use crate::ddata::PeerName;
+use crate::error::{catch_panic, Error, Result};
+use crate::persistence::journal::{Journal, StoredSnapshot};
+use crate::persistence::replicated::{
+    recover_from_journal, ConflictResolver, DecodeState, Effects, EventEnvelope, EventHandler,
+    Recovered, ReplicatedLog, Replication, ReplicationContext, ReplicationEffect,
+    ReplicationMessage, Snapshot,
+};
+
+/// What a command comes to: the handler's reply (`None` if it gave none)
+/// once its events are durable, or why they are not.
+pub type CommandResult<R> = Result<Option<R>>;
+
+/// An answer that waits for the journal flush that makes what it reveals
+/// durable: called with the flush's outcome.
+pub type PendingReply = Box<dyn FnOnce(std::result::Result<(), &Error>) + Send>;
+
+/// An event the entity applied, as its subscribers receive it: once it is
+/// durable in this replica's journal, in the journal's order (which respects
+/// causality but, for concurrent events, may differ from the canonical order
+/// the state is computed in).
+#[derive(Clone, Debug)]
+pub struct EventApplied<E> {
+    /// The event's local sequence number in this replica's journal, from 1:
+    /// where a subscription resumes.
+    pub sequence: u64,
+    /// The event.
+    pub envelope: EventEnvelope<E>,
+}
+
+/// How an entity that snapshots encodes its state, and how often.
+pub struct Snapshots<S> {
+    every: usize,
+    encode: fn(&S) -> Result<Vec<u8>>,
+    decode: DecodeState<S>,
+}
+
+impl<S: Serialize + DeserializeOwned> Snapshots<S> {
+    /// A snapshot about every `events` events (see
+    /// [`Replication::with_snapshots`]), its state encoded with the
+    /// library's codec.
+    pub fn every(events: usize) -> Self {
+        Self {
+            every: events,
+            encode: |state| codec::encode(state),
+            decode: |bytes| codec::decode(bytes),
+        }
+    }
+}
+
+/// The I/O an [`EntityCore`] asks of whatever runs it, besides its journal.
+/// None of it can lose data: the core calls it only with what is durable.
+pub trait EntityIo<E> {
+    /// Delivers `message` to the replica on node `to`, if there is a route
+    /// to it (without one, anti-entropy repairs the loss later). False if
+    /// the route just failed: the core then takes the peer as down.
+    fn send(&mut self, to: &str, message: ReplicationMessage<E>) -> bool;
+
+    /// Arranges for [`EntityCore::scheduled_flush`] to be called behind the
+    /// work already queued, so that one flush covers all of it. False if it
+    /// could not be arranged (the runner is stopping).
+    fn schedule_flush(&mut self) -> bool;
+
+    /// Whether anyone listens to [`publish`](Self::publish): the core keeps
+    /// journaled events for it only then.
+    fn publishing(&self) -> bool;
+
+    /// Events that just became durable, in the journal's order.
+    fn publish(&mut self, events: Vec<EventApplied<E>>);
+}
+
+/// One replica of one persistence id, as a sans-IO core that the entity
+/// actor and the simulation both drive: its [`Replication`], its journal,
+/// and the rules that make a replica safe to crash at any point:
+///
+/// * a command's events are journaled before they are applied, and the
+///   journal takes them or none of them;
+/// * nothing leaves the replica before the journal holds it durably: no
+///   reply, no message to a peer, no event to a subscriber. A peer holding
+///   an event its origin lost in a crash would see the origin mint another
+///   event under the same id;
+/// * one journal flush covers every command that arrived before it (group
+///   commit): the core asks whatever runs it to
+///   [schedule](EntityIo::schedule_flush) a flush behind the work already
+///   queued, and answers every waiting reply when it runs;
+/// * a snapshot covers only durable events, is never older than the last
+///   one saved, and names where its recovery starts reading the journal.
+///
+/// What is left to the runner is I/O that cannot lose data: delivering
+/// messages to peers, scheduling the flush, handing events to subscribers
+/// ([`EntityIo`]). Every verb returns an error only when the replica must
+/// stop and start again from its journal: what it holds in memory may then
+/// be ahead of its disk.
+pub struct EntityCore<B: EventHandler, R, J> {
+    replication: Replication<B, R>,
+    journal: J,
+    persistence_id: String,
+    recovered: Recovered,
+    /// The journal took writes since the last flush.
+    unflushed: bool,
+    flush_scheduled: bool,
+    /// Local events to push to peers once durable.
+    unannounced: Vec<EventEnvelope<B::Event>>,
+    pending_replies: Vec<PendingReply>,
+    /// Journaled events to publish once they are durable, in the journal's
+    /// order.
+    unpublished: Vec<EventApplied<B::Event>>,
+    /// The local sequence number the journal gives the next event.
+    next_sequence: u64,
+    history_reloads: u64,
+    snapshots: Option<Snapshots<B::State>>,
+    /// Where the last snapshot's recovery starts reading the journal: every
+    /// event before it is covered by that snapshot and the ones to come.
+    snapshot_from: u64,
+    /// The size of the last snapshot saved: one no larger is stale.
+    snapshot_events: u64,
+    /// When snapshotting: the local sequence number, origin and origin
+    /// sequence number of each event journaled from `positions_from` on, so
+    /// that where a snapshot's recovery starts is found in memory instead
+    /// of by reading the journal back.
+    positions: VecDeque<(u64, ReplicaId, u64)>,
+    positions_from: u64,
+}
+
+impl<B, R, J> EntityCore<B, R, J>
+where
+    B: EventHandler,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    /// Starts the replica `log` is made for (an empty log) from what
+    /// `journal` holds for `persistence_id`: from its snapshot and the
+    /// events after it if `snapshots` is given and the snapshot is usable,
+    /// else from every event. Replication messages stay under
+    /// `max_message_bytes`.
+    pub fn recover(
+        persistence_id: impl Into<String>,
+        mut log: ReplicatedLog<B, R>,
+        journal: J,
+        snapshots: Option<Snapshots<B::State>>,
+        max_message_bytes: usize,
+    ) -> Result<Self> {
+        let persistence_id = persistence_id.into();
+        let decode = snapshots.as_ref().map(|snapshots| snapshots.decode);
+        let recovered = recover_from_journal(&mut log, &journal, &persistence_id, decode)?;
+        let next_sequence = journal.highest_sequence(&persistence_id)?.saturating_add(1);
+        let mut replication = Replication::new(log, max_message_bytes);
+        if let Some(snapshots) = &snapshots {
+            replication = replication.with_snapshots(snapshots.every);
+        }
+        Ok(Self {
+            replication,
+            journal,
+            persistence_id,
+            recovered,
+            unflushed: false,
+            flush_scheduled: false,
+            unannounced: Vec::new(),
+            pending_replies: Vec::new(),
+            unpublished: Vec::new(),
+            next_sequence,
+            history_reloads: 0,
+            snapshots,
+            snapshot_from: recovered.snapshot_from.unwrap_or(1),
+            snapshot_events: 0,
+            positions: VecDeque::new(),
+            positions_from: next_sequence,
+        })
+    }
+
+    /// The nodes that run a replica (see [`Replication::with_replicas`]).
+    pub fn with_replicas(mut self, nodes: impl IntoIterator<Item = impl Into<PeerName>>) -> Self {
+        self.replication = self.replication.with_replicas(nodes);
+        self
+    }
+
+    /// How many anti-entropy ticks an unheard-of replica holds compaction
+    /// back (see [`Replication::with_stability_ticks`]).
+    pub fn with_stability_ticks(mut self, ticks: u64) -> Self {
+        self.replication = self.replication.with_stability_ticks(ticks);
+        self
+    }
+
+    /// The replicated log: the state and the events in memory.
+    pub fn log(&self) -> &ReplicatedLog<B, R> {
+        self.replication.log()
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &J {
+        &self.journal
+    }
+
+    /// The persistence id.
+    pub fn persistence_id(&self) -> &str {
+        &self.persistence_id
+    }
+
+    /// How the replica started from its journal.
+    pub fn recovered(&self) -> Recovered {
+        self.recovered
+    }
+
+    /// Times a replicated event that may sort among compacted events made
+    /// the replica read its whole journal back.
+    pub fn history_reloads(&self) -> u64 {
+        self.history_reloads
+    }
+
+    /// Runs `command` through the behaviour and journals its events; `reply`
+    /// gets the outcome once they are durable. A handler that panics or a
+    /// journal that refuses the events fails the command only: nothing of
+    /// it was journaled or applied.
+    pub fn command(
+        &mut self,
+        io: &mut impl EntityIo<B::Event>,
+        command: B::Command,
+        now_millis: i64,
+        reply: impl FnOnce(CommandResult<B::Reply>) + Send + 'static,
+    ) -> Result<()>
+    where
+        B: ReplicatedEventSourcedActor,
+    {
+        let log = self.replication.log();
+        let context = ReplicationContext {
+            replica: log.replica(),
+            persistence_id: &self.persistence_id,
+        };
+        let decided = catch_panic(&self.persistence_id, || {
+            log.handler().handle_command(log.state(), command, context)
+        });
+        let (events, answer) = match decided {
+            Ok(effect) => effect.into_parts(),
+            Err(err) => {
+                reply(Err(err));
+                return Ok(());
+            }
+        };
+        if !events.is_empty() {
+            let stamped = self.replication.log().stamp(events, now_millis);
+            match self.journal.append(&self.persistence_id, &stamped) {
+                Err(err) => {
+                    tracing::error!(persistence_id = self.persistence_id, error = %err, "the journal refused a command's events");
+                    reply(Err(err));
+                    return Ok(());
+                }
+                Ok(added) if added != stamped.len() => {
+                    // This replica is behind its own journal (a reused
+                    // replica id, or a write reported failed that landed):
+                    // restarting from the journal is the way back.
+                    let err = Error::Store {
+                        path: self.persistence_id.clone(),
+                        key: stamped
+                            .first()
+                            .map(|e| format!("{}#{}", e.origin, e.origin_seq)),
+                        reason: "the journal already holds an event with this id; the entity stops"
+                            .into(),
+                    };
+                    tracing::error!(persistence_id = self.persistence_id, error = %err, "event id already journaled");
+                    reply(Err(err.clone()));
+                    return Err(err);
+                }
+                Ok(_) => {}
+            }
+            self.unflushed = true;
+            self.journaled(&*io, &stamped);
+            self.replication
+                .log_mut()
+                .receive_all(stamped.iter().cloned());
+            self.unannounced.extend(stamped);
+        }
+        self.answer_after_flush(io, move |flushed| {
+            reply(flushed.map(|()| answer).map_err(Error::clone));
+        });
+        Ok(())
+    }
+
+    /// Calls `answer` once everything applied so far is durable: at once if
+    /// nothing waits for the journal, else after the next flush, in order.
+    pub fn answer_after_flush(
+        &mut self,
+        io: &mut impl EntityIo<B::Event>,
+        answer: impl FnOnce(std::result::Result<(), &Error>) + Send + 'static,
+    ) {
+        if !self.unflushed && self.pending_replies.is_empty() {
+            answer(Ok(()));
+            return;
+        }
+        self.pending_replies.push(Box::new(answer));
+        self.schedule_flush(io);
+    }
+
+    /// The flush [scheduled](EntityIo::schedule_flush) earlier.
+    pub fn scheduled_flush(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
+        self.flush_scheduled = false;
+        self.flush(io)
+    }
+
+    /// Makes the journal durable, then answers the waiting replies, pushes
+    /// the new local events to the peers, publishes what was journaled and
+    /// saves a snapshot if one is due.
+    pub fn flush(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
+        let outcome = if self.unflushed {
+            self.journal.flush()
+        } else {
+            Ok(())
+        };
+        self.unflushed = false;
+        for reply in self.pending_replies.drain(..) {
+            reply(outcome.as_ref().map(|_| ()));
+        }
+        if let Err(err) = outcome {
+            // Maybe not durable: never pushed, so no peer can hold an event
+            // this replica might mint again. If it was durable, anti-entropy
+            // carries it after the restart.
+            self.unannounced.clear();
+            self.unpublished.clear();
+            tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot flush the journal; the entity stops");
+            return Err(err);
+        }
+        let events = std::mem::take(&mut self.unannounced);
+        let effects = self.replication.persisted(&events);
+        let (snapshots, sends): (Vec<_>, Vec<_>) = effects
+            .into_iter()
+            .partition(|effect| matches!(effect, ReplicationEffect::Snapshot(_)));
+        self.send(io, sends);
+        let published = std::mem::take(&mut self.unpublished);
+        if !published.is_empty() {
+            io.publish(published);
+        }
+        // Everything applied is durable now.
+        for effect in snapshots {
+            if let ReplicationEffect::Snapshot(snapshot) = effect {
+                self.save_snapshot(snapshot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable as the replica stops: the commands drained
+    /// may wait for their flush, which may save a snapshot, made durable by
+    /// a second one.
+    pub fn stop(&mut self, io: &mut impl EntityIo<B::Event>) {
+        let _ = self.flush(io);
+        if self.unflushed {
+            let _ = self.journal.flush();
+        }
+    }
+
+    /// A replication message from the replica on node `from`.
+    pub fn received(
+        &mut self,
+        io: &mut impl EntityIo<B::Event>,
+        from: &str,
+        message: ReplicationMessage<B::Event>,
+    ) -> Result<()> {
+        let effects = self.replication.handle_message(from, message);
+        self.run(io, effects)
+    }
+
+    /// An anti-entropy round.
+    pub fn tick(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
+        let effects = self.replication.tick();
+        self.run(io, effects)
+    }
+
+    /// The replica on node `peer` came up.
+    pub fn peer_up(&mut self, io: &mut impl EntityIo<B::Event>, peer: &str) -> Result<()> {
+        let effects = self.replication.peer_up(peer);
+        self.run(io, effects)
+    }
+
+    /// The replica on node `peer` went away.
+    pub fn peer_down(&mut self, peer: &str) {
+        self.replication.peer_down(peer);
+    }
+
+    /// The node `peer` left the cluster for good (see
+    /// [`Replication::peer_removed`]).
+    pub fn peer_removed(&mut self, peer: &str) {
+        self.replication.peer_removed(peer);
+    }
+
+    fn schedule_flush(&mut self, io: &mut impl EntityIo<B::Event>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = io.schedule_flush();
+        }
+    }
+
+    fn run(&mut self, io: &mut impl EntityIo<B::Event>, effects: Effects<B>) -> Result<()> {
+        let mut sends = Vec::new();
+        let mut effects = VecDeque::from(effects);
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                ReplicationEffect::Journal(events) => {
+                    // Already applied: a journal that refuses them stops the
+                    // replica, which recovers from its journal and the peers.
+                    match self.journal.append(&self.persistence_id, &events) {
+                        Err(err) => {
+                            tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot journal replicated events; the entity stops");
+                            return Err(err);
+                        }
+                        Ok(added) if added != events.len() => {
+                            // The journal held some already (two entities on
+                            // one persistence id and journal): numbering
+                            // from it.
+                            tracing::warn!(
+                                persistence_id = self.persistence_id,
+                                "the journal already held replicated events the log did not"
+                            );
+                            self.next_sequence = self
+                                .journal
+                                .highest_sequence(&self.persistence_id)?
+                                .saturating_add(1);
+                            self.positions.clear();
+                            self.positions_from = self.next_sequence;
+                        }
+                        Ok(_) => self.journaled(&*io, &events),
+                    }
+                    self.unflushed = true;
+                    self.schedule_flush(io);
+                }
+                send @ ReplicationEffect::Send { .. } => sends.push(send),
+                ReplicationEffect::Snapshot(snapshot) => {
+                    if self.unflushed || !self.unannounced.is_empty() {
+                        self.flush(io)?;
+                    }
+                    self.save_snapshot(snapshot);
+                }
+                ReplicationEffect::ServeFromJournal { to, version } => {
+                    match self.journal.missing_for(&self.persistence_id, &version) {
+                        Ok(missing) => sends.extend(self.replication.events_for(&to, &missing)),
+                        // Other replicas can serve the peer.
+                        Err(err) => {
+                            tracing::error!(persistence_id = self.persistence_id, peer = to, error = %err, "cannot read the journal to answer a peer")
+                        }
+                    }
+                }
+                ReplicationEffect::LoadHistory => {
+                    // Delivery waits for the history: without it the replica
+                    // would stop taking in replicated events for good.
+                    let journaled = self
+                        .journal
+                        .read_from(&self.persistence_id, 1)
+                        .inspect_err(|err| {
+                            tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot read the journal back for a late event; the entity stops")
+                        })?;
+                    tracing::info!(
+                        persistence_id = self.persistence_id,
+                        events = journaled.len(),
+                        "an event may sort among compacted events; read the journal back"
+                    );
+                    // The next snapshot may cover less than the last one.
+                    self.snapshot_from = 1;
+                    self.snapshot_events = 0;
+                    self.history_reloads += 1;
+                    effects.extend(
+                        self.replication
+                            .history_loaded(journaled.into_iter().map(|(_, envelope)| envelope)),
+                    );
+                }
+            }
+        }
+        if !sends.is_empty() {
+            // Answers to peers may carry local events: durable first.
+            if self.unflushed || !self.unannounced.is_empty() {
+                self.flush(io)?;
+            }
+            self.send(io, sends);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, io: &mut impl EntityIo<B::Event>, effects: Effects<B>) {
+        for effect in effects {
+            if let ReplicationEffect::Send { to, message } = effect {
+                if !io.send(&to, message) {
+                    self.replication.peer_down(&to);
+                }
+            }
+        }
+    }
+
+    /// Numbers events just appended to the journal, for the subscribers and
+    /// the snapshots' read positions.
+    fn journaled(&mut self, io: &impl EntityIo<B::Event>, events: &[EventEnvelope<B::Event>]) {
+        let publishing = io.publishing();
+        for envelope in events {
+            if self.snapshots.is_some() {
+                self.positions.push_back((
+                    self.next_sequence,
+                    envelope.origin.clone(),
+                    envelope.origin_seq,
+                ));
+            }
+            // A subscriber that comes later gets only events journaled
+            // after it, or replays the journal.
+            if publishing {
+                self.unpublished.push(EventApplied {
+                    sequence: self.next_sequence,
+                    envelope: envelope.clone(),
+                });
+            }
+            self.next_sequence = self.next_sequence.saturating_add(1);
+        }
+    }
+
+    /// Saves a snapshot the log compacted. Everything it covers must be
+    /// durable first: a snapshot claiming events that a crash took back
+    /// would make the replica mint their ids again. A snapshot that cannot
+    /// be saved is logged and skipped; the journal still holds every event.
+    fn save_snapshot(&mut self, snapshot: Snapshot<B::State>) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        // A snapshot taken before the last one saved would come with a read
+        // position past events it does not cover.
+        if snapshot.events <= self.snapshot_events {
+            return;
+        }
+        let persistence_id = self.persistence_id.as_str();
+        let stored = (snapshots.encode)(&snapshot.state).and_then(|encoded| {
+            let from_sequence = if self.snapshot_from >= self.positions_from {
+                let outside = self
+                    .positions
+                    .iter()
+                    .filter(|(sequence, ..)| *sequence >= self.snapshot_from)
+                    .find(|(_, origin, origin_seq)| *origin_seq > snapshot.version.get(origin));
+                let from_sequence = outside.map_or(self.next_sequence, |(sequence, ..)| *sequence);
+                debug_assert!(
+                    self.journal
+                        .first_sequence_outside(
+                            persistence_id,
+                            &snapshot.version,
+                            self.snapshot_from
+                        )
+                        .ok()
+                        .is_none_or(|read| read == from_sequence),
+                    "the journal positions kept in memory agree with the journal"
+                );
+                from_sequence
+            } else {
+                self.journal.first_sequence_outside(
+                    persistence_id,
+                    &snapshot.version,
+                    self.snapshot_from,
+                )?
+            };
+            Ok(StoredSnapshot {
+                version: snapshot.version,
+                events: snapshot.events,
+                from_sequence,
+                sequence: self.journal.highest_sequence(persistence_id)?,
+                state: encoded,
+            })
+        });
+        let saved = stored.and_then(|stored| {
+            self.journal.save_snapshot(persistence_id, &stored)?;
+            Ok(stored.from_sequence)
+        });
+        match saved {
+            Ok(from_sequence) => {
+                tracing::debug!(
+                    persistence_id,
+                    events = snapshot.events,
+                    from_sequence,
+                    "saved a snapshot"
+                );
+                self.snapshot_from = from_sequence;
+                self.snapshot_events = snapshot.events;
+                while self
+                    .positions
+                    .front()
+                    .is_some_and(|(sequence, ..)| *sequence < from_sequence)
+                {
+                    self.positions.pop_front();
+                }
+                self.positions_from = self.positions_from.max(from_sequence);
+                // Durable with the next flush, at the latest when the
+                // replica stops.
+                self.unflushed = true;
+            }
+            Err(err) => {
+                tracing::warn!(persistence_id, error = %err, "cannot save a snapshot; recovery replays more events")
+            }
+        }
+    }
+}
