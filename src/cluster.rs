@@ -318,6 +318,33 @@ impl ClusterNode {
             .with_membership(MemberEvents(self.membership.clone()))
     }
 
+    /// The entity type `name` run by this node as `replica`, as
+    /// [`EntityType::new`](crate::persistence::replicated::EntityType::new)
+    /// makes it, with discovery through this node's process groups and
+    /// this node's membership events. `replica.node()` must be this node's
+    /// name.
+    pub fn entity_type<B, R, J>(
+        &self,
+        name: impl Into<String>,
+        replica: crate::ReplicaId,
+        journal: J,
+        factory: impl Fn(&str) -> (B, R) + Send + Sync + 'static,
+    ) -> crate::persistence::replicated::EntityType<B, R, J>
+    where
+        B: crate::persistence::replicated::ReplicatedEventSourcedActor,
+    {
+        if replica.node() != self.name {
+            tracing::warn!(
+                replica = %replica,
+                node = self.name,
+                "an entity type's replica id names another node than its cluster node"
+            );
+        }
+        crate::persistence::replicated::EntityType::new(name, replica, journal, factory)
+            .with_discovery(self.discovery())
+            .with_membership(MemberEvents(self.membership.clone()))
+    }
+
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -35,6 +35,11 @@ impl PeerGroup {
         Self(format!("{NAME_PREFIX}entity/{persistence_id}"))
     }
 
+    /// The routers of the entity type `name`.
+    pub fn entity_type(name: &str) -> Self {
+        Self(format!("{NAME_PREFIX}entities/{name}"))
+    }
+
     /// The group's name, also its process-group name (in ractor's default
     /// scope, the only one whose groups can be monitored one by one).
     pub fn name(&self) -> &str {

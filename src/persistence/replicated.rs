@@ -19,8 +19,9 @@ pub use entity::{
 };
 #[cfg(feature = "cluster")]
 pub use entity::{
-    Entity, EntityArguments, EntityConfig, EntityMessage, EntityStats, ReplicatedEntity,
-    Subscription, ENTITY_MESSAGE_VARIANT,
+    Entities, Entity, EntityArguments, EntityConfig, EntityMessage, EntityRouter, EntityStats,
+    EntityType, ReplicatedEntity, RouterMessage, Subscription, ENTITY_MESSAGE_VARIANT,
+    ROUTER_MESSAGE_VARIANT,
 };
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{

@@ -7,8 +7,11 @@
 //! ```
 //!
 //! Each node spawns `IDLE_ENTITIES` entities (default 1,000) with the
-//! library's defaults and in-memory journals, the same persistence ids on
-//! every node. The benchmark then reports:
+//! library's defaults and in-memory journals (sled journals with
+//! `IDLE_SLED=1`), the same persistence ids on every node: one actor per
+//! entity, or with `IDLE_ROUTED=1` one entity router per node hosting all
+//! of them, which passivates them after `IDLE_PASSIVATE_MS` (default 0:
+//! never). The benchmark then reports:
 //! * how long spawning took, and until every replica reached the other two;
 //! * each node's CPU use (percent of one core) over `IDLE_SECONDS` (default
 //!   10) of idleness, and its resident memory;
@@ -34,15 +37,27 @@ fn setting(name: &str, default: u64) -> u64 {
 fn main() {
     let entities = setting("IDLE_ENTITIES", 1_000) as usize;
     let idle_seconds = setting("IDLE_SECONDS", 10);
+    let routed = setting("IDLE_ROUTED", 0) == 1;
+    let sled = setting("IDLE_SLED", 0) == 1;
+    let passivate_ms = setting("IDLE_PASSIVATE_MS", 0);
     let binary = sibling_node_binary();
-    let mut cluster = LoopbackCluster::new(&binary, "idle-entities", NODES);
+    let mut cluster = if sled {
+        LoopbackCluster::durable(&binary, "idle-entities", NODES)
+    } else {
+        LoopbackCluster::new(&binary, "idle-entities", NODES)
+    };
     cluster.start_all();
     cluster.wait_connected();
 
     let started = Instant::now();
     let spawn_seconds: Vec<f64> = (0..NODES)
         .map(|i| {
-            cluster.node(i).must(&format!("entities-spawn {entities}"))["seconds"]
+            let spawn = if routed {
+                format!("router-spawn {entities} {passivate_ms}")
+            } else {
+                format!("entities-spawn {entities}")
+            };
+            cluster.node(i).must(&spawn)["seconds"]
                 .as_f64()
                 .expect("seconds")
         })
@@ -52,11 +67,15 @@ fn main() {
         Duration::from_secs(600),
         || {
             (0..NODES).all(|i| {
-                cluster
-                    .node(i)
-                    .must(&format!("entities-with-peers {}", NODES - 1))
-                    .as_u64()
-                    == Some(entities as u64)
+                if routed {
+                    cluster.node(i).must("router-peers").as_u64() == Some(NODES as u64 - 1)
+                } else {
+                    cluster
+                        .node(i)
+                        .must(&format!("entities-with-peers {}", NODES - 1))
+                        .as_u64()
+                        == Some(entities as u64)
+                }
             })
         },
     );
@@ -76,22 +95,25 @@ fn main() {
         })
         .collect();
     let resident_kib: Vec<_> = (0..NODES).map(|i| cluster.node(i).must("rss")).collect();
+    let running: Vec<_> = (0..NODES)
+        .map(|i| routed.then(|| cluster.node(i).must("router-running")))
+        .collect();
 
     let mut latencies_micros = Vec::new();
     for sample in 0..LATENCY_SAMPLES {
         let entity = sample * entities / LATENCY_SAMPLES;
         let sent = Instant::now();
+        let (record, events) = if routed {
+            ("router-record", "router-events")
+        } else {
+            ("entity-record", "entity-events")
+        };
         cluster
             .node(0)
-            .must(&format!("entity-record {entity} sample-{sample}"));
+            .must(&format!("{record} {entity} sample-{sample}"));
         // Polled back to back: `eventually`'s pause would dwarf the latency.
         for i in 1..NODES {
-            while cluster
-                .node(i)
-                .must(&format!("entity-events {entity}"))
-                .as_u64()
-                != Some(1)
-            {
+            while cluster.node(i).must(&format!("{events} {entity}")).as_u64() != Some(1) {
                 assert!(
                     sent.elapsed() < Duration::from_secs(60),
                     "the event did not reach node {i} within 60 s"
@@ -104,6 +126,10 @@ fn main() {
 
     let report = json!({
         "entities_per_node": entities,
+        "routed": routed,
+        "journal": if sled { "sled" } else { "memory" },
+        "passivate_ms": passivate_ms,
+        "running_after_idle": running,
         "nodes": NODES,
         "spawn_seconds": spawn_seconds,
         "all_replicas_connected_seconds": connected_seconds,

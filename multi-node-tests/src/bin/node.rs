@@ -27,7 +27,8 @@ use ractor_replicated::ddata::{
 };
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
-    recover_from_journal, Entity, LastWriterWins, ReplicatedEntity, ReplicatedLog,
+    recover_from_journal, Entities, Entity, EntityRouter, LastWriterWins, ReplicatedEntity,
+    ReplicatedLog,
 };
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
@@ -186,6 +187,9 @@ struct Node {
     cluster: Arc<ClusterNode>,
     /// Entities started by `entities-spawn`, with the library's defaults.
     many: Vec<Entity<Ledger>>,
+    /// The router of `router-spawn`, and the journal it uses.
+    routed: Option<Entities<Ledger>>,
+    router_journal: EntityJournal,
 }
 
 fn arg<'a>(words: &'a [&str], index: usize) -> Result<&'a str, String> {
@@ -495,6 +499,69 @@ impl Node {
                     self.many.push(entity);
                 }
                 Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
+            }
+            "router-spawn" => {
+                // Starts `count` entities `many-<i>` behind one router,
+                // passivating after `passivate_ms` (0: never).
+                let count: usize = number(&words, 1)?;
+                let passivate_ms: u64 = number(&words, 2)?;
+                let passivate =
+                    Some(Duration::from_millis(passivate_ms)).filter(|ms| !ms.is_zero());
+                let started = Instant::now();
+                let replica = ReplicaId::fresh(self.name.as_str());
+                let factory = |_: &str| {
+                    (
+                        Ledger {
+                            keep_entries: false,
+                        },
+                        LastWriterWins,
+                    )
+                };
+                let routed = match self.router_journal.clone() {
+                    EntityJournal::Sled(journal) => {
+                        let entity_type = self
+                            .cluster
+                            .entity_type("many", replica, journal, factory)
+                            .with_passivation(passivate);
+                        EntityRouter::spawn(entity_type).await
+                    }
+                    EntityJournal::Memory(journal) => {
+                        let entity_type = self
+                            .cluster
+                            .entity_type("many", replica, journal, factory)
+                            .with_passivation(passivate);
+                        EntityRouter::spawn(entity_type).await
+                    }
+                }
+                .map_err(error)?;
+                for i in 0..count {
+                    routed.state(format!("many-{i}")).await.map_err(error)?;
+                }
+                self.routed = Some(routed);
+                Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
+            }
+            "router-peers" => {
+                let routed = self.routed.as_ref().ok_or("no router")?;
+                let stats = routed.stats("many-0").await.map_err(error)?;
+                Ok(json!(stats.reachable_peers.len()))
+            }
+            "router-running" => {
+                let routed = self.routed.as_ref().ok_or("no router")?;
+                Ok(json!(routed.running().await.map_err(error)?))
+            }
+            "router-record" => {
+                let routed = self.routed.as_ref().ok_or("no router")?;
+                let id = format!("many-{}", number::<usize>(&words, 1)?);
+                routed
+                    .command(id, arg(&words, 2)?.to_string())
+                    .await
+                    .map_err(error)?;
+                Ok(json!(null))
+            }
+            "router-events" => {
+                let routed = self.routed.as_ref().ok_or("no router")?;
+                let id = format!("many-{}", number::<usize>(&words, 1)?);
+                Ok(json!(routed.stats(id).await.map_err(error)?.events))
             }
             "entities-with-peers" => {
                 // How many of the spawned entities reach `peers` replicas.
@@ -974,6 +1041,8 @@ async fn main() {
         journal: reading_journal,
         cluster: cluster.clone(),
         many: Vec::new(),
+        routed: None,
+        router_journal: journal.clone(),
     };
 
     let mut stdout = tokio::io::stdout();

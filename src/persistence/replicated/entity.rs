@@ -10,6 +10,8 @@ mod actor;
 mod core;
 #[cfg(feature = "cluster")]
 mod handle;
+#[cfg(feature = "cluster")]
+mod router;
 
 pub use self::core::{CommandResult, EntityCore, EntityIo, EventApplied, PendingReply, Snapshots};
 #[cfg(feature = "cluster")]
@@ -18,6 +20,8 @@ pub use actor::{
 };
 #[cfg(feature = "cluster")]
 pub use handle::{Entity, EntityConfig, EntityStats};
+#[cfg(feature = "cluster")]
+pub use router::{Entities, EntityRouter, EntityType, RouterMessage, ROUTER_MESSAGE_VARIANT};
 
 /// What a command handler knows besides the state.
 #[derive(Clone, Copy, Debug)]

@@ -95,7 +95,7 @@ pub struct Subscription<E> {
 type Notify<E> = Box<dyn FnMut(&EventApplied<E>) -> bool + Send>;
 
 impl<E: Clone + Send + 'static> Subscription<E> {
-    fn new<M>(listener: ActorRef<M>, from: Option<u64>) -> Self
+    pub(super) fn new<M>(listener: ActorRef<M>, from: Option<u64>) -> Self
     where
         M: Message + From<EventApplied<E>>,
     {
@@ -108,6 +108,18 @@ impl<E: Clone + Send + 'static> Subscription<E> {
                     .is_ok_and(|message| listener.cast(message).is_ok())
             }),
         }
+    }
+}
+
+impl<E> Subscription<E> {
+    /// The subscriber.
+    pub(super) fn listener(&self) -> ActorId {
+        self.listener
+    }
+
+    /// Sends the subscriber `event`; false once it is gone.
+    pub(super) fn notify(&mut self, event: &EventApplied<E>) -> bool {
+        (self.notify)(event)
     }
 }
 
@@ -183,7 +195,7 @@ impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
 }
 
 /// The entity's type parameters, held without owning any of them.
-type Parameters<B, R, J> = PhantomData<fn() -> (B, R, J)>;
+pub(super) type Parameters<B, R, J> = PhantomData<fn() -> (B, R, J)>;
 
 /// The entity actor: one replica of one persistence id. Spawn it with
 /// [`ReplicatedEntity::spawn`], or yourself with [`EntityArguments`] (under
@@ -297,7 +309,7 @@ impl<B: ReplicatedEventSourcedActor> EntityIo<B::Event> for Shell<B> {
     /// Subscribers that are gone are dropped.
     fn publish(&mut self, events: Vec<EventApplied<B::Event>>) {
         self.subscribers
-            .retain_mut(|subscription| events.iter().all(|event| (subscription.notify)(event)));
+            .retain_mut(|subscription| events.iter().all(|event| subscription.notify(event)));
     }
 }
 
@@ -369,7 +381,7 @@ impl<B, R, J> Default for ReplicatedEntity<B, R, J> {
     }
 }
 
-fn now_millis() -> i64 {
+pub(super) fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -484,13 +496,15 @@ where
                 return Ok(());
             }
             EntityMessage::Subscribe(subscription) => {
-                subscribe(core, shell, subscription)?;
+                if let Some(subscription) = replay_to(core, shell, subscription)? {
+                    shell.subscribers.push(subscription);
+                }
                 return Ok(());
             }
             EntityMessage::Unsubscribe(listener) => {
                 shell
                     .subscribers
-                    .retain(|subscription| subscription.listener != listener);
+                    .retain(|subscription| subscription.listener() != listener);
                 return Ok(());
             }
             EntityMessage::Internal(Internal(inbound)) => inbound,
@@ -550,36 +564,37 @@ where
     }
 }
 
-/// Adds a subscriber, after replaying the journal to it if it asked. The
-/// flush first publishes what the journal holds to the subscribers before
-/// it, so the replay ends where the new one's live events begin.
-fn subscribe<B, R, J>(
+/// Replays the journal to a new subscriber if it asked, and gives it back
+/// to be added (`None` if it went away meanwhile). The flush first
+/// publishes what the journal holds to the subscribers before it, so the
+/// replay ends where the new one's live events begin.
+pub(super) fn replay_to<B, R, J>(
     core: &mut EntityCore<B, R, J>,
-    shell: &mut Shell<B>,
+    io: &mut impl EntityIo<B::Event>,
     mut subscription: Subscription<B::Event>,
-) -> Result<()>
+) -> Result<Option<Subscription<B::Event>>>
 where
     B: ReplicatedEventSourcedActor,
     R: ConflictResolver<B::Event>,
     J: Journal,
 {
-    if let Some(from) = subscription.from {
-        core.flush(shell)?;
-        let journaled = match core.journal().read_from(core.persistence_id(), from.max(1)) {
-            Ok(journaled) => journaled,
-            Err(err) => {
-                tracing::error!(persistence_id = core.persistence_id(), error = %err, "cannot read the journal to replay it to a subscriber; not subscribed");
-                return Ok(());
-            }
-        };
-        for (sequence, envelope) in journaled {
-            if !(subscription.notify)(&EventApplied { sequence, envelope }) {
-                return Ok(());
-            }
+    let Some(from) = subscription.from else {
+        return Ok(Some(subscription));
+    };
+    core.flush(io)?;
+    let journaled = match core.journal().read_from(core.persistence_id(), from.max(1)) {
+        Ok(journaled) => journaled,
+        Err(err) => {
+            tracing::error!(persistence_id = core.persistence_id(), error = %err, "cannot read the journal to replay it to a subscriber; not subscribed");
+            return Ok(None);
+        }
+    };
+    for (sequence, envelope) in journaled {
+        if !subscription.notify(&EventApplied { sequence, envelope }) {
+            return Ok(None);
         }
     }
-    shell.subscribers.push(subscription);
-    Ok(())
+    Ok(Some(subscription))
 }
 
 fn reject<B: ReplicatedEventSourcedActor>(shell: &mut Shell<B>, reason: &str) {

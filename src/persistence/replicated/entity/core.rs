@@ -46,6 +46,16 @@ pub struct Snapshots<S> {
     decode: DecodeState<S>,
 }
 
+impl<S> Clone for Snapshots<S> {
+    fn clone(&self) -> Self {
+        Self {
+            every: self.every,
+            encode: self.encode,
+            decode: self.decode,
+        }
+    }
+}
+
 impl<S: Serialize + DeserializeOwned> Snapshots<S> {
     /// A snapshot about every `events` events (see
     /// [`Replication::with_snapshots`]), its state encoded with the

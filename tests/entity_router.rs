@@ -1,0 +1,271 @@
+//! Many entities of one type per node, behind one router per node: three
+//! nodes in one process over loopback ractor_cluster sessions. Entities
+//! start on their first command or replicated event, replicate through the
+//! routers, passivate when idle and catch up after a router was away.
+
+mod support;
+
+use std::time::Duration;
+
+use ractor::ActorRef;
+use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
+use ractor_replicated::persistence::journal::MemoryJournal;
+use ractor_replicated::persistence::replicated::{
+    Effect, Entities, EntityRouter, EntityType, EventHandler, EventMeta, LastWriterWins,
+    ReplicatedEventSourcedActor, ReplicationContext,
+};
+use ractor_replicated::ReplicaId;
+use serde::{Deserialize, Serialize};
+use support::{cluster, eventually, test_core_config, RawBytes, TestNode};
+
+const BOUND: Duration = Duration::from_secs(10);
+const TYPE: &str = "ledgers";
+
+/// Records entries in the order it applies them: replicas agree only if
+/// they apply the same events in the same order.
+struct Ledger;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Recorded(String);
+
+impl EventHandler for Ledger {
+    type Event = Recorded;
+    type State = Vec<String>;
+
+    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
+        state.push(event.0.clone());
+    }
+}
+
+impl ReplicatedEventSourcedActor for Ledger {
+    type Command = String;
+    type Reply = usize;
+
+    fn handle_command(
+        &self,
+        state: &Vec<String>,
+        entry: String,
+        _: ReplicationContext<'_>,
+    ) -> Effect<Recorded, usize> {
+        Effect::persist([Recorded(entry)]).then_reply(state.len() + 1)
+    }
+}
+
+async fn spawn_router(
+    node: &TestNode,
+    journal: MemoryJournal,
+    passivate_after: Option<Duration>,
+) -> Entities<Ledger> {
+    let entity_type = EntityType::new(TYPE, ReplicaId::new(node.name.as_str(), 0), journal, |_| {
+        (Ledger, LastWriterWins)
+    })
+    .with_discovery(SessionDiscovery::new(node.server.clone()))
+    .with_anti_entropy_interval(Duration::from_millis(100))
+    .with_passivation(passivate_after);
+    EntityRouter::spawn(entity_type)
+        .await
+        .expect("the router starts")
+}
+
+/// Waits until every router reaches the other two.
+async fn see_each_other(routers: &[Entities<Ledger>]) {
+    eventually("the routers see each other", BOUND, || async {
+        for router in routers {
+            let peers = router
+                .stats("probe")
+                .await
+                .map_or(0, |s| s.reachable_peers.len());
+            if peers != routers.len() - 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// Every router holds `expected` entries for `id`, in one order.
+async fn converged(routers: &[Entities<Ledger>], id: &str, expected: usize) -> bool {
+    let mut states = Vec::new();
+    for router in routers {
+        match router.state(id).await {
+            Ok(state) if state.len() == expected => states.push(state),
+            _ => return false,
+        }
+    }
+    states.windows(2).all(|pair| pair[0] == pair[1])
+}
+
+async fn shut_down(routers: &[Entities<Ledger>], nodes: &[TestNode]) {
+    for router in routers {
+        let _ = router.router().stop_and_wait(None, None).await;
+    }
+    for node in nodes {
+        node.shut_down().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_entities_replicate_through_one_router_per_node() {
+    let nodes = cluster("router-many", 3, test_core_config()).await;
+    let mut routers = Vec::new();
+    for node in &nodes {
+        routers.push(spawn_router(node, MemoryJournal::new(), None).await);
+    }
+    see_each_other(&routers).await;
+    const ENTITIES: usize = 40;
+    // Every node writes to every entity at once: concurrent events.
+    let writers: Vec<_> = routers
+        .iter()
+        .enumerate()
+        .map(|(n, router)| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                for e in 0..ENTITIES {
+                    router
+                        .command(format!("account-{e}"), format!("n{n}-{e}"))
+                        .await
+                        .expect("acknowledged");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for e in 0..ENTITIES {
+        let id = format!("account-{e}");
+        eventually("every entity converges", BOUND, || {
+            converged(&routers, &id, 3)
+        })
+        .await;
+    }
+    for router in &routers {
+        assert_eq!(router.running().await.unwrap(), ENTITIES + 1);
+    }
+    shut_down(&routers, &nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivated_entities_wake_for_replicated_events_and_keep_their_state() {
+    let nodes = cluster("router-passivate", 3, test_core_config()).await;
+    let mut routers = Vec::new();
+    for node in &nodes {
+        let passivate = Some(Duration::from_millis(300));
+        routers.push(spawn_router(node, MemoryJournal::new(), passivate).await);
+    }
+    see_each_other(&routers).await;
+    routers[0].command("cart-1", "apple".into()).await.unwrap();
+    eventually("the first entry replicates", BOUND, || {
+        converged(&routers, "cart-1", 1)
+    })
+    .await;
+    eventually("every entity passivates", BOUND, || async {
+        for router in &routers {
+            if router.running().await.unwrap() != 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Passivated everywhere: node 2 wakes its entity with the command, and
+    // the event wakes the others'.
+    routers[2].command("cart-1", "pear".into()).await.unwrap();
+    eventually("a passivated entity takes in the event", BOUND, || {
+        converged(&routers, "cart-1", 2)
+    })
+    .await;
+    assert_eq!(
+        routers[0].state("cart-1").await.unwrap(),
+        ["apple", "pear"],
+        "the state came back from the journal"
+    );
+    shut_down(&routers, &nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_was_away_catches_up_with_passivated_entities() {
+    let nodes = cluster("router-away", 3, test_core_config()).await;
+    let journals: Vec<MemoryJournal> = (0..3).map(|_| MemoryJournal::new()).collect();
+    let passivate = Some(Duration::from_millis(300));
+    let mut routers = Vec::new();
+    for (node, journal) in nodes.iter().zip(&journals) {
+        routers.push(spawn_router(node, journal.clone(), passivate).await);
+    }
+    see_each_other(&routers).await;
+    let away = routers.pop().expect("three routers");
+    away.router().stop_and_wait(None, None).await.unwrap();
+    for e in 0..10 {
+        routers[e % 2]
+            .command(format!("order-{e}"), format!("item-{e}"))
+            .await
+            .unwrap();
+    }
+    eventually("the two passivate every entity", BOUND, || async {
+        for router in &routers {
+            if router.running().await.unwrap() != 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Back with its journal and no entity running: the others' passivated
+    // entities tell it what they hold, which starts its own (asking for
+    // them here would start them too, and prove nothing).
+    routers.push(spawn_router(&nodes[2], journals[2].clone(), None).await);
+    eventually(
+        "the reports start the returning router's entities",
+        BOUND,
+        || async { routers[2].running().await.unwrap() >= 10 },
+    )
+    .await;
+    for e in 0..10 {
+        let id = format!("order-{e}");
+        eventually("the returning router catches up", BOUND, || async {
+            routers[2]
+                .stats(id.as_str())
+                .await
+                .is_ok_and(|stats| stats.events == 1)
+        })
+        .await;
+    }
+    shut_down(&routers, &nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_between_routers_is_counted_and_replication_goes_on() {
+    let nodes = cluster("router-garbage", 2, test_core_config()).await;
+    let mut routers = Vec::new();
+    for node in &nodes {
+        routers.push(spawn_router(node, MemoryJournal::new(), None).await);
+    }
+    see_each_other(&routers).await;
+    let discovery = SessionDiscovery::new(nodes[0].server.clone());
+    let mut peers = discovery.discover(&PeerGroup::entity_type(TYPE)).await;
+    let proxy: ActorRef<RawBytes> = peers.remove(0).actor.into();
+    let variant = ractor_replicated::persistence::replicated::ROUTER_MESSAGE_VARIANT;
+    let garbage = [
+        (variant, vec![]),
+        (variant, vec![1, 0xc1, 0xff, 0x00]),
+        ("some.other.variant", vec![1, 2, 3]),
+    ];
+    let sent = garbage.len() as u64;
+    for (variant, bytes) in garbage {
+        proxy.cast(RawBytes { variant, bytes }).unwrap();
+    }
+    eventually("the garbage is counted", BOUND, || async {
+        routers[1]
+            .stats("any")
+            .await
+            .is_ok_and(|stats| stats.rejected_messages == sent)
+    })
+    .await;
+    routers[1].command("still", "working".into()).await.unwrap();
+    eventually("replication goes on", BOUND, || {
+        converged(&routers, "still", 1)
+    })
+    .await;
+    shut_down(&routers, &nodes).await;
+}
