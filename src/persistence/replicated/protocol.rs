@@ -38,6 +38,10 @@ pub enum ReplicationMessage<E> {
     /// still on their way as pushes; the next report asks again for any of
     /// them that was lost.
     Report(VersionVector),
+    /// "I have exactly what you reported": the answer to a report equal to
+    /// the receiver's version, after which neither reports to the other
+    /// until one of them changes.
+    InSync(VersionVector),
 }
 
 /// What the caller must do, in order.
@@ -93,6 +97,11 @@ pub struct Replication<H: EventHandler, R> {
     /// The nodes that run a replica, if known: compaction waits for them
     /// instead of for those heard of lately.
     replicas: Option<BTreeSet<PeerName>>,
+    /// The peers whose last word showed exactly this replica's version,
+    /// while it holds `in_sync_events` applied events: no report goes to
+    /// them, so replicas that agree cost nothing at rest.
+    in_sync: BTreeSet<PeerName>,
+    in_sync_events: u64,
     ticks: u64,
     /// What the log held at the last tick, and at the one before: a
     /// [`ReplicationMessage::Report`] is answered within the latter.
@@ -127,6 +136,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             last_heard,
             removed: BTreeSet::new(),
             replicas: None,
+            in_sync: BTreeSet::new(),
+            in_sync_events: 0,
             ticks: 0,
             held_at_last_tick: VersionVector::new(),
             held_a_tick_before: VersionVector::new(),
@@ -199,6 +210,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     pub fn peer_up(&mut self, peer: &str) -> Effects<H> {
         self.removed.remove(peer);
         self.reachable.insert(peer.to_string());
+        self.in_sync.remove(peer);
         self.heard_of(peer);
         vec![self.version_to(peer)]
     }
@@ -207,6 +219,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// [`with_stability_ticks`](Self::with_stability_ticks) more ticks.
     pub fn peer_down(&mut self, peer: &str) {
         self.reachable.remove(peer);
+        self.in_sync.remove(peer);
         self.heard_of(peer);
     }
 
@@ -218,6 +231,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     pub fn peer_removed(&mut self, peer: &str) {
         self.removed.insert(peer.to_string());
         self.reachable.remove(peer);
+        self.in_sync.remove(peer);
         self.last_heard.remove(peer);
         self.peer_versions.remove(peer);
     }
@@ -238,38 +252,82 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         self.events_to(peer, events.iter())
     }
 
-    /// Anti-entropy round: this replica's version to the next reachable peer.
-    /// Ticks are also the clock of
+    /// Anti-entropy round: this replica's version to the next reachable peer
+    /// not known to hold exactly the same events (none if all are). Ticks
+    /// are also the clock of
     /// [`with_stability_ticks`](Self::with_stability_ticks).
     pub fn tick(&mut self) -> Effects<H> {
         self.ticks += 1;
-        self.held_a_tick_before =
-            std::mem::replace(&mut self.held_at_last_tick, self.log.version().clone());
+        // A replica at rest keeps its versions instead of copying them.
+        let version = self.log.version();
+        if self.held_a_tick_before != *version || self.held_at_last_tick != *version {
+            self.held_a_tick_before =
+                std::mem::replace(&mut self.held_at_last_tick, version.clone());
+        }
         for peer in &self.reachable {
-            self.last_heard.insert(peer.clone(), self.ticks);
+            mark_heard(&mut self.last_heard, peer, self.ticks);
         }
         let (ticks, stability) = (self.ticks, self.stability_ticks);
+        let heard = self.last_heard.len();
         self.last_heard
             .retain(|_, heard| ticks - *heard <= stability);
         let (last_heard, replicas) = (&self.last_heard, &self.replicas);
         self.peer_versions.retain(|peer, _| {
             last_heard.contains_key(peer) || replicas.as_ref().is_some_and(|r| r.contains(peer))
         });
-        if self.reachable.is_empty() {
-            return Vec::new();
+        let mut effects = Vec::new();
+        if self.last_heard.len() < heard
+            && self
+                .snapshot_every
+                .is_some_and(|every| self.log.events().len() >= every)
+        {
+            // A replica no longer waited for may have been what held
+            // compaction back.
+            self.next_compaction = 0;
+            effects.extend(self.compaction());
         }
-        let index = self.next_peer % self.reachable.len();
-        self.next_peer = self.next_peer.wrapping_add(1);
-        let peer = self
-            .reachable
-            .iter()
-            .nth(index)
-            .cloned()
-            .unwrap_or_default();
-        vec![ReplicationEffect::Send {
-            to: peer,
-            message: ReplicationMessage::Report(self.log.version().clone()),
-        }]
+        self.refresh_in_sync();
+        let in_sync = &self.in_sync;
+        let behind = self.reachable.difference(in_sync).count();
+        if behind > 0 {
+            let index = self.next_peer % behind;
+            self.next_peer = self.next_peer.wrapping_add(1);
+            let peer = self
+                .reachable
+                .difference(in_sync)
+                .nth(index)
+                .cloned()
+                .unwrap_or_default();
+            effects.push(ReplicationEffect::Send {
+                to: peer,
+                message: ReplicationMessage::Report(self.log.version().clone()),
+            });
+        }
+        effects
+    }
+
+    /// Forgets which peers were in sync once this replica's version moved.
+    fn refresh_in_sync(&mut self) {
+        let applied = self.log.applied_events();
+        if applied != self.in_sync_events {
+            self.in_sync.clear();
+            self.in_sync_events = applied;
+        }
+    }
+
+    /// Notes whether the replica on node `peer`, whose version is
+    /// `version`, holds exactly what this one does; true if so.
+    fn note_in_sync(&mut self, peer: &str, version: &VersionVector) -> bool {
+        self.refresh_in_sync();
+        let same = version == self.log.version();
+        if same {
+            if self.reachable.contains(peer) {
+                self.in_sync.insert(peer.to_string());
+            }
+        } else {
+            self.in_sync.remove(peer);
+        }
+        same
     }
 
     /// A message from the replica on node `from`.
@@ -283,8 +341,27 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 let applied = self.log.receive_all(events);
                 self.after_receiving(applied)
             }
-            ReplicationMessage::Version(version) => self.answer(from, version, false),
-            ReplicationMessage::Report(version) => self.answer(from, version, true),
+            ReplicationMessage::Version(version) => {
+                self.note_in_sync(from, &version);
+                self.answer(from, version, false)
+            }
+            ReplicationMessage::Report(version) => {
+                if self.note_in_sync(from, &version) {
+                    // The reporter does not know yet that it can stop.
+                    let mut effects = vec![ReplicationEffect::Send {
+                        to: from.to_string(),
+                        message: ReplicationMessage::InSync(version.clone()),
+                    }];
+                    effects.extend(self.answer(from, version, true));
+                    effects
+                } else {
+                    self.answer(from, version, true)
+                }
+            }
+            ReplicationMessage::InSync(version) => {
+                self.note_in_sync(from, &version);
+                self.seen_by(from, version).into_iter().collect()
+            }
         }
     }
 
@@ -305,18 +382,26 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 version: version.clone(),
             }]
         };
+        effects.extend(self.seen_by(from, version));
+        effects
+    }
+
+    /// Takes `version` as what the replica on node `from` has seen, and
+    /// compacts if that was what held compaction back.
+    fn seen_by(
+        &mut self,
+        from: &str,
+        version: VersionVector,
+    ) -> Option<ReplicationEffect<H::Event, H::State>> {
         self.peer_versions.insert(from.to_string(), version);
         self.heard_of(from);
-        // What held compaction back may be what the peer had not
-        // seen.
         if self
             .snapshot_every
             .is_some_and(|every| self.log.events().len() >= every)
         {
             self.next_compaction = 0;
         }
-        effects.extend(self.compaction());
-        effects
+        self.compaction()
     }
 
     fn heard_of(&mut self, node: &str) {
@@ -517,6 +602,96 @@ mod tests {
         a.peer_removed("b");
         let events = a.log_mut().persist(vec![5, 6], 2);
         assert_eq!(snapshots(&a.persisted(&events)), 1);
+    }
+
+    /// Delivers every message of `effects` from `from` (node `from_name`)
+    /// to `to`, and the answers back, until none is left; the messages
+    /// `drop` picks are lost. How many were delivered.
+    fn exchange(
+        replicas: &mut [Replication<Sum, LastWriterWins>; 2],
+        from: usize,
+        effects: Effects<Sum>,
+        drop: &mut impl FnMut(&ReplicationMessage<u64>) -> bool,
+    ) -> usize {
+        let names = ["a", "b"];
+        let mut queue: Vec<(usize, ReplicationMessage<u64>)> = effects
+            .into_iter()
+            .filter_map(|effect| match effect {
+                ReplicationEffect::Send { message, .. } => Some((1 - from, message)),
+                _ => None,
+            })
+            .collect();
+        let mut delivered = 0;
+        while let Some((to, message)) = queue.pop() {
+            if drop(&message) {
+                continue;
+            }
+            delivered += 1;
+            let answers = replicas[to].handle_message(names[1 - to], message);
+            for answer in answers {
+                if let ReplicationEffect::Send { message, .. } = answer {
+                    queue.push((1 - to, message));
+                }
+            }
+        }
+        delivered
+    }
+
+    #[test]
+    fn replicas_that_agree_stop_reporting_until_one_of_them_changes() {
+        let mut replicas = [replica("a"), replica("b")];
+        let mut keep = |_: &ReplicationMessage<u64>| false;
+        let up = replicas[0].peer_up("b");
+        exchange(&mut replicas, 0, up, &mut keep);
+        let up = replicas[1].peer_up("a");
+        exchange(&mut replicas, 1, up, &mut keep);
+        let mut quiet_after = None;
+        for round in 0..4 {
+            let mut sent = 0;
+            for r in 0..2 {
+                let effects = replicas[r].tick();
+                sent += exchange(&mut replicas, r, effects, &mut keep);
+            }
+            if sent == 0 {
+                quiet_after = Some(round);
+                break;
+            }
+        }
+        assert!(quiet_after.is_some(), "replicas that agree go quiet");
+
+        // A new event whose push is lost: reports resume and carry it.
+        let events = replicas[0].log_mut().persist(vec![7], 1);
+        let mut lose_events =
+            |message: &ReplicationMessage<u64>| matches!(message, ReplicationMessage::Events(_));
+        let pushed = replicas[0].persisted(&events);
+        exchange(&mut replicas, 0, pushed, &mut lose_events);
+        assert_eq!(replicas[1].log().applied_events(), 0);
+        // An in-sync answer lost once: the reporter asks again.
+        let mut lost_in_sync = false;
+        let mut lose_one_in_sync = |message: &ReplicationMessage<u64>| {
+            let lose = !lost_in_sync && matches!(message, ReplicationMessage::InSync(_));
+            lost_in_sync |= lose;
+            lose
+        };
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 20, "no convergence");
+            let mut sent = 0;
+            for r in 0..2 {
+                let effects = replicas[r].tick();
+                sent += exchange(&mut replicas, r, effects, &mut lose_one_in_sync);
+            }
+            if sent == 0 {
+                break;
+            }
+        }
+        assert!(lost_in_sync, "an in-sync answer was lost");
+        assert_eq!(replicas[1].log().state(), &7, "the lost push was repaired");
+        assert_eq!(replicas[0].log().version(), replicas[1].log().version());
+        for replica in &mut replicas {
+            assert!(replica.tick().is_empty(), "quiet again");
+        }
     }
 
     #[test]

@@ -455,10 +455,14 @@ where
     fn received(&mut self, batch: Batch<B::Event>) {
         let from = batch.from;
         for (persistence_id, message) in batch.messages {
-            if let ReplicationMessage::Report(version) = &message {
-                if !self.entities.contains_key(&persistence_id)
-                    && self.passivated.get(&persistence_id) == Some(version)
-                {
+            if let Some(passivated) = self.passivated.get(&persistence_id) {
+                // Nothing for the entity to do: the peer holds what it held.
+                let idle = match &message {
+                    ReplicationMessage::Report(version) => version == passivated,
+                    ReplicationMessage::InSync(_) => true,
+                    _ => false,
+                };
+                if idle {
                     continue;
                 }
             }
