@@ -16,7 +16,7 @@
 //!   events is answered from the journal; an event that may sort among them
 //!   makes the caller read the history back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,20 +87,20 @@ pub const DEFAULT_STABILITY_TICKS: u64 = 30;
 /// Event replication for one replica of one persistence id.
 pub struct Replication<H: EventHandler, R> {
     log: ReplicatedLog<H, R>,
-    reachable: BTreeSet<PeerName>,
+    reachable: PeerMap<()>,
     /// The last version each replica sent, by node.
-    peer_versions: BTreeMap<PeerName, VersionVector>,
+    peer_versions: PeerMap<VersionVector>,
     /// The tick each replica was last heard of, by node.
-    last_heard: BTreeMap<PeerName, u64>,
+    last_heard: PeerMap<u64>,
     /// Nodes that left the cluster for good and have not come back.
-    removed: BTreeSet<PeerName>,
+    removed: PeerMap<()>,
     /// The nodes that run a replica, if known: compaction waits for them
     /// instead of for those heard of lately.
     replicas: Option<BTreeSet<PeerName>>,
     /// The peers whose last word showed exactly this replica's version,
     /// while it holds `in_sync_events` applied events: no report goes to
     /// them, so replicas that agree cost nothing at rest.
-    in_sync: BTreeSet<PeerName>,
+    in_sync: PeerMap<()>,
     in_sync_events: u64,
     ticks: u64,
     /// What the log held at the last tick, and at the one before: a
@@ -122,21 +122,20 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         // The replicas a restarted replica's journal names are heard of: they
         // are likely still there, and may have events on their way.
         let own = log.replica().node();
-        let last_heard = log
-            .version()
-            .iter()
-            .map(|(replica, _)| replica.node())
-            .filter(|node| *node != own)
-            .map(|node| (node.to_string(), 0))
-            .collect();
+        let mut last_heard = PeerMap::new();
+        for (replica, _) in log.version().iter() {
+            if replica.node() != own {
+                last_heard.insert(replica.node(), 0);
+            }
+        }
         Self {
             log,
-            reachable: BTreeSet::new(),
-            peer_versions: BTreeMap::new(),
+            reachable: PeerMap::new(),
+            peer_versions: PeerMap::new(),
             last_heard,
-            removed: BTreeSet::new(),
+            removed: PeerMap::new(),
             replicas: None,
-            in_sync: BTreeSet::new(),
+            in_sync: PeerMap::new(),
             in_sync_events: 0,
             ticks: 0,
             held_at_last_tick: VersionVector::new(),
@@ -198,7 +197,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let sized = sized(events.iter());
         let mut effects: Effects<H> = self
             .reachable
-            .iter()
+            .keys()
             .flat_map(|peer| self.sized_to(peer, sized.clone()))
             .collect();
         effects.extend(self.compaction());
@@ -209,7 +208,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// what this one lacks.
     pub fn peer_up(&mut self, peer: &str) -> Effects<H> {
         self.removed.remove(peer);
-        self.reachable.insert(peer.to_string());
+        self.reachable.insert(peer, ());
         self.in_sync.remove(peer);
         self.heard_of(peer);
         vec![self.version_to(peer)]
@@ -229,7 +228,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// again. Should events of it sort among compacted ones after all, the
     /// log reads its history back ([`ReplicationEffect::LoadHistory`]).
     pub fn peer_removed(&mut self, peer: &str) {
-        self.removed.insert(peer.to_string());
+        self.removed.insert(peer, ());
         self.reachable.remove(peer);
         self.in_sync.remove(peer);
         self.last_heard.remove(peer);
@@ -264,8 +263,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             self.held_a_tick_before =
                 std::mem::replace(&mut self.held_at_last_tick, version.clone());
         }
-        for peer in &self.reachable {
-            mark_heard(&mut self.last_heard, peer, self.ticks);
+        for peer in self.reachable.keys() {
+            self.last_heard.insert(peer, self.ticks);
         }
         let (ticks, stability) = (self.ticks, self.stability_ticks);
         let heard = self.last_heard.len();
@@ -273,7 +272,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             .retain(|_, heard| ticks - *heard <= stability);
         let (last_heard, replicas) = (&self.last_heard, &self.replicas);
         self.peer_versions.retain(|peer, _| {
-            last_heard.contains_key(peer) || replicas.as_ref().is_some_and(|r| r.contains(peer))
+            last_heard.contains(peer) || replicas.as_ref().is_some_and(|r| r.contains(peer))
         });
         let mut effects = Vec::new();
         if self.last_heard.len() < heard
@@ -288,15 +287,20 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         }
         self.refresh_in_sync();
         let in_sync = &self.in_sync;
-        let behind = self.reachable.difference(in_sync).count();
+        let behind = self
+            .reachable
+            .keys()
+            .filter(|peer| !in_sync.contains(peer))
+            .count();
         if behind > 0 {
             let index = self.next_peer % behind;
             self.next_peer = self.next_peer.wrapping_add(1);
             let peer = self
                 .reachable
-                .difference(in_sync)
+                .keys()
+                .filter(|peer| !in_sync.contains(peer))
                 .nth(index)
-                .cloned()
+                .map(str::to_string)
                 .unwrap_or_default();
             effects.push(ReplicationEffect::Send {
                 to: peer,
@@ -322,7 +326,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let same = version == self.log.version();
         if same {
             if self.reachable.contains(peer) {
-                self.in_sync.insert(peer.to_string());
+                self.in_sync.insert(peer, ());
             }
         } else {
             self.in_sync.remove(peer);
@@ -393,7 +397,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         from: &str,
         version: VersionVector,
     ) -> Option<ReplicationEffect<H::Event, H::State>> {
-        self.peer_versions.insert(from.to_string(), version);
+        self.peer_versions.insert(from, version);
         self.heard_of(from);
         if self
             .snapshot_every
@@ -406,7 +410,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
 
     fn heard_of(&mut self, node: &str) {
         if !self.removed.contains(node) {
-            mark_heard(&mut self.last_heard, node, self.ticks);
+            self.last_heard.insert(node, self.ticks);
         }
     }
 
@@ -446,16 +450,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let versions = &self.peer_versions;
         let own = self.log.replica().node();
         let removed = &self.removed;
-        let peers: Vec<&PeerName> = match &self.replicas {
+        let peers: Vec<&str> = match &self.replicas {
             Some(replicas) => replicas
                 .iter()
-                .filter(|node| *node != own && !removed.contains(*node))
+                .map(String::as_str)
+                .filter(|node| *node != own && !removed.contains(node))
                 .collect(),
             None => self.last_heard.keys().filter(|node| *node != own).collect(),
         };
-        let peers = peers
-            .into_iter()
-            .map(|node| (node.as_str(), versions.get(node)));
+        let peers = peers.into_iter().map(|node| (node, versions.get(node)));
         let snapshot = self.log.compact(peers, every);
         self.next_compaction = self.log.events().len().saturating_add(every);
         snapshot.map(ReplicationEffect::Snapshot)
@@ -507,13 +510,58 @@ fn sized<'a, E: Serialize + Clone + 'a>(
         .collect()
 }
 
-/// Records that the replica on `node` was heard of at tick `ticks`.
-fn mark_heard(last_heard: &mut BTreeMap<PeerName, u64>, node: &str, ticks: u64) {
-    match last_heard.get_mut(node) {
-        Some(heard) => *heard = ticks,
-        None => {
-            last_heard.insert(node.to_string(), ticks);
+/// Something per peer node, for the few nodes of a cluster: a sorted
+/// vector, which an entity among many holds in a fraction of the memory of
+/// a B-tree (whose smallest node has room for eleven).
+#[derive(Debug)]
+struct PeerMap<T>(Vec<(PeerName, T)>);
+
+impl<T> PeerMap<T> {
+    fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    fn position(&self, peer: &str) -> std::result::Result<usize, usize> {
+        self.0
+            .binary_search_by(|(known, _)| known.as_str().cmp(peer))
+    }
+
+    fn get(&self, peer: &str) -> Option<&T> {
+        self.position(peer).ok().map(|at| &self.0[at].1)
+    }
+
+    fn contains(&self, peer: &str) -> bool {
+        self.position(peer).is_ok()
+    }
+
+    /// Sets `peer`'s value; the name is copied only for a new peer.
+    fn insert(&mut self, peer: &str, value: T) {
+        match self.position(peer) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (peer.to_string(), value)),
         }
+    }
+
+    fn remove(&mut self, peer: &str) {
+        if let Ok(at) = self.position(peer) {
+            self.0.remove(at);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&str, &T) -> bool) {
+        self.0.retain(|(peer, value)| keep(peer, value));
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(peer, _)| peer.as_str())
     }
 }
 

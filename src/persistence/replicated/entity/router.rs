@@ -369,12 +369,8 @@ where
     R: ConflictResolver<B::Event>,
     J: Journal + Clone,
 {
-    /// Runs `step` on the entity `persistence_id`, starting it from its
-    /// journal first if it does not run. An entity whose core failed is
-    /// dropped: its next message starts it again from the journal.
-    /// An entity stays active (away from passivation) while it is `used`
-    /// (commands and queries) or takes in new events; anti-entropy alone
-    /// does not keep it.
+    /// Runs `step` on the entity `persistence_id` (see [`run`]), starting
+    /// it from its journal first if it does not run.
     fn with_entity(
         &mut self,
         persistence_id: &str,
@@ -390,18 +386,7 @@ where
         let Some(hosted) = self.entities.get_mut(persistence_id) else {
             return;
         };
-        let applied = hosted.core.log().applied_events();
-        let mut io = Io {
-            shared: &mut self.shared,
-            persistence_id,
-            subscribers: &mut hosted.subscribers,
-        };
-        let outcome = step(&mut hosted.core, &mut io);
-        if used || hosted.core.log().applied_events() != applied {
-            hosted.last_active = Instant::now();
-        }
-        if let Err(err) = outcome {
-            tracing::error!(persistence_id, error = %err, "an entity failed; it starts again from its journal with its next message");
+        if !run(&mut self.shared, persistence_id, hosted, used, step) {
             self.entities.remove(persistence_id);
         }
     }
@@ -443,9 +428,15 @@ where
         &mut self,
         mut step: impl FnMut(&mut EntityCore<B, R, J>, &mut Io<'_, B>) -> Result<()>,
     ) {
-        let ids: Vec<String> = self.entities.keys().cloned().collect();
-        for persistence_id in ids {
-            self.with_entity(&persistence_id, false, &mut step);
+        let shared = &mut self.shared;
+        let mut failed = Vec::new();
+        for (persistence_id, hosted) in &mut self.entities {
+            if !run(shared, persistence_id, hosted, false, &mut step) {
+                failed.push(persistence_id.clone());
+            }
+        }
+        for persistence_id in failed {
+            self.entities.remove(&persistence_id);
         }
     }
 
@@ -554,6 +545,41 @@ where
             rejected_messages: self.shared.rejected_messages,
             history_reloads: hosted.core.history_reloads(),
         })
+    }
+}
+
+/// Runs `step` on a hosted entity; false if its core failed and it must
+/// go (its next message starts it again from the journal). An entity stays
+/// active (away from passivation) while it is `used` (commands and
+/// queries) or takes in new events; anti-entropy alone does not keep it.
+fn run<B, R, J>(
+    shared: &mut Shared<B>,
+    persistence_id: &str,
+    hosted: &mut Hosted<B, R, J>,
+    used: bool,
+    step: impl FnOnce(&mut EntityCore<B, R, J>, &mut Io<'_, B>) -> Result<()>,
+) -> bool
+where
+    B: ReplicatedEventSourcedActor,
+    R: ConflictResolver<B::Event>,
+    J: Journal,
+{
+    let applied = hosted.core.log().applied_events();
+    let mut io = Io {
+        shared,
+        persistence_id,
+        subscribers: &mut hosted.subscribers,
+    };
+    let outcome = step(&mut hosted.core, &mut io);
+    if used || hosted.core.log().applied_events() != applied {
+        hosted.last_active = Instant::now();
+    }
+    match outcome {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(persistence_id, error = %err, "an entity failed; it starts again from its journal with its next message");
+            false
+        }
     }
 }
 
