@@ -10,13 +10,14 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::persistence::journal::MemoryJournal;
+use ractor_replicated::persistence::replicated::EventApplied;
 use ractor_replicated::persistence::replicated::{
     Effect, Entities, EntityRouter, EntityType, EventHandler, EventMeta, LastWriterWins,
     ReplicatedEventSourcedActor, ReplicationContext,
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};
-use support::{cluster, eventually, test_core_config, RawBytes, TestNode};
+use support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes, TestNode};
 
 const BOUND: Duration = Duration::from_secs(10);
 const TYPE: &str = "ledgers";
@@ -268,4 +269,53 @@ async fn garbage_between_routers_is_counted_and_replication_goes_on() {
     })
     .await;
     shut_down(&routers, &nodes).await;
+}
+
+/// What a projection of one entity's events hears: the local sequence
+/// number and the entry.
+#[derive(Debug, PartialEq)]
+struct Heard(u64, String);
+
+impl ractor::Message for Heard {}
+
+impl From<EventApplied<Recorded>> for Heard {
+    fn from(applied: EventApplied<Recorded>) -> Self {
+        Heard(applied.sequence, applied.envelope.event.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_resumes_after_passivation_from_its_sequence_number() {
+    let nodes = cluster("router-subscribe", 1, test_core_config()).await;
+    let passivate = Some(Duration::from_millis(200));
+    let router = spawn_router(&nodes[0], MemoryJournal::new(), passivate).await;
+    let (projection, mut heard) = listener::<Heard>().await;
+    router.subscribe("cart-9", projection.clone()).unwrap();
+    for entry in ["a", "b"] {
+        router.command("cart-9", entry.into()).await.unwrap();
+    }
+    for (sequence, entry) in [(1, "a"), (2, "b")] {
+        let next = next_matching(&mut heard, BOUND, |_| true).await;
+        assert_eq!(next, Heard(sequence, entry.into()));
+    }
+    eventually("the entity passivates", BOUND, || async {
+        router.running().await.unwrap() == 0
+    })
+    .await;
+    // Passivation ended the subscription; the projection resumes after the
+    // last event it handled, without a gap or a repeat.
+    router.command("cart-9", "c".into()).await.unwrap();
+    router
+        .subscribe_from("cart-9", projection.clone(), 3)
+        .unwrap();
+    router.command("cart-9", "d".into()).await.unwrap();
+    for (sequence, entry) in [(3, "c"), (4, "d")] {
+        let next = next_matching(&mut heard, BOUND, |_| true).await;
+        assert_eq!(next, Heard(sequence, entry.into()));
+    }
+    router.unsubscribe("cart-9", projection.get_id()).unwrap();
+    router.command("cart-9", "e".into()).await.unwrap();
+    projection.drain_and_wait(None).await.unwrap();
+    assert!(heard.try_recv().is_err(), "nothing after unsubscribing");
+    shut_down(&[router], &nodes).await;
 }

@@ -877,12 +877,43 @@ impl<B: ReplicatedEventSourcedActor> Entities<B> {
     where
         M: Message + From<EventApplied<B::Event>>,
     {
-        let persistence_id = persistence_id.into();
+        self.tell(persistence_id.into(), |id| {
+            RouterMessage::Subscribe(id, Subscription::new(listener, None))
+        })
+    }
+
+    /// As [`subscribe`](Self::subscribe), first replaying the entity's
+    /// journaled events from local sequence number `sequence` on (see
+    /// [`Entity::subscribe_from`](super::Entity::subscribe_from)): how a
+    /// projection resumes after the entity passivated.
+    pub fn subscribe_from<M>(
+        &self,
+        persistence_id: impl Into<String>,
+        listener: ActorRef<M>,
+        sequence: u64,
+    ) -> Result<()>
+    where
+        M: Message + From<EventApplied<B::Event>>,
+    {
+        self.tell(persistence_id.into(), |id| {
+            RouterMessage::Subscribe(id, Subscription::new(listener, Some(sequence)))
+        })
+    }
+
+    /// Stops sending the entity's events to `listener`.
+    pub fn unsubscribe(&self, persistence_id: impl Into<String>, listener: ActorId) -> Result<()> {
+        self.tell(persistence_id.into(), |id| {
+            RouterMessage::Unsubscribe(id, listener)
+        })
+    }
+
+    fn tell(
+        &self,
+        persistence_id: String,
+        message: impl FnOnce(String) -> RouterMessage<B>,
+    ) -> Result<()> {
         self.router
-            .cast(RouterMessage::Subscribe(
-                persistence_id.clone(),
-                Subscription::new(listener, None),
-            ))
+            .cast(message(persistence_id.clone()))
             .map_err(|err| unavailable(&persistence_id, err.to_string()))
     }
 
