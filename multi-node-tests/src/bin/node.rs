@@ -509,14 +509,7 @@ impl Node {
                     Some(Duration::from_millis(passivate_ms)).filter(|ms| !ms.is_zero());
                 let started = Instant::now();
                 let replica = ReplicaId::fresh(self.name.as_str());
-                let factory = |_: &str| {
-                    (
-                        Ledger {
-                            keep_entries: false,
-                        },
-                        LastWriterWins,
-                    )
-                };
+                let factory = |_: &str| (Ledger { keep_entries: true }, LastWriterWins);
                 let routed = match self.router_journal.clone() {
                     EntityJournal::Sled(journal) => {
                         let entity_type = self
@@ -557,6 +550,36 @@ impl Node {
                     .await
                     .map_err(error)?;
                 Ok(json!(null))
+            }
+            "router-record-many" => {
+                // `count` commands `prefix-<n>`, entity `many-<n % entities>`,
+                // one after the other; progress counts the acknowledged ones.
+                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let entities: u64 = number(&words, 3)?;
+                let background = words.get(4) == Some(&"background");
+                let routed = self.routed.clone().ok_or("no router")?;
+                let (progress, prefix) = (self.progress.clone(), prefix.to_string());
+                let writing = async move {
+                    for n in 0..count {
+                        let id = format!("many-{}", n % entities.max(1));
+                        routed.command(id, format!("{prefix}-{n}")).await?;
+                        if let Ok(mut progress) = progress.lock() {
+                            progress.insert(prefix.clone(), n + 1);
+                        }
+                    }
+                    Ok::<(), ractor_replicated::Error>(())
+                };
+                if background {
+                    tokio::spawn(writing);
+                } else {
+                    writing.await.map_err(error)?;
+                }
+                Ok(json!(null))
+            }
+            "router-ledger" => {
+                let routed = self.routed.as_ref().ok_or("no router")?;
+                let id = format!("many-{}", number::<usize>(&words, 1)?);
+                Ok(json!(routed.state(id).await.map_err(error)?.entries))
             }
             "router-events" => {
                 let routed = self.routed.as_ref().ok_or("no router")?;
