@@ -319,3 +319,34 @@ async fn a_projection_resumes_after_passivation_from_its_sequence_number() {
     assert!(heard.try_recv().is_err(), "nothing after unsubscribing");
     shut_down(&[router], &nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_runs_at_most_its_limit_and_the_others_come_back_from_the_journal() {
+    let nodes = cluster("router-limit", 1, test_core_config()).await;
+    let entity_type = EntityType::new(
+        TYPE,
+        ReplicaId::new(nodes[0].name.as_str(), 0),
+        MemoryJournal::new(),
+        |_| (Ledger, LastWriterWins),
+    )
+    .with_passivation(None)
+    .with_max_running(10);
+    let router = EntityRouter::spawn(entity_type).await.unwrap();
+    for e in 0..25 {
+        for entry in ["x", "y"] {
+            router
+                .command(format!("user-{e}"), format!("{entry}-{e}"))
+                .await
+                .unwrap();
+        }
+        assert!(router.running().await.unwrap() <= 10);
+    }
+    for e in 0..25 {
+        assert_eq!(
+            router.state(format!("user-{e}")).await.unwrap(),
+            [format!("x-{e}"), format!("y-{e}")]
+        );
+        assert!(router.running().await.unwrap() <= 10);
+    }
+    shut_down(&[router], &nodes).await;
+}

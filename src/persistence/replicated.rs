@@ -20,8 +20,8 @@ pub use entity::{
 #[cfg(feature = "cluster")]
 pub use entity::{
     Entities, Entity, EntityArguments, EntityConfig, EntityMessage, EntityRouter, EntityStats,
-    EntityType, ReplicatedEntity, RouterMessage, Subscription, ENTITY_MESSAGE_VARIANT,
-    ROUTER_MESSAGE_VARIANT,
+    EntityType, ReplicatedEntity, RouterMessage, Subscription, DEFAULT_MAX_RUNNING,
+    ENTITY_MESSAGE_VARIANT, ROUTER_MESSAGE_VARIANT,
 };
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{

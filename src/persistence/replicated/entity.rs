@@ -21,7 +21,9 @@ pub use actor::{
 #[cfg(feature = "cluster")]
 pub use handle::{Entity, EntityConfig, EntityStats};
 #[cfg(feature = "cluster")]
-pub use router::{Entities, EntityRouter, EntityType, RouterMessage, ROUTER_MESSAGE_VARIANT};
+pub use router::{
+    Entities, EntityRouter, EntityType, RouterMessage, DEFAULT_MAX_RUNNING, ROUTER_MESSAGE_VARIANT,
+};
 
 /// What a command handler knows besides the state.
 #[derive(Clone, Copy, Debug)]

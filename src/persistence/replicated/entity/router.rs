@@ -44,6 +44,10 @@ use crate::reply::ReplyTo;
 /// entity type.
 pub const ROUTER_MESSAGE_VARIANT: &str = "ractor_replicated.entities.v1";
 
+/// By default, how many entities a router runs at once (about 260 MiB of
+/// entities with two peers and small states).
+pub const DEFAULT_MAX_RUNNING: usize = 100_000;
+
 /// Makes the behaviour and conflict resolver of the entity with a given
 /// persistence id.
 type Factory<B, R> = Box<dyn Fn(&str) -> (B, R) + Send + Sync>;
@@ -60,6 +64,7 @@ pub struct EntityType<B: ReplicatedEventSourcedActor, R, J> {
     membership: Option<MemberEvents>,
     anti_entropy_interval: Duration,
     passivate_after: Option<Duration>,
+    max_running: usize,
     max_message_bytes: usize,
     replicas: Option<Vec<PeerName>>,
 }
@@ -89,6 +94,7 @@ impl<B: ReplicatedEventSourcedActor, R, J> EntityType<B, R, J> {
             membership: None,
             anti_entropy_interval: Duration::from_secs(1),
             passivate_after: Some(Duration::from_secs(120)),
+            max_running: DEFAULT_MAX_RUNNING,
             max_message_bytes: 4 * 1024 * 1024,
             replicas: None,
         }
@@ -132,6 +138,14 @@ impl<B: ReplicatedEventSourcedActor, R, J> EntityType<B, R, J> {
     /// shows that one of the two lacks events.
     pub fn with_passivation(mut self, after: Option<Duration>) -> Self {
         self.passivate_after = after;
+        self
+    }
+
+    /// At most `entities` run at once (default [`DEFAULT_MAX_RUNNING`]):
+    /// starting one more passivates the least recently active first. This
+    /// bounds the router's memory whatever commands and peers ask of it.
+    pub fn with_max_running(mut self, entities: usize) -> Self {
+        self.max_running = entities.max(1);
         self
     }
 
@@ -392,6 +406,7 @@ where
     }
 
     fn start(&mut self, persistence_id: &str) -> Result<()> {
+        self.make_room();
         let entity_type = &self.entity_type;
         let (behaviour, resolver) = (entity_type.factory)(persistence_id);
         let log = ReplicatedLog::new(entity_type.replica.clone(), behaviour, resolver);
@@ -474,7 +489,37 @@ where
             .filter(|(_, hosted)| hosted.last_active.elapsed() >= after)
             .map(|(persistence_id, _)| persistence_id.clone())
             .collect();
-        for persistence_id in idle {
+        self.passivate(idle);
+    }
+
+    /// Makes room for one more running entity under the type's limit:
+    /// passivates the least recently active, a hundredth of the limit at a
+    /// time so that the search is paid once per many starts.
+    fn make_room(&mut self) {
+        let limit = self.entity_type.max_running;
+        if self.entities.len() < limit {
+            return;
+        }
+        let count = self.entities.len() + 1 - limit + limit / 100;
+        let mut by_age: Vec<(Instant, &String)> = self
+            .entities
+            .iter()
+            .map(|(persistence_id, hosted)| (hosted.last_active, persistence_id))
+            .collect();
+        let count = count.min(by_age.len());
+        if count < by_age.len() {
+            by_age.select_nth_unstable(count);
+        }
+        let oldest = by_age[..count]
+            .iter()
+            .map(|(_, persistence_id)| (*persistence_id).clone())
+            .collect();
+        self.passivate(oldest);
+    }
+
+    /// Flushes and drops the entities, keeping their versions.
+    fn passivate(&mut self, persistence_ids: Vec<String>) {
+        for persistence_id in persistence_ids {
             let Some(mut hosted) = self.entities.remove(&persistence_id) else {
                 continue;
             };
@@ -485,8 +530,12 @@ where
             };
             hosted.core.stop(&mut io);
             tracing::debug!(persistence_id, "entity passivated");
-            self.passivated
-                .insert(persistence_id, hosted.core.log().version().clone());
+            let version = hosted.core.log().version();
+            // An entity without events has nothing to report or catch up
+            // on: a peer's report about it wakes it if the peer holds any.
+            if !version.is_empty() {
+                self.passivated.insert(persistence_id, version.clone());
+            }
         }
     }
 
