@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use ractor::ActorRef;
+use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::persistence::journal::MemoryJournal;
 use ractor_replicated::persistence::replicated::EventApplied;
@@ -348,5 +349,34 @@ async fn a_router_runs_at_most_its_limit_and_the_others_come_back_from_the_journ
         );
         assert!(router.running().await.unwrap() <= 10);
     }
+    shut_down(&[router], &nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_that_start_after_a_node_was_removed_do_not_wait_for_it() {
+    let nodes = cluster("router-removed", 1, test_core_config()).await;
+    let entity_type = EntityType::new(
+        TYPE,
+        ReplicaId::new(nodes[0].name.as_str(), 0),
+        MemoryJournal::new(),
+        |_| (Ledger, LastWriterWins),
+    )
+    .with_snapshots(8)
+    .with_replicas([nodes[0].name.clone(), "gone".to_string()]);
+    let router = EntityRouter::spawn(entity_type).await.unwrap();
+    router
+        .router()
+        .cast(MemberEvent::Removed("gone".into()).into())
+        .unwrap();
+    // Started after the removal: the listed replica on "gone" must not hold
+    // its compaction back.
+    for n in 0..40 {
+        router.command("late", format!("entry-{n}")).await.unwrap();
+    }
+    let stats = router.stats("late").await.unwrap();
+    assert!(
+        stats.compacted_events > 0,
+        "compaction waited for a removed node: {stats:?}"
+    );
     shut_down(&[router], &nodes).await;
 }

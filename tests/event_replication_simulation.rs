@@ -7,7 +7,9 @@
 //! so appends stay unflushed for a while, and replicas crash in that window,
 //! losing what their journal had not flushed, then restart from it.
 //!
-//! At every crash: every acknowledged command's events survived, no event
+//! Some crashes are only the entity's: the process, and the journal's
+//! unflushed appends, live on into the next life, which must not reveal
+//! them before flushing. At every crash: every acknowledged command's events survived, no event
 //! published to a subscriber was lost, and no peer holds an event of the
 //! crashed replica that it lost (it would mint another under the same id).
 //! After healing, anti-entropy must bring every replica to the same events,
@@ -429,7 +431,13 @@ impl Sim {
                 }
                 7 if self.rng.below(3) == 0 => {
                     let r = self.rng.below(3) as usize;
-                    self.crash(r)?;
+                    self.crash(r, true)?;
+                }
+                8 if self.rng.below(4) == 0 => {
+                    // The entity fails and restarts; the process, and so
+                    // the journal's unflushed appends, live on.
+                    let r = self.rng.below(3) as usize;
+                    self.crash(r, false)?;
                 }
                 5 => {
                     let group = [0, self.rng.below(2) as u8, self.rng.below(2) as u8];
@@ -463,17 +471,20 @@ impl Sim {
         Err("no convergence 200 anti-entropy rounds after healing".into())
     }
 
-    /// Replica `r` crashes and restarts from its journal, which lost what it
-    /// had not flushed, under the same replica id; the others see it go down
-    /// and come up again.
-    fn crash(&mut self, r: usize) -> Result<(), String> {
+    /// Replica `r` crashes and restarts from its journal under the same
+    /// replica id; the journal lost what it had not flushed if the process
+    /// died (`lose_unflushed`), and still holds it if only the entity
+    /// failed. The others see it go down and come up again.
+    fn crash(&mut self, r: usize, lose_unflushed: bool) -> Result<(), String> {
         self.crashes += 1;
         self.counts.history_loads += self.replicas[r].history_reloads();
         let journaled = self.disks[r]
             .journal
             .highest_sequence(ENTITY)
             .expect("reads");
-        self.disks[r].journal.lose_unflushed();
+        if lose_unflushed {
+            self.disks[r].journal.lose_unflushed();
+        }
         let durable = self.disks[r]
             .journal
             .highest_sequence(ENTITY)

@@ -128,6 +128,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 last_heard.insert(replica.node(), 0);
             }
         }
+        // What the journal gave back is not on its way to anyone: a replica
+        // that starts (or wakes) answers reports with it at once.
+        let held = log.version().clone();
         Self {
             log,
             reachable: PeerMap::new(),
@@ -138,8 +141,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             in_sync: PeerMap::new(),
             in_sync_events: 0,
             ticks: 0,
-            held_at_last_tick: VersionVector::new(),
-            held_a_tick_before: VersionVector::new(),
+            held_at_last_tick: held.clone(),
+            held_a_tick_before: held,
             stability_ticks: DEFAULT_STABILITY_TICKS,
             max_message_bytes,
             next_peer: 0,

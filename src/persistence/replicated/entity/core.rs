@@ -174,7 +174,11 @@ where
             journal,
             persistence_id,
             recovered,
-            unflushed: false,
+            // What the journal gave back may be appends of an earlier life
+            // in this process that were never flushed (an actor or core that
+            // failed between an append and its flush): flushed before
+            // anything leaves.
+            unflushed: true,
             flush_scheduled: false,
             unannounced: Vec::new(),
             pending_replies: Vec::new(),

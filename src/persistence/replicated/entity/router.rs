@@ -309,6 +309,9 @@ pub struct RouterState<B: ReplicatedEventSourcedActor, R, J> {
     entity_type: EntityType<B, R, J>,
     entities: HashMap<String, Hosted<B, R, J>>,
     passivated: Passivated,
+    /// Nodes removed from the cluster (and not up since): entities that
+    /// start later must not wait for them either.
+    removed: BTreeSet<PeerName>,
     shared: Shared<B>,
     timers: Vec<JoinHandle<()>>,
 }
@@ -420,6 +423,9 @@ where
         if let Some(replicas) = &entity_type.replicas {
             core = core.with_replicas(replicas.iter().cloned());
         }
+        for node in &self.removed {
+            core.peer_removed(node);
+        }
         self.passivated.remove(persistence_id);
         let mut hosted = Hosted {
             core,
@@ -462,14 +468,23 @@ where
         let from = batch.from;
         for (persistence_id, message) in batch.messages {
             if let Some(passivated) = self.passivated.get(&persistence_id) {
-                // Nothing for the entity to do: the peer holds what it held.
-                let idle = match &message {
-                    ReplicationMessage::Report(version) => version == passivated,
-                    ReplicationMessage::InSync(_) => true,
-                    _ => false,
-                };
-                if idle {
-                    continue;
+                // Nothing for the entity to do: the peer holds what it held,
+                // and hears so on the entity's behalf.
+                match &message {
+                    ReplicationMessage::Report(version) | ReplicationMessage::Version(version)
+                        if version == passivated =>
+                    {
+                        let in_sync = ReplicationMessage::InSync(version.clone());
+                        Io {
+                            shared: &mut self.shared,
+                            persistence_id: &persistence_id,
+                            subscribers: &mut Vec::new(),
+                        }
+                        .send(&from, in_sync);
+                        continue;
+                    }
+                    ReplicationMessage::InSync(_) => continue,
+                    _ => {}
                 }
             }
             self.with_entity(&persistence_id, false, |core, io| {
@@ -545,7 +560,7 @@ where
         let shared = &mut self.shared;
         shared.outbound_scheduled = false;
         for (peer, messages) in std::mem::take(&mut shared.outbound) {
-            let Some(route) = shared.peers.get(&peer) else {
+            let Some(route) = shared.peers.get(&peer).cloned() else {
                 continue;
             };
             let sized: Vec<_> = messages
@@ -564,8 +579,13 @@ where
                     messages: chunk.into_iter().map(|(_, message)| message).collect(),
                 };
                 if route.cast(Inbound::Peer(batch).into()).is_err() {
-                    // The next discovery round finds its new proxy, if any.
+                    // A discovery round finds its new proxy, if any, and
+                    // tells the entities it went down and came up.
                     tracing::debug!(peer, "router proxy stopped");
+                    shared.peers.forget(&peer);
+                    shared
+                        .peers
+                        .request(&shared.myself, || Inbound::Discover.into());
                     break;
                 }
             }
@@ -678,6 +698,7 @@ where
             entity_type,
             entities: HashMap::new(),
             passivated: HashMap::new(),
+            removed: BTreeSet::new(),
             shared,
             timers,
         })
@@ -791,6 +812,7 @@ where
                             Ok(())
                         }),
                         PeerChange::Up(node, _) => {
+                            state.removed.remove(&node);
                             state.each_entity(|core, io| core.peer_up(io, &node));
                             // Passivated entities tell the new peer what
                             // they hold, so that either side can catch up.
@@ -823,6 +845,7 @@ where
                     core.peer_removed(&node);
                     Ok(())
                 });
+                state.removed.insert(node);
             }
             Inbound::Tick => {
                 state.passivate_idle();
