@@ -11,44 +11,12 @@ use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::persistence::journal::MemoryJournal;
 use ractor_replicated::persistence::replicated::{
-    Effect, Entity, EntityConfig, EntityMessage, EventHandler, EventMeta, LastWriterWins,
-    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
+    Entity, EntityConfig, EntityMessage, LastWriterWins, ReplicatedEntity,
 };
 use ractor_replicated::ReplicaId;
-use serde::{Deserialize, Serialize};
-use support::{cluster, eventually, test_core_config, RawBytes, TestNode};
+use support::{cluster, eventually, test_core_config, Ledger, RawBytes, TestNode};
 
 const BOUND: Duration = Duration::from_secs(10);
-
-/// Records entries in the order it applies them: an order-sensitive state,
-/// so replicas agree only if they apply the same events in the same order.
-struct Ledger;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Recorded(String);
-
-impl EventHandler for Ledger {
-    type Event = Recorded;
-    type State = Vec<String>;
-
-    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
-        state.push(event.0.clone());
-    }
-}
-
-impl ReplicatedEventSourcedActor for Ledger {
-    type Command = String;
-    type Reply = usize;
-
-    fn handle_command(
-        &self,
-        state: &Vec<String>,
-        entry: String,
-        _: ReplicationContext<'_>,
-    ) -> Effect<Recorded, usize> {
-        Effect::persist([Recorded(entry)]).then_reply(state.len() + 1)
-    }
-}
 
 fn replica_config(node: &TestNode, id: &str) -> EntityConfig {
     EntityConfig::new(id, ReplicaId::new(node.name.as_str(), 0))

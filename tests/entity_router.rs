@@ -13,44 +13,28 @@ use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::persistence::journal::MemoryJournal;
 use ractor_replicated::persistence::replicated::EventApplied;
 use ractor_replicated::persistence::replicated::{
-    Effect, Entities, EntityRouter, EntityType, EventHandler, EventMeta, LastWriterWins,
-    ReplicatedEventSourcedActor, ReplicationContext,
+    Entities, EntityRouter, EntityType, LastWriterWins,
 };
 use ractor_replicated::ReplicaId;
-use serde::{Deserialize, Serialize};
-use support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes, TestNode};
+use support::{
+    cluster, eventually, listener, next_matching, test_core_config, Ledger, RawBytes, Recorded,
+    TestNode,
+};
 
 const BOUND: Duration = Duration::from_secs(10);
 const TYPE: &str = "ledgers";
 
-/// Records entries in the order it applies them: replicas agree only if
-/// they apply the same events in the same order.
-struct Ledger;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Recorded(String);
-
-impl EventHandler for Ledger {
-    type Event = Recorded;
-    type State = Vec<String>;
-
-    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
-        state.push(event.0.clone());
-    }
-}
-
-impl ReplicatedEventSourcedActor for Ledger {
-    type Command = String;
-    type Reply = usize;
-
-    fn handle_command(
-        &self,
-        state: &Vec<String>,
-        entry: String,
-        _: ReplicationContext<'_>,
-    ) -> Effect<Recorded, usize> {
-        Effect::persist([Recorded(entry)]).then_reply(state.len() + 1)
-    }
+/// The ledger type on `node`, finding the other routers through its
+/// sessions, with anti-entropy every 100 ms.
+fn ledger_type(
+    node: &TestNode,
+    journal: MemoryJournal,
+) -> EntityType<Ledger, LastWriterWins, MemoryJournal> {
+    EntityType::new(TYPE, ReplicaId::new(node.name.as_str(), 0), journal, |_| {
+        (Ledger, LastWriterWins)
+    })
+    .with_discovery(SessionDiscovery::new(node.server.clone()))
+    .with_anti_entropy_interval(Duration::from_millis(100))
 }
 
 async fn spawn_router(
@@ -58,13 +42,7 @@ async fn spawn_router(
     journal: MemoryJournal,
     passivate_after: Option<Duration>,
 ) -> Entities<Ledger> {
-    let entity_type = EntityType::new(TYPE, ReplicaId::new(node.name.as_str(), 0), journal, |_| {
-        (Ledger, LastWriterWins)
-    })
-    .with_discovery(SessionDiscovery::new(node.server.clone()))
-    .with_anti_entropy_interval(Duration::from_millis(100))
-    .with_passivation(passivate_after);
-    EntityRouter::spawn(entity_type)
+    EntityRouter::spawn(ledger_type(node, journal).with_passivation(passivate_after))
         .await
         .expect("the router starts")
 }
@@ -324,14 +302,9 @@ async fn a_projection_resumes_after_passivation_from_its_sequence_number() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_runs_at_most_its_limit_and_the_others_come_back_from_the_journal() {
     let nodes = cluster("router-limit", 1, test_core_config()).await;
-    let entity_type = EntityType::new(
-        TYPE,
-        ReplicaId::new(nodes[0].name.as_str(), 0),
-        MemoryJournal::new(),
-        |_| (Ledger, LastWriterWins),
-    )
-    .with_passivation(None)
-    .with_max_running(10);
+    let entity_type = ledger_type(&nodes[0], MemoryJournal::new())
+        .with_passivation(None)
+        .with_max_running(10);
     let router = EntityRouter::spawn(entity_type).await.unwrap();
     for e in 0..25 {
         for entry in ["x", "y"] {
@@ -355,14 +328,9 @@ async fn a_router_runs_at_most_its_limit_and_the_others_come_back_from_the_journ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entities_that_start_after_a_node_was_removed_do_not_wait_for_it() {
     let nodes = cluster("router-removed", 1, test_core_config()).await;
-    let entity_type = EntityType::new(
-        TYPE,
-        ReplicaId::new(nodes[0].name.as_str(), 0),
-        MemoryJournal::new(),
-        |_| (Ledger, LastWriterWins),
-    )
-    .with_snapshots(8)
-    .with_replicas([nodes[0].name.clone(), "gone".to_string()]);
+    let entity_type = ledger_type(&nodes[0], MemoryJournal::new())
+        .with_snapshots(8)
+        .with_replicas([nodes[0].name.clone(), "gone".to_string()]);
     let router = EntityRouter::spawn(entity_type).await.unwrap();
     router
         .router()

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use ractor_replicated::ddata::{CoreConfig, DistributedData, ReplicatorConfig, SessionDiscovery};
+use ractor_replicated::persistence::replicated::{
+    Effect, EventHandler, EventMeta, ReplicatedEventSourcedActor, ReplicationContext,
+};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub const COOKIE: &str = "in-process-test-cookie";
@@ -324,5 +328,37 @@ impl Actor for Restarter {
             spawn(myself.get_cell()).await?;
         }
         Ok(())
+    }
+}
+
+/// An entity that records entries in the order it applies them: an
+/// order-sensitive state, so replicas agree only if they apply the same
+/// events in the same order. A command records one entry and answers how
+/// many there are.
+pub struct Ledger;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recorded(pub String);
+
+impl EventHandler for Ledger {
+    type Event = Recorded;
+    type State = Vec<String>;
+
+    fn apply(&self, state: &mut Vec<String>, event: &Recorded, _: EventMeta<'_>) {
+        state.push(event.0.clone());
+    }
+}
+
+impl ReplicatedEventSourcedActor for Ledger {
+    type Command = String;
+    type Reply = usize;
+
+    fn handle_command(
+        &self,
+        state: &Vec<String>,
+        entry: String,
+        _: ReplicationContext<'_>,
+    ) -> Effect<Recorded, usize> {
+        Effect::persist([Recorded(entry)]).then_reply(state.len() + 1)
     }
 }

@@ -492,7 +492,7 @@ where
                 return Ok(());
             }
             EntityMessage::Stats(reply) => {
-                let _ = reply.send(stats(core, shell));
+                let _ = reply.send(stats(core, shell.peers.nodes(), shell.rejected_messages));
                 return Ok(());
             }
             EntityMessage::Subscribe(subscription) => {
@@ -564,10 +564,9 @@ where
     }
 }
 
-/// Replays the journal to a new subscriber if it asked, and gives it back
-/// to be added (`None` if it went away meanwhile). The flush first
-/// publishes what the journal holds to the subscribers before it, so the
-/// replay ends where the new one's live events begin.
+/// Replays the journal to a new subscriber if it asked (see
+/// [`EntityCore::replay`]), and gives it back to be added (`None` if it went
+/// away meanwhile).
 pub(super) fn replay_to<B, R, J>(
     core: &mut EntityCore<B, R, J>,
     io: &mut impl EntityIo<B::Event>,
@@ -578,23 +577,11 @@ where
     R: ConflictResolver<B::Event>,
     J: Journal,
 {
-    let Some(from) = subscription.from else {
-        return Ok(Some(subscription));
+    let kept = match subscription.from {
+        Some(from) => core.replay(io, from, |event| subscription.notify(event))?,
+        None => true,
     };
-    core.flush(io)?;
-    let journaled = match core.journal().read_from(core.persistence_id(), from.max(1)) {
-        Ok(journaled) => journaled,
-        Err(err) => {
-            tracing::error!(persistence_id = core.persistence_id(), error = %err, "cannot read the journal to replay it to a subscriber; not subscribed");
-            return Ok(None);
-        }
-    };
-    for (sequence, envelope) in journaled {
-        if !subscription.notify(&EventApplied { sequence, envelope }) {
-            return Ok(None);
-        }
-    }
-    Ok(Some(subscription))
+    Ok(kept.then_some(subscription))
 }
 
 fn reject<B: ReplicatedEventSourcedActor>(shell: &mut Shell<B>, reason: &str) {
@@ -606,7 +593,12 @@ fn reject<B: ReplicatedEventSourcedActor>(shell: &mut Shell<B>, reason: &str) {
     );
 }
 
-fn stats<B, R, J>(core: &EntityCore<B, R, J>, shell: &Shell<B>) -> EntityStats
+/// What an entity has done, with what its runner knows of its peers.
+pub(super) fn stats<B, R, J>(
+    core: &EntityCore<B, R, J>,
+    reachable_peers: Vec<PeerName>,
+    rejected_messages: u64,
+) -> EntityStats
 where
     B: ReplicatedEventSourcedActor,
     R: ConflictResolver<B::Event>,
@@ -618,8 +610,8 @@ where
         compacted_events: log.compacted_events(),
         waiting: log.waiting(),
         version: log.version().clone(),
-        reachable_peers: shell.peers.nodes(),
-        rejected_messages: shell.rejected_messages,
+        reachable_peers,
+        rejected_messages,
         history_reloads: core.history_reloads(),
     }
 }

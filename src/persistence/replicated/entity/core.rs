@@ -372,6 +372,30 @@ where
         }
     }
 
+    /// Hands `each` the journaled events from local sequence number `from`
+    /// on, for a new subscriber, until it returns false; false if it did or
+    /// the journal could not be read (logged). The flush first publishes
+    /// what the journal holds to the subscribers before it, so the replay
+    /// ends where the new one's live events begin.
+    pub fn replay(
+        &mut self,
+        io: &mut impl EntityIo<B::Event>,
+        from: u64,
+        mut each: impl FnMut(&EventApplied<B::Event>) -> bool,
+    ) -> Result<bool> {
+        self.flush(io)?;
+        let journaled = match self.journal.read_from(&self.persistence_id, from.max(1)) {
+            Ok(journaled) => journaled,
+            Err(err) => {
+                tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot read the journal to replay it to a subscriber; not subscribed");
+                return Ok(false);
+            }
+        };
+        Ok(journaled
+            .into_iter()
+            .all(|(sequence, envelope)| each(&EventApplied { sequence, envelope })))
+    }
+
     /// A replication message from the replica on node `from`.
     pub fn received(
         &mut self,

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::actor::{now_millis, replay_to, Parameters, Subscription};
+use super::actor::{now_millis, replay_to, stats, Parameters, Subscription};
 use super::core::{CommandResult, EntityCore, EntityIo, EventApplied, Snapshots};
 use super::handle::EntityStats;
 use super::ReplicatedEventSourcedActor;
@@ -331,6 +331,27 @@ struct Shared<B: ReplicatedEventSourcedActor> {
     rejected_messages: u64,
 }
 
+impl<B: ReplicatedEventSourcedActor> Shared<B> {
+    /// Queues `message` for the entity `persistence_id` on node `to`, sent
+    /// with everything else queued once the mailbox gets to it.
+    fn send(&mut self, to: &str, persistence_id: &str, message: ReplicationMessage<B::Event>) {
+        if !self.peers.contains(to) {
+            tracing::debug!(
+                peer = to,
+                "no route to the router; anti-entropy will cover it"
+            );
+            return;
+        }
+        self.outbound
+            .entry(to.to_string())
+            .or_default()
+            .push((persistence_id.to_string(), message));
+        if !self.outbound_scheduled {
+            self.outbound_scheduled = self.myself.cast(Inbound::SendOutbound.into()).is_ok();
+        }
+    }
+}
+
 /// The I/O of one hosted entity, for its core.
 struct Io<'a, B: ReplicatedEventSourcedActor> {
     shared: &'a mut Shared<B>,
@@ -340,22 +361,7 @@ struct Io<'a, B: ReplicatedEventSourcedActor> {
 
 impl<B: ReplicatedEventSourcedActor> EntityIo<B::Event> for Io<'_, B> {
     fn send(&mut self, to: &str, message: ReplicationMessage<B::Event>) -> bool {
-        let shared = &mut *self.shared;
-        if !shared.peers.contains(to) {
-            tracing::debug!(
-                peer = to,
-                "no route to the router; anti-entropy will cover it"
-            );
-            return true;
-        }
-        shared
-            .outbound
-            .entry(to.to_string())
-            .or_default()
-            .push((self.persistence_id.to_string(), message));
-        if !shared.outbound_scheduled {
-            shared.outbound_scheduled = shared.myself.cast(Inbound::SendOutbound.into()).is_ok();
-        }
+        self.shared.send(to, self.persistence_id, message);
         true
     }
 
@@ -475,12 +481,7 @@ where
                         if version == passivated =>
                     {
                         let in_sync = ReplicationMessage::InSync(version.clone());
-                        Io {
-                            shared: &mut self.shared,
-                            persistence_id: &persistence_id,
-                            subscribers: &mut Vec::new(),
-                        }
-                        .send(&from, in_sync);
+                        self.shared.send(&from, &persistence_id, in_sync);
                         continue;
                     }
                     ReplicationMessage::InSync(_) => continue,
@@ -604,16 +605,12 @@ where
     fn stats(&mut self, persistence_id: &str) -> Option<EntityStats> {
         self.with_entity(persistence_id, true, |_, _| Ok(()));
         let hosted = self.entities.get(persistence_id)?;
-        let log = hosted.core.log();
-        Some(EntityStats {
-            events: log.applied_events(),
-            compacted_events: log.compacted_events(),
-            waiting: log.waiting(),
-            version: log.version().clone(),
-            reachable_peers: self.shared.peers.nodes(),
-            rejected_messages: self.shared.rejected_messages,
-            history_reloads: hosted.core.history_reloads(),
-        })
+        let shared = &self.shared;
+        Some(stats(
+            &hosted.core,
+            shared.peers.nodes(),
+            shared.rejected_messages,
+        ))
     }
 }
 
@@ -756,22 +753,12 @@ where
                 return Ok(());
             }
             RouterMessage::Subscribe(persistence_id, subscription) => {
-                state.with_entity(&persistence_id, true, |_, _| Ok(()));
-                if let Some(hosted) = state.entities.get_mut(&persistence_id) {
-                    let mut io = Io {
-                        shared: &mut state.shared,
-                        persistence_id: &persistence_id,
-                        subscribers: &mut hosted.subscribers,
-                    };
-                    match replay_to(&mut hosted.core, &mut io, subscription) {
-                        Ok(Some(subscription)) => hosted.subscribers.push(subscription),
-                        Ok(None) => {}
-                        Err(err) => {
-                            tracing::error!(persistence_id, error = %err, "an entity failed; it starts again from its journal with its next message");
-                            state.entities.remove(&persistence_id);
-                        }
+                state.with_entity(&persistence_id, true, |core, io| {
+                    if let Some(subscription) = replay_to(core, io, subscription)? {
+                        io.subscribers.push(subscription);
                     }
-                }
+                    Ok(())
+                });
                 return Ok(());
             }
             RouterMessage::Unsubscribe(persistence_id, listener) => {
