@@ -39,6 +39,8 @@ pub mod crdt;
 pub mod ddata;
 #[cfg(feature = "cluster")]
 pub mod discovery;
+#[cfg(feature = "cluster")]
+mod disk_wait;
 mod error;
 #[cfg(feature = "cluster")]
 mod followed;

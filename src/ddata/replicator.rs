@@ -16,6 +16,7 @@ use super::handle::ReplicatorConfig;
 use super::registry::TypeRegistry;
 use super::wire::Envelope;
 use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
+use crate::disk_wait::disk_wait;
 use crate::error::{Error, Result};
 
 mod effects;
@@ -292,7 +293,8 @@ async fn handle_internal(
         Inbound::Tick(timer) => state.core.handle_timer(timer),
         Inbound::Discover => discover(state).await,
         Inbound::Flush => {
-            if let Some(Err(err)) = state.storage.as_mut().map(|s| s.flush(&state.core)) {
+            let flushed = disk_wait(|| state.storage.as_mut().map(|s| s.flush(&state.core)));
+            if let Some(Err(err)) = flushed {
                 tracing::error!(error = %err, "cannot flush the durable store");
             }
             Vec::new()

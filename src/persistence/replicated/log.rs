@@ -11,6 +11,8 @@ use rank_tree::{NodeId, RankTree};
 /// States are kept every this many events, so that a late concurrent event
 /// replays at most this many events after its position.
 const CHECKPOINT_EVERY: usize = 64;
+/// How many compacted events an intake frees (see `ReplicatedLog::unfreed`).
+const FREE_AT_ONCE: usize = 256;
 
 /// At most this many received events wait for their causal past; more are
 /// dropped (anti-entropy sends them again), so a peer cannot grow the buffer
@@ -97,6 +99,9 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     history_needed: bool,
     /// Per origin index, the version of its latest compacted event.
     compacted_latest: Vec<Option<VersionVector>>,
+    /// Compacted events not freed yet. Freeing ten thousand at once held the
+    /// replica up for ten milliseconds and more, so each intake frees a few.
+    unfreed: Vec<EventEnvelope<H::Event>>,
 }
 
 impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
@@ -119,6 +124,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             compacted_events: 0,
             history_needed: false,
             compacted_latest: Vec::new(),
+            unfreed: Vec::new(),
         }
     }
 
@@ -235,6 +241,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         &mut self,
         envelopes: impl IntoIterator<Item = EventEnvelope<H::Event>>,
     ) -> Vec<EventEnvelope<H::Event>> {
+        self.free_some();
         let mut applied = Vec::new();
         for envelope in envelopes {
             if !well_formed(&envelope) || self.is_known(&envelope) {
@@ -398,19 +405,16 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             .iter_mut()
             .zip(&mut self.compacted_latest)
         {
-            let mut last_cut = None;
-            while let Some(&node) = nodes.front() {
-                if self.events.rank(node) >= end {
-                    break;
-                }
-                last_cut = Some(node);
-                nodes.pop_front();
+            let cut = nodes.partition_point(|&node| self.events.rank(node) < end);
+            if let Some(&last) = cut.checked_sub(1).and_then(|last| nodes.get(last)) {
+                *latest = Some(self.events.item(last).version.clone());
             }
-            if let Some(node) = last_cut {
-                *latest = Some(self.events.item(node).version.clone());
-            }
+            nodes.drain(..cut);
         }
-        self.events.remove_first(end, &by(&self.resolver), drop);
+        self.unfreed.reserve(end);
+        let unfreed = &mut self.unfreed;
+        self.events
+            .remove_first(end, &by(&self.resolver), |envelope| unfreed.push(envelope));
         match checkpoint {
             Some(checkpoint) => {
                 self.checkpoints.drain(..checkpoint);
@@ -676,6 +680,19 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         }
     }
 
+    /// Frees some of the compacted events, and the room they took once all
+    /// are.
+    fn free_some(&mut self) {
+        if self.unfreed.is_empty() {
+            return;
+        }
+        self.unfreed
+            .truncate(self.unfreed.len().saturating_sub(FREE_AT_ONCE));
+        if self.unfreed.is_empty() {
+            self.unfreed = Vec::new();
+        }
+    }
+
     /// Applies the events the state does not reflect yet: those appended, in
     /// order, or, after an insertion before applied events, everything from
     /// the last checkpoint before it.
@@ -799,4 +816,40 @@ fn apply<H: EventHandler>(
         concurrent,
     };
     handler.apply(state, &envelope.event, meta);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persistence::replicated::LastWriterWins;
+
+    struct Sum;
+
+    impl EventHandler for Sum {
+        type Event = u64;
+        type State = u64;
+
+        fn apply(&self, state: &mut u64, event: &u64, _meta: EventMeta<'_>) {
+            *state += event;
+        }
+    }
+
+    #[test]
+    fn compacted_events_are_freed_a_few_at_each_intake() {
+        let mut log = ReplicatedLog::new(ReplicaId::new("a", 1), Sum, LastWriterWins);
+        let events = log.stamp(vec![1; 1000], 1);
+        log.receive_all(events);
+        let snapshot = log.compact([], 1000).expect("alone, everything");
+        assert_eq!((snapshot.events, snapshot.state), (1000, 1000));
+        assert!(log.events().next().is_none());
+        assert_eq!(log.unfreed.len(), 1000, "none freed by the compaction");
+
+        for intake in 1..=4 {
+            let events = log.stamp(vec![1], 2);
+            log.receive_all(events);
+            assert_eq!(log.unfreed.len(), 1000 - (intake * FREE_AT_ONCE).min(1000));
+        }
+        assert_eq!(log.unfreed.capacity(), 0, "the room is given back too");
+        assert_eq!(*log.state(), 1004);
+    }
 }

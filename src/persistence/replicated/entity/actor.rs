@@ -15,6 +15,7 @@ use super::ReplicatedEventSourcedActor;
 use crate::cluster::MemberEvent;
 use crate::ddata::PeerName;
 use crate::discovery::{PeerChange, PeerGroup, Peers};
+use crate::disk_wait::disk_wait;
 use crate::error::{catch_panic, Error, Result};
 use crate::persistence::journal::Journal;
 use crate::persistence::replicated::{ConflictResolver, ReplicatedLog, ReplicationMessage};
@@ -541,7 +542,7 @@ where
                 core.peer_removed(&node);
             }
             Inbound::AntiEntropy => core.tick(shell)?,
-            Inbound::Flush => core.scheduled_flush(shell)?,
+            Inbound::Flush => disk_wait(|| core.scheduled_flush(shell))?,
         }
         Ok(())
     }

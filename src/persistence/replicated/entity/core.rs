@@ -135,6 +135,10 @@ pub struct EntityCore<B: EventHandler, R, J> {
     snapshot_from: u64,
     /// The size of the last snapshot saved: one no larger is stale.
     snapshot_events: u64,
+    /// A snapshot compacted while the events it covers were not all durable
+    /// yet: saved by the next flush, which would otherwise have to run in
+    /// the middle of taking in a message.
+    due_snapshot: Option<Snapshot<B::State>>,
     /// When snapshotting: the local sequence number, origin and origin
     /// sequence number of each event journaled from `positions_from` on, so
     /// that where a snapshot's recovery starts is found in memory instead
@@ -188,6 +192,7 @@ where
             snapshots,
             snapshot_from: recovered.snapshot_from.unwrap_or(1),
             snapshot_events: 0,
+            due_snapshot: None,
             positions: VecDeque::new(),
             positions_from: next_sequence,
         })
@@ -340,6 +345,7 @@ where
             // carries it after the restart.
             self.unannounced.clear();
             self.unpublished.clear();
+            self.due_snapshot = None;
             tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot flush the journal; the entity stops");
             return Err(err);
         }
@@ -354,6 +360,9 @@ where
             io.publish(published);
         }
         // Everything applied is durable now.
+        if let Some(snapshot) = self.due_snapshot.take() {
+            self.save_snapshot(snapshot);
+        }
         for effect in snapshots {
             if let ReplicationEffect::Snapshot(snapshot) = effect {
                 self.save_snapshot(snapshot);
@@ -472,9 +481,11 @@ where
                 send @ ReplicationEffect::Send { .. } => sends.push(send),
                 ReplicationEffect::Snapshot(snapshot) => {
                     if self.unflushed || !self.unannounced.is_empty() {
-                        self.flush(io)?;
+                        self.due_snapshot = Some(snapshot);
+                        self.schedule_flush(io);
+                    } else {
+                        self.save_snapshot(snapshot);
                     }
-                    self.save_snapshot(snapshot);
                 }
                 ReplicationEffect::ServeFromJournal { to, version } => {
                     match self.journal.missing_for(&self.persistence_id, &version) {
@@ -502,6 +513,7 @@ where
                     // The next snapshot may cover less than the last one.
                     self.snapshot_from = 1;
                     self.snapshot_events = 0;
+                    self.due_snapshot = None;
                     self.history_reloads += 1;
                     effects.extend(
                         self.replication

@@ -34,6 +34,7 @@ use crate::codec;
 use crate::ddata::wire::split_by_budget;
 use crate::ddata::PeerName;
 use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
+use crate::disk_wait::disk_wait;
 use crate::error::{Error, Result};
 use crate::persistence::journal::Journal;
 use crate::persistence::replicated::{ConflictResolver, ReplicatedLog, ReplicationMessage};
@@ -838,7 +839,7 @@ where
                 state.passivate_idle();
                 state.each_entity(|core, io| core.tick(io));
             }
-            Inbound::Flush => state.flush(),
+            Inbound::Flush => disk_wait(|| state.flush()),
             Inbound::SendOutbound => state.send_outbound(),
         }
         Ok(())
