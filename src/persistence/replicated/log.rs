@@ -819,11 +819,12 @@ fn apply<H: EventHandler>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::persistence::replicated::LastWriterWins;
 
-    struct Sum;
+    /// Events are numbers; the state is their sum.
+    pub(in crate::persistence::replicated) struct Sum;
 
     impl EventHandler for Sum {
         type Event = u64;

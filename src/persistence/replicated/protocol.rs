@@ -572,18 +572,8 @@ impl<T> PeerMap<T> {
 mod tests {
     use super::*;
     use crate::causal::ReplicaId;
-    use crate::persistence::replicated::{EventMeta, LastWriterWins};
-
-    struct Sum;
-
-    impl EventHandler for Sum {
-        type Event = u64;
-        type State = u64;
-
-        fn apply(&self, state: &mut u64, event: &u64, _meta: EventMeta<'_>) {
-            *state += event;
-        }
-    }
+    use crate::persistence::replicated::log::tests::Sum;
+    use crate::persistence::replicated::LastWriterWins;
 
     fn replica(node: &str) -> Replication<Sum, LastWriterWins> {
         let log = ReplicatedLog::new(ReplicaId::new(node, 1), Sum, LastWriterWins);
