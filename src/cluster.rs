@@ -940,3 +940,44 @@ async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{pinned_bytes, pinned_text};
+
+    #[test]
+    fn golden_membership_messages() {
+        for (name, message, variant) in [
+            (
+                "membership_heartbeat",
+                Inbound::Heartbeat {
+                    from: "node-a".into(),
+                },
+                MEMBERSHIP_VARIANT,
+            ),
+            (
+                "membership_removed",
+                Inbound::Removed {
+                    node: "node-b".into(),
+                },
+                REMOVED_VARIANT,
+            ),
+        ] {
+            let Ok(SerializedMessage::Cast {
+                variant: sent,
+                args,
+                ..
+            }) = ractor::Message::serialize(MembershipMessage(message))
+            else {
+                panic!("{name} is a cast");
+            };
+            assert_eq!(sent, variant);
+            pinned_bytes(name, &args);
+        }
+        pinned_text(
+            "membership_variants.txt",
+            &format!("{MEMBERSHIP_VARIANT}\n{REMOVED_VARIANT}\n"),
+        );
+    }
+}

@@ -44,6 +44,8 @@ mod disk_wait;
 mod error;
 #[cfg(feature = "cluster")]
 mod followed;
+#[cfg(test)]
+mod golden;
 pub mod persistence;
 #[cfg(feature = "cluster")]
 mod remote_cast;

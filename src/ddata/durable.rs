@@ -143,7 +143,7 @@ impl DurableStore for MemoryStore {
 
 // The store's round trips, with the sled store.
 #[cfg(all(test, feature = "sled"))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ddata::registry::{erase, ErasedData, TypeRegistry};
     use crate::{

@@ -571,9 +571,10 @@ mod tests {
         }
     }
 
+    /// That a key's bucket is the same on every node and build is pinned
+    /// with the other formats (`golden::tests::hashes_and_buckets`).
     #[test]
-    fn buckets_are_stable_in_range_and_all_used() {
-        assert_eq!(bucket_of("cart/alice"), bucket_of("cart/alice"));
+    fn buckets_are_in_range_and_all_used() {
         let used: std::collections::BTreeSet<u16> =
             (0..100_000).map(|i| bucket_of(&format!("k{i}"))).collect();
         assert_eq!(used.len(), BUCKETS);

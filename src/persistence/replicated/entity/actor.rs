@@ -616,3 +616,31 @@ where
         history_reloads: core.history_reloads(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{a, b, events, pinned_encoding, pinned_text, version};
+
+    #[test]
+    fn golden_replication_messages() {
+        let messages: [(&str, ReplicationMessage<String>); 4] = [
+            ("events", ReplicationMessage::Events(events())),
+            ("version", ReplicationMessage::Version(version(&[(a(), 3)]))),
+            ("report", ReplicationMessage::Report(version(&[(b(), 1)]))),
+            (
+                "in_sync",
+                ReplicationMessage::InSync(version(&[(a(), 1), (b(), 2)])),
+            ),
+        ];
+        for (name, message) in messages {
+            let envelope = PeerEnvelope {
+                persistence_id: "account-1".into(),
+                from: "node-a".into(),
+                message,
+            };
+            pinned_encoding(&format!("entity_{name}"), &envelope);
+        }
+        pinned_text("entity_variant.txt", &format!("{ENTITY_MESSAGE_VARIANT}\n"));
+    }
+}

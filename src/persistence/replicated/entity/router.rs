@@ -1001,3 +1001,25 @@ fn unavailable(persistence_id: &str, reason: String) -> Error {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{a, events, pinned_encoding, pinned_text, version};
+
+    #[test]
+    fn golden_router_batches() {
+        let batch: Batch<String> = Batch {
+            from: "node-a".into(),
+            messages: vec![
+                ("account-1".into(), ReplicationMessage::Events(events())),
+                (
+                    "account-2".into(),
+                    ReplicationMessage::Report(version(&[(a(), 3)])),
+                ),
+            ],
+        };
+        pinned_encoding("router_batch", &batch);
+        pinned_text("router_variant.txt", &format!("{ROUTER_MESSAGE_VARIANT}\n"));
+    }
+}
