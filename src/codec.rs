@@ -22,6 +22,23 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Encodes `value` as [`encode`] does, but with each struct's fields by
+/// name (a MessagePack map) instead of by position. [`decode`] reads both.
+/// For values whose type is yours and evolves, such as an entity's state in
+/// its snapshots: fields may then be added (with `#[serde(default)]`),
+/// reordered or removed and old bytes still decode, at the cost of the
+/// names in every encoding.
+pub fn encode_named<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut bytes = vec![WIRE_VERSION];
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut bytes).with_struct_map())
+        .map_err(|err| Error::Encode {
+            what: std::any::type_name::<T>(),
+            reason: err.to_string(),
+        })?;
+    Ok(bytes)
+}
+
 /// The length of [`encode`]'s output for `value`, computed without keeping
 /// the bytes: sizing messages under a budget must not cost an allocation and
 /// a copy per value.

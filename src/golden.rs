@@ -403,6 +403,24 @@ mod tests {
         pinned_encoding("stored_snapshot", &snapshot());
     }
 
+    /// An entity's state in a snapshot: fields by name.
+    #[test]
+    fn named_encoding() {
+        #[derive(serde::Serialize)]
+        struct Balance {
+            owner: String,
+            cents: i64,
+            history: Vec<(u64, Option<String>)>,
+        }
+        let bytes = codec::encode_named(&Balance {
+            owner: "alice".into(),
+            cents: -250,
+            history: vec![(1, None), (2, Some("refund".into()))],
+        })
+        .expect("encodes");
+        pinned_bytes("named_state", &bytes);
+    }
+
     #[cfg(feature = "sled")]
     mod on_disk {
         use super::*;

@@ -59,11 +59,15 @@ impl<S> Clone for Snapshots<S> {
 impl<S: Serialize + DeserializeOwned> Snapshots<S> {
     /// A snapshot about every `events` events (see
     /// [`Replication::with_snapshots`]), its state encoded with the
-    /// library's codec.
+    /// library's codec, fields by name ([`codec::encode_named`]): a state
+    /// type that gains, loses or reorders fields still reads its old
+    /// snapshots. Snapshots that earlier versions of this library wrote
+    /// (fields by position) still decode, into a type whose fields kept
+    /// their order.
     pub fn every(events: usize) -> Self {
         Self {
             every: events,
-            encode: |state| codec::encode(state),
+            encode: |state| codec::encode_named(state),
             decode: |bytes| codec::decode(bytes),
         }
     }
