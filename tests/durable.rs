@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::Actor;
-use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
+use ractor_replicated::ddata::durable::{
+    Durability, DurableStore, MemoryStore, Recovered, SledStore, WriteMode,
+};
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
     replicator_name, Change, DistributedData, Key, KeySelection, ReadConsistency, Replicator,
@@ -179,19 +181,52 @@ async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
     assert!(message.contains(&dir.0.display().to_string()), "{message}");
 }
 
+/// A store that counts the states written to it.
+#[derive(Clone, Default)]
+struct Counting {
+    store: MemoryStore,
+    stored: Arc<AtomicUsize>,
+}
+
+impl DurableStore for Counting {
+    fn load(&mut self) -> ractor_replicated::Result<Recovered> {
+        self.store.load()
+    }
+
+    fn set_incarnation(&mut self, incarnation: u64) -> ractor_replicated::Result<()> {
+        self.store.set_incarnation(incarnation)
+    }
+
+    fn store(&mut self, key: &str, value: &WireValue) -> ractor_replicated::Result<()> {
+        self.stored.fetch_add(1, Ordering::SeqCst);
+        self.store.store(key, value)
+    }
+
+    fn remove(&mut self, key: &str) -> ractor_replicated::Result<()> {
+        self.store.remove(key)
+    }
+
+    fn flush(&mut self) -> ractor_replicated::Result<()> {
+        self.store.flush()
+    }
+
+    fn location(&self) -> String {
+        self.store.location()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_behind_coalesces_writes_and_flushes_them_on_stop() {
-    let dir = TempDir::new("behind");
-    let config = || {
-        let store = SledStore::open(&dir.0, "behind").expect("the store opens");
+    let store = Counting::default();
+    let config = |store: &Counting| {
         let mode = WriteMode::WriteBehind {
             interval: Duration::from_secs(3600),
         };
         ReplicatorConfig::new("behind")
-            .with_durability(Durability::new(store, KeySelection::All).with_mode(mode))
+            .with_durability(Durability::new(store.clone(), KeySelection::All).with_mode(mode))
     };
     let hits: Key<GCounter> = Key::new("hits");
-    let dd = DistributedData::start(config()).await.unwrap();
+    let dd = DistributedData::start(config(&store)).await.unwrap();
     for _ in 0..100 {
         dd.update(&hits, WriteConsistency::Local, |c, me| {
             c.apply(c.increment(me, 1))
@@ -199,8 +234,18 @@ async fn write_behind_coalesces_writes_and_flushes_them_on_stop() {
         .await
         .unwrap();
     }
+    assert_eq!(
+        store.stored.load(Ordering::SeqCst),
+        0,
+        "nothing is written before the interval ends"
+    );
     dd.stop().await;
-    let dd = DistributedData::start(config()).await.unwrap();
+    assert_eq!(
+        store.stored.load(Ordering::SeqCst),
+        1,
+        "a hundred updates of one key are one write, at the stop"
+    );
+    let dd = DistributedData::start(config(&store)).await.unwrap();
     let value = dd.get(&hits, ReadConsistency::Local).await.unwrap();
     assert_eq!(value.map(|c| c.value()), Some(100));
     dd.stop().await;

@@ -391,6 +391,8 @@ async fn a_stopped_listener_is_dropped_and_others_still_hear() {
         .await
         .unwrap();
     next_matching(&mut changes, BOUND, |_| true).await;
+    let subscriptions = nodes[0].dd.stats().await.unwrap().subscriptions;
+    assert_eq!(subscriptions, 1, "the stopped listener was dropped");
     nodes[0].dd.unsubscribe(&key, dead.get_id()).await.unwrap();
 }
 

@@ -256,6 +256,10 @@ pub struct CoreStats {
     /// missing delta, pushes that could not travel as operations, read
     /// repairs.
     pub states_sent: u64,
+    /// Listeners subscribed to changes, over all keys. Kept by the
+    /// Replicator actor, which drops a listener that stopped when it next
+    /// has a change for it; 0 from a core without one.
+    pub subscriptions: usize,
 }
 
 pub(crate) enum Slot {

@@ -10,7 +10,9 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use super::core::{Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer};
+use super::core::{
+    CoreStats, Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer,
+};
 use super::durable::{DurableStore, WriteMode};
 use super::handle::ReplicatorConfig;
 use super::registry::TypeRegistry;
@@ -233,7 +235,10 @@ impl Actor for Replicator {
                 Vec::new()
             }
             ReplicatorMessage::Stats(reply) => {
-                let _ = reply.send(state.core.stats());
+                let _ = reply.send(CoreStats {
+                    subscriptions: state.subscriptions.values().map(Vec::len).sum(),
+                    ..state.core.stats()
+                });
                 Vec::new()
             }
             ReplicatorMessage::RemoveMember(node) => {
