@@ -27,9 +27,10 @@ const SNAPSHOT: [u8; 1] = [1];
 /// crash before [`Journal::flush`] loses a suffix of the appends.
 ///
 /// Appends are made idempotent by an index of the stored (origin, origin
-/// sequence number) pairs, built in memory from the tree when a handle first
-/// appends to a persistence id (an entity reads the whole journal when it
-/// starts anyway); it takes a few words per origin, since an origin's events
+/// sequence number) pairs, built in memory when a handle first appends to a
+/// persistence id, from its snapshot's version and the events after where
+/// the snapshot's recovery starts (the events an entity reads when it
+/// starts); it takes a few words per origin, since an origin's events
 /// arrive in order. A sled transaction keeping that index on disk cost four
 /// times the time of the append itself. One `SledJournal` must so be the only
 /// writer of a persistence id, as an entity is.
@@ -157,11 +158,27 @@ impl SledJournal {
     }
 
     /// The tree, its next sequence number and its index of stored events.
+    /// The index of what the journal holds, from its snapshot and the
+    /// events after it: every event of a snapshot's prefix was journaled
+    /// here before the prefix was compacted, and every event journaled
+    /// before where its recovery starts is in the prefix. A journal of a
+    /// long-lived entity is then not read whole at its first append after
+    /// each start.
     fn start_appending(&self, persistence_id: &str) -> Result<Appending> {
         let tree = self.tree(persistence_id)?;
         let next = self.highest_in(persistence_id, &tree)? + 1;
         let mut stored = StoredIds::default();
-        for (_, envelope) in self.read_from::<IgnoredAny>(persistence_id, 1)? {
+        // A snapshot that does not decode indexes nothing: the scan from 1.
+        let from = match self.load_snapshot(persistence_id) {
+            Ok(Some(snapshot)) => {
+                for (origin, count) in snapshot.version.iter() {
+                    stored.0.entry(origin.clone()).or_default().contiguous = count;
+                }
+                snapshot.from_sequence
+            }
+            Ok(None) | Err(_) => 1,
+        };
+        for (_, envelope) in self.read_from::<IgnoredAny>(persistence_id, from)? {
             stored.insert(&envelope.origin, envelope.origin_seq);
         }
         Ok(Appending { tree, next, stored })
