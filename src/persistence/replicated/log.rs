@@ -100,7 +100,8 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     /// Per origin index, the version of its latest compacted event.
     compacted_latest: Vec<Option<VersionVector>>,
     /// Compacted events not freed yet. Freeing ten thousand at once held the
-    /// replica up for ten milliseconds and more, so each intake frees a few.
+    /// replica up for ten milliseconds and more, so each intake and each
+    /// tick frees a few.
     unfreed: Vec<EventEnvelope<H::Event>>,
 }
 
@@ -681,8 +682,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     }
 
     /// Frees some of the compacted events, and the room they took once all
-    /// are.
-    fn free_some(&mut self) {
+    /// are: at every intake, and at every anti-entropy tick of its
+    /// [`Replication`](super::Replication).
+    pub(crate) fn free_some(&mut self) {
         if self.unfreed.is_empty() {
             return;
         }

@@ -260,6 +260,8 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// [`with_stability_ticks`](Self::with_stability_ticks).
     pub fn tick(&mut self) -> Effects<H> {
         self.ticks += 1;
+        // A replica that went quiet after a compaction frees what it dropped.
+        self.log.free_some();
         // A replica at rest keeps its versions instead of copying them.
         let version = self.log.version();
         if self.held_a_tick_before != *version || self.held_at_last_tick != *version {
