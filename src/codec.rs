@@ -15,10 +15,7 @@ pub const WIRE_VERSION: u8 = 1;
 /// Encodes `value` as [`WIRE_VERSION`] followed by its MessagePack form.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     let mut bytes = vec![WIRE_VERSION];
-    rmp_serde::encode::write(&mut bytes, value).map_err(|err| Error::Encode {
-        what: std::any::type_name::<T>(),
-        reason: err.to_string(),
-    })?;
+    rmp_serde::encode::write(&mut bytes, value).map_err(encode_error::<T>)?;
     Ok(bytes)
 }
 
@@ -32,10 +29,7 @@ pub fn encode_named<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     let mut bytes = vec![WIRE_VERSION];
     value
         .serialize(&mut rmp_serde::Serializer::new(&mut bytes).with_struct_map())
-        .map_err(|err| Error::Encode {
-            what: std::any::type_name::<T>(),
-            reason: err.to_string(),
-        })?;
+        .map_err(encode_error::<T>)?;
     Ok(bytes)
 }
 
@@ -44,11 +38,15 @@ pub fn encode_named<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// a copy per value.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
     let mut counter = Counter(1);
-    rmp_serde::encode::write(&mut counter, value).map_err(|err| Error::Encode {
+    rmp_serde::encode::write(&mut counter, value).map_err(encode_error::<T>)?;
+    Ok(counter.0)
+}
+
+fn encode_error<T: ?Sized>(err: rmp_serde::encode::Error) -> Error {
+    Error::Encode {
         what: std::any::type_name::<T>(),
         reason: err.to_string(),
-    })?;
-    Ok(counter.0)
+    }
 }
 
 /// A writer that only counts.

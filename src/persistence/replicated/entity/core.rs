@@ -121,7 +121,9 @@ pub struct EntityCore<B: EventHandler, R, J> {
     journal: J,
     persistence_id: String,
     recovered: Recovered,
-    /// The journal took writes since the last flush.
+    /// The journal took writes since the last flush. Only then does
+    /// anything wait for one: replies, unannounced and unpublished events
+    /// and a due snapshot are all taken by the flush that clears it.
     unflushed: bool,
     flush_scheduled: bool,
     /// Local events to push to peers once durable.
@@ -316,7 +318,7 @@ where
         io: &mut impl EntityIo<B::Event>,
         answer: impl FnOnce(std::result::Result<(), &Error>) + Send + 'static,
     ) {
-        if !self.unflushed && self.pending_replies.is_empty() {
+        if !self.unflushed {
             answer(Ok(()));
             return;
         }
@@ -484,7 +486,7 @@ where
                 }
                 send @ ReplicationEffect::Send { .. } => sends.push(send),
                 ReplicationEffect::Snapshot(snapshot) => {
-                    if self.unflushed || !self.unannounced.is_empty() {
+                    if self.unflushed {
                         self.due_snapshot = Some(snapshot);
                         self.schedule_flush(io);
                     } else {
@@ -528,7 +530,7 @@ where
         }
         if !sends.is_empty() {
             // Answers to peers may carry local events: durable first.
-            if self.unflushed || !self.unannounced.is_empty() {
+            if self.unflushed {
                 self.flush(io)?;
             }
             self.send(io, sends);
