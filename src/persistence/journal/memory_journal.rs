@@ -22,7 +22,13 @@ pub struct MemoryJournal {
 }
 
 #[derive(Default)]
-struct Entities(HashMap<String, Stored>);
+struct Entities {
+    stored: HashMap<String, Stored>,
+    /// The persistence ids written since the last flush: a flush looks at
+    /// those only, so that the many entities of a router flushing one after
+    /// the other do not each walk every persistence id.
+    unflushed: HashSet<String>,
+}
 
 #[derive(Default)]
 struct Stored {
@@ -46,7 +52,10 @@ impl MemoryJournal {
     /// test what a damaged one does.
     pub fn put_raw_snapshot(&self, persistence_id: &str, bytes: Vec<u8>) {
         let mut entities = self.lock();
-        let stored = entities.0.entry(persistence_id.to_string()).or_default();
+        let stored = entities
+            .stored
+            .entry(persistence_id.to_string())
+            .or_default();
         stored.snapshot = Some(bytes.clone());
         stored.durable_snapshot = Some(bytes);
     }
@@ -54,7 +63,9 @@ impl MemoryJournal {
     /// Forgets every event appended and snapshot saved since the last flush,
     /// as a crash would.
     pub fn lose_unflushed(&self) {
-        for stored in self.lock().0.values_mut() {
+        let mut entities = self.lock();
+        entities.unflushed.clear();
+        for stored in entities.stored.values_mut() {
             for origin in stored.origin_of.drain(stored.durable..) {
                 stored.origins.remove(&origin);
             }
@@ -88,7 +99,10 @@ impl Journal for MemoryJournal {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut entities = self.lock();
-        let stored = entities.0.entry(persistence_id.to_string()).or_default();
+        let stored = entities
+            .stored
+            .entry(persistence_id.to_string())
+            .or_default();
         let mut added = 0;
         for (origin, bytes) in encoded {
             if stored.origins.insert(origin.clone()) {
@@ -97,13 +111,20 @@ impl Journal for MemoryJournal {
                 added += 1;
             }
         }
+        if added > 0 {
+            entities.unflushed.insert(persistence_id.to_string());
+        }
         Ok(added)
     }
 
     fn flush(&mut self) -> Result<()> {
-        for stored in self.lock().0.values_mut() {
-            stored.durable = stored.events.len();
-            stored.durable_snapshot.clone_from(&stored.snapshot);
+        let mut entities = self.lock();
+        let Entities { stored, unflushed } = &mut *entities;
+        for persistence_id in unflushed.drain() {
+            if let Some(stored) = stored.get_mut(&persistence_id) {
+                stored.durable = stored.events.len();
+                stored.durable_snapshot.clone_from(&stored.snapshot);
+            }
         }
         Ok(())
     }
@@ -114,7 +135,7 @@ impl Journal for MemoryJournal {
         from: u64,
     ) -> Result<Vec<(u64, EventEnvelope<E>)>> {
         let entities = self.lock();
-        let Some(stored) = entities.0.get(persistence_id) else {
+        let Some(stored) = entities.stored.get(persistence_id) else {
             return Ok(Vec::new());
         };
         let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -134,7 +155,10 @@ impl Journal for MemoryJournal {
 
     fn highest_sequence(&self, persistence_id: &str) -> Result<u64> {
         let entities = self.lock();
-        let count = entities.0.get(persistence_id).map_or(0, |s| s.events.len());
+        let count = entities
+            .stored
+            .get(persistence_id)
+            .map_or(0, |s| s.events.len());
         Ok(u64::try_from(count).unwrap_or(u64::MAX))
     }
 
@@ -142,17 +166,18 @@ impl Journal for MemoryJournal {
         let bytes = codec::encode(snapshot)?;
         let mut entities = self.lock();
         entities
-            .0
+            .stored
             .entry(persistence_id.to_string())
             .or_default()
             .snapshot = Some(bytes);
+        entities.unflushed.insert(persistence_id.to_string());
         Ok(())
     }
 
     fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {
         let entities = self.lock();
         let Some(bytes) = entities
-            .0
+            .stored
             .get(persistence_id)
             .and_then(|s| s.snapshot.as_ref())
         else {
