@@ -157,6 +157,14 @@ impl NodeProcess {
             .unwrap_or_else(|err| panic!("{} refused {command:?}: {err}", self.name))
     }
 
+    /// How many records of the background writer `prefix` the node's
+    /// entity acknowledged so far.
+    pub fn progress(&mut self, prefix: &str) -> u64 {
+        self.must(&format!("progress {prefix}"))
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: a frozen node keeps
     /// its TCP sessions open but says nothing, like a node behind a blackholed
     /// link.

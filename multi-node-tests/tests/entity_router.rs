@@ -50,18 +50,9 @@ fn a_router_killed_while_writing_catches_up_and_every_entity_ends_identical_with
         "router-record-many doomed 100000 {ENTITIES} background"
     ));
     eventually("node 2 is writing", CONVERGE, || {
-        cluster
-            .node(2)
-            .must("progress doomed")
-            .as_u64()
-            .unwrap_or(0)
-            >= 40
+        cluster.node(2).progress("doomed") >= 40
     });
-    let acknowledged = cluster
-        .node(2)
-        .must("progress doomed")
-        .as_u64()
-        .unwrap_or(0);
+    let acknowledged = cluster.node(2).progress("doomed");
     cluster.kill(2);
 
     std::thread::scope(|scope| {

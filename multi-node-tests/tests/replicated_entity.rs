@@ -40,20 +40,10 @@ fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_
 
     // Node 2 writes in the background and is killed in the middle of it.
     cluster.node(2).must("record-background doomed 100000");
-    let mut acknowledged = 0;
     eventually("node 2 is writing", CONVERGE, || {
-        acknowledged = cluster
-            .node(2)
-            .must("progress doomed")
-            .as_u64()
-            .unwrap_or(0);
-        acknowledged >= 50
+        cluster.node(2).progress("doomed") >= 50
     });
-    acknowledged = cluster
-        .node(2)
-        .must("progress doomed")
-        .as_u64()
-        .unwrap_or(0);
+    let acknowledged = cluster.node(2).progress("doomed");
     cluster.kill(2);
 
     std::thread::scope(|scope| {

@@ -205,6 +205,28 @@ fn number<T: std::str::FromStr>(words: &[&str], index: usize) -> Result<T, Strin
         .map_err(|_| format!("argument {index} is not a number"))
 }
 
+/// Runs `record(entry, n)` with the entries `prefix-0` .. `prefix-<count - 1>`,
+/// one after the other, noting under `prefix` in `progress` how many were
+/// acknowledged; stops at the first failure.
+async fn counted<F, Fut>(
+    progress: Arc<Mutex<BTreeMap<String, u64>>>,
+    prefix: String,
+    count: u64,
+    mut record: F,
+) -> Result<(), ractor_replicated::Error>
+where
+    F: FnMut(String, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ractor_replicated::Error>>,
+{
+    for n in 0..count {
+        record(format!("{prefix}-{n}"), n).await?;
+        if let Ok(mut progress) = progress.lock() {
+            progress.insert(prefix.clone(), n + 1);
+        }
+    }
+    Ok(())
+}
+
 fn error(err: ractor_replicated::Error) -> String {
     err.to_string()
 }
@@ -453,21 +475,16 @@ impl Node {
             }
             "record-background" => {
                 let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
-                let (ledger, progress, prefix) = (
-                    self.ledger.clone(),
+                let ledger = self.ledger.clone();
+                tokio::spawn(counted(
                     self.progress.clone(),
                     prefix.to_string(),
-                );
-                tokio::spawn(async move {
-                    for n in 0..count {
-                        if ledger.command(format!("{prefix}-{n}")).await.is_err() {
-                            break;
-                        }
-                        if let Ok(mut progress) = progress.lock() {
-                            progress.insert(prefix.clone(), n + 1);
-                        }
-                    }
-                });
+                    count,
+                    move |entry, _| {
+                        let ledger = ledger.clone();
+                        async move { ledger.command(entry).await.map(drop) }
+                    },
+                ));
                 Ok(Value::Null)
             }
             "progress" => {
@@ -558,17 +575,16 @@ impl Node {
                 let entities: u64 = number(&words, 3)?;
                 let background = words.get(4) == Some(&"background");
                 let routed = self.routed.clone().ok_or("no router")?;
-                let (progress, prefix) = (self.progress.clone(), prefix.to_string());
-                let writing = async move {
-                    for n in 0..count {
-                        let id = format!("many-{}", n % entities.max(1));
-                        routed.command(id, format!("{prefix}-{n}")).await?;
-                        if let Ok(mut progress) = progress.lock() {
-                            progress.insert(prefix.clone(), n + 1);
-                        }
-                    }
-                    Ok::<(), ractor_replicated::Error>(())
-                };
+                let writing = counted(
+                    self.progress.clone(),
+                    prefix.to_string(),
+                    count,
+                    move |entry, n| {
+                        let (routed, id) =
+                            (routed.clone(), format!("many-{}", n % entities.max(1)));
+                        async move { routed.command(id, entry).await.map(drop) }
+                    },
+                );
                 if background {
                     tokio::spawn(writing);
                 } else {
