@@ -24,7 +24,7 @@
 //!   their counterparts through monitored process groups (one NodeServer per
 //!   process).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ use transport::{Connections, SessionEvent, SessionEvents};
 const MEMBERSHIP_VARIANT: &str = "ractor_replicated.membership.v1";
 const REMOVED_VARIANT: &str = "ractor_replicated.membership.removed.v1";
 const MEMBERSHIP_NAME_PREFIX: &str = "ractor_replicated.membership@";
+/// How many closed connection labels the membership actor remembers (see
+/// `MembershipState::closed`).
+const CLOSED_REMEMBERED: usize = 256;
 
 /// How to run one node of a cluster.
 #[derive(Clone, Debug)]
@@ -529,6 +532,12 @@ struct MembershipState {
     authenticated: HashMap<String, String>,
     /// Of those, the sessions whose process groups are synchronised.
     ready: HashMap<String, String>,
+    /// The labels of the connections closed last. ractor delivers a
+    /// session's end (a supervision event) ahead of messages it sent
+    /// before, so its Authenticated or Ready can arrive after its Closed:
+    /// taken in, it would make a stopped node up for good. Labels are never
+    /// reused, and such late events come within moments.
+    closed: VecDeque<String>,
     connected: tokio::sync::watch::Sender<BTreeSet<String>>,
     subscribers: Vec<Deliver>,
     /// Nodes removed from the cluster and not connected since.
@@ -634,6 +643,16 @@ impl MembershipState {
     /// Learns from a session event which nodes are up, and which node a
     /// dialled seed reaches (ending the dial).
     fn session_event(&mut self, event: SessionEvent) {
+        let late = match &event {
+            SessionEvent::Authenticated { label, .. } | SessionEvent::Ready { label, .. } => {
+                self.closed.contains(label)
+            }
+            SessionEvent::Closed { .. } => false,
+        };
+        if late {
+            tracing::debug!("a session event after the session closed; ignored");
+            return;
+        }
         let (label, node) = match event {
             SessionEvent::Authenticated { label, node } => {
                 self.authenticated.insert(label.clone(), node.clone());
@@ -647,6 +666,10 @@ impl MembershipState {
             SessionEvent::Closed { label, node } => {
                 self.authenticated.remove(&label);
                 self.ready.remove(&label);
+                if self.closed.len() == CLOSED_REMEMBERED {
+                    self.closed.pop_front();
+                }
+                self.closed.push_back(label.clone());
                 self.publish_changes();
                 (label, node)
             }
@@ -738,6 +761,7 @@ impl Actor for Membership {
             acceptor: Some(acceptor),
             authenticated: HashMap::new(),
             ready: HashMap::new(),
+            closed: VecDeque::new(),
             connected,
             subscribers: Vec::new(),
             removed: BTreeSet::new(),
