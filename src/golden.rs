@@ -466,8 +466,11 @@ mod tests {
             std::fs::read_to_string(fixture_path(name)).expect("written")
         }
 
-        #[test]
-        fn a_sled_journal() {
+        /// Writes the sample events and snapshot of `account-1` into a sled
+        /// journal, deleting the events before `delete_before` if given,
+        /// pins the database as `name`, and opens the journal the fixture
+        /// holds.
+        fn pinned_journal(name: &str, delete_before: Option<u64>) -> (TempDir, SledJournal) {
             let dir = TempDir::new("golden-journal");
             let db = crate::sled_db::open(&crate::sled_db::config(&dir.0)).expect("opens");
             let mut journal = SledJournal::with_db(db.clone());
@@ -476,16 +479,39 @@ mod tests {
                 .save_snapshot("account-1", &snapshot())
                 .expect("saves");
             journal.flush().expect("flushes");
-            pinned_text("sled_journal.txt", &dump(&db));
+            if let Some(before) = delete_before {
+                journal.delete_before("account-1", before).expect("deletes");
+                journal.flush().expect("flushes");
+            }
+            pinned_text(name, &dump(&db));
 
             let dir = TempDir::new("golden-journal-read");
-            let journal = SledJournal::with_db(restore(&dir, &fixture("sled_journal.txt")));
+            let journal = SledJournal::with_db(restore(&dir, &fixture(name)));
+            (dir, journal)
+        }
+
+        #[test]
+        fn a_sled_journal() {
+            let (_dir, journal) = pinned_journal("sled_journal.txt", None);
             let read: Vec<(u64, EventEnvelope<String>)> =
                 journal.read_from("account-1", 1).expect("reads");
             assert_eq!(read, (1..).zip(events()).collect::<Vec<_>>());
             assert_eq!(
                 journal.load_snapshot("account-1").expect("reads"),
                 Some(snapshot())
+            );
+        }
+
+        #[test]
+        fn a_sled_journal_that_deleted_events() {
+            let (_dir, journal) = pinned_journal("sled_journal_deleted.txt", Some(2));
+            let read: Vec<(u64, EventEnvelope<String>)> =
+                journal.read_from("account-1", 1).expect("reads");
+            assert_eq!(read, (1..).zip(events()).skip(1).collect::<Vec<_>>());
+            assert_eq!(journal.deleted_before("account-1").expect("reads"), Some(2));
+            assert_eq!(
+                journal.highest_sequence("account-1").expect("reads"),
+                u64::try_from(events().len()).expect("few")
             );
         }
 

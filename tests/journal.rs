@@ -6,9 +6,12 @@ use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
     DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
 };
-use ractor_replicated::persistence::journal::{Journal, SledJournal, StoredSnapshot};
+use ractor_replicated::persistence::journal::{
+    Journal, MemoryJournal, SledJournal, StoredSnapshot,
+};
 use ractor_replicated::persistence::replicated::{
-    EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
+    recover_from_journal, DecodeState, EventEnvelope, EventHandler, EventMeta, LastWriterWins,
+    ReplicatedLog,
 };
 use ractor_replicated::{codec, sled_db, Error, GCounter, ReplicaId, VersionVector};
 use support::TempDir;
@@ -302,4 +305,80 @@ async fn a_durable_store_and_a_journal_share_one_database() {
     let read: Vec<EventEnvelope<String>> = read.into_iter().map(|(_, e)| e).collect();
     assert_eq!(read, events, "both lives' events");
     dd.stop().await;
+}
+
+/// Deletes the events a snapshot covers from `journal` (opened again by
+/// `reopen` to check what lasts), as retention does.
+fn deleting_events_keeps_the_rest_and_the_numbering<J: Journal>(mut reopen: impl FnMut() -> J) {
+    let (original, events) = two_replicas();
+    // Journaled a1, a2, b1, a3; in the canonical order b1 (the earliest
+    // timestamp), a1, a2, a3. The snapshot holds the first three: recovery
+    // reads from a3, the 4th.
+    let mut prefix = events[2].version.clone();
+    prefix.increment(&ReplicaId::new("a", 1));
+    prefix.increment(&ReplicaId::new("a", 1));
+    let stored = StoredSnapshot {
+        version: prefix,
+        events: 3,
+        from_sequence: 4,
+        sequence: 4,
+        state: codec::encode(&["b1", "a1", "a2"]).unwrap(),
+    };
+    {
+        let mut journal = reopen();
+        journal.append("cart-1", &events).unwrap();
+        journal.save_snapshot("cart-1", &stored).unwrap();
+        journal.flush().unwrap();
+        assert_eq!(journal.deleted_before("cart-1").unwrap(), None);
+        journal.delete_before("cart-1", 4).unwrap();
+        journal.delete_before("cart-1", 2).unwrap();
+        journal.flush().unwrap();
+    }
+    let mut journal = reopen();
+    assert_eq!(
+        journal.deleted_before("cart-1").unwrap(),
+        Some(4),
+        "kept, and never moved back"
+    );
+    let read: Vec<(u64, EventEnvelope<String>)> = journal.read_from("cart-1", 1).unwrap();
+    let sequences: Vec<u64> = read.iter().map(|(s, _)| *s).collect();
+    assert_eq!(sequences, [4], "the events before 4 are gone");
+    assert_eq!(journal.append("cart-1", &events).unwrap(), 0, "still known");
+
+    let mut log = ReplicatedLog::new(ReplicaId::new("a", 1), Names, LastWriterWins);
+    let decode: DecodeState<Vec<String>> = |bytes| codec::decode(bytes);
+    let recovered = recover_from_journal(&mut log, &journal, "cart-1", Some(decode)).unwrap();
+    assert_eq!(recovered.snapshot_from, Some(4));
+    assert_eq!(log.state(), original.state());
+    assert_eq!(log.version(), original.version());
+    assert!(log.history_forgotten());
+    let mut without_snapshots = ReplicatedLog::new(ReplicaId::new("a", 1), Names, LastWriterWins);
+    assert!(
+        recover_from_journal(&mut without_snapshots, &journal, "cart-1", None).is_err(),
+        "the events alone no longer give the state"
+    );
+
+    // Deleting every event keeps the numbering going.
+    journal.delete_before("cart-1", 5).unwrap();
+    journal.flush().unwrap();
+    drop(journal);
+    let mut journal = reopen();
+    assert!(journal.read_from::<String>("cart-1", 1).unwrap().is_empty());
+    assert_eq!(journal.highest_sequence("cart-1").unwrap(), 4);
+    let next = original.stamp(vec!["a4".into()], 10);
+    assert_eq!(journal.append("cart-1", &next).unwrap(), 1);
+    let read: Vec<(u64, EventEnvelope<String>)> = journal.read_from("cart-1", 1).unwrap();
+    assert_eq!(read[0].0, 5);
+}
+
+#[test]
+fn a_sled_journal_deletes_events_a_snapshot_covers() {
+    let dir = TempDir::new("delete-before");
+    deleting_events_keeps_the_rest_and_the_numbering(|| SledJournal::open(&dir.0).unwrap());
+}
+
+#[test]
+fn a_memory_journal_deletes_events_a_snapshot_covers() {
+    let journal = MemoryJournal::new();
+    deleting_events_keeps_the_rest_and_the_numbering(|| journal.clone());
 }

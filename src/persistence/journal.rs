@@ -6,7 +6,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::VersionVector;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::persistence::replicated::EventEnvelope;
 
 mod memory_journal;
@@ -94,10 +94,10 @@ pub trait Journal: Send + 'static {
     fn highest_sequence(&self, persistence_id: &str) -> Result<u64>;
 
     /// Keeps `snapshot` as the snapshot of `persistence_id`, replacing the
-    /// one before. Durable, like appends, at the next [`flush`](Self::flush);
-    /// events are never deleted, so a snapshot only shortens recovery. The
-    /// default keeps none, for journals without snapshots: recovery then
-    /// replays every event.
+    /// one before. Durable, like appends, at the next [`flush`](Self::flush).
+    /// Until events are [deleted](Self::delete_before), a snapshot only
+    /// shortens recovery. The default keeps none, for journals without
+    /// snapshots: recovery then replays every event.
     fn save_snapshot(&mut self, persistence_id: &str, snapshot: &StoredSnapshot) -> Result<()> {
         let _ = (persistence_id, snapshot);
         Ok(())
@@ -105,6 +105,36 @@ pub trait Journal: Send + 'static {
 
     /// The snapshot of `persistence_id`, if one was saved.
     fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {
+        let _ = persistence_id;
+        Ok(None)
+    }
+
+    /// Deletes the events of `persistence_id` before local sequence number
+    /// `before`, all of which its saved snapshot must cover, and records
+    /// that the journal no longer holds its whole history: from then on its
+    /// snapshot stands for the events before
+    /// [`deleted_before`](Self::deleted_before), and recovery must start from
+    /// it. Called with a `before` no greater than the snapshot's
+    /// `from_sequence`, once that snapshot is durable; `before` = 1 deletes
+    /// nothing and only records that the history starts at the snapshot (a
+    /// replica that started from a peer's snapshot). Durable at the next
+    /// [`flush`](Self::flush) at the latest; a crash that undoes it only keeps
+    /// more events. Local sequence numbers are never reused. The default
+    /// refuses: journals that do not implement it keep every event.
+    fn delete_before(&mut self, persistence_id: &str, before: u64) -> Result<()> {
+        let _ = before;
+        Err(Error::Store {
+            path: "journal".into(),
+            key: Some(persistence_id.into()),
+            reason: "this journal does not delete events".into(),
+        })
+    }
+
+    /// Where the history of `persistence_id` starts: `None` while the
+    /// journal holds every event it stored, or the `before` of the last
+    /// [`delete_before`](Self::delete_before): the snapshot then stands for
+    /// the events before it, and no event before it can be read.
+    fn deleted_before(&self, persistence_id: &str) -> Result<Option<u64>> {
         let _ = persistence_id;
         Ok(None)
     }

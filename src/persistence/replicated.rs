@@ -15,7 +15,7 @@ mod recovery;
 
 pub use entity::{
     CommandResult, Effect, EntityCore, EntityIo, EventApplied, PendingReply,
-    ReplicatedEventSourcedActor, ReplicationContext, Snapshots,
+    ReplicatedEventSourcedActor, ReplicationContext, Retention, Snapshots, HOLD_TICKS,
 };
 #[cfg(feature = "cluster")]
 pub use entity::{
@@ -25,7 +25,8 @@ pub use entity::{
 };
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{
-    Effects, Replication, ReplicationEffect, ReplicationMessage, DEFAULT_STABILITY_TICKS,
+    Effects, Replication, ReplicationEffect, ReplicationMessage, SnapshotOffer,
+    DEFAULT_STABILITY_TICKS,
 };
 pub use recovery::{recover_from_journal, DecodeState, Recovered};
 

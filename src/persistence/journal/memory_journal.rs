@@ -40,6 +40,11 @@ struct Stored {
     durable: usize,
     snapshot: Option<Vec<u8>>,
     durable_snapshot: Option<Vec<u8>>,
+    /// Events before this local sequence number were deleted (their bytes
+    /// freed; their ids stay known, so that appending one again is still a
+    /// no-op). Deleting is immediately durable: only events a durable
+    /// snapshot covers are deleted.
+    deleted_before: Option<u64>,
 }
 
 impl MemoryJournal {
@@ -138,6 +143,7 @@ impl Journal for MemoryJournal {
         let Some(stored) = entities.stored.get(persistence_id) else {
             return Ok(Vec::new());
         };
+        let from = from.max(stored.deleted_before.unwrap_or(1));
         let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
         (1u64..)
             .zip(&stored.events)
@@ -172,6 +178,32 @@ impl Journal for MemoryJournal {
             .snapshot = Some(bytes);
         entities.unflushed.insert(persistence_id.to_string());
         Ok(())
+    }
+
+    fn delete_before(&mut self, persistence_id: &str, before: u64) -> Result<()> {
+        let mut entities = self.lock();
+        let stored = entities
+            .stored
+            .entry(persistence_id.to_string())
+            .or_default();
+        let from = stored.deleted_before.unwrap_or(1);
+        let end = usize::try_from(before.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(stored.events.len());
+        let start = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
+        for bytes in stored.events.iter_mut().take(end).skip(start) {
+            *bytes = Vec::new();
+        }
+        stored.deleted_before = Some(before.max(from));
+        Ok(())
+    }
+
+    fn deleted_before(&self, persistence_id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .lock()
+            .stored
+            .get(persistence_id)
+            .and_then(|stored| stored.deleted_before))
     }
 
     fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {

@@ -18,11 +18,16 @@ const EVENT: u8 = 0;
 /// The key of the snapshot, after every event key.
 const SNAPSHOT: [u8; 1] = [1];
 
+/// The key of the local sequence number events were deleted before (8
+/// bytes, big-endian), once some were (see [`Journal::delete_before`]).
+const DELETED_BEFORE: [u8; 1] = [2];
+
 /// A [`Journal`] in a sled (0.34) database.
 ///
 /// Each persistence id has its tree, `journal/<id>`, mapping local sequence
 /// numbers to encoded [`EventEnvelope`]s, plus one key for its latest
-/// [`StoredSnapshot`]. An append is one sled insert, or
+/// [`StoredSnapshot`] and, once events were deleted, one for where its
+/// history starts. An append is one sled insert, or
 /// one atomic sled batch for several events; sled's log is sequential, so a
 /// crash before [`Journal::flush`] loses a suffix of the appends.
 ///
@@ -184,16 +189,30 @@ impl SledJournal {
         Ok(Appending { tree, next, stored })
     }
 
+    /// The highest local sequence number given: that of the last event, or
+    /// one before where the history starts if every event was deleted.
     fn highest_in(&self, persistence_id: &str, tree: &sled::Tree) -> Result<u64> {
         let last = tree
             .range(event_key(0)..=event_key(u64::MAX))
             .next_back()
             .transpose()
             .map_err(|e| self.error(None, e))?;
-        match last {
-            None => Ok(0),
-            Some((key, _)) => self.sequence_of(persistence_id, &key),
-        }
+        let last = match last {
+            None => 0,
+            Some((key, _)) => self.sequence_of(persistence_id, &key)?,
+        };
+        let deleted = self.deleted_in(persistence_id, tree)?.unwrap_or(1);
+        Ok(last.max(deleted - 1))
+    }
+
+    fn deleted_in(&self, persistence_id: &str, tree: &sled::Tree) -> Result<Option<u64>> {
+        let key = || Some(format!("{persistence_id}#deleted-before"));
+        let Some(bytes) = tree.get(DELETED_BEFORE).map_err(|e| self.error(key(), e))? else {
+            return Ok(None);
+        };
+        <[u8; 8]>::try_from(bytes.as_ref())
+            .map(|bytes| Some(u64::from_be_bytes(bytes).max(1)))
+            .map_err(|_| self.error(key(), "not a sequence number"))
     }
 }
 
@@ -273,6 +292,25 @@ impl Journal for SledJournal {
             .insert(SNAPSHOT, bytes)
             .map_err(|e| self.error(Some(format!("{persistence_id}#snapshot")), e))?;
         Ok(())
+    }
+
+    /// One atomic batch: the events' removal and the new start of the
+    /// history land together or not at all.
+    fn delete_before(&mut self, persistence_id: &str, before: u64) -> Result<()> {
+        let tree = self.tree(persistence_id)?;
+        let from = self.deleted_in(persistence_id, &tree)?.unwrap_or(1);
+        let before = before.max(from);
+        let mut batch = sled::Batch::default();
+        for key in tree.range(event_key(from)..event_key(before)).keys() {
+            batch.remove(key.map_err(|e| self.error(Some(persistence_id.into()), e))?);
+        }
+        batch.insert(&DELETED_BEFORE[..], &before.to_be_bytes()[..]);
+        tree.apply_batch(batch)
+            .map_err(|e| self.error(Some(persistence_id.into()), e))
+    }
+
+    fn deleted_before(&self, persistence_id: &str) -> Result<Option<u64>> {
+        self.deleted_in(persistence_id, &self.tree(persistence_id)?)
     }
 
     fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {

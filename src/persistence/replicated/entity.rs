@@ -13,7 +13,10 @@ mod handle;
 #[cfg(feature = "cluster")]
 mod router;
 
-pub use self::core::{CommandResult, EntityCore, EntityIo, EventApplied, PendingReply, Snapshots};
+pub use self::core::{
+    CommandResult, EntityCore, EntityIo, EventApplied, PendingReply, Retention, Snapshots,
+    HOLD_TICKS,
+};
 #[cfg(feature = "cluster")]
 pub use actor::{
     EntityArguments, EntityMessage, ReplicatedEntity, Subscription, ENTITY_MESSAGE_VARIANT,

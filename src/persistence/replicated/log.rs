@@ -103,6 +103,19 @@ pub struct ReplicatedLog<H: EventHandler, R> {
     /// replica up for ten milliseconds and more, so each intake and each
     /// tick frees a few.
     unfreed: Vec<EventEnvelope<H::Event>>,
+    /// The journal no longer holds every compacted event (see
+    /// [`forget_history`](ReplicatedLog::forget_history)).
+    history_forgotten: bool,
+    /// Events refused because they sort among compacted events that no
+    /// journal here holds any more.
+    refused: u64,
+    /// The journal may delete compacted events (see
+    /// [`history_may_be_deleted`](ReplicatedLog::history_may_be_deleted)).
+    history_deletable: bool,
+    /// What the peer held when it sent the snapshot the log started from
+    /// (see [`install_snapshot`](ReplicatedLog::install_snapshot)): its
+    /// events outside the snapshot sorted after it there, seen or not.
+    sorted_after_snapshot: VersionVector,
 }
 
 impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
@@ -126,6 +139,10 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             history_needed: false,
             compacted_latest: Vec::new(),
             unfreed: Vec::new(),
+            history_forgotten: false,
+            refused: 0,
+            history_deletable: false,
+            sorted_after_snapshot: VersionVector::new(),
         }
     }
 
@@ -152,6 +169,11 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         self.waiting.len()
     }
 
+    /// The received events that wait for their causal past.
+    pub fn waiting_events(&self) -> &[EventEnvelope<H::Event>] {
+        &self.waiting
+    }
+
     /// How many events were applied, compacted ones included.
     pub fn applied_events(&self) -> u64 {
         self.compacted_events
@@ -173,6 +195,54 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
     /// that delivery stopped until [`restore_history`](Self::restore_history).
     pub fn needs_history(&self) -> bool {
         self.history_needed
+    }
+
+    /// The history of the compacted events is gone (the journal deleted
+    /// them, or never held them because the log started from a peer's
+    /// snapshot): an event that does not sort after them can no longer be
+    /// placed, so it is refused (logged and counted in
+    /// [`refused_events`](Self::refused_events)) instead of making the log
+    /// ask for its history. Such an event was made by a replica that had not
+    /// seen a prefix every listed replica had passed: one outside the
+    /// listed replicas, a removed one back with its old journal, or one
+    /// with other retention settings.
+    pub fn forget_history(&mut self) {
+        self.history_forgotten = true;
+    }
+
+    /// The journal may delete compacted events (retention): compaction then
+    /// also waits for the events of the old incarnation of a node whose
+    /// journal was lost, which other replicas may still relay, until the
+    /// node's new incarnation has made an event and reports no more of them
+    /// than this log holds. Without deletion, such an event makes the log
+    /// read its history back instead.
+    pub fn history_may_be_deleted(&mut self) {
+        self.history_deletable = true;
+    }
+
+    /// Whether [`history_may_be_deleted`](Self::history_may_be_deleted) was
+    /// called.
+    pub fn history_deletable(&self) -> bool {
+        self.history_deletable
+    }
+
+    /// `replica` runs, though it may have made no event yet: a node's newest
+    /// incarnation is the one whose next events compaction waits for, and
+    /// the older ones' events still on their way are waited for too (see
+    /// [`history_may_be_deleted`](Self::history_may_be_deleted)).
+    pub fn incarnation_runs(&mut self, replica: &ReplicaId) {
+        self.index_of(replica);
+    }
+
+    /// Whether [`forget_history`](Self::forget_history) was called.
+    pub fn history_forgotten(&self) -> bool {
+        self.history_forgotten
+    }
+
+    /// How many events were refused because they sort among compacted
+    /// events whose history is [forgotten](Self::forget_history).
+    pub fn refused_events(&self) -> u64 {
+        self.refused
     }
 
     /// Whether [`missing_for`](Self::missing_for) can answer a peer whose
@@ -268,6 +338,16 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             let Some(ready) = self.waiting.iter().position(|e| self.is_deliverable(e)) else {
                 break;
             };
+            if !self.follows_compacted(&self.waiting[ready]) && self.history_forgotten {
+                let refused = self.waiting.swap_remove(ready);
+                self.refused = self.refused.saturating_add(1);
+                tracing::error!(
+                    origin = %refused.origin,
+                    sequence = refused.origin_seq,
+                    "an event sorts among events whose history was deleted; refused"
+                );
+                continue;
+            }
             if !self.follows_compacted(&self.waiting[ready]) {
                 tracing::debug!(
                     origin = %self.waiting[ready].origin,
@@ -306,13 +386,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         }
         let after: Vec<EventEnvelope<H::Event>> =
             known.into_iter().filter(outside).chain(later).collect();
-        for (replica, _) in snapshot.version.iter() {
-            self.index_of(replica);
-        }
-        self.seen = snapshot.version.clone();
-        self.state = snapshot.state.clone();
-        self.checkpoints = vec![(snapshot.state, snapshot.version)];
-        self.compacted_events = snapshot.events;
+        self.start_from(snapshot);
         self.walk(after);
         true
     }
@@ -326,20 +400,73 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         journaled: impl IntoIterator<Item = EventEnvelope<H::Event>>,
     ) -> Vec<EventEnvelope<H::Event>> {
         let waiting = std::mem::take(&mut self.waiting);
+        self.start_from(Snapshot {
+            state: H::State::default(),
+            version: VersionVector::new(),
+            events: 0,
+        });
+        self.recover(journaled);
+        self.receive_all(waiting)
+    }
+
+    /// Starts again from a peer's `snapshot`, for a replica that lacks
+    /// events the peer's journal no longer holds; `holds` is everything the
+    /// peer had applied when it sent it. The events this log holds outside
+    /// the snapshot are kept after it, and it forgets the history before it
+    /// ([`forget_history`](Self::forget_history)). Returns the events that
+    /// waited and could be applied then, as [`receive_all`](Self::receive_all)
+    /// does.
+    ///
+    /// `None`, with nothing changed, if the snapshot does not fit this log:
+    /// its compacted events are not all in the snapshot, or an event it
+    /// holds outside the snapshot neither was in the peer's log (where it
+    /// sorted after the snapshot) nor has seen the whole snapshot. A log
+    /// that already holds the whole snapshot has nothing to take from it.
+    pub fn install_snapshot(
+        &mut self,
+        snapshot: Snapshot<H::State>,
+        holds: &VersionVector,
+    ) -> Option<Vec<EventEnvelope<H::Event>>> {
+        if self.seen.descends(&snapshot.version) {
+            return Some(Vec::new());
+        }
+        let outside = |e: &EventEnvelope<H::Event>| e.origin_seq > snapshot.version.get(&e.origin);
+        let fits = snapshot.version.descends(self.compacted())
+            && self.events.iter().filter(|e| outside(e)).all(|e| {
+                e.origin_seq <= holds.get(&e.origin) || past_includes(e, &snapshot.version)
+            });
+        if !fits {
+            return None;
+        }
+        self.bring_state_up_to_date();
+        let kept: Vec<EventEnvelope<H::Event>> =
+            self.events.iter().filter(|e| outside(e)).cloned().collect();
+        let waiting = std::mem::take(&mut self.waiting);
+        self.start_from(snapshot);
+        self.history_forgotten = true;
+        self.sorted_after_snapshot = holds.clone();
+        self.walk(kept);
+        Some(self.receive_all(waiting))
+    }
+
+    /// Empties the log down to `snapshot`, as if it had compacted exactly
+    /// that prefix.
+    fn start_from(&mut self, snapshot: Snapshot<H::State>) {
         self.events.clear();
         self.nodes_by_origin.clear();
         self.origins.clear();
         self.origin_index.clear();
-        self.seen = VersionVector::new();
-        self.checkpoints = vec![(H::State::default(), VersionVector::new())];
-        self.state = H::State::default();
+        self.compacted_latest.clear();
         self.applied = 0;
         self.stale_from = None;
-        self.compacted_events = 0;
         self.history_needed = false;
-        self.compacted_latest.clear();
-        self.recover(journaled);
-        self.receive_all(waiting)
+        for (replica, _) in snapshot.version.iter() {
+            self.index_of(replica);
+        }
+        self.seen = snapshot.version.clone();
+        self.state = snapshot.state.clone();
+        self.checkpoints = vec![(snapshot.state, snapshot.version)];
+        self.compacted_events = snapshot.events;
     }
 
     /// Drops from memory the longest prefix of the canonical order (all of
@@ -374,8 +501,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         // `lowest[i]`: the lowest count of origin `i` in the causal pasts of
         // the events to come.
         let mut lowest = vec![u64::MAX; self.origins.len()];
-        for (node, report) in peers {
-            let bound = self.next_event_bound(node, report);
+        let peers: Vec<(&str, Option<&VersionVector>)> = peers.into_iter().collect();
+        let mut bounds: Vec<VersionVector> = peers
+            .iter()
+            .map(|&(node, report)| self.next_event_bound(node, report))
+            .collect();
+        if self.history_deletable {
+            bounds.extend(self.old_incarnation_bounds(&peers));
+        }
+        for bound in &bounds {
             for (slot, replica) in lowest.iter_mut().zip(&self.origins) {
                 *slot = (*slot).min(bound.get(replica));
             }
@@ -609,10 +743,67 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         bound
     }
 
-    /// Whether an event has seen every compacted event, so that it sorts
-    /// after them.
+    /// Bounds on the pasts of the events still to come from the old
+    /// incarnations of nodes whose journal was lost: other replicas may hold
+    /// some this log lacks and relay them. An old incarnation is waited for
+    /// until its node's new one has made an event (which, when history may
+    /// be deleted, it does only once it caught up with every listed replica,
+    /// so with every surviving event of the old one) and reports no more of
+    /// the old one's events than this log holds.
+    fn old_incarnation_bounds(
+        &self,
+        peers: &[(&str, Option<&VersionVector>)],
+    ) -> Vec<VersionVector> {
+        let own = self.replica.node();
+        let mut bounds = Vec::new();
+        for (index, origin) in self.origins.iter().enumerate() {
+            let node = origin.node();
+            let report = if node == own {
+                Some(&self.seen)
+            } else {
+                match peers.iter().find(|(peer, _)| *peer == node) {
+                    Some((_, report)) => *report,
+                    // Not a replica whose events are waited for.
+                    None => continue,
+                }
+            };
+            let newest = self
+                .origins
+                .iter()
+                .chain(report.into_iter().flat_map(|v| v.iter().map(|(r, _)| r)))
+                .chain((node == own).then_some(&self.replica))
+                .filter(|replica| replica.node() == node)
+                .max();
+            if newest == Some(origin) {
+                continue;
+            }
+            let done = report.is_some_and(|report| {
+                newest.is_some_and(|newest| report.get(newest) > 0)
+                    && report.get(origin) <= self.seen.get(origin)
+            });
+            if done {
+                continue;
+            }
+            let in_memory = self.nodes_by_origin[index]
+                .back()
+                .map(|&node| &self.events.item(node).version);
+            bounds.push(
+                in_memory
+                    .or(self.compacted_latest[index].as_ref())
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+        bounds
+    }
+
+    /// Whether an event sorts after every compacted event: it has seen
+    /// them all, or the peer whose snapshot the log started from held it
+    /// (after that snapshot, which a later compaction leaves only for a
+    /// prefix that the events to come follow).
     fn follows_compacted(&self, envelope: &EventEnvelope<H::Event>) -> bool {
         past_includes(envelope, self.compacted())
+            || envelope.origin_seq <= self.sorted_after_snapshot.get(&envelope.origin)
     }
 
     /// Inserts a deliverable event at its canonical place; the state catches
@@ -854,5 +1045,59 @@ pub(super) mod tests {
         }
         assert_eq!(log.unfreed.capacity(), 0, "the room is given back too");
         assert_eq!(*log.state(), 1004);
+    }
+
+    fn log(node: &str) -> ReplicatedLog<Sum, LastWriterWins> {
+        ReplicatedLog::new(ReplicaId::new(node, 1), Sum, LastWriterWins)
+    }
+
+    #[test]
+    fn a_log_starts_again_from_a_peer_snapshot_that_fits_it() {
+        // The peer holds a1..a64 (1 each) and x1 (100), made concurrently
+        // and sorted after them (a later timestamp). A replica y that saw
+        // the a's, and nothing of x, lets it compact them and keep x1.
+        let mut peer = log("a");
+        let from_a = peer.stamp(vec![1; 64], 1);
+        peer.receive_all(from_a.clone());
+        let x1 = log("x").stamp(vec![100], 1_000);
+        peer.receive_all(x1.clone());
+        let y_report = from_a[63].version.clone();
+        let snapshot = peer.compact([("y", Some(&y_report))], 1).expect("the a's");
+        assert_eq!((snapshot.events, snapshot.state), (64, 64));
+        let holds = peer.version().clone();
+
+        // b made b1 after seeing only a1 and a2: it may sort inside the
+        // snapshot, which then cannot stand for b's history.
+        let mut b = log("b");
+        b.receive_all(from_a[..2].to_vec());
+        let b1 = b.stamp(vec![1000], 3);
+        b.receive_all(b1);
+        assert!(b.install_snapshot(snapshot.clone(), &holds).is_none());
+        assert_eq!((*b.state(), b.history_forgotten()), (1002, false));
+
+        // c had a1 and nothing of its own: it takes the snapshot, then x1,
+        // which sorts after the snapshot though it did not see it.
+        let mut c = log("c");
+        c.receive_all(from_a[..1].to_vec());
+        assert_eq!(
+            c.install_snapshot(snapshot.clone(), &holds),
+            Some(Vec::new())
+        );
+        assert_eq!(*c.state(), 64);
+        assert_eq!(c.version(), &snapshot.version);
+        assert!(c.history_forgotten());
+        assert_eq!(c.receive_all(x1).len(), 1);
+        assert_eq!(*c.state(), 164);
+
+        // An event the peer did not hold, made without seeing the snapshot,
+        // would sort among events whose history is gone: refused.
+        let z1 = log("z").stamp(vec![10_000], 4);
+        assert!(c.receive_all(z1).is_empty());
+        assert_eq!((*c.state(), c.refused_events(), c.waiting()), (164, 1, 0));
+        assert_eq!(
+            c.install_snapshot(snapshot, &holds),
+            Some(Vec::new()),
+            "held already"
+        );
     }
 }

@@ -15,13 +15,18 @@
 //!   seen, and the caller saves the state after it. A peer lacking compacted
 //!   events is answered from the journal; an event that may sort among them
 //!   makes the caller read the history back.
+//! * Retention (optional): once every listed replica has passed a saved
+//!   snapshot, the caller may delete the events before it from its journal
+//!   ([`passed_by_all`](Replication::passed_by_all)). A peer that lacks
+//!   deleted events then gets the snapshot and the events after it
+//!   ([`ReplicationMessage::Snapshot`]).
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::{ConflictResolver, EventEnvelope, EventHandler, ReplicatedLog, Snapshot};
-use crate::causal::VersionVector;
+use crate::causal::{ReplicaId, VersionVector};
 use crate::codec;
 use crate::ddata::wire::split_by_budget;
 use crate::ddata::PeerName;
@@ -42,6 +47,36 @@ pub enum ReplicationMessage<E> {
     /// the receiver's version, after which neither reports to the other
     /// until one of them changes.
     InSync(VersionVector),
+    /// "You lack events my journal no longer holds": the state after them,
+    /// to start from; the events after it follow as `Events`.
+    Snapshot(SnapshotOffer),
+    /// "I am this replica, I have made no event yet, and this is what I
+    /// have": a [`Version`](Self::Version) that also names the sender's
+    /// incarnation, sent in its place when history may be deleted. A
+    /// version alone does not tell a node's new incarnation (its journal
+    /// was lost) from the old one, whose events other replicas may still
+    /// relay.
+    Introduce {
+        /// The sender.
+        replica: ReplicaId,
+        /// What it has.
+        version: VersionVector,
+    },
+}
+
+/// A snapshot sent to a replica that lacks events the sender's journal
+/// deleted (see [`Replication::snapshot_received`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotOffer {
+    /// The prefix the state reflects.
+    pub version: VersionVector,
+    /// How many events the prefix holds.
+    pub events: u64,
+    /// The state, encoded by the entity as it encodes its snapshots.
+    pub state: Vec<u8>,
+    /// Everything the sender had applied: an event of the receiver outside
+    /// the prefix that is in here sorted after the prefix at the sender.
+    pub holds: VersionVector,
 }
 
 /// What the caller must do, in order.
@@ -70,6 +105,14 @@ pub enum ReplicationEffect<E, S> {
     /// An event may sort among compacted events: read the whole journal and
     /// hand it to [`Replication::history_loaded`].
     LoadHistory,
+    /// A peer sent a snapshot: decode its state and hand it to
+    /// [`Replication::snapshot_received`].
+    DecodeSnapshot {
+        /// The peer's node.
+        from: PeerName,
+        /// What it sent.
+        offer: SnapshotOffer,
+    },
 }
 
 /// The effects of a replication step, for handler `H`.
@@ -254,6 +297,60 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         self.events_to(peer, events.iter())
     }
 
+    /// A snapshot the replica on node `from` sent, decoded (see
+    /// [`ReplicatedLog::install_snapshot`]): the log starts again from it
+    /// if it fits; `None` if it does not, which is logged.
+    pub fn snapshot_received(
+        &mut self,
+        from: &str,
+        snapshot: Snapshot<H::State>,
+        holds: &VersionVector,
+    ) -> Option<Effects<H>> {
+        let events = snapshot.events;
+        let Some(applied) = self.log.install_snapshot(snapshot, holds) else {
+            tracing::error!(
+                peer = from,
+                events,
+                "a peer's snapshot does not fit this replica's events; not taken"
+            );
+            return None;
+        };
+        self.heard_of(from);
+        Some(self.after_receiving(applied))
+    }
+
+    /// Whether every listed replica (see [`with_replicas`](Self::with_replicas))
+    /// but this one and the removed ones has reported a version that holds
+    /// all of `version`: no replica then needs events within it from this
+    /// one. False when the replicas are not listed.
+    pub fn passed_by_all(&self, version: &VersionVector) -> bool {
+        self.every_listed_report(|reported| reported.descends(version))
+            .unwrap_or(false)
+    }
+
+    /// Whether every listed replica but this one and the removed ones has
+    /// reported a version, and this replica holds all of each: a replica
+    /// that started with nothing has then seen all history any of them may
+    /// have deleted. True when the replicas are not listed: none deletes.
+    pub fn caught_up_with_all(&self) -> bool {
+        self.every_listed_report(|reported| self.log.version().descends(reported))
+            .unwrap_or(true)
+    }
+
+    /// Whether the last report of every listed replica but this one and the
+    /// removed ones passes `test` (false for one that has not reported);
+    /// `None` when the replicas are not listed.
+    fn every_listed_report(&self, test: impl Fn(&VersionVector) -> bool) -> Option<bool> {
+        let replicas = self.replicas.as_ref()?;
+        let own = self.log.replica().node();
+        Some(
+            replicas
+                .iter()
+                .filter(|node| *node != own && !self.removed.contains(node))
+                .all(|node| self.peer_versions.get(node).is_some_and(&test)),
+        )
+    }
+
     /// Anti-entropy round: this replica's version to the next reachable peer
     /// not known to hold exactly the same events (none if all are). Ticks
     /// are also the clock of
@@ -307,12 +404,24 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 .nth(index)
                 .map(str::to_string)
                 .unwrap_or_default();
-            effects.push(ReplicationEffect::Send {
-                to: peer,
-                message: ReplicationMessage::Report(self.log.version().clone()),
-            });
+            let message = self
+                .introduction()
+                .unwrap_or_else(|| ReplicationMessage::Report(self.log.version().clone()));
+            effects.push(ReplicationEffect::Send { to: peer, message });
         }
         effects
+    }
+
+    /// What a replica that has made no event says instead of its version
+    /// when history may be deleted (see [`ReplicationMessage::Introduce`]).
+    fn introduction(&self) -> Option<ReplicationMessage<H::Event>> {
+        let own = self.log.replica();
+        (self.log.history_deletable() && self.log.version().get(own) == 0).then(|| {
+            ReplicationMessage::Introduce {
+                replica: own.clone(),
+                version: self.log.version().clone(),
+            }
+        })
     }
 
     /// Forgets which peers were in sync once this replica's version moved.
@@ -354,24 +463,38 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 self.note_in_sync(from, &version);
                 self.answer(from, version, false)
             }
-            ReplicationMessage::Report(version) => {
-                if self.note_in_sync(from, &version) {
-                    // The reporter does not know yet that it can stop.
-                    let mut effects = vec![ReplicationEffect::Send {
-                        to: from.to_string(),
-                        message: ReplicationMessage::InSync(version.clone()),
-                    }];
-                    effects.extend(self.answer(from, version, true));
-                    effects
-                } else {
-                    self.answer(from, version, true)
-                }
-            }
+            ReplicationMessage::Report(version) => self.reported(from, version, true),
             ReplicationMessage::InSync(version) => {
                 self.note_in_sync(from, &version);
                 self.seen_by(from, version).into_iter().collect()
             }
+            ReplicationMessage::Introduce { replica, version } => {
+                if replica.node() == from {
+                    self.log.incarnation_runs(&replica);
+                }
+                self.reported(from, version, false)
+            }
+            ReplicationMessage::Snapshot(offer) => vec![ReplicationEffect::DecodeSnapshot {
+                from: from.to_string(),
+                offer,
+            }],
         }
+    }
+
+    /// A report (or an introduction, which is answered with everything the
+    /// peer lacks: `within_tick` false): answered with `InSync` too if it
+    /// shows exactly this replica's version, so that the reporter learns
+    /// that it can stop, and what this replica holds.
+    fn reported(&mut self, from: &str, version: VersionVector, within_tick: bool) -> Effects<H> {
+        let mut effects = Vec::new();
+        if self.note_in_sync(from, &version) {
+            effects.push(ReplicationEffect::Send {
+                to: from.to_string(),
+                message: ReplicationMessage::InSync(version.clone()),
+            });
+        }
+        effects.extend(self.answer(from, version, within_tick));
+        effects
     }
 
     /// Answers a peer's version with the events it lacks (only those held a
@@ -470,9 +593,12 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     }
 
     fn version_to(&self, peer: &str) -> ReplicationEffect<H::Event, H::State> {
+        let message = self
+            .introduction()
+            .unwrap_or_else(|| ReplicationMessage::Version(self.log.version().clone()));
         ReplicationEffect::Send {
             to: peer.to_string(),
-            message: ReplicationMessage::Version(self.log.version().clone()),
+            message,
         }
     }
 

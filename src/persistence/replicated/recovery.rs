@@ -1,7 +1,7 @@
 //! Starting a log from a journal, as an entity does.
 
 use super::{ConflictResolver, EventEnvelope, EventHandler, ReplicatedLog, Snapshot};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::persistence::journal::Journal;
 
 /// Decodes a snapshot's state from its bytes.
@@ -26,6 +26,14 @@ pub struct Recovered {
 /// after it do not fit (an event that may sort inside it), is passed over
 /// with a warning: the events are the truth, and replaying all of them gives
 /// the same state. An event that cannot be read is an error.
+///
+/// A journal that [deleted events](Journal::delete_before) no longer holds
+/// them all: the log starts from the snapshot, which must then be readable
+/// (an error if not, or if `decode_state` is not given), with every event
+/// after it, and [forgets the history](ReplicatedLog::forget_history)
+/// before it. An event journaled there was placed after the snapshot when
+/// it was taken in (one that sorted inside was refused), so none is
+/// checked against it.
 pub fn recover_from_journal<H, R, J>(
     log: &mut ReplicatedLog<H, R>,
     journal: &J,
@@ -37,6 +45,9 @@ where
     R: ConflictResolver<H::Event>,
     J: Journal,
 {
+    if journal.deleted_before(persistence_id)?.is_some() {
+        return recover_after_deletion(log, journal, persistence_id, decode_state);
+    }
     if let Some(decode) = decode_state {
         if let Some(recovered) = recover_from_snapshot(log, journal, persistence_id, decode)? {
             return Ok(recovered);
@@ -102,4 +113,47 @@ where
         );
         Ok(None)
     }
+}
+
+fn recover_after_deletion<H, R, J>(
+    log: &mut ReplicatedLog<H, R>,
+    journal: &J,
+    persistence_id: &str,
+    decode_state: Option<DecodeState<H::State>>,
+) -> Result<Recovered>
+where
+    H: EventHandler,
+    R: ConflictResolver<H::Event>,
+    J: Journal,
+{
+    let unreadable = |reason: String| Error::Store {
+        path: "journal".into(),
+        key: Some(format!("{persistence_id}#snapshot")),
+        reason: format!("events before the snapshot were deleted, and {reason}"),
+    };
+    let decode = decode_state.ok_or_else(|| unreadable("this entity takes no snapshots".into()))?;
+    let stored = journal
+        .load_snapshot(persistence_id)?
+        .ok_or_else(|| unreadable("there is no snapshot".into()))?;
+    let state = decode(&stored.state).map_err(|err| unreadable(err.to_string()))?;
+    let after = journal.read_from(persistence_id, stored.from_sequence)?;
+    let events_read = after.len();
+    let snapshot = Snapshot {
+        state,
+        version: stored.version,
+        events: stored.events,
+    };
+    let placed = log.recover_from_snapshot(
+        snapshot,
+        after.into_iter().map(|(_, envelope)| envelope),
+        std::iter::empty(),
+    );
+    if !placed {
+        return Err(unreadable("the log to start was not empty".into()));
+    }
+    log.forget_history();
+    Ok(Recovered {
+        snapshot_from: Some(stored.from_sequence),
+        events_read,
+    })
 }

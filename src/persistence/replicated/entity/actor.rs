@@ -412,7 +412,8 @@ where
             config.persistence_id.clone(),
             log,
             args.journal,
-            args.snapshots,
+            args.snapshots
+                .map(|snapshots| snapshots.with_retention(config.retention)),
             config.max_message_bytes,
         )?;
         if let Some(replicas) = config.replicas {
@@ -614,6 +615,7 @@ where
         reachable_peers,
         rejected_messages,
         history_reloads: core.history_reloads(),
+        refused_events: log.refused_events(),
     }
 }
 
@@ -621,16 +623,33 @@ where
 mod tests {
     use super::*;
     use crate::golden::{a, b, events, pinned_encoding, pinned_text, version};
+    use crate::persistence::replicated::SnapshotOffer;
 
     #[test]
     fn golden_replication_messages() {
-        let messages: [(&str, ReplicationMessage<String>); 4] = [
+        let messages: [(&str, ReplicationMessage<String>); 6] = [
             ("events", ReplicationMessage::Events(events())),
             ("version", ReplicationMessage::Version(version(&[(a(), 3)]))),
             ("report", ReplicationMessage::Report(version(&[(b(), 1)]))),
             (
                 "in_sync",
                 ReplicationMessage::InSync(version(&[(a(), 1), (b(), 2)])),
+            ),
+            (
+                "snapshot",
+                ReplicationMessage::Snapshot(SnapshotOffer {
+                    version: version(&[(a(), 2)]),
+                    events: 2,
+                    state: vec![0xc0, 0x01],
+                    holds: version(&[(a(), 3), (b(), 1)]),
+                }),
+            ),
+            (
+                "introduce",
+                ReplicationMessage::Introduce {
+                    replica: b(),
+                    version: version(&[(a(), 3)]),
+                },
             ),
         ];
         for (name, message) in messages {

@@ -1,13 +1,13 @@
 //! The rules of one replica of one persistence id, as a sans-IO core that
 //! the entity actor and the simulation both drive.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ReplicatedEventSourcedActor;
-use crate::causal::ReplicaId;
+use crate::causal::{ReplicaId, VersionVector};
 use crate::codec;
 use crate::ddata::PeerName;
 use crate::error::{catch_panic, Error, Result};
@@ -15,7 +15,7 @@ use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
     recover_from_journal, ConflictResolver, DecodeState, Effects, EventEnvelope, EventHandler,
     Recovered, ReplicatedLog, Replication, ReplicationContext, ReplicationEffect,
-    ReplicationMessage, Snapshot,
+    ReplicationMessage, Snapshot, SnapshotOffer,
 };
 
 /// What a command comes to: the handler's reply (`None` if it gave none)
@@ -39,11 +39,13 @@ pub struct EventApplied<E> {
     pub envelope: EventEnvelope<E>,
 }
 
-/// How an entity that snapshots encodes its state, and how often.
+/// How an entity that snapshots encodes its state, how often, and which
+/// events its journal keeps.
 pub struct Snapshots<S> {
     every: usize,
     encode: fn(&S) -> Result<Vec<u8>>,
     decode: DecodeState<S>,
+    retention: Retention,
 }
 
 impl<S> Clone for Snapshots<S> {
@@ -52,6 +54,51 @@ impl<S> Clone for Snapshots<S> {
             every: self.every,
             encode: self.encode,
             decode: self.decode,
+            retention: self.retention,
+        }
+    }
+}
+
+/// Which events an entity's journal keeps once every listed replica (see
+/// [`EntityCore::with_replicas`]) has passed its latest snapshot: no
+/// replica then needs them, and the snapshot stands for them. Without
+/// listed replicas nothing is ever deleted.
+///
+/// Deleting has a price, which keeping all avoids. A replica that lacks
+/// deleted events (one whose journal was lost, or a new one) catches up
+/// from a peer's snapshot instead of from its events. A replica that has
+/// made no event yet holds its commands until it has heard from every
+/// listed replica and holds what each had (at most [`HOLD_TICKS`]
+/// anti-entropy ticks; then they fail with [`Error::EntityUnavailable`]):
+/// an event it made before that could sort among events the others
+/// deleted, and they would have to refuse it. An event that does sort
+/// among deleted events (from a replica outside the listed ones, or a
+/// node removed that comes back with its old journal) is refused, logged
+/// and counted ([`ReplicatedLog::refused_events`]). Every replica should
+/// use the same retention, and the journal must implement
+/// [`Journal::delete_before`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Keep every event (the default).
+    #[default]
+    KeepAll,
+    /// Keep this many of the events journaled just before those the
+    /// snapshot does not cover (a margin to read back, for subscribers and
+    /// operators), delete those before them.
+    KeepLast(u64),
+    /// Delete every event journaled before the first one the snapshot does
+    /// not cover.
+    DeleteCovered,
+}
+
+impl Retention {
+    /// How many covered events to keep, if any may go.
+    fn keeps(self) -> Option<u64> {
+        match self {
+            Retention::KeepAll => None,
+            Retention::KeepLast(events) => Some(events),
+            Retention::DeleteCovered => Some(0),
         }
     }
 }
@@ -69,7 +116,17 @@ impl<S: Serialize + DeserializeOwned> Snapshots<S> {
             every: events,
             encode: |state| codec::encode_named(state),
             decode: |bytes| codec::decode(bytes),
+            retention: Retention::KeepAll,
         }
+    }
+}
+
+impl<S> Snapshots<S> {
+    /// Which events the journal keeps once every listed replica passed a
+    /// snapshot (default [`Retention::KeepAll`]).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 }
 
@@ -93,6 +150,43 @@ pub trait EntityIo<E> {
     /// Events that just became durable, in the journal's order.
     fn publish(&mut self, events: Vec<EventApplied<E>>);
 }
+
+impl<E, T: EntityIo<E> + ?Sized> EntityIo<E> for &mut T {
+    fn send(&mut self, to: &str, message: ReplicationMessage<E>) -> bool {
+        (**self).send(to, message)
+    }
+
+    fn schedule_flush(&mut self) -> bool {
+        (**self).schedule_flush()
+    }
+
+    fn publishing(&self) -> bool {
+        (**self).publishing()
+    }
+
+    fn publish(&mut self, events: Vec<EventApplied<E>>) {
+        (**self).publish(events)
+    }
+}
+
+/// How many anti-entropy ticks a command waits while the replica catches
+/// up (see [`Retention`]) before it is refused.
+pub const HOLD_TICKS: u64 = 10;
+
+/// At most this many commands wait while the replica catches up; more are
+/// refused at once.
+const MAX_HELD: usize = 10_000;
+
+/// A command that waits while the replica catches up: run later (`true`),
+/// or refused (`false`).
+type HeldCommand<B, R, J> = Box<
+    dyn FnOnce(
+            &mut EntityCore<B, R, J>,
+            &mut dyn EntityIo<<B as EventHandler>::Event>,
+            bool,
+        ) -> Result<()>
+        + Send,
+>;
 
 /// One replica of one persistence id, as a sans-IO core that the entity
 /// actor and the simulation both drive: its [`Replication`], its journal,
@@ -151,6 +245,33 @@ pub struct EntityCore<B: EventHandler, R, J> {
     /// of by reading the journal back.
     positions: VecDeque<(u64, ReplicaId, u64)>,
     positions_from: u64,
+    /// The version and read position of the last snapshot saved, and
+    /// whether a flush made it durable since: what retention deletes
+    /// before, once every listed replica passed it.
+    last_saved: Option<(VersionVector, u64, bool)>,
+    /// Where the journal's history starts, once events were deleted.
+    deleted_before: Option<u64>,
+    /// A version holding every deleted event: a peer that lacks any of them
+    /// gets the snapshot. Since the start, that of the snapshot then.
+    deleted_through: Option<VersionVector>,
+    /// Retention deletes, and the replica has made no event yet: its
+    /// commands wait until it caught up with every listed replica.
+    joining: bool,
+    /// A peer's snapshot the log started again from, with what the peer
+    /// held: saved once this replica holds all of that too, so that every
+    /// event that sorts after the snapshot without having seen all of it is
+    /// in the journal by then (recovery could not tell it from one that
+    /// sorts inside).
+    installed: Option<(Snapshot<B::State>, VersionVector)>,
+    /// Journaled events that waited for their past when the replica
+    /// started: it crashed after starting again from a peer's snapshot and
+    /// before saving it, so their past is not in the journal. Not
+    /// journaled again when the snapshot comes back and they are applied.
+    journaled_waiting: HashSet<(ReplicaId, u64)>,
+    /// Commands that arrived while the replica caught up, with the tick
+    /// they arrived at.
+    held: VecDeque<(u64, HeldCommand<B, R, J>)>,
+    ticks: u64,
 }
 
 impl<B, R, J> EntityCore<B, R, J>
@@ -175,6 +296,18 @@ where
         let decode = snapshots.as_ref().map(|snapshots| snapshots.decode);
         let recovered = recover_from_journal(&mut log, &journal, &persistence_id, decode)?;
         let next_sequence = journal.highest_sequence(&persistence_id)?.saturating_add(1);
+        let deleted_before = journal.deleted_before(&persistence_id)?;
+        let deleted_through = match deleted_before {
+            Some(_) => journal
+                .load_snapshot(&persistence_id)?
+                .map(|snapshot| snapshot.version),
+            None => None,
+        };
+        let journaled_waiting = log
+            .waiting_events()
+            .iter()
+            .map(|envelope| (envelope.origin.clone(), envelope.origin_seq))
+            .collect();
         let mut replication = Replication::new(log, max_message_bytes);
         if let Some(snapshots) = &snapshots {
             replication = replication.with_snapshots(snapshots.every);
@@ -201,12 +334,33 @@ where
             due_snapshot: None,
             positions: VecDeque::new(),
             positions_from: next_sequence,
+            last_saved: None,
+            deleted_before,
+            deleted_through,
+            joining: false,
+            installed: None,
+            journaled_waiting,
+            held: VecDeque::new(),
+            ticks: 0,
         })
     }
 
-    /// The nodes that run a replica (see [`Replication::with_replicas`]).
+    /// The nodes that run a replica (see [`Replication::with_replicas`]),
+    /// which retention needs (see [`Retention`]).
     pub fn with_replicas(mut self, nodes: impl IntoIterator<Item = impl Into<PeerName>>) -> Self {
         self.replication = self.replication.with_replicas(nodes);
+        let deletes = self
+            .snapshots
+            .as_ref()
+            .is_some_and(|snapshots| snapshots.retention.keeps().is_some());
+        if deletes {
+            let log = self.replication.log_mut();
+            log.history_may_be_deleted();
+            // Until it made an event, a replica may lack history that
+            // others deleted (its journal was lost, or it is new): that it
+            // made none is what its journal keeps of it across restarts.
+            self.joining = log.version().get(log.replica()) == 0;
+        }
         self
     }
 
@@ -243,6 +397,22 @@ where
         self.history_reloads
     }
 
+    /// Where the journal's history starts, once retention deleted events
+    /// (or the replica started from a peer's snapshot): see
+    /// [`Journal::deleted_before`].
+    pub fn deleted_before(&self) -> Option<u64> {
+        self.deleted_before
+    }
+
+    /// Whether commands wait (up to [`HOLD_TICKS`] anti-entropy ticks)
+    /// because the replica catches up: retention deletes and it has made no
+    /// event yet nor caught up with every listed replica, or it started
+    /// again from a peer's snapshot that it has not saved yet (see
+    /// [`Retention`]).
+    pub fn holds_commands(&self) -> bool {
+        !self.accepts_commands()
+    }
+
     /// Runs `command` through the behaviour and journals its events; `reply`
     /// gets the outcome once they are durable. A handler that panics or a
     /// journal that refuses the events fails the command only: nothing of
@@ -257,6 +427,25 @@ where
     where
         B: ReplicatedEventSourcedActor,
     {
+        if !self.accepts_commands() {
+            if self.held.len() >= MAX_HELD {
+                reply(Err(self.catching_up_error()));
+                return Ok(());
+            }
+            let held: HeldCommand<B, R, J> = Box::new(move |core, mut io, run| {
+                if run {
+                    core.command(&mut io, command, now_millis, reply)
+                } else {
+                    reply(Err(core.catching_up_error()));
+                    Ok(())
+                }
+            });
+            self.held.push_back((self.ticks, held));
+            return Ok(());
+        }
+        self.joining = false;
+        // Those that waited go first.
+        self.release_held(io)?;
         let log = self.replication.log();
         let context = ReplicationContext {
             replica: log.replica(),
@@ -309,6 +498,50 @@ where
             reply(flushed.map(|()| answer).map_err(Error::clone));
         });
         Ok(())
+    }
+
+    /// Whether commands run now, rather than wait: not while a peer's
+    /// snapshot the log started from is not saved (after a crash, the
+    /// events of a command would wait for a past the journal does not hold,
+    /// and the replica would mint their ids again), nor while it joins.
+    fn accepts_commands(&self) -> bool {
+        self.installed.is_none() && (!self.joining || self.replication.caught_up_with_all())
+    }
+
+    fn catching_up_error(&self) -> Error {
+        Error::EntityUnavailable {
+            persistence_id: self.persistence_id.clone(),
+            reason:
+                "it is catching up with the listed replicas, which may have deleted events it lacks"
+                    .into(),
+        }
+    }
+
+    /// Runs the commands that waited, once the replica takes commands.
+    fn release_held(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
+        if self.held.is_empty() || !self.accepts_commands() {
+            return Ok(());
+        }
+        self.joining = false;
+        let mut io: &mut dyn EntityIo<B::Event> = io;
+        while let Some((_, command)) = self.held.pop_front() {
+            command(self, &mut io, true)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses the commands that waited longer than [`HOLD_TICKS`], or all
+    /// of them.
+    fn refuse_held(&mut self, io: &mut impl EntityIo<B::Event>, all: bool) {
+        let mut io: &mut dyn EntityIo<B::Event> = io;
+        while let Some((tick, _)) = self.held.front() {
+            if !all && tick.saturating_add(HOLD_TICKS) > self.ticks {
+                break;
+            }
+            if let Some((_, command)) = self.held.pop_front() {
+                let _ = command(self, &mut io, false);
+            }
+        }
     }
 
     /// Calls `answer` once everything applied so far is durable: at once if
@@ -365,6 +598,9 @@ where
         if !published.is_empty() {
             io.publish(published);
         }
+        if let Some((.., durable)) = &mut self.last_saved {
+            *durable = true;
+        }
         // Everything applied is durable now.
         if let Some(snapshot) = self.due_snapshot.take() {
             self.save_snapshot(snapshot);
@@ -381,6 +617,7 @@ where
     /// may wait for their flush, which may save a snapshot, made durable by
     /// a second one.
     pub fn stop(&mut self, io: &mut impl EntityIo<B::Event>) {
+        self.refuse_held(io, true);
         let _ = self.flush(io);
         if self.unflushed {
             let _ = self.journal.flush();
@@ -422,10 +659,57 @@ where
         self.run(io, effects)
     }
 
-    /// An anti-entropy round.
+    /// An anti-entropy round, and the journal's retention.
     pub fn tick(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
+        self.ticks += 1;
         let effects = self.replication.tick();
-        self.run(io, effects)
+        self.run(io, effects)?;
+        self.refuse_held(io, false);
+        self.retain(io);
+        Ok(())
+    }
+
+    /// Deletes the events the last durable snapshot covers, as the
+    /// retention says, once every listed replica has passed it. A journal
+    /// that cannot delete is logged and keeps its events.
+    fn retain(&mut self, io: &mut impl EntityIo<B::Event>) {
+        let Some(keeps) = self
+            .snapshots
+            .as_ref()
+            .and_then(|snapshots| snapshots.retention.keeps())
+        else {
+            return;
+        };
+        let Some((version, from_sequence, durable)) = &self.last_saved else {
+            return;
+        };
+        if !durable {
+            // Saved after the last flush, with nothing written since to
+            // bring another one.
+            self.schedule_flush(io);
+            return;
+        }
+        let before = from_sequence.saturating_sub(keeps).max(1);
+        if before <= self.deleted_before.unwrap_or(1) || !self.replication.passed_by_all(version) {
+            return;
+        }
+        match self.journal.delete_before(&self.persistence_id, before) {
+            Ok(()) => {
+                tracing::debug!(
+                    persistence_id = self.persistence_id,
+                    before,
+                    "deleted the events every replica passed"
+                );
+                self.deleted_before = Some(before);
+                self.deleted_through = Some(version.clone());
+                self.replication.log_mut().forget_history();
+            }
+            Err(err) => {
+                tracing::warn!(persistence_id = self.persistence_id, error = %err, "cannot delete events; the journal keeps them");
+                // Not tried again for this snapshot.
+                self.last_saved = None;
+            }
+        }
     }
 
     /// The replica on node `peer` came up.
@@ -456,7 +740,14 @@ where
         let mut effects = VecDeque::from(effects);
         while let Some(effect) = effects.pop_front() {
             match effect {
-                ReplicationEffect::Journal(events) => {
+                ReplicationEffect::Journal(mut events) => {
+                    if !self.journaled_waiting.is_empty() {
+                        let journaled = &mut self.journaled_waiting;
+                        events.retain(|e| !journaled.remove(&(e.origin.clone(), e.origin_seq)));
+                        if events.is_empty() {
+                            continue;
+                        }
+                    }
                     // Already applied: a journal that refuses them stops the
                     // replica, which recovers from its journal and the peers.
                     match self.journal.append(&self.persistence_id, &events) {
@@ -494,13 +785,16 @@ where
                     }
                 }
                 ReplicationEffect::ServeFromJournal { to, version } => {
-                    match self.journal.missing_for(&self.persistence_id, &version) {
-                        Ok(missing) => sends.extend(self.replication.events_for(&to, &missing)),
+                    match self.serve_from_journal(&to, version) {
+                        Ok(answer) => sends.extend(answer),
                         // Other replicas can serve the peer.
                         Err(err) => {
                             tracing::error!(persistence_id = self.persistence_id, peer = to, error = %err, "cannot read the journal to answer a peer")
                         }
                     }
+                }
+                ReplicationEffect::DecodeSnapshot { from, offer } => {
+                    effects.extend(self.take_snapshot(&from, offer)?);
                 }
                 ReplicationEffect::LoadHistory => {
                     // Delivery waits for the history: without it the replica
@@ -535,6 +829,109 @@ where
             }
             self.send(io, sends);
         }
+        self.settle_installed(io)?;
+        self.release_held(io)
+    }
+
+    /// The events a peer whose version is `version` lacks, from the
+    /// journal; if the journal deleted some of them, its snapshot first.
+    fn serve_from_journal(&self, to: &str, mut version: VersionVector) -> Result<Effects<B>> {
+        let pid = self.persistence_id.as_str();
+        let mut answer = Vec::new();
+        if self
+            .deleted_through
+            .as_ref()
+            .is_some_and(|deleted| !version.descends(deleted))
+        {
+            if let Some(snapshot) = self.journal.load_snapshot(pid)? {
+                version.merge(&snapshot.version);
+                answer.push(ReplicationEffect::Send {
+                    to: to.to_string(),
+                    message: ReplicationMessage::Snapshot(SnapshotOffer {
+                        version: snapshot.version,
+                        events: snapshot.events,
+                        state: snapshot.state,
+                        holds: self.replication.log().version().clone(),
+                    }),
+                });
+            }
+        }
+        let missing = self.journal.missing_for(pid, &version)?;
+        answer.extend(self.replication.events_for(to, &missing));
+        Ok(answer)
+    }
+
+    /// A peer's snapshot, for a replica that lacks events the peer deleted:
+    /// the log starts again from it if it fits, and the journal saves it
+    /// as its own snapshot, which then stands for the events it never held.
+    fn take_snapshot(&mut self, from: &str, offer: SnapshotOffer) -> Result<Effects<B>> {
+        let pid = self.persistence_id.clone();
+        let Some(snapshots) = &self.snapshots else {
+            tracing::warn!(persistence_id = pid, peer = from, "a peer sent a snapshot, and this replica takes none; give every replica the same snapshots and retention");
+            return Ok(Vec::new());
+        };
+        let state = match (snapshots.decode)(&offer.state) {
+            Ok(state) => state,
+            Err(err) => {
+                tracing::warn!(persistence_id = pid, peer = from, error = %err, "cannot decode a peer's snapshot");
+                return Ok(Vec::new());
+            }
+        };
+        let snapshot = Snapshot {
+            state,
+            version: offer.version,
+            events: offer.events,
+        };
+        if self.log().version().descends(&snapshot.version) {
+            return Ok(Vec::new());
+        }
+        let Some(effects) =
+            self.replication
+                .snapshot_received(from, snapshot.clone(), &offer.holds)
+        else {
+            return Ok(Vec::new());
+        };
+        tracing::info!(
+            persistence_id = pid,
+            peer = from,
+            "started again from a peer's snapshot: it lacked events the peer deleted"
+        );
+        self.installed = Some((snapshot, offer.holds));
+        Ok(effects)
+    }
+
+    /// Saves the peer's snapshot the log started from once this replica
+    /// holds what the peer held, and marks it as where the journal's
+    /// history starts: recovery must not replay the journal alone, which
+    /// lacks the snapshot's events.
+    fn settle_installed(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
+        if !self
+            .installed
+            .as_ref()
+            .is_some_and(|(_, holds)| self.log().version().descends(holds))
+        {
+            return Ok(());
+        }
+        // Snapshots the log compacts meanwhile wait (see `save_snapshot`).
+        self.flush(io)?;
+        let Some((snapshot, _)) = self.installed.take() else {
+            return Ok(());
+        };
+        let pid = self.persistence_id.clone();
+        let version = snapshot.version.clone();
+        if !self.save_snapshot(snapshot) {
+            // The log holds what the journal cannot stand for: it starts
+            // again from the journal, and the peer's next answer.
+            return Err(Error::Store {
+                path: "journal".into(),
+                key: Some(format!("{pid}#snapshot")),
+                reason: "cannot save a peer's snapshot; the entity stops".into(),
+            });
+        }
+        self.journal.flush()?;
+        self.journal.delete_before(&pid, self.snapshot_from)?;
+        self.deleted_before = Some(self.snapshot_from);
+        self.deleted_through = Some(version);
         Ok(())
     }
 
@@ -576,16 +973,22 @@ where
     /// durable first: a snapshot claiming events that a crash took back
     /// would make the replica mint their ids again. A snapshot that cannot
     /// be saved is logged and skipped; the journal still holds every event.
-    fn save_snapshot(&mut self, snapshot: Snapshot<B::State>) {
+    /// True if it was saved. None is while a peer's snapshot waits to be
+    /// (see `installed`): the journal lacks the events it covers.
+    fn save_snapshot(&mut self, snapshot: Snapshot<B::State>) -> bool {
         let Some(snapshots) = &self.snapshots else {
-            return;
+            return false;
         };
+        if self.installed.is_some() {
+            return false;
+        }
         // A snapshot taken before the last one saved would come with a read
         // position past events it does not cover.
         if snapshot.events <= self.snapshot_events {
-            return;
+            return false;
         }
         let persistence_id = self.persistence_id.as_str();
+        let version = snapshot.version.clone();
         let stored = (snapshots.encode)(&snapshot.state).and_then(|encoded| {
             let from_sequence = if self.snapshot_from >= self.positions_from {
                 let outside = self
@@ -635,6 +1038,7 @@ where
                 );
                 self.snapshot_from = from_sequence;
                 self.snapshot_events = snapshot.events;
+                self.last_saved = Some((version, from_sequence, false));
                 while self
                     .positions
                     .front()
@@ -646,9 +1050,11 @@ where
                 // Durable with the next flush, at the latest when the
                 // replica stops.
                 self.unflushed = true;
+                true
             }
             Err(err) => {
-                tracing::warn!(persistence_id, error = %err, "cannot save a snapshot; recovery replays more events")
+                tracing::warn!(persistence_id, error = %err, "cannot save a snapshot; recovery replays more events");
+                false
             }
         }
     }

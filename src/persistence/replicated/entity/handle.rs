@@ -5,7 +5,7 @@ use ractor::{ActorId, ActorRef, Message, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use super::actor::EntityMessage;
-use super::core::EventApplied;
+use super::core::{EventApplied, Retention};
 use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
 use crate::cluster::MemberEvents;
@@ -24,6 +24,7 @@ pub struct EntityConfig {
     pub(super) max_message_bytes: usize,
     pub(super) stability_time: Option<Duration>,
     pub(super) replicas: Option<Vec<PeerName>>,
+    pub(super) retention: Retention,
     pub(super) membership: Option<MemberEvents>,
 }
 
@@ -46,6 +47,7 @@ impl EntityConfig {
             max_message_bytes: 4 * 1024 * 1024,
             stability_time: None,
             replicas: None,
+            retention: Retention::KeepAll,
             membership: None,
         }
     }
@@ -108,6 +110,15 @@ impl EntityConfig {
         self
     }
 
+    /// For an entity with snapshots and [listed replicas](Self::with_replicas):
+    /// which events the journal keeps once every listed replica has passed
+    /// a snapshot (default [`Retention::KeepAll`]; read its price before
+    /// deleting). Give every replica the same.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// The largest replication message, in bytes (default 4 MiB, well under
     /// ractor_cluster's 16 MiB frame limit, which closes the session when
     /// exceeded). A single larger event still travels alone.
@@ -136,6 +147,11 @@ pub struct EntityStats {
     /// the entity read its whole journal back (see
     /// [`ReplicatedEntity::spawn_with_snapshots`](super::ReplicatedEntity::spawn_with_snapshots)).
     pub history_reloads: u64,
+    /// Replicated events refused because they sort among events the
+    /// journal deleted (see [`Retention`]): each one means a replica made
+    /// an event concurrently with history the listed replicas had all
+    /// passed.
+    pub refused_events: u64,
 }
 
 /// A handle to a running entity: one replica of one persistence id.

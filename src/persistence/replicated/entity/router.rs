@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::actor::{now_millis, replay_to, stats, Parameters, Subscription};
-use super::core::{CommandResult, EntityCore, EntityIo, EventApplied, Snapshots};
+use super::core::{CommandResult, EntityCore, EntityIo, EventApplied, Retention, Snapshots};
 use super::handle::EntityStats;
 use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
@@ -61,6 +61,7 @@ pub struct EntityType<B: ReplicatedEventSourcedActor, R, J> {
     journal: J,
     factory: Factory<B, R>,
     snapshots: Option<Snapshots<B::State>>,
+    retention: Retention,
     discovery: Option<Box<dyn Discovery>>,
     membership: Option<MemberEvents>,
     anti_entropy_interval: Duration,
@@ -91,6 +92,7 @@ impl<B: ReplicatedEventSourcedActor, R, J> EntityType<B, R, J> {
             journal,
             factory: Box::new(factory),
             snapshots: None,
+            retention: Retention::KeepAll,
             discovery: None,
             membership: None,
             anti_entropy_interval: Duration::from_secs(1),
@@ -160,6 +162,13 @@ impl<B: ReplicatedEventSourcedActor, R, J> EntityType<B, R, J> {
     /// [`EntityConfig::with_replicas`](super::EntityConfig::with_replicas)).
     pub fn with_replicas(mut self, nodes: impl IntoIterator<Item = impl Into<PeerName>>) -> Self {
         self.replicas = Some(nodes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Which events the journal keeps (see
+    /// [`EntityConfig::with_retention`](super::EntityConfig::with_retention)).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -424,7 +433,10 @@ where
             persistence_id,
             log,
             entity_type.journal.clone(),
-            entity_type.snapshots.clone(),
+            entity_type
+                .snapshots
+                .clone()
+                .map(|snapshots| snapshots.with_retention(entity_type.retention)),
             entity_type.max_message_bytes,
         )?;
         if let Some(replicas) = &entity_type.replicas {
