@@ -382,13 +382,20 @@ async fn a_replica_that_lost_its_journal_catches_up_from_a_snapshot_after_the_ot
     replicas[2].stop().await;
     let fresh = MemoryJournal::new();
     replicas[2] = spawn(2, 1, fresh.clone()).await.expect("starts");
-    // Its first command waits until it has caught up with both others.
-    replicas[2]
-        .command("after-the-loss".into())
-        .await
-        .expect("the command runs once caught up");
-    eventually("one state everywhere", BOUND, || converged(&replicas, 301)).await;
-    assert_no_entry_twice(&replicas[2], 301).await;
+    // Its first commands wait until it has caught up with both others, and
+    // then run in the order they came.
+    let (first, second, third) = tokio::join!(
+        replicas[2].command("held-0".into()),
+        replicas[2].command("held-1".into()),
+        replicas[2].command("held-2".into()),
+    );
+    for outcome in [first, second, third] {
+        outcome.expect("the command runs once caught up");
+    }
+    eventually("one state everywhere", BOUND, || converged(&replicas, 303)).await;
+    assert_no_entry_twice(&replicas[2], 303).await;
+    let state = replicas[2].state().await.unwrap();
+    assert_eq!(state[300..], ["held-0", "held-1", "held-2"]);
     for replica in &replicas {
         assert_eq!(replica.stats().await.unwrap().refused_events, 0);
     }

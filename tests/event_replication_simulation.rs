@@ -618,16 +618,17 @@ impl Sim {
     }
 
     /// Replica `r` loses its disk, once another replica holds every event
-    /// it holds (else acknowledged events could go with it: its own, or
-    /// those of an earlier lost incarnation that only it had), and starts
-    /// again, empty, under a new incarnation.
+    /// it holds, durably (else acknowledged events could go with it: its
+    /// own, or those of an earlier lost incarnation that only it had), and
+    /// starts again, empty, under a new incarnation.
     fn wipe(&mut self, r: usize) -> Result<(), String> {
         let held = self.replicas[r].log().version();
-        let replicated =
-            (0..3).any(|other| other != r && self.replicas[other].log().version().descends(held));
-        if !replicated {
+        let Some(holder) =
+            (0..3).find(|&other| other != r && self.replicas[other].log().version().descends(held))
+        else {
             return Ok(());
-        }
+        };
+        self.act(holder, |core, io| core.flush(io))?;
         self.counts.wipes += 1;
         self.counts.history_loads += self.replicas[r].history_reloads();
         self.disks[r] = Disk::default();
@@ -868,4 +869,35 @@ fn replicas_of_an_entity_converge_through_loss_duplication_crashes_and_partition
             "every snapshot path runs, and crashes lose unflushed events: {counts:?}"
         );
     }
+}
+
+/// Under steady writes every flush saves a new snapshot, not yet durable
+/// when the next tick comes: retention must go by the last durable one.
+#[test]
+fn retention_deletes_while_writes_go_on() {
+    let disk = Disk::default();
+    let log = ReplicatedLog::new(replica_id(0), Arithmetic, LastWriterWins);
+    let snapshots = Snapshots::every(10).with_retention(Retention::DeleteCovered);
+    let mut core = EntityCore::recover(ENTITY, log, disk.clone(), Some(snapshots), 1 << 20)
+        .expect("the journal reads")
+        .with_replicas([NAMES[0]]);
+    let mut io = Outbox::default();
+    for _ in 0..20 {
+        for _ in 0..10 {
+            core.command(&mut io, vec![Op::Add(1)], 0, |_| {})
+                .expect("a command");
+        }
+        core.scheduled_flush(&mut io).expect("a flush");
+        core.tick(&mut io).expect("a tick");
+    }
+    let kept = disk
+        .journal
+        .read_from::<Op>(ENTITY, 1)
+        .expect("reads")
+        .len();
+    assert!(
+        core.deleted_before().is_some() && kept <= 20,
+        "{kept} events kept of 200"
+    );
+    assert_eq!(core.log().state(), &(200, 200));
 }

@@ -119,11 +119,8 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
 /// Writes `bytes` under `key` in the journal tree of `persistence_id`, past
 /// the journal's own checks.
 fn write_raw(dir: &TempDir, persistence_id: &str, key: &[u8], bytes: &[u8]) {
-    let db = sled::Config::new()
-        .path(&dir.0)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+    // Waits, as the journal does, for the lock of a handle just dropped.
+    let db = sled_db::open(&sled_db::config(&dir.0)).unwrap();
     let tree = db.open_tree(format!("journal/{persistence_id}")).unwrap();
     tree.insert(key, bytes).unwrap();
     db.flush().unwrap();

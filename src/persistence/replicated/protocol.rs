@@ -52,14 +52,27 @@ pub enum ReplicationMessage<E> {
     Snapshot(SnapshotOffer),
     /// "I am this replica, I have made no event yet, and this is what I
     /// have": a [`Version`](Self::Version) that also names the sender's
-    /// incarnation, sent in its place when history may be deleted. A
-    /// version alone does not tell a node's new incarnation (its journal
-    /// was lost) from the old one, whose events other replicas may still
-    /// relay.
+    /// incarnation, sent in place of `Version`, `Report` and `InSync` when
+    /// history may be deleted. A version alone does not tell a node's new
+    /// incarnation (its journal was lost) from the old one, whose events
+    /// other replicas may still relay. Answered with the events the sender
+    /// lacks and a [`Welcome`](Self::Welcome).
     Introduce {
         /// The sender.
         replica: ReplicaId,
         /// What it has.
+        version: VersionVector,
+    },
+    /// "I know of `replica` now, and this is what I had then": the answer
+    /// to an [`Introduce`](Self::Introduce). The sender waits for
+    /// `replica` from then on before it deletes events, so a replica that
+    /// holds the `version` of every listed replica's welcome has seen all
+    /// they deleted. A version sent earlier (still on its way, or to an
+    /// earlier incarnation) would not say so.
+    Welcome {
+        /// The replica welcomed.
+        replica: ReplicaId,
+        /// What the sender had.
         version: VersionVector,
     },
 }
@@ -133,6 +146,9 @@ pub struct Replication<H: EventHandler, R> {
     reachable: PeerMap<()>,
     /// The last version each replica sent, by node.
     peer_versions: PeerMap<VersionVector>,
+    /// The version each replica sent in its [`ReplicationMessage::Welcome`]
+    /// of this one, by node.
+    welcomed: PeerMap<VersionVector>,
     /// The tick each replica was last heard of, by node.
     last_heard: PeerMap<u64>,
     /// Nodes that left the cluster for good and have not come back.
@@ -178,6 +194,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             log,
             reachable: PeerMap::new(),
             peer_versions: PeerMap::new(),
+            welcomed: PeerMap::new(),
             last_heard,
             removed: PeerMap::new(),
             replicas: None,
@@ -279,6 +296,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         self.in_sync.remove(peer);
         self.last_heard.remove(peer);
         self.peer_versions.remove(peer);
+        self.welcomed.remove(peer);
     }
 
     /// The whole journal, read back after [`ReplicationEffect::LoadHistory`]:
@@ -324,31 +342,26 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// all of `version`: no replica then needs events within it from this
     /// one. False when the replicas are not listed.
     pub fn passed_by_all(&self, version: &VersionVector) -> bool {
-        self.every_listed_report(|reported| reported.descends(version))
-            .unwrap_or(false)
+        every_listed(&self.replicas, &self.removed, self.log.replica(), |node| {
+            self.peer_versions
+                .get(node)
+                .is_some_and(|reported| reported.descends(version))
+        })
+        .unwrap_or(false)
     }
 
     /// Whether every listed replica but this one and the removed ones has
-    /// reported a version, and this replica holds all of each: a replica
-    /// that started with nothing has then seen all history any of them may
-    /// have deleted. True when the replicas are not listed: none deletes.
+    /// [welcomed](ReplicationMessage::Welcome) this one, and this replica
+    /// holds all each had then: a replica that started with nothing has
+    /// then seen all history any of them may have deleted. True when the
+    /// replicas are not listed: none deletes.
     pub fn caught_up_with_all(&self) -> bool {
-        self.every_listed_report(|reported| self.log.version().descends(reported))
-            .unwrap_or(true)
-    }
-
-    /// Whether the last report of every listed replica but this one and the
-    /// removed ones passes `test` (false for one that has not reported);
-    /// `None` when the replicas are not listed.
-    fn every_listed_report(&self, test: impl Fn(&VersionVector) -> bool) -> Option<bool> {
-        let replicas = self.replicas.as_ref()?;
-        let own = self.log.replica().node();
-        Some(
-            replicas
-                .iter()
-                .filter(|node| *node != own && !self.removed.contains(node))
-                .all(|node| self.peer_versions.get(node).is_some_and(&test)),
-        )
+        every_listed(&self.replicas, &self.removed, self.log.replica(), |node| {
+            self.welcomed
+                .get(node)
+                .is_some_and(|had| self.log.version().descends(had))
+        })
+        .unwrap_or(true)
     }
 
     /// Anti-entropy round: this replica's version to the next reachable peer
@@ -388,24 +401,26 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             effects.extend(self.compaction());
         }
         self.refresh_in_sync();
-        let in_sync = &self.in_sync;
-        let behind = self
-            .reachable
-            .keys()
-            .filter(|peer| !in_sync.contains(peer))
-            .count();
-        if behind > 0 {
-            let index = self.next_peer % behind;
+        let introduction = self.introduction();
+        // A replica that introduces itself goes on until each peer has
+        // welcomed it, in sync or not: the first introduction may have
+        // been lost.
+        let (in_sync, welcomed) = (&self.in_sync, &self.welcomed);
+        let behind = |peer: &&str| {
+            !in_sync.contains(peer) || (introduction.is_some() && !welcomed.contains(peer))
+        };
+        let count = self.reachable.keys().filter(behind).count();
+        if count > 0 {
+            let index = self.next_peer % count;
             self.next_peer = self.next_peer.wrapping_add(1);
             let peer = self
                 .reachable
                 .keys()
-                .filter(|peer| !in_sync.contains(peer))
+                .filter(behind)
                 .nth(index)
                 .map(str::to_string)
                 .unwrap_or_default();
-            let message = self
-                .introduction()
+            let message = introduction
                 .unwrap_or_else(|| ReplicationMessage::Report(self.log.version().clone()));
             effects.push(ReplicationEffect::Send { to: peer, message });
         }
@@ -464,21 +479,40 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 self.answer(from, version, false)
             }
             ReplicationMessage::Report(version) => self.reported(from, version, true),
-            ReplicationMessage::InSync(version) => {
-                self.note_in_sync(from, &version);
-                self.seen_by(from, version).into_iter().collect()
-            }
+            ReplicationMessage::InSync(version) => self.in_sync_with(from, version),
             ReplicationMessage::Introduce { replica, version } => {
                 if replica.node() == from {
                     self.log.incarnation_runs(&replica);
                 }
-                self.reported(from, version, false)
+                self.note_in_sync(from, &version);
+                let mut effects = vec![ReplicationEffect::Send {
+                    to: from.to_string(),
+                    message: ReplicationMessage::Welcome {
+                        replica,
+                        version: self.log.version().clone(),
+                    },
+                }];
+                effects.extend(self.answer(from, version, false));
+                effects
+            }
+            ReplicationMessage::Welcome { replica, version } => {
+                if &replica == self.log.replica() {
+                    self.welcomed.insert(from, version.clone());
+                }
+                self.in_sync_with(from, version)
             }
             ReplicationMessage::Snapshot(offer) => vec![ReplicationEffect::DecodeSnapshot {
                 from: from.to_string(),
                 offer,
             }],
         }
+    }
+
+    /// The replica on node `from` holds exactly `version`, which this one
+    /// reported.
+    fn in_sync_with(&mut self, from: &str, version: VersionVector) -> Effects<H> {
+        self.note_in_sync(from, &version);
+        self.seen_by(from, version).into_iter().collect()
     }
 
     /// A report (or an introduction, which is answered with everything the
@@ -488,9 +522,13 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     fn reported(&mut self, from: &str, version: VersionVector, within_tick: bool) -> Effects<H> {
         let mut effects = Vec::new();
         if self.note_in_sync(from, &version) {
+            // The echo of a version does not name who has it either.
+            let message = self
+                .introduction()
+                .unwrap_or_else(|| ReplicationMessage::InSync(version.clone()));
             effects.push(ReplicationEffect::Send {
                 to: from.to_string(),
-                message: ReplicationMessage::InSync(version.clone()),
+                message,
             });
         }
         effects.extend(self.answer(from, version, within_tick));
@@ -623,6 +661,23 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             })
             .collect()
     }
+}
+
+/// Whether `test` holds for every listed replica's node but `own`'s and the
+/// removed ones; `None` when the replicas are not listed.
+fn every_listed(
+    replicas: &Option<BTreeSet<PeerName>>,
+    removed: &PeerMap<()>,
+    own: &ReplicaId,
+    test: impl Fn(&str) -> bool,
+) -> Option<bool> {
+    let replicas = replicas.as_ref()?;
+    Some(
+        replicas
+            .iter()
+            .filter(|node| *node != own.node() && !removed.contains(node))
+            .all(|node| test(node)),
+    )
 }
 
 /// Events with their encoded sizes (plus room for framing), to split under
@@ -887,5 +942,48 @@ mod tests {
         );
         a.tick();
         assert_eq!(answered(&mut a, ReplicationMessage::Report(nothing)), 3);
+    }
+
+    /// The messages among `effects`.
+    fn sent(effects: Effects<Sum>) -> Vec<ReplicationMessage<u64>> {
+        effects
+            .into_iter()
+            .filter_map(|effect| match effect {
+                ReplicationEffect::Send { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replicas_without_events_introduce_themselves_and_then_go_quiet() {
+        let listed = |node: &str| {
+            let mut replication = replica(node).with_replicas(["a", "b"]);
+            replication.log_mut().history_may_be_deleted();
+            replication
+        };
+        let (mut a, mut b) = (listed("a"), listed("b"));
+        let hello = sent(a.peer_up("b"));
+        assert!(
+            matches!(&hello[..], [ReplicationMessage::Introduce { .. }]),
+            "{hello:?}"
+        );
+        let (mut to_b, mut to_a) = (hello, sent(b.peer_up("a")));
+        let mut rounds = 0;
+        while !to_b.is_empty() || !to_a.is_empty() {
+            rounds += 1;
+            assert!(rounds < 5, "they keep answering each other");
+            for message in std::mem::take(&mut to_b) {
+                to_a.extend(sent(b.handle_message("a", message)));
+            }
+            for message in std::mem::take(&mut to_a) {
+                to_b.extend(sent(a.handle_message("b", message)));
+            }
+        }
+        assert!(a.caught_up_with_all() && b.caught_up_with_all());
+        assert!(
+            sent(a.tick()).is_empty() && sent(b.tick()).is_empty(),
+            "quiet at rest"
+        );
     }
 }

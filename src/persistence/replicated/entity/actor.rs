@@ -627,7 +627,7 @@ mod tests {
 
     #[test]
     fn golden_replication_messages() {
-        let messages: [(&str, ReplicationMessage<String>); 6] = [
+        let messages: [(&str, ReplicationMessage<String>); 7] = [
             ("events", ReplicationMessage::Events(events())),
             ("version", ReplicationMessage::Version(version(&[(a(), 3)]))),
             ("report", ReplicationMessage::Report(version(&[(b(), 1)]))),
@@ -649,6 +649,13 @@ mod tests {
                 ReplicationMessage::Introduce {
                     replica: b(),
                     version: version(&[(a(), 3)]),
+                },
+            ),
+            (
+                "welcome",
+                ReplicationMessage::Welcome {
+                    replica: b(),
+                    version: version(&[(a(), 3), (b(), 1)]),
                 },
             ),
         ];

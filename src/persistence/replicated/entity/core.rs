@@ -67,8 +67,8 @@ impl<S> Clone for Snapshots<S> {
 /// Deleting has a price, which keeping all avoids. A replica that lacks
 /// deleted events (one whose journal was lost, or a new one) catches up
 /// from a peer's snapshot instead of from its events. A replica that has
-/// made no event yet holds its commands until it has heard from every
-/// listed replica and holds what each had (at most [`HOLD_TICKS`]
+/// made no event yet holds its commands until every listed replica has
+/// welcomed it and it holds what each had then (at most [`HOLD_TICKS`]
 /// anti-entropy ticks; then they fail with [`Error::EntityUnavailable`]):
 /// an event it made before that could sort among events the others
 /// deleted, and they would have to refuse it. An event that does sort
@@ -245,10 +245,14 @@ pub struct EntityCore<B: EventHandler, R, J> {
     /// of by reading the journal back.
     positions: VecDeque<(u64, ReplicaId, u64)>,
     positions_from: u64,
-    /// The version and read position of the last snapshot saved, and
-    /// whether a flush made it durable since: what retention deletes
-    /// before, once every listed replica passed it.
-    last_saved: Option<(VersionVector, u64, bool)>,
+    /// The version and read position of the last snapshot saved, until a
+    /// flush makes it durable.
+    last_saved: Option<(VersionVector, u64)>,
+    /// Those of the last snapshot a flush made durable: what retention
+    /// deletes before, once every listed replica passed it. Kept apart so
+    /// that under steady writes, when every flush saves a new snapshot,
+    /// retention still has a durable one to go by.
+    durable_saved: Option<(VersionVector, u64)>,
     /// Where the journal's history starts, once events were deleted.
     deleted_before: Option<u64>,
     /// A version holding every deleted event: a peer that lacks any of them
@@ -335,6 +339,7 @@ where
             positions: VecDeque::new(),
             positions_from: next_sequence,
             last_saved: None,
+            durable_saved: None,
             deleted_before,
             deleted_through,
             joining: false,
@@ -434,7 +439,7 @@ where
             }
             let held: HeldCommand<B, R, J> = Box::new(move |core, mut io, run| {
                 if run {
-                    core.command(&mut io, command, now_millis, reply)
+                    core.execute(&mut io, command, now_millis, reply)
                 } else {
                     reply(Err(core.catching_up_error()));
                     Ok(())
@@ -446,6 +451,20 @@ where
         self.joining = false;
         // Those that waited go first.
         self.release_held(io)?;
+        self.execute(io, command, now_millis, reply)
+    }
+
+    /// Runs a command the replica takes now (see [`command`](Self::command)).
+    fn execute(
+        &mut self,
+        io: &mut impl EntityIo<B::Event>,
+        command: B::Command,
+        now_millis: i64,
+        reply: impl FnOnce(CommandResult<B::Reply>) + Send + 'static,
+    ) -> Result<()>
+    where
+        B: ReplicatedEventSourcedActor,
+    {
         let log = self.replication.log();
         let context = ReplicationContext {
             replica: log.replica(),
@@ -598,8 +617,8 @@ where
         if !published.is_empty() {
             io.publish(published);
         }
-        if let Some((.., durable)) = &mut self.last_saved {
-            *durable = true;
+        if let Some(saved) = self.last_saved.take() {
+            self.durable_saved = Some(saved);
         }
         // Everything applied is durable now.
         if let Some(snapshot) = self.due_snapshot.take() {
@@ -628,7 +647,8 @@ where
     /// on, for a new subscriber, until it returns false; false if it did or
     /// the journal could not be read (logged). The flush first publishes
     /// what the journal holds to the subscribers before it, so the replay
-    /// ends where the new one's live events begin.
+    /// ends where the new one's live events begin. Events retention deleted
+    /// are not replayed (logged).
     pub fn replay(
         &mut self,
         io: &mut impl EntityIo<B::Event>,
@@ -636,6 +656,14 @@ where
         mut each: impl FnMut(&EventApplied<B::Event>) -> bool,
     ) -> Result<bool> {
         self.flush(io)?;
+        if let Some(deleted) = self.deleted_before.filter(|deleted| from < *deleted) {
+            tracing::warn!(
+                persistence_id = self.persistence_id,
+                from,
+                deleted,
+                "a subscriber resumes from events retention deleted; it gets those kept"
+            );
+        }
         let journaled = match self.journal.read_from(&self.persistence_id, from.max(1)) {
             Ok(journaled) => journaled,
             Err(err) => {
@@ -680,15 +708,14 @@ where
         else {
             return;
         };
-        let Some((version, from_sequence, durable)) = &self.last_saved else {
+        if self.last_saved.is_some() {
+            // Saved after the last flush: the next one, which nothing else
+            // may bring, makes it the one to go by.
+            self.schedule_flush(io);
+        }
+        let Some((version, from_sequence)) = &self.durable_saved else {
             return;
         };
-        if !durable {
-            // Saved after the last flush, with nothing written since to
-            // bring another one.
-            self.schedule_flush(io);
-            return;
-        }
         let before = from_sequence.saturating_sub(keeps).max(1);
         if before <= self.deleted_before.unwrap_or(1) || !self.replication.passed_by_all(version) {
             return;
@@ -707,7 +734,7 @@ where
             Err(err) => {
                 tracing::warn!(persistence_id = self.persistence_id, error = %err, "cannot delete events; the journal keeps them");
                 // Not tried again for this snapshot.
-                self.last_saved = None;
+                self.durable_saved = None;
             }
         }
     }
@@ -1038,7 +1065,7 @@ where
                 );
                 self.snapshot_from = from_sequence;
                 self.snapshot_events = snapshot.events;
-                self.last_saved = Some((version, from_sequence, false));
+                self.last_saved = Some((version, from_sequence));
                 while self
                     .positions
                     .front()
