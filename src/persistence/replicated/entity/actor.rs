@@ -616,6 +616,7 @@ where
         rejected_messages,
         history_reloads: core.history_reloads(),
         refused_events: log.refused_events(),
+        catching_up: core.holds_commands(),
     }
 }
 

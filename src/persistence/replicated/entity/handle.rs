@@ -152,6 +152,10 @@ pub struct EntityStats {
     /// an event concurrently with history the listed replicas had all
     /// passed.
     pub refused_events: u64,
+    /// Commands wait because the replica catches up (see
+    /// [`Retention`]): it has made no event yet and not caught up with
+    /// every listed replica, or it is taking in a peer's snapshot.
+    pub catching_up: bool,
 }
 
 /// A handle to a running entity: one replica of one persistence id.
