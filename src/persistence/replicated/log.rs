@@ -338,17 +338,17 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
             let Some(ready) = self.waiting.iter().position(|e| self.is_deliverable(e)) else {
                 break;
             };
-            if !self.follows_compacted(&self.waiting[ready]) && self.history_forgotten {
-                let refused = self.waiting.swap_remove(ready);
-                self.refused = self.refused.saturating_add(1);
-                tracing::error!(
-                    origin = %refused.origin,
-                    sequence = refused.origin_seq,
-                    "an event sorts among events whose history was deleted; refused"
-                );
-                continue;
-            }
             if !self.follows_compacted(&self.waiting[ready]) {
+                if self.history_forgotten {
+                    let refused = self.waiting.swap_remove(ready);
+                    self.refused = self.refused.saturating_add(1);
+                    tracing::error!(
+                        origin = %refused.origin,
+                        sequence = refused.origin_seq,
+                        "an event sorts among events whose history was deleted; refused"
+                    );
+                    continue;
+                }
                 tracing::debug!(
                     origin = %self.waiting[ready].origin,
                     sequence = self.waiting[ready].origin_seq,
