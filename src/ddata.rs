@@ -24,8 +24,8 @@ pub mod wire;
 
 pub use self::consistency::{ReadConsistency, WriteConsistency};
 pub use self::core::{
-    CoreConfig, CoreStats, Effect, KeySelection, Lookup, PeerName, ReadOutcome, ReplicatorCore,
-    RequestId, Snapshot, Timer, MIN_MESSAGE_BYTES,
+    CoreConfig, CoreStats, Effect, Expiry, KeySelection, Lookup, PeerName, ReadOutcome,
+    ReplicatorCore, RequestId, Snapshot, Timer, MIN_MESSAGE_BYTES,
 };
 #[cfg(feature = "cluster")]
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};

@@ -156,8 +156,8 @@ mod tests {
     use crate::causal::{CausalContext, Dot};
     use crate::crdt::OpBased;
     use crate::ddata::wire::{
-        bucket_of, digest_of, key_hash, Envelope, PeerMessage, WireChange, WireDelta, WireEntry,
-        WireValue,
+        bucket_of, digest_of, key_hash, Envelope, Lifetime, PeerMessage, WireChange, WireDelta,
+        WireEntry, WireValue,
     };
     use crate::{
         Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, PNCounter,
@@ -277,11 +277,16 @@ mod tests {
                             key: "cart".into(),
                             value: live.clone(),
                             seq: 4,
+                            lifetime: None,
                         },
                         WireEntry {
                             key: "gone".into(),
                             value: WireValue::Deleted,
                             seq: 0,
+                            lifetime: Some(Lifetime {
+                                created: 1_600_000_000_000,
+                                used: 1_700_000_000_000,
+                            }),
                         },
                     ],
                 },
@@ -293,11 +298,16 @@ mod tests {
                     epoch: 11,
                     delta: WireDelta {
                         key: "cart".into(),
+                        prev: 1,
                         seq: 2,
                         change: WireChange::Ops {
                             tag: "ORSet<String>".into(),
                             ops: vec![vec![9, 8].into()],
                         },
+                        lifetime: Some(Lifetime {
+                            created: 1_600_000_000_000,
+                            used: 1_700_000_000_000,
+                        }),
                     },
                 },
             ),
@@ -317,6 +327,7 @@ mod tests {
                         key: "cart".into(),
                         value: live.clone(),
                         seq: 1,
+                        lifetime: None,
                     }),
                 },
             ),
@@ -352,8 +363,10 @@ mod tests {
                     epoch: 12,
                     deltas: vec![WireDelta {
                         key: "flag".into(),
+                        prev: 0,
                         seq: 1,
                         change: WireChange::State(live),
+                        lifetime: None,
                     }],
                 },
             ),
@@ -425,7 +438,7 @@ mod tests {
     mod on_disk {
         use super::*;
         use crate::ddata::durable::tests::TempDir;
-        use crate::ddata::durable::{DurableStore, SledStore};
+        use crate::ddata::durable::{DurableEntry, DurableStore, SledStore};
         use crate::persistence::journal::{Journal, SledJournal};
 
         /// Every tree of `db` but sled's default one, with its entries.
@@ -529,23 +542,46 @@ mod tests {
             let dir = TempDir::new("golden-store");
             let db = crate::sled_db::open(&crate::sled_db::config(&dir.0)).expect("opens");
             let mut store = SledStore::with_db(db.clone(), "node-a").expect("opens");
+            let hits = DurableEntry {
+                value: live.clone(),
+                lifetime: None,
+            };
+            let gone = DurableEntry {
+                value: WireValue::Deleted,
+                lifetime: Some(Lifetime {
+                    created: 1_600_000_000_000,
+                    used: 1_700_000_000_000,
+                }),
+            };
             store.set_incarnation(7).expect("writes");
-            store.store("hits", &live).expect("writes");
-            store.store("gone", &WireValue::Deleted).expect("writes");
+            store.store("hits", &hits).expect("writes");
+            store.store("gone", &gone).expect("writes");
             store.flush().expect("flushes");
             pinned_text("sled_store.txt", &dump(&db));
 
-            let dir = TempDir::new("golden-store-read");
-            let mut store = SledStore::with_db(restore(&dir, &fixture("sled_store.txt")), "node-a")
-                .expect("opens");
-            let recovered = store.load().expect("reads");
-            assert_eq!(recovered.last_incarnation, Some(7));
+            let read = |name: &str| {
+                let dir = TempDir::new("golden-store-read");
+                let mut store =
+                    SledStore::with_db(restore(&dir, &fixture(name)), "node-a").expect("opens");
+                let recovered = store.load().expect("reads");
+                assert_eq!(recovered.last_incarnation, Some(7));
+                recovered.entries.into_iter().collect::<Vec<_>>()
+            };
             assert_eq!(
-                recovered.entries.into_iter().collect::<Vec<_>>(),
+                read("sled_store.txt"),
                 vec![
-                    ("gone".to_string(), WireValue::Deleted),
-                    ("hits".to_string(), live)
+                    ("gone".to_string(), gone),
+                    ("hits".to_string(), hits.clone())
                 ]
+            );
+            // Version 1 entries had no time of last use.
+            let untimed = DurableEntry {
+                value: WireValue::Deleted,
+                lifetime: None,
+            };
+            assert_eq!(
+                read("sled_store_v1.txt"),
+                vec![("gone".to_string(), untimed), ("hits".to_string(), hits)]
             );
         }
     }

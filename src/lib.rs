@@ -54,6 +54,7 @@ mod reply;
 mod rng;
 #[cfg(feature = "sled")]
 pub mod sled_db;
+mod wall_clock;
 
 pub use causal::{CausalContext, CausalOrder, Dot, DotRange, ReplicaId, VersionVector};
 pub use crdt::{

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use ractor::Actor;
 use ractor_replicated::ddata::durable::{
-    Durability, DurableStore, MemoryStore, Recovered, SledStore, WriteMode,
+    Durability, DurableEntry, DurableStore, MemoryStore, Recovered, SledStore, WriteMode,
 };
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
-    replicator_name, Change, DistributedData, Key, KeySelection, ReadConsistency, Replicator,
-    ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
+    replicator_name, Change, DistributedData, Expiry, Key, KeySelection, ReadConsistency,
+    Replicator, ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet};
 use support::{
@@ -167,6 +167,10 @@ async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
             tag: "GCounter".into(),
             state: vec![codec::WIRE_VERSION, 0xc1],
         };
+        let garbage = DurableEntry {
+            value: garbage,
+            lifetime: None,
+        };
         store.store("cart/alice", &garbage).unwrap();
         store.flush().unwrap();
     }
@@ -197,7 +201,7 @@ impl DurableStore for Counting {
         self.store.set_incarnation(incarnation)
     }
 
-    fn store(&mut self, key: &str, value: &WireValue) -> ractor_replicated::Result<()> {
+    fn store(&mut self, key: &str, value: &DurableEntry) -> ractor_replicated::Result<()> {
         self.stored.fetch_add(1, Ordering::SeqCst);
         self.store.store(key, value)
     }
@@ -294,7 +298,7 @@ impl ractor_replicated::ddata::durable::DurableStore for FullDisk {
     fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {
         Ok(())
     }
-    fn store(&mut self, key: &str, _: &WireValue) -> ractor_replicated::Result<()> {
+    fn store(&mut self, key: &str, _: &DurableEntry) -> ractor_replicated::Result<()> {
         Err(Error::Store {
             path: self.location(),
             key: Some(key.into()),
@@ -386,7 +390,7 @@ impl ractor_replicated::ddata::durable::DurableStore for FlushTracking {
     fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {
         Ok(())
     }
-    fn store(&mut self, key: &str, _: &WireValue) -> ractor_replicated::Result<()> {
+    fn store(&mut self, key: &str, _: &DurableEntry) -> ractor_replicated::Result<()> {
         self.0.lock().unwrap().written.insert(key.to_string());
         Ok(())
     }
@@ -506,4 +510,61 @@ async fn a_replicator_under_a_supervisor_survives_a_panic_and_a_restart_keeps_it
 
     supervisor.stop_and_wait(None, None).await.unwrap();
     dd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_leaves_the_store_and_one_that_expired_while_down_is_not_recovered() {
+    let dir = TempDir::new("expiry");
+    let ttl = Duration::from_millis(400);
+    let expiring = |dir: &TempDir| {
+        durable(
+            ReplicatorConfig::new("solo")
+                .with_core(test_core_config())
+                .with_expiry(Expiry::never().keys(KeySelection::prefixes(["tmp/"]), ttl)),
+            dir,
+            "solo",
+        )
+    };
+    let local = WriteConsistency::Local;
+    let short: Key<GCounter> = Key::new("tmp/short");
+    let kept: Key<GCounter> = Key::new("kept");
+
+    let dd = DistributedData::start(expiring(&dir)).await.unwrap();
+    let (probe, mut changes) = listener::<Change<GCounter>>().await;
+    dd.subscribe(&short, probe).await.unwrap();
+    dd.update(&short, local, |c, me| c.apply(c.increment(me, 1)))
+        .await
+        .unwrap();
+    dd.update(&kept, local, |c, me| c.apply(c.increment(me, 1)))
+        .await
+        .unwrap();
+    next_matching(&mut changes, BOUND, |c| matches!(c, Change::Expired { .. })).await;
+    // Written again, then left alone while the node is down for longer
+    // than the key's time to live.
+    dd.update(&short, local, |c, me| c.apply(c.increment(me, 2)))
+        .await
+        .unwrap();
+    dd.stop().await;
+    let stored = SledStore::open(&dir.0, "solo").unwrap().load().unwrap();
+    let times = stored.entries["tmp/short"]
+        .lifetime
+        .expect("an expiring key keeps its lifetime");
+    assert!(stored.entries["kept"].lifetime.is_none());
+    drop(stored);
+    // The downtime itself, not a wait for convergence.
+    tokio::time::sleep(ttl).await;
+
+    let dd = DistributedData::start(expiring(&dir)).await.unwrap();
+    let read = ReadConsistency::Local;
+    assert_eq!(dd.get(&short, read).await.unwrap(), None);
+    assert_eq!(
+        dd.get(&kept, read).await.unwrap().map(|c| c.value()),
+        Some(1)
+    );
+    dd.stop().await;
+    let stored = SledStore::open(&dir.0, "solo").unwrap().load().unwrap();
+    assert!(
+        !stored.entries.contains_key("tmp/short"),
+        "removed from the store at the start ({times:?})"
+    );
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::ddata::wire::MESSAGE_VARIANT;
 use ractor_replicated::ddata::{
-    Change, CoreConfig, Discovery, Key, PeerGroup, ReadConsistency, SessionDiscovery,
-    WriteConsistency,
+    Change, CoreConfig, Discovery, Expiry, Key, KeySelection, PeerGroup, ReadConsistency,
+    SessionDiscovery, WriteConsistency,
 };
 use ractor_replicated::{Error, GCounter, ORSet};
 use support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes};
@@ -596,4 +596,88 @@ async fn a_listener_whose_conversion_panics_is_dropped_and_others_still_hear() {
             .map(|c| c.value()),
         Some(2)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_key_expires_everywhere_and_can_be_used_again() {
+    let ttl = Duration::from_millis(1_500);
+    let core = CoreConfig {
+        expiry: Expiry::never().keys(KeySelection::prefixes(["session/"]), ttl),
+        ..test_core_config()
+    };
+    let nodes = cluster("expiry", 2, core).await;
+    let session: Key<ORSet<String>> = Key::new("session/alice");
+    let kept: Key<GCounter> = Key::new("kept");
+    let mut listeners = Vec::new();
+    for node in &nodes {
+        let (probe, changes) = listener::<Change<ORSet<String>>>().await;
+        node.dd.subscribe(&session, probe).await.unwrap();
+        listeners.push(changes);
+    }
+    nodes[0]
+        .dd
+        .update(&session, WriteConsistency::Local, |s, me| {
+            s.apply(s.add(me, "old".into()))
+        })
+        .await
+        .unwrap();
+    nodes[0]
+        .dd
+        .update(&kept, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+
+    // Nobody reads the key (a read is a use): each node's listener hears it
+    // arrive, then expire.
+    for changes in &mut listeners {
+        let expired = next_matching(changes, BOUND, |c| matches!(c, Change::Expired { .. })).await;
+        assert_eq!(
+            expired,
+            Change::Expired {
+                key: session.clone()
+            }
+        );
+    }
+    for node in &nodes {
+        assert_eq!(
+            node.dd.get(&session, ReadConsistency::Local).await.unwrap(),
+            None
+        );
+        eventually(
+            "the key that does not expire is everywhere",
+            BOUND,
+            || async {
+                node.dd
+                    .get(&kept, ReadConsistency::Local)
+                    .await
+                    .unwrap()
+                    .is_some_and(|c| c.value() == 1)
+            },
+        )
+        .await;
+        assert!(node.dd.stats().await.unwrap().expired >= 1);
+    }
+
+    nodes[1]
+        .dd
+        .update(&session, WriteConsistency::Local, |s, me| {
+            s.apply(s.add(me, "new".into()))
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the new life of the key reaches the other node",
+        BOUND,
+        || async {
+            nodes[0]
+                .dd
+                .get(&session, ReadConsistency::Local)
+                .await
+                .unwrap()
+                .is_some_and(|s| s.iter().eq(["new"].iter()))
+        },
+    )
+    .await;
 }

@@ -1,5 +1,4 @@
 use std::cmp::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +23,6 @@ impl<F: Fn(Option<i64>) -> i64> Clock for F {
     }
 }
 
-fn wall_clock_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// The default clock: `max(wall-clock milliseconds, current + 1)`, so a replica's
 /// own later write always wins even if the wall clock stepped back.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,7 +30,7 @@ pub struct WallClock;
 
 impl Clock for WallClock {
     fn next_timestamp(&self, current: Option<i64>) -> i64 {
-        let now = wall_clock_millis();
+        let now = crate::wall_clock::signed_millis();
         current.map_or(now, |t| now.max(t.saturating_add(1)))
     }
 }
@@ -50,7 +42,7 @@ pub struct ReverseClock;
 
 impl Clock for ReverseClock {
     fn next_timestamp(&self, current: Option<i64>) -> i64 {
-        let now = -wall_clock_millis();
+        let now = -crate::wall_clock::signed_millis();
         current.map_or(now, |t| now.min(t.saturating_sub(1)))
     }
 }

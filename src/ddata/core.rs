@@ -12,7 +12,8 @@
 //! [`Effect::Send`] and the [`Effect::WriteDone`] that depend on it, so a caller
 //! that runs effects in order never announces a state it has not stored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,17 +26,19 @@ use super::key::Key;
 use super::registry::{ErasedData, TypeRegistry};
 use super::tracked::{Recording, Tracked};
 use super::wire::{
-    bucket_of, digest_of, Digest, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST,
+    bucket_of, digest_of, Digest, Lifetime, PeerMessage, WireEntry, WireValue, TOMBSTONE_DIGEST,
 };
 use crate::rng::SplitMix64;
 
 mod antientropy;
 mod deltas;
+mod expiry;
 mod remote;
 mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use expiry::Expiry;
 use requests::{PendingRead, PendingWrite};
 
 /// A peer is named by its node name: after a restart it keeps its name and gets
@@ -74,6 +77,10 @@ pub struct CoreConfig {
     pub resend_interval: Duration,
     /// Which keys produce [`Effect::Persist`]. Default: none.
     pub durable: KeySelection,
+    /// Which keys expire after a time without use, and how long tombstones
+    /// are kept. Default: nothing expires. Expiry needs the wall-clock time
+    /// ([`ReplicatorCore::advance_clock`]).
+    pub expiry: Expiry,
 }
 
 /// The smallest message budget: an anti-entropy summary must fit in one
@@ -89,6 +96,7 @@ impl Default for CoreConfig {
             max_message_bytes: 4 << 20,
             resend_interval: Duration::from_millis(200),
             durable: KeySelection::None,
+            expiry: Expiry::never(),
         }
     }
 }
@@ -112,6 +120,22 @@ pub enum KeySelection {
 }
 
 impl KeySelection {
+    /// The keys with one of these exact names.
+    pub fn names(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self::Matching {
+            names: names.into_iter().map(Into::into).collect(),
+            prefixes: Vec::new(),
+        }
+    }
+
+    /// The keys whose names start with one of these prefixes.
+    pub fn prefixes(prefixes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self::Matching {
+            names: BTreeSet::new(),
+            prefixes: prefixes.into_iter().map(Into::into).collect(),
+        }
+    }
+
     /// Whether `key` is in the selection.
     pub fn contains(&self, key: &str) -> bool {
         match self {
@@ -256,6 +280,11 @@ pub struct CoreStats {
     /// missing delta, pushes that could not travel as operations, read
     /// repairs.
     pub states_sent: u64,
+    /// Keys removed after their time without use, tombstones included (see
+    /// [`Expiry`]).
+    pub expired: u64,
+    /// States from peers ignored because they had expired already.
+    pub expired_arrivals: u64,
     /// Listeners subscribed to changes, over all keys. Kept by the
     /// Replicator actor, which drops a listener that stopped when it next
     /// has a change for it; 0 from a core without one.
@@ -340,6 +369,15 @@ pub(crate) struct Entry {
     pushed: u64,
     /// How far each peer's sequence for this key has been applied here.
     heard: Vec<deltas::Heard>,
+    /// When the key was last used on any replica, as far as this one knows
+    /// (wall-clock milliseconds).
+    used: u64,
+    /// When the key's life began: it was written while absent.
+    created: u64,
+    /// The last use sent to the peers with a change of the key.
+    spread_used: u64,
+    /// When the key's item in the expiry queue falls due (`NEVER` if none).
+    expires: u64,
 }
 
 impl Entry {
@@ -361,6 +399,10 @@ impl Entry {
             unpushed: None,
             pushed: 0,
             heard: Vec::new(),
+            used: 0,
+            created: 0,
+            spread_used: 0,
+            expires: NEVER,
         }
     }
 
@@ -485,6 +527,14 @@ pub struct ReplicatorCore {
     /// Gossip rounds so far: a peer is asked for a state it failed to
     /// deliver at most once a round.
     round: u64,
+    /// The last number given to a push, of any key, in this epoch: a key
+    /// that expired and comes back numbers on from it, so a peer that still
+    /// holds the old key cannot take new changes for ones it applied.
+    pushes: u64,
+    /// The wall-clock time last given to [`advance_clock`](Self::advance_clock).
+    now: u64,
+    /// Keys that may expire, by the earliest time they may (see `expiry`).
+    expiring: BinaryHeap<Reverse<(u64, String)>>,
     stats: CoreStats,
     out: Vec<Effect>,
 }
@@ -505,6 +555,9 @@ impl ReplicatorCore {
         Self {
             epoch: rng.next_u64(),
             round: 0,
+            pushes: 0,
+            now: 0,
+            expiring: BinaryHeap::new(),
             node: node.into(),
             replica,
             config,
@@ -728,6 +781,7 @@ impl ReplicatorCore {
             (recording, outcome)
         };
         entry.record(recording, limit);
+        self.touch(name);
         if let Err(err) = panicked {
             self.mark_changed(name);
             self.mark_for_push(name);
@@ -772,6 +826,7 @@ impl ReplicatorCore {
                 self.entries.insert(name.to_string(), entry);
             }
         }
+        self.touch(name);
         self.changed_locally(request, name, level);
         Ok(self.take_effects())
     }
@@ -791,19 +846,32 @@ impl ReplicatorCore {
                 return Err(wrong_type(key.name(), &tag, found));
             }
         }
+        self.read_use(key.name());
         self.start_read(request, key.name(), level);
         Ok(self.take_effects())
     }
 
-    /// Merges a state recovered from a durable store, before the core serves
-    /// anything. The state is not persisted again; listeners will hear of it.
-    pub fn recover(&mut self, key: &str, value: WireValue) -> Result<()> {
+    /// Merges a state recovered from a durable store, with its `lifetime`
+    /// (unknown: begun and used now), before the core serves anything. The state is not
+    /// persisted again; listeners will hear of it. Says whether it was
+    /// taken: a state that expired while the node was down is not, and its
+    /// caller removes it from the store.
+    pub fn recover(
+        &mut self,
+        key: &str,
+        value: WireValue,
+        lifetime: Option<Lifetime>,
+    ) -> Result<bool> {
+        if self.arrived_expired(key, matches!(value, WireValue::Deleted), lifetime) {
+            return Ok(false);
+        }
         let bytes = value.encoded_len();
         let slot = self.decode_slot(value)?;
         self.merge_slot(key, slot, Some(bytes))?;
+        self.merged_use(key, lifetime);
         self.out
             .retain(|effect| !matches!(effect, Effect::Persist { .. }));
-        Ok(())
+        Ok(true)
     }
 
     /// Counts a message from a peer that could not be decoded at all. Its bytes
@@ -1015,6 +1083,7 @@ impl ReplicatorCore {
             key: key.to_string(),
             value,
             seq,
+            lifetime: self.lifetime(key),
         }))
     }
 

@@ -2,8 +2,8 @@
 //! implementation for tests, and the sled implementation.
 //!
 //! A store holds, for one node, the state of each durable key (a type tag and
-//! the codec encoding, or a tombstone) and the last incarnation the node wrote
-//! under. A restarted node always writes under a new, larger incarnation, so
+//! the codec encoding, or a tombstone, and for a key that expires when it was
+//! last used) and the last incarnation the node wrote under. A restarted node always writes under a new, larger incarnation, so
 //! it never re-mints a dot or counter entry of a previous life, whether or not
 //! every key it wrote was durable.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[cfg(feature = "cluster")]
 use super::core::KeySelection;
-use super::wire::WireValue;
+use super::wire::{Lifetime, WireValue};
 use crate::error::Result;
 
 #[cfg(feature = "sled")]
@@ -27,7 +27,19 @@ pub struct Recovered {
     /// The incarnation the node last wrote under, if it ever started.
     pub last_incarnation: Option<u64>,
     /// Each durable key's last stored state.
-    pub entries: BTreeMap<String, WireValue>,
+    pub entries: BTreeMap<String, DurableEntry>,
+}
+
+/// What a store keeps of one durable key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DurableEntry {
+    /// The key's state.
+    pub value: WireValue,
+    /// When the key began and was last used, for a key that expires: a key
+    /// that expired while its node was down is not recovered. `None` for
+    /// other keys, and in entries written before version 2 of the store
+    /// format.
+    pub lifetime: Option<Lifetime>,
 }
 
 /// Where a Replicator keeps its durable keys. Implementations decide how to
@@ -40,7 +52,7 @@ pub trait DurableStore: Send + 'static {
     /// Records the incarnation the node writes under from now on (durably).
     fn set_incarnation(&mut self, incarnation: u64) -> Result<()>;
     /// Stores `key`'s state.
-    fn store(&mut self, key: &str, value: &WireValue) -> Result<()>;
+    fn store(&mut self, key: &str, entry: &DurableEntry) -> Result<()>;
     /// Forgets `key`.
     fn remove(&mut self, key: &str) -> Result<()>;
     /// Makes every earlier `store` and `remove` durable.
@@ -122,8 +134,8 @@ impl DurableStore for MemoryStore {
         Ok(())
     }
 
-    fn store(&mut self, key: &str, value: &WireValue) -> Result<()> {
-        self.with(|recovered| recovered.entries.insert(key.to_string(), value.clone()));
+    fn store(&mut self, key: &str, entry: &DurableEntry) -> Result<()> {
+        self.with(|recovered| recovered.entries.insert(key.to_string(), entry.clone()));
         Ok(())
     }
 
@@ -168,6 +180,20 @@ pub(crate) mod tests {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn untimed(value: WireValue) -> DurableEntry {
+        DurableEntry {
+            value,
+            lifetime: None,
+        }
+    }
+
+    fn timed(value: WireValue, used: u64) -> DurableEntry {
+        DurableEntry {
+            value,
+            lifetime: Some(Lifetime { created: 1, used }),
         }
     }
 
@@ -228,20 +254,29 @@ pub(crate) mod tests {
                     tag: tag.to_string(),
                     state: value.encode_erased().unwrap(),
                 };
-                store.store(tag, &wire).unwrap();
+                store.store(tag, &untimed(wire)).unwrap();
             }
-            store.store("gone", &WireValue::Deleted).unwrap();
-            store.store("forgotten", &WireValue::Deleted).unwrap();
+            store.store("gone", &timed(WireValue::Deleted, 9)).unwrap();
+            store
+                .store("forgotten", &untimed(WireValue::Deleted))
+                .unwrap();
             store.remove("forgotten").unwrap();
             store.flush().unwrap();
         }
         let mut store = SledStore::open(&dir.0, "node-a").unwrap();
         let recovered = store.load().unwrap();
         assert_eq!(recovered.last_incarnation, Some(42));
-        assert_eq!(recovered.entries.get("gone"), Some(&WireValue::Deleted));
+        assert_eq!(
+            recovered.entries.get("gone"),
+            Some(&timed(WireValue::Deleted, 9))
+        );
         assert!(!recovered.entries.contains_key("forgotten"));
         for (tag, value) in &samples {
-            let Some(WireValue::Live { tag: found, state }) = recovered.entries.get(*tag) else {
+            let Some(DurableEntry {
+                value: WireValue::Live { tag: found, state },
+                lifetime: None,
+            }) = recovered.entries.get(*tag)
+            else {
                 panic!("{tag} was not recovered");
             };
             let decoded = types.decode(found, state).unwrap();
@@ -275,7 +310,7 @@ pub(crate) mod tests {
     fn a_memory_store_is_shared_by_its_clones() {
         let mut store = MemoryStore::new();
         let mut clone = store.clone();
-        store.store("k", &WireValue::Deleted).unwrap();
+        store.store("k", &untimed(WireValue::Deleted)).unwrap();
         assert_eq!(clone.load().unwrap().entries.len(), 1);
     }
 }

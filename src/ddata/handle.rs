@@ -24,6 +24,7 @@ use crate::followed::Followed;
 
 /// What a listener hears about a key it subscribed to.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Change<T> {
     /// The key's value changed (a local update, a merge from a peer, a read
     /// repair), or the listener just subscribed and the key has a value.
@@ -37,6 +38,12 @@ pub enum Change<T> {
     },
     /// The key was deleted.
     Deleted {
+        /// The key.
+        key: Key<T>,
+    },
+    /// The key (or its tombstone) went unused for its time to live and was
+    /// removed (see [`Expiry`](super::Expiry)); it may be written again.
+    Expired {
         /// The key.
         key: Key<T>,
     },
@@ -112,6 +119,14 @@ impl ReplicatorConfig {
         self
     }
 
+    /// Which keys expire after a time without use, and how long tombstones
+    /// are kept (see [`Expiry`](super::Expiry)); by default nothing expires.
+    /// Give every node the same expiry.
+    pub fn with_expiry(mut self, expiry: super::Expiry) -> Self {
+        self.core.expiry = expiry;
+        self
+    }
+
     /// Nodes that count as members from the start, reachable or not, so that
     /// `Majority` and `All` mean the whole configured cluster even before every
     /// node is up.
@@ -180,16 +195,22 @@ impl ReplicatorConfig {
             core_config,
             seed,
         );
+        core.advance_clock(crate::wall_clock::millis());
         for member in &self.members {
             core.peer_down(member);
         }
-        if let (Some(recovered), Some(durability)) = (recovered, &durability) {
-            for (key, value) in recovered.entries {
-                core.recover(&key, value).map_err(|err| Error::Store {
-                    path: durability.store.location(),
-                    key: Some(key.clone()),
-                    reason: err.to_string(),
-                })?;
+        if let (Some(recovered), Some(durability)) = (recovered, &mut durability) {
+            for (key, entry) in recovered.entries {
+                let recovered = core
+                    .recover(&key, entry.value, entry.lifetime)
+                    .map_err(|err| Error::Store {
+                        path: durability.store.location(),
+                        key: Some(key.clone()),
+                        reason: err.to_string(),
+                    })?;
+                if !recovered {
+                    durability.store.remove(&key)?;
+                }
             }
         }
         Ok(Prepared {

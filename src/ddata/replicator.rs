@@ -208,6 +208,7 @@ impl Actor for Replicator {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
+        state.core.advance_clock(crate::wall_clock::millis());
         let effects = match message {
             ReplicatorMessage::Update(Update(command))
             | ReplicatorMessage::Delete(Delete(command))

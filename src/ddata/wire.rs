@@ -12,9 +12,10 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The ractor variant name every Replicator message travels under. Peer
 /// messages are ractor casts whose arguments are one codec-encoded [`Envelope`].
-/// Version 2 added deltas, version 3 hashed anti-entropy; nodes of different
-/// versions do not understand each other's messages.
-pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v3";
+/// Version 2 added deltas, version 3 hashed anti-entropy, version 4 the time
+/// of a key's last use and deltas numbered in one sequence per node; nodes of
+/// different versions do not understand each other's messages.
+pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v4";
 
 /// A stable 64-bit hash of a value's encoding. Two replicas whose digests of a
 /// key agree hold the same state (up to a 2⁻⁶⁴ collision).
@@ -141,12 +142,41 @@ pub enum PeerMessage {
 pub struct WireDelta {
     /// The key's name.
     pub key: String,
-    /// The change's number in the sender's sequence for this key (from 1 in
-    /// each epoch). A receiver applies operations only right after the
-    /// previous number; a whole state covers every number up to its own.
+    /// The number of the sender's previous change of this key (0 for its
+    /// first in this epoch, or since the key expired there). A receiver
+    /// applies operations only if this is the last number it applied.
+    pub prev: u64,
+    /// The change's number in the sender's sequence, one for all its keys
+    /// (growing within each epoch). A whole state covers every number of
+    /// its key up to its own.
     pub seq: u64,
     /// The change.
     pub change: WireChange,
+    /// When the key began and was last used, as far as the sender knows:
+    /// only for a key that expires or a tombstone that is collected.
+    pub lifetime: Option<Lifetime>,
+}
+
+/// When a key that expires began its life and was last used, in wall-clock
+/// milliseconds since the Unix epoch (see [`Expiry`](super::Expiry)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifetime {
+    /// When the key was written while absent, on the replica that did. A
+    /// key that expired and is written again begins a new life, which
+    /// replaces the old one where a replica still holds it.
+    pub created: u64,
+    /// When the key was last written, deleted or read, on any replica.
+    pub used: u64,
+}
+
+impl Lifetime {
+    /// What two replicas know together: the later creation, the later use.
+    pub fn join(self, other: Self) -> Self {
+        Self {
+            created: self.created.max(other.created),
+            used: self.used.max(other.used),
+        }
+    }
 }
 
 /// A change carried by a [`WireDelta`].
@@ -173,11 +203,11 @@ impl WireDelta {
             }
             WireChange::State(value) => entry_budget("", value),
         };
-        self.key.len() + change + SEQ_BUDGET + ENTRY_OVERHEAD
+        self.key.len() + change + 4 * SEQ_BUDGET + ENTRY_OVERHEAD
     }
 }
 
-/// Bytes counted for a sequence number.
+/// Bytes counted for a sequence number or a time.
 const SEQ_BUDGET: usize = 9;
 
 /// Bytes of framing counted per operation inside a [`WireChange::Ops`].
@@ -193,18 +223,20 @@ pub struct WireEntry {
     /// The number of the sender's last push of this key (0 if none): the
     /// state holds every delta the sender numbered up to it.
     pub seq: u64,
+    /// When the key began and was last used (see [`WireDelta::lifetime`]).
+    pub lifetime: Option<Lifetime>,
 }
 
 /// The encoding of the entries of a [`PeerMessage::Entries`], by columns:
 /// the distinct type tags once, then the keys, the index of each one's tag
-/// (none for a tombstone), the states and the numbers. Catching up on many
-/// small values then costs little more than the values themselves.
+/// (none for a tombstone), the states, the numbers and the lifetimes. Catching up on many small values then costs little more than the
+/// values themselves.
 pub mod packed_entries {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_bytes::{ByteBuf, Bytes};
 
-    use super::{WireEntry, WireValue};
+    use super::{Lifetime, WireEntry, WireValue};
 
     /// Writes `entries` packed.
     pub fn serialize<S: Serializer>(
@@ -235,7 +267,8 @@ pub mod packed_entries {
         }
         let keys: Vec<&str> = entries.iter().map(|entry| entry.key.as_str()).collect();
         let seqs: Vec<u64> = entries.iter().map(|entry| entry.seq).collect();
-        (tags, keys, tag_of, states, seqs).serialize(serializer)
+        let lifetimes: Vec<Option<Lifetime>> = entries.iter().map(|entry| entry.lifetime).collect();
+        (tags, keys, tag_of, states, seqs, lifetimes).serialize(serializer)
     }
 
     /// Reads packed entries; columns of different lengths or a tag index
@@ -249,17 +282,24 @@ pub mod packed_entries {
             Vec<Option<usize>>,
             Vec<ByteBuf>,
             Vec<u64>,
+            Vec<Option<Lifetime>>,
         );
-        let (tags, keys, tag_of, states, seqs): Columns = Deserialize::deserialize(deserializer)?;
+        let (tags, keys, tag_of, states, seqs, lifetimes): Columns =
+            Deserialize::deserialize(deserializer)?;
         let rows = keys.len();
-        if tag_of.len() != rows || states.len() != rows || seqs.len() != rows {
+        if tag_of.len() != rows
+            || states.len() != rows
+            || seqs.len() != rows
+            || lifetimes.len() != rows
+        {
             return Err(D::Error::custom("entry columns of different lengths"));
         }
         keys.into_iter()
             .zip(tag_of)
             .zip(states)
             .zip(seqs)
-            .map(|(((key, tag), state), seq)| {
+            .zip(lifetimes)
+            .map(|((((key, tag), state), seq), lifetime)| {
                 let value = match tag {
                     None => WireValue::Deleted,
                     Some(index) => WireValue::Live {
@@ -270,7 +310,12 @@ pub mod packed_entries {
                         state: state.into_vec(),
                     },
                 };
-                Ok(WireEntry { key, value, seq })
+                Ok(WireEntry {
+                    key,
+                    value,
+                    seq,
+                    lifetime,
+                })
             })
             .collect()
     }
@@ -334,7 +379,7 @@ impl PeerMessage {
 impl WireEntry {
     /// An upper bound of the entry's share of a message's encoded size.
     pub fn budget(&self) -> usize {
-        entry_budget(&self.key, &self.value) + SEQ_BUDGET
+        entry_budget(&self.key, &self.value) + 3 * SEQ_BUDGET
     }
 }
 
@@ -426,6 +471,10 @@ mod tests {
                 state: vec![0xA5; state_len],
             },
             seq: u64::MAX,
+            lifetime: Some(Lifetime {
+                created: u64::MAX,
+                used: u64::MAX,
+            }),
         }
     }
 
@@ -462,21 +511,33 @@ mod tests {
         let deltas = vec![
             WireDelta {
                 key: "cart".into(),
+                prev: u64::MAX - 1,
                 seq: u64::MAX,
                 change: WireChange::Ops {
                     tag: "ORSet<String>".into(),
                     ops: vec![op(0), op(30), op(300), op(70_000)],
                 },
+                lifetime: Some(Lifetime {
+                    created: u64::MAX,
+                    used: u64::MAX,
+                }),
             },
             WireDelta {
                 key: "gone".into(),
+                prev: 0,
                 seq: 1,
                 change: WireChange::State(WireValue::Deleted),
+                lifetime: None,
             },
             WireDelta {
                 key: "k".repeat(300),
+                prev: u64::MAX,
                 seq: 1 << 40,
                 change: WireChange::State(entry("x", 1 << 17).value),
+                lifetime: Some(Lifetime {
+                    created: 1 << 40,
+                    used: 1 << 41,
+                }),
             },
         ];
         let message = PeerMessage::Deltas {
@@ -523,6 +584,7 @@ mod tests {
     fn packed_entries_round_trip_and_reject_a_bad_tag_index() {
         let mut entries: Vec<WireEntry> = (0..5).map(|i| entry(&format!("k{i}"), i)).collect();
         entries[1].value = WireValue::Deleted;
+        entries[2].lifetime = None;
         entries[3].value = WireValue::Live {
             tag: "GCounter".into(),
             state: vec![1, 2, 3],
@@ -540,6 +602,7 @@ mod tests {
             Vec<Option<u32>>,
             Vec<ByteBuf>,
             Vec<u64>,
+            Vec<Option<u64>>,
         );
         #[derive(Serialize)]
         enum Forged {
@@ -552,6 +615,7 @@ mod tests {
                 vec![Some(index)],
                 vec![ByteBuf::new()],
                 seqs,
+                vec![None],
             );
             codec::encode(&("n", Forged::Entries(1, columns))).unwrap()
         };

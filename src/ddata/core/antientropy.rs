@@ -107,6 +107,14 @@ impl KeyHashes {
         self.stale_keys += 1;
     }
 
+    /// Takes the share of a removed entry out of its bucket's hash. (A key
+    /// left among the stale ones is skipped when they are refreshed.)
+    pub(super) fn forget(&mut self, entry: &Entry) {
+        let bucket = usize::from(entry.bucket);
+        self.buckets[bucket] ^= entry.folded;
+        self.groups[bucket / BUCKETS_PER_GROUP] ^= entry.folded;
+    }
+
     /// Records `digest` as the digest of `entry` (of `key`) and updates its
     /// bucket's hash.
     pub(super) fn fold(&mut self, key: &str, entry: &mut Entry, digest: Digest, round: u64) {

@@ -11,7 +11,7 @@
 
 use super::{Entry, PeerName, ReplicatorCore, Slot};
 use crate::ddata::tracked::Recording;
-use crate::ddata::wire::{digest_budget, PeerMessage, WireChange, WireDelta};
+use crate::ddata::wire::{digest_budget, PeerMessage, WireChange, WireDelta, WireValue};
 use crate::error::{Error, Result};
 
 /// How far one peer's sequence for one key has been applied here.
@@ -70,8 +70,12 @@ impl ReplicatorCore {
     /// otherwise. `None` if the key is absent; an error if its state cannot
     /// travel (the number is spent all the same, so receivers see the gap).
     pub(super) fn take_delta(&mut self, key: &str) -> Option<Result<WireDelta>> {
+        let lifetime = self.lifetime(key);
         let entry = self.entries.get_mut(key)?;
-        entry.pushed += 1;
+        let prev = entry.pushed;
+        self.pushes += 1;
+        entry.pushed = self.pushes;
+        entry.spread_used = entry.used;
         let seq = entry.pushed;
         let ops = match entry.unpushed.take() {
             Some(Recording::Ops { ops, .. }) => Some(ops),
@@ -90,8 +94,10 @@ impl ReplicatorCore {
         };
         Some(Ok(WireDelta {
             key: key.to_string(),
+            prev,
             seq,
             change,
+            lifetime,
         }))
     }
 
@@ -100,7 +106,8 @@ impl ReplicatorCore {
     /// whole state when it sees the gap.
     pub(super) fn skip_delta(&mut self, key: &str) {
         if let Some(entry) = self.entries.get_mut(key) {
-            entry.pushed += 1;
+            self.pushes += 1;
+            entry.pushed = self.pushes;
             entry.unpushed = None;
         }
     }
@@ -108,12 +115,13 @@ impl ReplicatorCore {
     /// The whole state of `key` under the number of its last push (changes
     /// not pushed yet are in it too; their delta will be a duplicate).
     fn numbered_state(&mut self, key: &str) -> Option<WireDelta> {
-        let seq = self.entries.get(key)?.pushed;
-        let value = self.sendable_entry(key)?.value;
+        let entry = self.sendable_entry(key)?;
         Some(WireDelta {
-            key: key.to_string(),
-            seq,
-            change: WireChange::State(value),
+            key: entry.key,
+            prev: 0,
+            seq: entry.seq,
+            change: WireChange::State(entry.value),
+            lifetime: entry.lifetime,
         })
     }
 
@@ -151,10 +159,22 @@ impl ReplicatorCore {
         ask
     }
 
-    /// Applies one delta from `from` if it is next in `from`'s sequence (or
-    /// a whole state, which is always merged).
+    /// Applies one delta from `from` if it follows the last one applied of
+    /// its key (or a whole state, which is always merged). A delta last used
+    /// so long ago that the key expired here is ignored.
     pub(super) fn receive_delta(&mut self, from: &str, epoch: u64, delta: WireDelta) -> Received {
-        let WireDelta { key, seq, change } = delta;
+        let WireDelta {
+            key,
+            prev,
+            seq,
+            change,
+            lifetime,
+        } = delta;
+        let deleted = matches!(change, WireChange::State(WireValue::Deleted));
+        if self.arrived_expired(&key, deleted, lifetime) {
+            return Received::Applied;
+        }
+        self.make_way(&key, lifetime);
         let outcome = match change {
             WireChange::State(value) => {
                 let bytes = value.encoded_len();
@@ -170,11 +190,16 @@ impl ReplicatorCore {
                 if seq <= heard {
                     return Received::Applied;
                 }
-                if seq > heard + 1 {
+                if prev != heard {
                     self.stats.missing_deltas += 1;
                     return Received::Missing;
                 }
-                self.apply_ops(&key, &tag, &ops).map(|()| Received::Applied)
+                if ops.is_empty() {
+                    // A use spread by a read: nothing to apply.
+                    Ok(Received::Applied)
+                } else {
+                    self.apply_ops(&key, &tag, &ops).map(|()| Received::Applied)
+                }
             }
         };
         match outcome {
@@ -183,6 +208,7 @@ impl ReplicatorCore {
                     let heard = entry.heard_from(from, epoch);
                     heard.seq = heard.seq.max(seq);
                 }
+                self.merged_use(&key, lifetime);
                 received
             }
             Err(err) => {

@@ -50,6 +50,7 @@ impl ReplicatorCore {
             Timer::Gossip => {
                 self.round += 1;
                 self.schedule(Timer::Gossip, self.config.gossip_interval);
+                self.expire_due();
                 self.gossip_round();
             }
             Timer::Push => self.push(),
@@ -64,12 +65,19 @@ impl ReplicatorCore {
     /// the entry's number. A rejected entry is logged and counted and changes
     /// nothing.
     fn merge_remote(&mut self, from: &str, epoch: u64, entry: WireEntry) {
-        let WireEntry { key, value, seq } = entry;
+        let WireEntry {
+            key,
+            value,
+            seq,
+            lifetime,
+        } = entry;
         self.received(&key);
         let state = WireDelta {
             key,
+            prev: 0,
             seq,
             change: WireChange::State(value),
+            lifetime,
         };
         self.receive_delta(from, epoch, state);
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{Effect, PeerName, ReplicatorCore, RequestId, Slot, Timer};
 use crate::ddata::consistency::ReadConsistency;
 use crate::ddata::wire::{
-    digest_of, Digest, PeerMessage, WireDelta, WireEntry, WireValue, TOMBSTONE_DIGEST,
+    digest_of, Digest, Lifetime, PeerMessage, WireDelta, WireEntry, WireValue, TOMBSTONE_DIGEST,
 };
 use crate::error::{Error, Result};
 
@@ -64,6 +64,8 @@ pub(crate) struct PendingRead {
     merged: Option<Slot>,
     /// What each remote node answered, to repair those left behind.
     answer_digests: Vec<(PeerName, Option<Digest>)>,
+    /// The latest life and use of the key among the answers.
+    lifetime: Option<Lifetime>,
     backoff: Backoff,
 }
 
@@ -155,6 +157,7 @@ impl ReplicatorCore {
                 answered: vec![self.node.clone()],
                 merged: None,
                 answer_digests: Vec::new(),
+                lifetime: None,
                 backoff: Backoff::new(),
             },
         );
@@ -190,7 +193,23 @@ impl ReplicatorCore {
                 self.reject_answer(from, &read.key.clone(), "answer for another key".into());
                 return;
             }
+            Some(entry)
+                if self.arrived_expired(
+                    &entry.key,
+                    matches!(entry.value, WireValue::Deleted),
+                    entry.lifetime,
+                ) =>
+            {
+                None
+            }
             Some(entry) => {
+                if let Some(read) = self.reads.get_mut(&id) {
+                    read.lifetime = read
+                        .lifetime
+                        .into_iter()
+                        .chain(entry.lifetime)
+                        .reduce(Lifetime::join);
+                }
                 let digest = match &entry.value {
                     WireValue::Deleted => TOMBSTONE_DIGEST,
                     WireValue::Live { state, .. } => digest_of(state),
@@ -244,6 +263,7 @@ impl ReplicatorCore {
                 });
                 return;
             }
+            self.merged_use(&read.key, read.lifetime);
         }
         if let Some(merged) = self.digest(&read.key) {
             let behind: Vec<PeerName> = read

@@ -514,6 +514,7 @@ fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
                 state: codec::encode(&counter).unwrap(),
             },
             seq: 0,
+            lifetime: None,
         }
     };
     let garbage = WireEntry {
@@ -523,6 +524,7 @@ fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
             state: vec![codec::WIRE_VERSION, 0xc1, 0xff],
         },
         seq: 0,
+        lifetime: None,
     };
     let unknown = WireEntry {
         key: "alien".into(),
@@ -531,6 +533,7 @@ fn a_bad_entry_is_rejected_alone_and_changes_nothing() {
             state: vec![codec::WIRE_VERSION],
         },
         seq: 0,
+        lifetime: None,
     };
     a.handle_message(
         "b",
@@ -871,11 +874,13 @@ fn a_bad_delta_is_rejected_and_creates_nothing() {
     let mut b = core("b", CoreConfig::default());
     let delta = |key: &str, tag: &str, op: Vec<u8>| crate::ddata::wire::WireDelta {
         key: key.into(),
+        prev: 0,
         seq: 1,
         change: crate::ddata::wire::WireChange::Ops {
             tag: tag.into(),
             ops: vec![serde_bytes::ByteBuf::from(op)],
         },
+        lifetime: None,
     };
     let good_op = {
         let counter = GCounter::new();
@@ -1027,3 +1032,5 @@ fn a_removed_peer_no_longer_counts_and_losing_sight_of_it_does_not_restore_it() 
     a.peer_up("c");
     assert_eq!(a.members(), 3, "reachable again, a member again");
 }
+
+mod expiry;

@@ -2,18 +2,22 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DurableStore, Recovered};
+use super::{DurableEntry, DurableStore, Recovered};
 use crate::codec;
-use crate::ddata::wire::WireValue;
+use crate::ddata::wire::{Lifetime, WireValue};
 use crate::error::{Error, Result};
 
 const INCARNATION: &[u8] = b"incarnation";
 
 /// What the store writes per key: the wire form, so a stored entry decodes
-/// exactly like a replicated one. Generic so that storing borrows the value.
+/// exactly like a replicated one, and its lifetime. Generic so that
+/// storing borrows the value. Version 1 of the format had no lifetime: it
+/// reads as `None`.
 #[derive(Serialize, Deserialize)]
 struct StoredEntry<V> {
     value: V,
+    #[serde(default)]
+    lifetime: Option<Lifetime>,
 }
 
 /// A [`DurableStore`] in a sled database (0.34).
@@ -98,7 +102,13 @@ impl DurableStore for SledStore {
             })?;
             let entry: StoredEntry<WireValue> =
                 codec::decode(&bytes).map_err(|e| self.error(Some(&key), e))?;
-            recovered.entries.insert(key, entry.value);
+            recovered.entries.insert(
+                key,
+                DurableEntry {
+                    value: entry.value,
+                    lifetime: entry.lifetime,
+                },
+            );
         }
         Ok(recovered)
     }
@@ -111,8 +121,11 @@ impl DurableStore for SledStore {
         self.flush()
     }
 
-    fn store(&mut self, key: &str, value: &WireValue) -> Result<()> {
-        let bytes = codec::encode(&StoredEntry { value })?;
+    fn store(&mut self, key: &str, entry: &DurableEntry) -> Result<()> {
+        let bytes = codec::encode(&StoredEntry {
+            value: &entry.value,
+            lifetime: entry.lifetime,
+        })?;
         self.entries
             .insert(key.as_bytes(), bytes)
             .map_err(|e| self.error(Some(key), e))?;

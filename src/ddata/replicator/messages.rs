@@ -288,7 +288,8 @@ impl ReplicatorMessage {
             let listener_id = listener.get_id();
             let notify = move |lookup: Lookup<'_>| -> bool {
                 let change = match lookup {
-                    Lookup::Absent => return true,
+                    // Only a key that expired changes to absent.
+                    Lookup::Absent => Change::Expired { key: key.clone() },
                     Lookup::Deleted => Change::Deleted { key: key.clone() },
                     Lookup::Live { tag: found, value } => {
                         match value
@@ -306,8 +307,12 @@ impl ReplicatorMessage {
                 };
                 listener.cast(M::from(change)).is_ok()
             };
-            let lookup = state.core.lookup(&name);
-            if catch_panic(&name, || notify(lookup)).unwrap_or(false) {
+            // A new listener hears of the key's state, if it has one.
+            let listening = match state.core.lookup(&name) {
+                Lookup::Absent => true,
+                lookup => catch_panic(&name, || notify(lookup)).unwrap_or(false),
+            };
+            if listening {
                 state
                     .subscriptions
                     .entry(name)

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::ddata::core::{Lookup, ReplicatorCore};
-use crate::ddata::durable::{DurableStore, WriteMode};
+use crate::ddata::durable::{DurableEntry, DurableStore, WriteMode};
 use crate::ddata::wire::WireValue;
 use crate::error::{Error, Result};
 
@@ -50,15 +50,22 @@ impl Storage {
     /// Writes `key`'s current state to the store; a key the store refuses
     /// is kept for the next attempt.
     fn persist(&mut self, core: &ReplicatorCore, key: String) -> Result<()> {
+        let lifetime = core.lifetime(&key);
         let written = match core.lookup(&key) {
             Lookup::Absent => self.store.remove(&key),
-            Lookup::Deleted => self.store.store(&key, &WireValue::Deleted),
+            Lookup::Deleted => self.store.store(
+                &key,
+                &DurableEntry {
+                    value: WireValue::Deleted,
+                    lifetime,
+                },
+            ),
             Lookup::Live { tag, value } => value.encode_erased().and_then(|state| {
                 let value = WireValue::Live {
                     tag: tag.to_string(),
                     state,
                 };
-                self.store.store(&key, &value)
+                self.store.store(&key, &DurableEntry { value, lifetime })
             }),
         };
         match written {

@@ -1,5 +1,4 @@
 use std::marker::PhantomData;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::concurrency::JoinHandle;
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
@@ -382,14 +381,6 @@ impl<B, R, J> Default for ReplicatedEntity<B, R, J> {
     }
 }
 
-pub(super) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 impl<B, R, J> Actor for ReplicatedEntity<B, R, J>
 where
     B: ReplicatedEventSourcedActor + Sync,
@@ -477,9 +468,12 @@ where
         let EntityState { core, shell } = state;
         let inbound = match message {
             EntityMessage::Command(command, reply) => {
-                core.command(shell, command, now_millis(), move |result| {
-                    reply.send(result)
-                })?;
+                core.command(
+                    shell,
+                    command,
+                    crate::wall_clock::signed_millis(),
+                    move |result| reply.send(result),
+                )?;
                 return Ok(());
             }
             EntityMessage::State(reply) => {

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::actor::{now_millis, replay_to, stats, Parameters, Subscription};
+use super::actor::{replay_to, stats, Parameters, Subscription};
 use super::core::{CommandResult, EntityCore, EntityIo, EventApplied, Retention, Snapshots};
 use super::handle::EntityStats;
 use super::ReplicatedEventSourcedActor;
@@ -739,7 +739,12 @@ where
         let inbound = match message {
             RouterMessage::Command(persistence_id, command, reply) => {
                 state.with_entity(&persistence_id, true, |core, io| {
-                    core.command(io, command, now_millis(), move |result| reply.send(result))
+                    core.command(
+                        io,
+                        command,
+                        crate::wall_clock::signed_millis(),
+                        move |result| reply.send(result),
+                    )
                 });
                 return Ok(());
             }
