@@ -19,7 +19,13 @@
 //!   set shares a replica with the write's that did not crash in between;
 //! * no false timeouts: a majority write or read whose deadline falls long
 //!   enough after the network healed (its longest resend wait and a round
-//!   trip) succeeds, whatever it went through before.
+//!   trip) succeeds, whatever it went through before;
+//! * expiry (every odd seed, with clocks skewed by up to 20 ms): keys
+//!   `tmp-*` expire 300 ms after their last use (a write, a delete, a
+//!   read), are written again in new lives and deleted, under all the faults
+//!   above; after healing, once nobody uses them, they leave every replica
+//!   and stay gone (a key that came back from a late copy would keep the
+//!   run from converging), while the other keys keep every property above.
 //!
 //! `cargo test` runs 1,000 seeds. A failure names its seed; replay it with
 //! `SIM_SEED=<seed> cargo test --test simulation`. Run more with
@@ -32,8 +38,8 @@ use std::time::Duration;
 
 use ractor_replicated::ddata::wire::Envelope;
 use ractor_replicated::ddata::{
-    CoreConfig, Effect, ErasedData, Key, Lookup, ReadConsistency, ReplicatorCore, Snapshot, Timer,
-    TypeRegistry, WriteConsistency,
+    CoreConfig, Effect, ErasedData, Expiry, Key, KeySelection, Lookup, ReadConsistency,
+    ReplicatorCore, Snapshot, Timer, TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet, ReplicaId};
 use support::Rng;
@@ -85,6 +91,11 @@ fn replicas_converge_under_loss_partitions_and_crashes() {
             stats.missing_deltas > 0,
             "no delta arrived after a gap: {stats:?}"
         );
+        assert!(stats.expired > 0, "no key expired: {stats:?}");
+        assert!(
+            stats.expired_arrivals > 0,
+            "no expired state arrived: {stats:?}"
+        );
     }
     eprintln!("simulation: {stats:?}");
 }
@@ -104,6 +115,11 @@ struct RunStats {
     /// Deltas of operations applied, and those held back for a gap.
     deltas_applied: u64,
     missing_deltas: u64,
+    /// Keys and tombstones removed by expiry (or for a new life), and
+    /// states ignored because they arrived expired, on the replicas up at
+    /// the end.
+    expired: u64,
+    expired_arrivals: u64,
 }
 
 impl RunStats {
@@ -118,6 +134,8 @@ impl RunStats {
         self.late_requests += run.late_requests;
         self.deltas_applied += run.deltas_applied;
         self.missing_deltas += run.missing_deltas;
+        self.expired += run.expired;
+        self.expired_arrivals += run.expired_arrivals;
     }
 }
 
@@ -197,6 +215,9 @@ struct Sim {
     /// Partition: nodes in different groups cannot talk.
     group: Vec<u8>,
     fault: LinkFault,
+    /// Each node's wall clock runs ahead of virtual time by this many
+    /// milliseconds, in the seeds with expiry (`None` in the others).
+    skew: Option<Vec<u64>>,
     loss: f64,
     duplication: f64,
     max_delay: Micros,
@@ -226,6 +247,14 @@ fn doomed(i: u64) -> Key<ORSet<u64>> {
 fn majority_key() -> Key<ORSet<u64>> {
     Key::new("majority")
 }
+/// Keys that expire, in the seeds with expiry.
+fn expiring(i: u64) -> Key<ORSet<u64>> {
+    Key::new(format!("{EXPIRING}{i}"))
+}
+const EXPIRING: &str = "tmp-";
+const TIME_TO_LIVE: Duration = Duration::from_millis(300);
+/// Where the virtual wall clocks start, in milliseconds.
+const EPOCH_MILLIS: u64 = 1_700_000_000_000;
 
 impl Sim {
     fn new(seed: u64, types: Arc<TypeRegistry>) -> Self {
@@ -243,6 +272,18 @@ impl Sim {
         let loss = [0.0, 0.02, 0.1, 0.3][rng.below(4) as usize];
         let duplication = [0.0, 0.05, 0.2][rng.below(3) as usize];
         let max_delay = micros(Duration::from_millis(rng.between(1, 30)));
+        // Drawn apart, so that the seeds without expiry keep their runs.
+        let skew = (seed % 2 == 1).then(|| {
+            let mut clocks = Rng(seed ^ 0xC10C_C10C);
+            (0..node_count).map(|_| clocks.below(20)).collect()
+        });
+        let config = CoreConfig {
+            expiry: match skew {
+                Some(_) => Expiry::never().keys(KeySelection::prefixes([EXPIRING]), TIME_TO_LIVE),
+                None => Expiry::never(),
+            },
+            ..config
+        };
         let nodes = (0..node_count)
             .map(|i| Node {
                 name: format!("node-{i}"),
@@ -265,6 +306,7 @@ impl Sim {
             nodes,
             group: vec![0; node_count],
             fault: LinkFault::Cut,
+            skew,
             loss,
             duplication,
             max_delay,
@@ -313,6 +355,7 @@ impl Sim {
         let mut next_check = self.chaos_until;
         while let Some(Reverse((time, _, index))) = self.queue.pop() {
             self.now = time;
+            self.advance_clocks();
             if let Some(event) = self.events[index].take() {
                 self.handle(event);
             }
@@ -338,6 +381,19 @@ impl Sim {
             }
         }
         Err("the event queue ran dry".into())
+    }
+
+    /// Tells each core its wall clock (seeds with expiry only).
+    fn advance_clocks(&mut self) {
+        let Some(skew) = &self.skew else {
+            return;
+        };
+        let millis = EPOCH_MILLIS + self.now / 1_000;
+        for (node, skew) in self.nodes.iter_mut().zip(skew) {
+            if let Some(core) = node.core.as_mut() {
+                core.advance_clock(millis + skew);
+            }
+        }
     }
 
     fn boot(&mut self, node: usize) {
@@ -367,13 +423,17 @@ impl Sim {
         n.core = Some(core);
         n.told_up.clear();
         n.seen.clear();
+        self.advance_clocks();
         self.run_effects(node, effects);
     }
 
     fn count_deltas(&mut self, node: usize) {
         if let Some(core) = &self.nodes[node].core {
-            self.stats.deltas_applied += core.stats().deltas_applied;
-            self.stats.missing_deltas += core.stats().missing_deltas;
+            let stats = core.stats();
+            self.stats.deltas_applied += stats.deltas_applied;
+            self.stats.missing_deltas += stats.missing_deltas;
+            self.stats.expired += stats.expired;
+            self.stats.expired_arrivals += stats.expired_arrivals;
         }
     }
 
@@ -612,6 +672,10 @@ impl Sim {
         let incarnation = self.nodes[node].incarnation;
         self.next_request += 1;
         let request = self.next_request;
+        if self.skew.is_some() && self.rng.chance(0.3) {
+            self.expiring_operation(node, request);
+            return;
+        }
         let timeout = Duration::from_millis([200, 1_000][self.rng.below(2) as usize]);
         let deadline = self.now + micros(timeout);
         let roll = self.rng.below(100);
@@ -724,6 +788,38 @@ impl Sim {
         self.pending.insert((node, incarnation, request), pending);
         self.run_effects(node, effects);
         self.check_monotonic(node);
+    }
+
+    /// A local add, read or delete of a key that expires: each a use.
+    fn expiring_operation(&mut self, node: usize, request: u64) {
+        let incarnation = self.nodes[node].incarnation;
+        let key = expiring(self.rng.below(2));
+        let roll = self.rng.below(100);
+        self.next_element += 1;
+        let element = self.next_element;
+        let core = self.nodes[node].core.as_mut().expect("alive");
+        let outcome = match roll {
+            0..=59 => core.update(request, &key, WriteConsistency::Local, |s, me| {
+                s.apply(s.add(me, element))
+            }),
+            60..=84 => core.read(request, &key, ReadConsistency::Local),
+            _ => core.delete(request, &key, WriteConsistency::Local),
+        };
+        let effects = match outcome {
+            Ok(effects) => effects,
+            Err(Error::Deleted { .. }) => return,
+            Err(err) => {
+                self.violations.push(format!(
+                    "{} refused an operation on {}: {err}",
+                    self.nodes[node].name,
+                    key.name()
+                ));
+                return;
+            }
+        };
+        self.pending
+            .insert((node, incarnation, request), Pending::Other);
+        self.run_effects(node, effects);
     }
 
     /// Folds the state an accepted local update produced into the reference.
@@ -874,7 +970,8 @@ impl Sim {
         let keys: Vec<String> = core.keys().map(str::to_string).collect();
         let mut violations = Vec::new();
         let mut updates = Vec::new();
-        for key in keys {
+        // Keys that expire come and go, and begin new lives.
+        for key in keys.into_iter().filter(|key| !key.starts_with(EXPIRING)) {
             let now = core.lookup(&key);
             match (self.nodes[node].seen.get(&key), now) {
                 (Some(Snapshot::Deleted), Lookup::Live { .. }) => {
@@ -930,11 +1027,20 @@ impl Sim {
                 differing.push(key);
             }
         }
-        if differing.is_empty() {
+        let mut divergence = if differing.is_empty() {
             String::new()
         } else {
             format!("keys differ between replicas: {differing:?}")
+        };
+        let unexpired: Vec<String> = self
+            .all_keys()
+            .into_iter()
+            .filter(|key| key.starts_with(EXPIRING))
+            .collect();
+        if !unexpired.is_empty() {
+            divergence += &format!("; keys that expire still held: {unexpired:?}");
         }
+        divergence
     }
 
     fn check_final(&self) -> Result<(), String> {

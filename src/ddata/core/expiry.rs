@@ -79,6 +79,8 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+// Without expiry, none of this runs: lifetimes are neither kept nor sent.
+
 /// A read spreads its use only once the last use spread is this fraction
 /// of the key's time to live old: reads then cost a message per key a few
 /// times per time to live, not one each.
@@ -146,6 +148,9 @@ impl ReplicatorCore {
     /// arriving state began: the arriving state is then taken as it is, not
     /// merged with a life it does not continue.
     pub(super) fn make_way(&mut self, key: &str, arriving: Option<Lifetime>) {
+        if !self.config.expiry.is_enabled() {
+            return;
+        }
         let Some(arriving) = arriving else {
             return;
         };
@@ -164,6 +169,9 @@ impl ReplicatorCore {
     /// A local use of `key`, now; a key written while absent begins its
     /// life.
     pub(super) fn touch(&mut self, key: &str) {
+        if !self.config.expiry.is_enabled() {
+            return;
+        }
         let now = self.now;
         if let Some(entry) = self.entries.get_mut(key) {
             entry.used = entry.used.max(now);
@@ -177,6 +185,9 @@ impl ReplicatorCore {
     /// A local read of `key`: a use, spread to the other replicas (as an
     /// empty change) once the last use they heard of is old enough.
     pub(super) fn read_use(&mut self, key: &str) {
+        if !self.config.expiry.is_enabled() {
+            return;
+        }
         self.touch(key);
         let Some(entry) = self.entries.get(key) else {
             return;
@@ -207,6 +218,9 @@ impl ReplicatorCore {
     /// A state of `key` that lived `lifetime` (unknown: begun and used
     /// now) was merged here.
     pub(super) fn merged_use(&mut self, key: &str, lifetime: Option<Lifetime>) {
+        if !self.config.expiry.is_enabled() {
+            return;
+        }
         let now = self.now;
         if let Some(entry) = self.entries.get_mut(key) {
             match lifetime {
@@ -250,6 +264,9 @@ impl ReplicatorCore {
 
     /// Removes the entries whose time without use ran out.
     pub(super) fn expire_due(&mut self) {
+        if !self.config.expiry.is_enabled() {
+            return;
+        }
         while let Some(Reverse((deadline, _))) = self.expiring.peek() {
             if *deadline > self.now {
                 return;
