@@ -3,7 +3,7 @@
 //! * [`ReplicaId`]: who wrote something: a node name plus a per-boot incarnation.
 //! * [`Dot`]: one event of one replica, `(replica, n)`.
 //! * [`VersionVector`]: for each replica, how many of its events have been seen;
-//!   compares as a partial order ([`CausalOrder`]) and finds gaps ([`DotRange`]).
+//!   compares as a partial order ([`CausalOrder`]).
 //! * [`CausalContext`]: a version vector plus the few dots seen out of order, the
 //!   "what have I observed" of the optimised OR-Set and its relatives.
 
@@ -13,6 +13,6 @@ mod replica_id;
 mod version_vector;
 
 pub use context::CausalContext;
-pub use dot::{Dot, DotRange};
+pub use dot::Dot;
 pub use replica_id::ReplicaId;
 pub use version_vector::{CausalOrder, VersionVector};

@@ -27,39 +27,3 @@ impl fmt::Debug for Dot {
         write!(f, "({}, {})", self.replica, self.counter)
     }
 }
-
-/// A contiguous run of one replica's dots, `first..=last`: what a version vector
-/// lacks before it can take a dot in order (see [`VersionVector::gap_before`]).
-///
-/// [`VersionVector::gap_before`]: super::VersionVector::gap_before
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DotRange {
-    /// The replica whose dots are missing.
-    pub replica: ReplicaId,
-    /// The first missing counter.
-    pub first: u64,
-    /// The last missing counter (inclusive).
-    pub last: u64,
-}
-
-impl DotRange {
-    /// Whether `dot` lies in the range.
-    pub fn contains(&self, dot: &Dot) -> bool {
-        dot.replica == self.replica && (self.first..=self.last).contains(&dot.counter)
-    }
-
-    /// How many dots the range spans.
-    pub fn len(&self) -> u64 {
-        self.last.saturating_sub(self.first).saturating_add(1)
-    }
-
-    /// Always false: a range holds at least one dot. Present for API symmetry.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The dots of the range, in order.
-    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
-        (self.first..=self.last).map(|counter| Dot::new(self.replica.clone(), counter))
-    }
-}

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Dot, DotRange, ReplicaId};
+use super::{Dot, ReplicaId};
 
 /// How two version vectors (and so two histories) relate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,35 +165,6 @@ impl VersionVector {
         matches!(self.compare(other), CausalOrder::After | CausalOrder::Equal)
     }
 
-    /// The dots that must be seen before `dot` can be taken in order, if any.
-    ///
-    /// `None` when `dot` is the next event of its replica or was already seen.
-    pub fn gap_before(&self, dot: &Dot) -> Option<DotRange> {
-        let seen = self.get(&dot.replica);
-        (dot.counter > seen.saturating_add(1)).then(|| DotRange {
-            replica: dot.replica.clone(),
-            first: seen + 1,
-            last: dot.counter - 1,
-        })
-    }
-
-    /// The dots `other` has seen and `self` has not, one range per replica, in
-    /// replica order: what a peer holding `other` must send to catch `self` up.
-    pub fn missing_from(&self, other: &VersionVector) -> Vec<DotRange> {
-        other
-            .entries
-            .iter()
-            .filter_map(|(replica, theirs)| {
-                let mine = self.get(replica);
-                (*theirs > mine).then(|| DotRange {
-                    replica: replica.clone(),
-                    first: mine + 1,
-                    last: *theirs,
-                })
-            })
-            .collect()
-    }
-
     /// The entries `(replica, events seen)`, in replica order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&ReplicaId, u64)> + '_ {
         self.entries.iter().map(|(replica, n)| (replica, *n))
@@ -294,40 +265,6 @@ mod tests {
                 && (a.compare(&b) == CausalOrder::Concurrent) == (joined != a && joined != b)
         }
         quickcheck(property as fn(VersionVector, VersionVector) -> bool);
-    }
-
-    #[test]
-    fn taking_the_missing_ranges_catches_up() {
-        fn property(a: VersionVector, b: VersionVector) -> bool {
-            let mut caught_up = a.clone();
-            for range in a.missing_from(&b) {
-                for dot in range.dots() {
-                    if caught_up.gap_before(&dot).is_some() {
-                        return false;
-                    }
-                    caught_up.observe(&dot);
-                }
-            }
-            caught_up.descends(&b) && a.missing_from(&caught_up).is_empty() == a.descends(&b)
-        }
-        quickcheck(property as fn(VersionVector, VersionVector) -> bool);
-    }
-
-    #[test]
-    fn gap_before_names_exactly_the_missing_dots() {
-        let a = replica(0);
-        let mut vv = VersionVector::new();
-        vv.increment(&a);
-        vv.increment(&a);
-        assert_eq!(
-            vv.gap_before(&Dot::new(a.clone(), 3)),
-            None,
-            "next in order"
-        );
-        assert_eq!(vv.gap_before(&Dot::new(a.clone(), 1)), None, "already seen");
-        let gap = vv.gap_before(&Dot::new(a.clone(), 6)).unwrap();
-        assert_eq!((gap.first, gap.last, gap.len()), (3, 5, 3));
-        assert!(gap.contains(&Dot::new(a.clone(), 4)) && !gap.contains(&Dot::new(a, 6)));
     }
 
     #[test]
