@@ -10,9 +10,11 @@
 mod context;
 mod dot;
 mod replica_id;
+mod retired;
 mod version_vector;
 
 pub use context::CausalContext;
 pub use dot::Dot;
 pub use replica_id::ReplicaId;
+pub use retired::Retired;
 pub use version_vector::{CausalOrder, VersionVector};

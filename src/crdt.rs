@@ -107,6 +107,19 @@ pub trait ReplicatedData:
         joined.merge(other);
         joined
     }
+
+    /// Retires the incarnations of `node` below `below` (see
+    /// [`Retired`](crate::Retired)): what they wrote stays in the value, but
+    /// no longer under their own replica ids, so the state stops growing
+    /// with restarts. Later merges carry the retirement to other replicas.
+    ///
+    /// Call it only on a replica that holds everything those incarnations
+    /// wrote, and never write again as one of them: a write of theirs that
+    /// arrives later is ignored. The default does nothing, for types that
+    /// keep no replica ids.
+    fn retire(&mut self, node: &str, below: u64) {
+        let _ = (node, below);
+    }
 }
 
 /// Operation-based mutation: mutators read `&self` and return an operation,

@@ -154,7 +154,7 @@ pub(crate) fn snapshot() -> StoredSnapshot {
 mod tests {
     use super::*;
     use crate::causal::{CausalContext, Dot};
-    use crate::crdt::OpBased;
+    use crate::crdt::{OpBased, ReplicatedData};
     use crate::ddata::wire::{
         bucket_of, digest_of, key_hash, Envelope, Lifetime, PeerMessage, WireChange, WireDelta,
         WireEntry, WireValue,
@@ -193,6 +193,11 @@ mod tests {
         counter.apply(dot);
         counter.apply(counter.increment(&b(), 2));
         pinned_encoding("gcounter", &counter);
+        // Retired incarnations: the counts alone no longer suffice.
+        let mut retired = counter.clone();
+        retired.apply(retired.increment(&ReplicaId::new("node-a", 9), 1));
+        retired.retire("node-a", 9);
+        pinned_encoding("gcounter_retired", &retired);
 
         let mut pn = PNCounter::new();
         let op = pn.change(&a(), -3);
@@ -231,6 +236,9 @@ mod tests {
         pinned_encoding("or_set_remove", &remove);
         set.apply(remove);
         pinned_encoding("or_set", &set);
+        let mut retired = set.clone();
+        retired.retire("node-a", 8);
+        pinned_encoding("or_set_retired", &retired);
 
         let mut map = ORMap::<String, PNCounter>::new();
         let update = map.update(&a(), "k".into(), |counter, writer| {

@@ -56,7 +56,7 @@ mod rng;
 pub mod sled_db;
 mod wall_clock;
 
-pub use causal::{CausalContext, CausalOrder, Dot, ReplicaId, VersionVector};
+pub use causal::{CausalContext, CausalOrder, Dot, ReplicaId, Retired, VersionVector};
 pub use crdt::{
     Clock, DottedValue, Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, MVRegisterOp,
     Member, ORMap, ORMapOp, ORMultiMap, ORSet, ORSetOp, OpBased, PNCounter, PNCounterMap,

@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Dot, ReplicaId, VersionVector};
+use super::{Dot, ReplicaId, Retired, VersionVector};
 
 /// Everything a replica has observed: a version vector for the contiguous prefix
 /// of each replica's dots, plus the few dots seen out of order (the "dot cloud").
@@ -14,12 +14,19 @@ use super::{Dot, ReplicaId, VersionVector};
 /// arrived yet; it folds into the vector as soon as the gap closes, so with state
 /// merges it is empty and with operations it holds only what is in flight.
 ///
+/// Retired incarnations ([`Retired`]) count as fully observed: their entries
+/// and cloud dots are dropped, and each of their dots is contained.
+///
 /// The representation is canonical: equal sets of observed dots give equal values.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "ContextParts")]
 pub struct CausalContext {
     vector: VersionVector,
     cloud: BTreeSet<Dot>,
+    /// Left out of the encoding while empty, so contexts without retired
+    /// incarnations encode as they did before retirement existed.
+    #[serde(default, skip_serializing_if = "Retired::is_empty")]
+    retired: Retired,
 }
 
 impl CausalContext {
@@ -30,7 +37,9 @@ impl CausalContext {
 
     /// Whether `dot` has been observed.
     pub fn contains(&self, dot: &Dot) -> bool {
-        self.vector.contains(dot) || (!self.cloud.is_empty() && self.cloud.contains(dot))
+        self.vector.contains(dot)
+            || (!self.cloud.is_empty() && self.cloud.contains(dot))
+            || self.retired.covers(&dot.replica)
     }
 
     /// The dot a new event of `replica` gets: one past everything observed of it.
@@ -48,7 +57,7 @@ impl CausalContext {
 
     /// Records `dot` as observed.
     pub fn insert(&mut self, dot: Dot) {
-        if self.vector.contains(&dot) {
+        if self.vector.contains(&dot) || self.retired.covers(&dot.replica) {
             return;
         }
         if dot.counter == self.vector.get(&dot.replica) + 1 {
@@ -63,11 +72,34 @@ impl CausalContext {
     /// Adds everything `other` observed.
     pub fn merge(&mut self, other: &CausalContext) {
         self.vector.merge(&other.vector);
-        if self.cloud.is_empty() && other.cloud.is_empty() {
-            return;
+        self.retired.merge(&other.retired);
+        if !self.cloud.is_empty() || !other.cloud.is_empty() {
+            self.cloud.extend(other.cloud.iter().cloned());
+            self.compact();
         }
-        self.cloud.extend(other.cloud.iter().cloned());
-        self.compact();
+        if !self.retired.is_empty() {
+            self.drop_retired();
+        }
+    }
+
+    /// Retires the incarnations of `node` below `below` (see [`Retired`]):
+    /// every dot of theirs counts as observed from now on.
+    pub fn retire(&mut self, node: &str, below: u64) {
+        if self.retired.retire(node, below) {
+            self.drop_retired();
+        }
+    }
+
+    /// The retired incarnations.
+    pub fn retired(&self) -> &Retired {
+        &self.retired
+    }
+
+    /// Drops the entries and cloud dots of retired incarnations.
+    fn drop_retired(&mut self) {
+        let retired = &self.retired;
+        self.vector.retain(|replica| !retired.covers(replica));
+        self.cloud.retain(|dot| !retired.covers(&dot.replica));
     }
 
     /// The contiguous part: for each replica, how many of its first dots are observed.
@@ -85,6 +117,7 @@ impl CausalContext {
         let mut context = Self {
             vector,
             cloud: cloud.into_iter().collect(),
+            retired: Retired::new(),
         };
         context.compact();
         context
@@ -133,11 +166,16 @@ impl CausalContext {
 struct ContextParts {
     vector: VersionVector,
     cloud: Vec<Dot>,
+    #[serde(default)]
+    retired: Retired,
 }
 
 impl From<ContextParts> for CausalContext {
     fn from(parts: ContextParts) -> Self {
-        Self::from_parts(parts.vector, parts.cloud)
+        let mut context = Self::from_parts(parts.vector, parts.cloud);
+        context.retired = parts.retired;
+        context.drop_retired();
+        context
     }
 }
 

@@ -165,6 +165,11 @@ impl VersionVector {
         matches!(self.compare(other), CausalOrder::After | CausalOrder::Equal)
     }
 
+    /// Keeps only the entries of the replicas `keep` accepts.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&ReplicaId) -> bool) {
+        self.entries.retain(|(replica, _)| keep(replica));
+    }
+
     /// The entries `(replica, events seen)`, in replica order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&ReplicaId, u64)> + '_ {
         self.entries.iter().map(|(replica, n)| (replica, *n))

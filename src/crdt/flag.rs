@@ -57,6 +57,10 @@ mod tests {
     use crate::crdt::laws::{self, LawSubject};
 
     impl LawSubject for Flag {
+        fn view(&self) -> String {
+            self.is_on().to_string()
+        }
+
         type Action = bool;
         fn act(&self, _: &ReplicaId, switch: &bool) -> Vec<Flag> {
             if *switch {

@@ -90,6 +90,10 @@ mod tests {
     use crate::crdt::laws::{self, LawSubject};
 
     impl LawSubject for GSet<u8> {
+        fn view(&self) -> String {
+            format!("{:?}", self.iter().collect::<Vec<_>>())
+        }
+
         type Action = u8;
         fn act(&self, _: &ReplicaId, member: &u8) -> Vec<u8> {
             vec![self.insert(*member % 16)]

@@ -31,6 +31,9 @@ pub(crate) trait LawSubject: ReplicatedData + OpBased + Default {
     /// Whether `merged` (= `before ⊔ other`) kept everything `before` observed,
     /// apart from what `other` causally overwrote.
     fn keeps_observations(before: &Self, other: &Self, merged: &Self) -> bool;
+    /// What a user reads of the state, to compare values of states that
+    /// may differ in representation.
+    fn view(&self) -> String;
 }
 
 /// One step of a random multi-replica run.
@@ -287,6 +290,72 @@ pub(crate) fn round_trips<T: LawSubject>(history: History<T::Action>) -> bool {
     report("codec round trip", states_ok && ops_ok)
 }
 
+/// Retiring a dead incarnation changes no replica's value, at any step.
+///
+/// The history runs twice, alike but for retirement. At a step chosen by the
+/// seed, replica 0 restarts empty as a new incarnation of its node; at a
+/// later step, replica 1 merges every replica's state (what a replica must
+/// hold before it retires, everything the dead incarnation wrote) and, in
+/// one of the runs only, retires the dead incarnation. After every step each
+/// replica must read the same in both runs, and so must the merge of all.
+pub(crate) fn retirement_changes_no_value<T: LawSubject>(history: History<T::Action>) -> bool {
+    let n = history.replicas;
+    let steps = history.steps.len();
+    let death = usize::try_from(history.seed % (steps as u64 + 1)).unwrap_or(0);
+    let finality =
+        death + usize::try_from((history.seed >> 20) % ((steps - death) as u64 + 1)).unwrap_or(0);
+    let mut ids: Vec<ReplicaId> = (0..n).map(replica).collect();
+    let mut worlds = [vec![T::default(); n], vec![T::default(); n]];
+    for index in 0..=steps {
+        if index == death {
+            ids[0] = ReplicaId::new(ids[0].node(), ids[0].incarnation() + 1);
+            for states in &mut worlds {
+                states[0] = T::default();
+            }
+        }
+        if index == finality {
+            for (world, states) in worlds.iter_mut().enumerate() {
+                let gathered = merge_all(states.iter()).unwrap_or_default();
+                states[1].merge(&gathered);
+                if world == 1 {
+                    states[1].retire(ids[0].node(), ids[0].incarnation());
+                }
+            }
+        }
+        if let Some(step) = history.steps.get(index) {
+            for states in &mut worlds {
+                match step {
+                    Step::Local { at, action } => {
+                        let state = &mut states[at % n];
+                        for op in state.act(&ids[at % n], action) {
+                            state.apply(op);
+                        }
+                    }
+                    Step::Sync { from, to } => {
+                        let source = states[from % n].clone();
+                        states[to % n].merge(&source);
+                    }
+                }
+            }
+        }
+        let [plain, pruned] = &worlds;
+        if plain.iter().zip(pruned).any(|(a, b)| a.view() != b.view()) {
+            return report("retirement changes no value", false);
+        }
+    }
+    let [plain, pruned] = &worlds;
+    let everything = |states: &Vec<T>| merge_all(states.iter()).map(|s| s.view());
+    let round_trip = pruned.iter().all(|s| {
+        codec::encode(s)
+            .and_then(|bytes| codec::decode::<T>(&bytes))
+            .is_ok_and(|back| &back == s)
+    });
+    report(
+        "retirement changes no value",
+        everything(plain) == everything(pruned),
+    ) && report("a state with retired incarnations round-trips", round_trip)
+}
+
 /// Generates the law tests for one type inside its test module.
 macro_rules! law_tests {
     ($ty:ty) => {
@@ -338,6 +407,13 @@ macro_rules! law_tests {
         #[test]
         fn merge_is_monotonic() {
             quickcheck::quickcheck($crate::crdt::laws::monotonic::<$ty> as fn(LawHistory) -> bool);
+        }
+
+        #[test]
+        fn retiring_a_dead_incarnation_changes_no_value() {
+            quickcheck::quickcheck(
+                $crate::crdt::laws::retirement_changes_no_value::<$ty> as fn(LawHistory) -> bool,
+            );
         }
 
         #[test]

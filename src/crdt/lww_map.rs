@@ -108,6 +108,10 @@ impl<K: Member, V: Payload> ReplicatedData for LWWMap<K, V> {
     fn merge(&mut self, other: &Self) {
         self.map.merge(&other.map);
     }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.map.retire(node, below);
+    }
 }
 
 impl<K: Member, V: Payload> OpBased for LWWMap<K, V> {
@@ -124,6 +128,10 @@ mod tests {
     use crate::crdt::laws::{self, LawSubject};
 
     impl LawSubject for LWWMap<u8, u8> {
+        fn view(&self) -> String {
+            format!("{:?}", self.iter().collect::<Vec<_>>())
+        }
+
         /// `(key, Some(value))` writes with a tiny logical clock, `(key, None)` removes.
         type Action = (u8, Option<(u8, u8)>);
         fn act(&self, replica: &ReplicaId, action: &Self::Action) -> Vec<Self::Op> {

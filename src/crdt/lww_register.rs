@@ -193,6 +193,10 @@ mod tests {
     }
 
     impl LawSubject for LWWRegister<u8> {
+        fn view(&self) -> String {
+            format!("{:?}", self.value())
+        }
+
         type Action = Write;
         fn act(&self, replica: &ReplicaId, write: &Write) -> Vec<Timestamped<u8>> {
             let at = write.timestamp;

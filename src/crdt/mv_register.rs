@@ -120,6 +120,10 @@ impl<T: Payload> ReplicatedData for MVRegister<T> {
         );
         self.context.merge(&other.context);
     }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.context.retire(node, below);
+    }
 }
 
 impl<T: Payload> OpBased for MVRegister<T> {
@@ -142,6 +146,10 @@ mod tests {
     use quickcheck::quickcheck;
 
     impl LawSubject for MVRegister<u8> {
+        fn view(&self) -> String {
+            format!("{:?}", self.values().collect::<Vec<_>>())
+        }
+
         type Action = u8;
         fn act(&self, replica: &ReplicaId, value: &u8) -> Vec<MVRegisterOp<u8>> {
             vec![self.write(replica, *value)]

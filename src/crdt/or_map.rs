@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kernel::{apply_keyed_delta, ensure_unique_dots, merge_keyed, validated, Dotted};
 use super::{Member, OpBased, ReplicatedData};
-use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
+use crate::causal::{CausalContext, Dot, ReplicaId, Retired, VersionVector};
 
 /// An observed-remove map from keys to CRDT values.
 ///
@@ -70,6 +70,18 @@ pub struct DottedValue<V> {
 }
 
 impl<V> DottedValue<V> {
+    /// Retires `retired` in the value's history; the writer's own entry
+    /// stays, as every history must hold it. The value itself is left
+    /// alone: it holds only what its own lineage of updates saw, not all
+    /// the map holds, so a retired incarnation's dots must not count as
+    /// seen in it, and counts of several writers cannot be folded into one
+    /// total when two values of a key hold different ones.
+    fn retire(&mut self, retired: &Retired) {
+        let writer = self.writer();
+        self.history
+            .retain(|replica| !retired.covers(replica) || *replica == writer);
+    }
+
     /// The dot of the update that wrote the value.
     pub fn dot(&self) -> &Dot {
         &self.dot
@@ -425,6 +437,24 @@ impl<K: Member, V: ReplicatedData> ORMap<K, V> {
         self.latest_writes.retain(|_, writes| !writes.is_empty());
     }
 
+    /// Retires, in the values of `key` (of every key if `None`), the
+    /// incarnations this map's context retired. A value under a dot is the
+    /// same on every replica, and must stay so: each replica retires it the
+    /// same way once the retirement reaches it, whatever path it took.
+    fn retire_values(&mut self, key: Option<&K>) {
+        if self.context.retired().is_empty() {
+            return;
+        }
+        let retired = self.context.retired();
+        let values: Box<dyn Iterator<Item = &mut Vec<DottedValue<V>>>> = match key {
+            Some(key) => Box::new(self.entries.get_mut(key).into_iter()),
+            None => Box::new(self.entries.values_mut()),
+        };
+        for dotted in values.flatten() {
+            dotted.retire(retired);
+        }
+    }
+
     /// Forgets what this copy knew of writes to keys it no longer holds: a
     /// writer re-creating such a key starts a new lineage anyway.
     fn forget_absent_keys(&mut self) {
@@ -447,6 +477,12 @@ impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
         );
         self.context.merge(&other.context);
         self.forget_absent_keys();
+        self.retire_values(None);
+    }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.context.retire(node, below);
+        self.retire_values(None);
     }
 }
 
@@ -476,6 +512,7 @@ impl<K: Member, V: ReplicatedData> OpBased for ORMap<K, V> {
                 } else if new_here {
                     self.remember_write(&key, &dot, birth);
                 }
+                self.retire_values(Some(&key));
             }
             ORMapOp::Remove { key, observed } => {
                 apply_keyed_delta(
@@ -542,6 +579,15 @@ mod tests {
 
     /// A map of sets: nested dots make it the hardest composition to get right.
     impl LawSubject for ORMap<u8, ORSet<u8>> {
+        fn view(&self) -> String {
+            format!(
+                "{:?}",
+                self.iter()
+                    .map(|(k, v)| (*k, v.iter().copied().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>()
+            )
+        }
+
         type Action = MapAction;
         fn act(&self, replica: &ReplicaId, action: &MapAction) -> Vec<ORMapOp<u8, ORSet<u8>>> {
             vec![match *action {

@@ -114,6 +114,10 @@ impl<K: Member, V: Member> ReplicatedData for ORMultiMap<K, V> {
     fn merge(&mut self, other: &Self) {
         self.map.merge(&other.map);
     }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.map.retire(node, below);
+    }
 }
 
 impl<K: Member, V: Member> OpBased for ORMultiMap<K, V> {
@@ -130,6 +134,15 @@ mod tests {
     use crate::crdt::laws::{self, LawSubject};
 
     impl LawSubject for ORMultiMap<u8, u8> {
+        fn view(&self) -> String {
+            format!(
+                "{:?}",
+                self.iter()
+                    .map(|(k, v)| (*k, v.iter().copied().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>()
+            )
+        }
+
         /// `(key, Some((value, bind)))` binds or unbinds a value, `(key, None)` removes the key.
         type Action = (u8, Option<(u8, bool)>);
         fn act(&self, replica: &ReplicaId, action: &Self::Action) -> Vec<Self::Op> {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::kernel::{apply_keyed_delta, merge_keyed};
 use super::{Member, OpBased, ReplicatedData};
-use crate::causal::{CausalContext, Dot, ReplicaId, VersionVector};
+use crate::causal::{CausalContext, Dot, ReplicaId, Retired, VersionVector};
 
 /// An add-wins observed-remove set, in its optimised form (Bieniusa et al. 2012).
 ///
@@ -158,6 +158,10 @@ impl<T: Member> ReplicatedData for ORSet<T> {
         );
         self.context.merge(&other.context);
     }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.context.retire(node, below);
+    }
 }
 
 impl<T: Member> OpBased for ORSet<T> {
@@ -199,6 +203,10 @@ struct WireRef<'a, T> {
     vector: Vec<(u32, u64)>,
     cloud: Vec<(u32, u64)>,
     entries: Vec<(&'a T, Vec<(u32, u64)>)>,
+    /// Left out while empty: a set without retired incarnations encodes as
+    /// before retirement existed.
+    #[serde(skip_serializing_if = "Retired::is_empty")]
+    retired: &'a Retired,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +215,8 @@ struct Wire<T> {
     vector: Vec<(u32, u64)>,
     cloud: Vec<(u32, u64)>,
     entries: Vec<(T, Vec<(u32, u64)>)>,
+    #[serde(default)]
+    retired: Retired,
 }
 
 impl<T: Member> Serialize for ORSet<T> {
@@ -218,6 +228,18 @@ impl<T: Member> Serialize for ORSet<T> {
             .map(|(r, _)| r)
             .chain(self.context.cloud().map(|d| &d.replica))
             .collect();
+        // Dots of retired incarnations stay on their elements, outside the
+        // context's entries.
+        let retired = self.context.retired();
+        if !retired.is_empty() {
+            replicas.extend(
+                self.entries
+                    .values()
+                    .flatten()
+                    .map(|dot| &dot.replica)
+                    .filter(|replica| retired.covers(replica)),
+            );
+        }
         replicas.sort_unstable();
         replicas.dedup();
         let index = |replica: &ReplicaId| -> Result<u32, S::Error> {
@@ -249,6 +271,7 @@ impl<T: Member> Serialize for ORSet<T> {
             vector,
             cloud,
             entries,
+            retired,
         }
         .serialize(serializer)
     }
@@ -297,15 +320,24 @@ impl<T: Member> TryFrom<Wire<T>> for ORSet<T> {
             .iter()
             .map(|&entry| dot(entry))
             .collect::<Result<Vec<_>, _>>()?;
-        let context = CausalContext::from_parts(vector, cloud);
+        let mut context = CausalContext::from_parts(vector, cloud);
+        for (node, below) in wire.retired.iter() {
+            context.retire(node, below);
+        }
         let mut cloud = wire.cloud;
         cloud.sort_unstable();
         let seen: Vec<u64> = replicas
             .iter()
             .map(|replica| context.vector().get(replica))
             .collect();
+        let retired: Vec<bool> = replicas
+            .iter()
+            .map(|replica| context.retired().covers(replica))
+            .collect();
         let observed = |(i, counter): (u32, u64)| {
-            counter <= seen[i as usize] || cloud.binary_search(&(i, counter)).is_ok()
+            counter <= seen[i as usize]
+                || cloud.binary_search(&(i, counter)).is_ok()
+                || retired[i as usize]
         };
         let mut all_dots = Vec::with_capacity(wire.entries.len());
         let mut entries: Vec<(T, Vec<Dot>)> = Vec::with_capacity(wire.entries.len());

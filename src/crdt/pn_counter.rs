@@ -84,6 +84,11 @@ impl ReplicatedData for PNCounter {
         self.increments.merge(&other.increments);
         self.decrements.merge(&other.decrements);
     }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.increments.retire(node, below);
+        self.decrements.retire(node, below);
+    }
 }
 
 impl OpBased for PNCounter {
@@ -113,6 +118,10 @@ mod tests {
     }
 
     impl LawSubject for PNCounter {
+        fn view(&self) -> String {
+            self.value().to_string()
+        }
+
         type Action = Change;
         fn act(&self, replica: &ReplicaId, action: &Change) -> Vec<PNCounterOp> {
             vec![self.change(replica, action.0)]

@@ -94,6 +94,10 @@ impl<K: Member> ReplicatedData for PNCounterMap<K> {
     fn merge(&mut self, other: &Self) {
         self.map.merge(&other.map);
     }
+
+    fn retire(&mut self, node: &str, below: u64) {
+        self.map.retire(node, below);
+    }
 }
 
 impl<K: Member> OpBased for PNCounterMap<K> {
@@ -110,6 +114,10 @@ mod tests {
     use crate::crdt::laws::{self, LawSubject};
 
     impl LawSubject for PNCounterMap<u8> {
+        fn view(&self) -> String {
+            format!("{:?}", self.iter().collect::<Vec<_>>())
+        }
+
         /// `(key, Some(delta))` changes a counter, `(key, None)` removes the key.
         type Action = (u8, Option<i8>);
         fn act(&self, replica: &ReplicaId, action: &Self::Action) -> Vec<Self::Op> {

@@ -23,6 +23,10 @@ impl Arbitrary for SetAction {
 }
 
 impl LawSubject for ORSet<u8> {
+    fn view(&self) -> String {
+        format!("{:?}", self.iter().collect::<Vec<_>>())
+    }
+
     type Action = SetAction;
     fn act(&self, replica: &ReplicaId, action: &SetAction) -> Vec<ORSetOp<u8>> {
         vec![match action {
@@ -199,6 +203,7 @@ fn decoding_rejects_dots_outside_the_table_or_the_context() {
         vector: vec![(0, 1)],
         cloud: vec![],
         entries: vec![(1, vec![(5, 1)])],
+        retired: Retired::new(),
     };
     assert!(ORSet::try_from(bad_index)
         .unwrap_err()
@@ -208,6 +213,7 @@ fn decoding_rejects_dots_outside_the_table_or_the_context() {
         vector: vec![(0, 1)],
         cloud: vec![],
         entries: vec![(1, vec![(0, 2)])],
+        retired: Retired::new(),
     };
     assert!(ORSet::try_from(unseen)
         .unwrap_err()
@@ -217,6 +223,7 @@ fn decoding_rejects_dots_outside_the_table_or_the_context() {
         vector: vec![(0, 1)],
         cloud: vec![],
         entries: vec![(1, vec![(0, 1)]), (2, vec![(0, 1)])],
+        retired: Retired::new(),
     };
     assert!(ORSet::try_from(shared).unwrap_err().contains("two entries"));
 }
@@ -229,6 +236,7 @@ fn decoding_rejects_what_the_encoder_never_writes() {
         vector: vec![(0, 1), (1, 1)],
         cloud: vec![],
         entries: vec![(1, vec![(0, 1)]), (2, vec![(1, 1)])],
+        retired: Retired::new(),
     };
     assert!(ORSet::try_from(unsorted_table)
         .unwrap_err()
@@ -238,6 +246,7 @@ fn decoding_rejects_what_the_encoder_never_writes() {
         vector: vec![(0, 1), (1, 1)],
         cloud: vec![],
         entries: vec![(1, vec![(0, 1)]), (2, vec![(1, 1)])],
+        retired: Retired::new(),
     };
     assert!(ORSet::try_from(repeated_replica).is_err());
     for members in [[2, 1], [1, 1]] {
@@ -246,6 +255,7 @@ fn decoding_rejects_what_the_encoder_never_writes() {
             vector: vec![(0, 1), (1, 1)],
             cloud: vec![],
             entries: vec![(members[0], vec![(0, 1)]), (members[1], vec![(1, 1)])],
+            retired: Retired::new(),
         };
         assert!(ORSet::try_from(unsorted)
             .unwrap_err()
