@@ -120,6 +120,16 @@ pub trait ReplicatedData:
     fn retire(&mut self, node: &str, below: u64) {
         let _ = (node, below);
     }
+
+    /// Whether the state holds anything of an incarnation of `node` below
+    /// `below` (an entry, a dot of an element it added) or a retirement of
+    /// `node`: what a replica must gather from every other before it
+    /// retires those incarnations. The default (for types that keep no
+    /// replica ids) says no.
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        let _ = (node, below);
+        false
+    }
 }
 
 /// Operation-based mutation: mutators read `&self` and return an operation,

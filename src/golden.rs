@@ -373,7 +373,7 @@ mod tests {
                         key: "flag".into(),
                         prev: 0,
                         seq: 1,
-                        change: WireChange::State(live),
+                        change: WireChange::State(live.clone()),
                         lifetime: None,
                     }],
                 },
@@ -382,6 +382,31 @@ mod tests {
                 "delta_nack",
                 PeerMessage::DeltaNack {
                     keys: vec!["cart".into()],
+                },
+            ),
+            ("hello", PeerMessage::Hello { replica: b() }),
+            (
+                "retire",
+                PeerMessage::Retire {
+                    node: "node-a".into(),
+                    below: 8,
+                },
+            ),
+            (
+                "retiring",
+                PeerMessage::Retiring {
+                    epoch: 12,
+                    node: "node-a".into(),
+                    below: 8,
+                    answer: 3,
+                    part: 1,
+                    parts: 2,
+                    entries: vec![WireEntry {
+                        key: "cart".into(),
+                        value: live.clone(),
+                        seq: 2,
+                        lifetime: None,
+                    }],
                 },
             ),
         ];

@@ -20,6 +20,10 @@
 //! * no false timeouts: a majority write or read whose deadline falls long
 //!   enough after the network healed (its longest resend wait and a round
 //!   trip) succeeds, whatever it went through before;
+//! * retirement: every restart leaves its node's earlier incarnations dead;
+//!   after healing, each replica must have retired them, no counter or set
+//!   may hold an entry of one, and the values must still be what the
+//!   accepted updates wrote;
 //! * expiry (every odd seed, with clocks skewed by up to 20 ms): keys
 //!   `tmp-*` expire 300 ms after their last use (a write, a delete, a
 //!   read), are written again in new lives and deleted, under all the faults
@@ -93,6 +97,10 @@ fn replicas_converge_under_loss_partitions_and_crashes() {
         );
         assert!(stats.expired > 0, "no key expired: {stats:?}");
         assert!(
+            stats.retirements > 0,
+            "no dead incarnation was retired: {stats:?}"
+        );
+        assert!(
             stats.expired_arrivals > 0,
             "no expired state arrived: {stats:?}"
         );
@@ -120,6 +128,9 @@ struct RunStats {
     /// the end.
     expired: u64,
     expired_arrivals: u64,
+    /// Rounds that retired a restarted node's dead incarnations, on the
+    /// replicas up at the end.
+    retirements: u64,
 }
 
 impl RunStats {
@@ -136,6 +147,7 @@ impl RunStats {
         self.missing_deltas += run.missing_deltas;
         self.expired += run.expired;
         self.expired_arrivals += run.expired_arrivals;
+        self.retirements += run.retirements;
     }
 }
 
@@ -434,6 +446,7 @@ impl Sim {
             self.stats.missing_deltas += stats.missing_deltas;
             self.stats.expired += stats.expired;
             self.stats.expired_arrivals += stats.expired_arrivals;
+            self.stats.retirements += stats.retirements;
         }
     }
 
@@ -1032,6 +1045,19 @@ impl Sim {
         } else {
             format!("keys differ between replicas: {differing:?}")
         };
+        let retiring: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.core
+                    .as_ref()
+                    .is_some_and(|core| core.stats().pending_retirements > 0)
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        if !retiring.is_empty() {
+            divergence += &format!("; still retiring dead incarnations: {retiring:?}");
+        }
         let unexpired: Vec<String> = self
             .all_keys()
             .into_iter()
@@ -1041,6 +1067,34 @@ impl Sim {
             divergence += &format!("; keys that expire still held: {unexpired:?}");
         }
         divergence
+    }
+
+    /// No state holds an entry of a dead incarnation once the rounds are
+    /// done: states do not grow with restarts.
+    fn check_retired(&self, key: &str, value: &dyn ErasedData) -> Result<(), String> {
+        let dead = |replica: &ReplicaId| {
+            self.nodes
+                .iter()
+                .any(|n| n.name == replica.node() && replica.incarnation() < n.incarnation)
+        };
+        let entries: Vec<ReplicaId> =
+            if let Some(counter) = value.as_any().downcast_ref::<GCounter>() {
+                counter.counts().iter().map(|(r, _)| r.clone()).collect()
+            } else if let Some(set) = value.as_any().downcast_ref::<ORSet<u64>>() {
+                set.context()
+                    .vector()
+                    .iter()
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        match entries.iter().find(|replica| dead(replica)) {
+            Some(replica) => Err(format!(
+                "{key} still holds an entry of the dead incarnation {replica}: {value:?}"
+            )),
+            None => Ok(()),
+        }
     }
 
     fn check_final(&self) -> Result<(), String> {
@@ -1066,8 +1120,8 @@ impl Sim {
                             "{key} holds {value:?} though no update was accepted"
                         ));
                     };
-                    let mut joined = reference.clone_erased();
-                    if joined.merge_erased(value) != Some(false) {
+                    self.check_retired(&key, value)?;
+                    if invented(value, reference.as_ref()) {
                         return Err(format!(
                             "{key} converged to {value:?}, which holds more than every accepted update: {reference:?}"
                         ));
@@ -1094,6 +1148,34 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Whether `value` holds anything no accepted update wrote (`reference`
+/// merges them all). Checked on what the sim's types hold, not as states:
+/// a retired state counts a dot lost with its crashed writer as seen, so
+/// the two need not be ordered as states.
+fn invented(value: &dyn ErasedData, reference: &dyn ErasedData) -> bool {
+    if let (Some(value), Some(reference)) = (
+        value.as_any().downcast_ref::<GCounter>(),
+        reference.as_any().downcast_ref::<GCounter>(),
+    ) {
+        return value.value() > reference.value();
+    }
+    if let (Some(value), Some(reference)) = (
+        value.as_any().downcast_ref::<ORSet<u64>>(),
+        reference.as_any().downcast_ref::<ORSet<u64>>(),
+    ) {
+        // Every element's dot is an accepted add (a remove lost in a crash
+        // may leave an element the reference removed).
+        return value.iter().any(|member| {
+            value
+                .dots_of(member)
+                .iter()
+                .any(|dot| !reference.context().contains(dot))
+        });
+    }
+    let mut joined = reference.clone_erased();
+    joined.merge_erased(value) != Some(false)
 }
 
 fn same(a: Lookup<'_>, b: Lookup<'_>) -> bool {

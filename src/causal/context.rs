@@ -83,16 +83,28 @@ impl CausalContext {
     }
 
     /// Retires the incarnations of `node` below `below` (see [`Retired`]):
-    /// every dot of theirs counts as observed from now on.
-    pub fn retire(&mut self, node: &str, below: u64) {
-        if self.retired.retire(node, below) {
+    /// every dot of theirs counts as observed from now on. Says whether
+    /// that raised the context's bound for `node`.
+    pub fn retire(&mut self, node: &str, below: u64) -> bool {
+        let raised = self.retired.retire(node, below);
+        if raised {
             self.drop_retired();
         }
+        raised
     }
 
     /// The retired incarnations.
     pub fn retired(&self) -> &Retired {
         &self.retired
+    }
+
+    /// Whether the context observed a dot of an incarnation of `node` below
+    /// `below`, or retired some of `node`'s incarnations.
+    pub fn mentions(&self, node: &str, below: u64) -> bool {
+        let dead = |replica: &ReplicaId| replica.node() == node && replica.incarnation() < below;
+        self.retired.below(node) > 0
+            || self.vector.iter().any(|(replica, _)| dead(replica))
+            || self.cloud.iter().any(|dot| dead(&dot.replica))
     }
 
     /// Drops the entries and cloud dots of retired incarnations.

@@ -119,6 +119,14 @@ impl ReplicatedData for GCounter {
         self.retired.retire(node, below);
         self.drop_retired();
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.retired.below(node) > 0
+            || self
+                .counts
+                .iter()
+                .any(|(replica, _)| replica.node() == node && replica.incarnation() < below)
+    }
 }
 
 impl OpBased for GCounter {

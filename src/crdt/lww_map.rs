@@ -112,6 +112,10 @@ impl<K: Member, V: Payload> ReplicatedData for LWWMap<K, V> {
     fn retire(&mut self, node: &str, below: u64) {
         self.map.retire(node, below);
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.map.mentions(node, below)
+    }
 }
 
 impl<K: Member, V: Payload> OpBased for LWWMap<K, V> {

@@ -124,6 +124,14 @@ impl<T: Payload> ReplicatedData for MVRegister<T> {
     fn retire(&mut self, node: &str, below: u64) {
         self.context.retire(node, below);
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.context.mentions(node, below)
+            || self
+                .values
+                .iter()
+                .any(|(dot, _)| dot.replica.node() == node && dot.replica.incarnation() < below)
+    }
 }
 
 impl<T: Payload> OpBased for MVRegister<T> {

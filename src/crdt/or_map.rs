@@ -481,8 +481,16 @@ impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
     }
 
     fn retire(&mut self, node: &str, below: u64) {
-        self.context.retire(node, below);
-        self.retire_values(None);
+        if self.context.retire(node, below) {
+            self.retire_values(None);
+        }
+    }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.context.mentions(node, below)
+            || self.entries.values().flatten().any(|dotted| {
+                dotted.dot.replica.node() == node && dotted.dot.replica.incarnation() < below
+            })
     }
 }
 

@@ -118,6 +118,10 @@ impl<K: Member, V: Member> ReplicatedData for ORMultiMap<K, V> {
     fn retire(&mut self, node: &str, below: u64) {
         self.map.retire(node, below);
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.map.mentions(node, below)
+    }
 }
 
 impl<K: Member, V: Member> OpBased for ORMultiMap<K, V> {

@@ -162,6 +162,15 @@ impl<T: Member> ReplicatedData for ORSet<T> {
     fn retire(&mut self, node: &str, below: u64) {
         self.context.retire(node, below);
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.context.mentions(node, below)
+            || self
+                .entries
+                .values()
+                .flatten()
+                .any(|dot| dot.replica.node() == node && dot.replica.incarnation() < below)
+    }
 }
 
 impl<T: Member> OpBased for ORSet<T> {

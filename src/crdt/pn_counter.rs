@@ -89,6 +89,10 @@ impl ReplicatedData for PNCounter {
         self.increments.retire(node, below);
         self.decrements.retire(node, below);
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.increments.mentions(node, below) || self.decrements.mentions(node, below)
+    }
 }
 
 impl OpBased for PNCounter {

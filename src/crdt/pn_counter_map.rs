@@ -98,6 +98,10 @@ impl<K: Member> ReplicatedData for PNCounterMap<K> {
     fn retire(&mut self, node: &str, below: u64) {
         self.map.retire(node, below);
     }
+
+    fn mentions(&self, node: &str, below: u64) -> bool {
+        self.map.mentions(node, below)
+    }
 }
 
 impl<K: Member> OpBased for PNCounterMap<K> {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::causal::ReplicaId;
+use crate::causal::{ReplicaId, Retired};
 use crate::crdt::ReplicatedData;
 use crate::error::{catch_panic, Error, Result};
 
@@ -35,6 +35,7 @@ mod deltas;
 mod expiry;
 mod remote;
 mod requests;
+mod retirement;
 #[cfg(test)]
 mod tests;
 
@@ -285,6 +286,12 @@ pub struct CoreStats {
     pub expired: u64,
     /// States from peers ignored because they had expired already.
     pub expired_arrivals: u64,
+    /// Rounds that retired a node's dead incarnations here (see
+    /// [`ReplicatedData::retire`](crate::ReplicatedData::retire)).
+    pub retirements: u64,
+    /// Retirement rounds under way (one per node with dead incarnations
+    /// not retired here yet); a round waits for every member to answer.
+    pub pending_retirements: usize,
     /// Listeners subscribed to changes, over all keys. Kept by the
     /// Replicator actor, which drops a listener that stopped when it next
     /// has a change for it; 0 from a core without one.
@@ -535,6 +542,12 @@ pub struct ReplicatorCore {
     now: u64,
     /// Keys that may expire, by the earliest time they may (see `expiry`).
     expiring: BinaryHeap<Reverse<(u64, String)>>,
+    /// Rounds under way to retire nodes' dead incarnations, by node name
+    /// (see `retirement`), and the incarnations retired here.
+    retiring: BTreeMap<String, retirement::Round>,
+    retired: Retired,
+    /// Answers given to retirement rounds, to number them.
+    answers: u64,
     stats: CoreStats,
     out: Vec<Effect>,
 }
@@ -558,6 +571,9 @@ impl ReplicatorCore {
             pushes: 0,
             now: 0,
             expiring: BinaryHeap::new(),
+            retiring: BTreeMap::new(),
+            retired: Retired::new(),
+            answers: 0,
             node: node.into(),
             replica,
             config,
@@ -579,9 +595,12 @@ impl ReplicatorCore {
         }
     }
 
-    /// Starts the gossip timer. Call once, before anything else.
+    /// Starts the gossip timer. Call once, before anything else. This
+    /// node's earlier incarnations are dead: a round to retire them begins.
     pub fn start(&mut self) -> Vec<Effect> {
         self.schedule(Timer::Gossip, self.config.gossip_interval);
+        let replica = self.replica.clone();
+        self.plan_retirement(replica.node(), replica.incarnation());
         self.take_effects()
     }
 
@@ -609,6 +628,7 @@ impl ReplicatorCore {
     pub fn stats(&self) -> CoreStats {
         CoreStats {
             keys: self.entries.len(),
+            pending_retirements: self.retiring.len(),
             ..self.stats.clone()
         }
     }
@@ -894,6 +914,8 @@ impl ReplicatorCore {
         self.removed.remove(peer);
         let was_reachable = self.peers.insert(peer.to_string(), true);
         if was_reachable != Some(true) {
+            let replica = self.replica.clone();
+            self.send(peer, PeerMessage::Hello { replica });
             if self.node.as_str() < peer {
                 self.send_summary(peer);
             }

@@ -35,6 +35,11 @@ pub trait ErasedData: Any + Debug + Send + Sync {
     fn encode_erased(&self) -> Result<Vec<u8>>;
     /// Equality across the erasure; values of different types are unequal.
     fn eq_erased(&self, other: &dyn ErasedData) -> bool;
+    /// [`ReplicatedData::mentions`] across the erasure.
+    fn mentions_erased(&self, node: &str, below: u64) -> bool;
+    /// [`ReplicatedData::retire`] across the erasure, if the value mentions
+    /// those incarnations; says whether it did.
+    fn retire_erased(&mut self, node: &str, below: u64) -> bool;
 }
 
 /// `value` behind the trait object the Replicator holds.
@@ -78,6 +83,18 @@ impl<T: ReplicatedData> ErasedData for Shared<T> {
 
     fn encode_erased(&self) -> Result<Vec<u8>> {
         codec::encode(&*self.0)
+    }
+
+    fn mentions_erased(&self, node: &str, below: u64) -> bool {
+        self.0.mentions(node, below)
+    }
+
+    fn retire_erased(&mut self, node: &str, below: u64) -> bool {
+        if !self.0.mentions(node, below) {
+            return false;
+        }
+        Arc::<T>::make_mut(&mut self.0).retire(node, below);
+        true
     }
 
     fn eq_erased(&self, other: &dyn ErasedData) -> bool {

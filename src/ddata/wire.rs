@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+
+use crate::causal::ReplicaId;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The ractor variant name every Replicator message travels under. Peer
@@ -134,6 +136,45 @@ pub enum PeerMessage {
     DeltaNack {
         /// The key names.
         keys: Vec<String>,
+    },
+    /// The replica id the sender writes under, told to a peer that came up:
+    /// every earlier incarnation of its node is dead, and may be retired
+    /// (see [`Retire`](Self::Retire)).
+    Hello {
+        /// The sender's replica id.
+        replica: ReplicaId,
+    },
+    /// Retirement, first step: asks for the states of every key that
+    /// mentions an incarnation of `node` below `below` (an entry, a dot, a
+    /// retirement of `node`). A replica that has them from every member
+    /// holds all those dead incarnations wrote, and retires them.
+    Retire {
+        /// The node whose earlier incarnations are dead.
+        node: String,
+        /// Its incarnation now.
+        below: u64,
+    },
+    /// Retirement, second step: the states asked for by a
+    /// [`Retire`](Self::Retire), in `parts` messages (at least one, empty
+    /// if no key mentions them); the asker is answered once it has every
+    /// part.
+    Retiring {
+        /// The sender's delta epoch (see [`Deltas`](Self::Deltas)).
+        epoch: u64,
+        /// The node asked about.
+        node: String,
+        /// The bound asked about.
+        below: u64,
+        /// Which answer of the sender's this is part of: an answer counts
+        /// once all its parts arrived, not parts of two answers.
+        answer: u64,
+        /// This message's number, from 0.
+        part: u32,
+        /// How many messages the answer takes.
+        parts: u32,
+        /// The states.
+        #[serde(with = "packed_entries")]
+        entries: Vec<WireEntry>,
     },
 }
 
@@ -366,6 +407,13 @@ impl PeerMessage {
                     + keys.iter().map(|key| digest_budget(key)).sum::<usize>()
             }
             Self::DeltaNack { keys } => keys.iter().map(|key| digest_budget(key)).sum(),
+            Self::Hello { replica } => digest_budget(replica.node()) + 2 * HASH_BUDGET,
+            Self::Retire { node, .. } => digest_budget(node),
+            Self::Retiring { node, entries, .. } => {
+                digest_budget(node)
+                    + 3 * HASH_BUDGET
+                    + entries.iter().map(WireEntry::budget).sum::<usize>()
+            }
             Self::Summary { groups } => HASH_BUDGET * groups.len(),
             // Each pair also has a one-byte array header.
             Self::Buckets { hashes } => (BUCKET_BUDGET + HASH_BUDGET + 1) * hashes.len(),

@@ -40,6 +40,19 @@ impl ReplicatorCore {
             PeerMessage::Request { keys, buckets } => self.request_received(from, keys, buckets),
             PeerMessage::Deltas { epoch, deltas } => self.receive_deltas(from, epoch, deltas),
             PeerMessage::DeltaNack { keys } => self.delta_nacked(from, keys),
+            PeerMessage::Hello { replica } => {
+                self.plan_retirement(replica.node(), replica.incarnation())
+            }
+            PeerMessage::Retire { node, below } => self.retire_asked(from, &node, below),
+            PeerMessage::Retiring {
+                epoch,
+                node,
+                below,
+                answer,
+                part,
+                parts,
+                entries,
+            } => self.retiring_received(from, epoch, &node, below, answer, part, parts, entries),
         }
         self.take_effects()
     }
@@ -51,6 +64,7 @@ impl ReplicatorCore {
                 self.round += 1;
                 self.schedule(Timer::Gossip, self.config.gossip_interval);
                 self.expire_due();
+                self.drive_retirements();
                 self.gossip_round();
             }
             Timer::Push => self.push(),
@@ -64,7 +78,7 @@ impl ReplicatorCore {
     /// Merges a state from `from`: it covers `from`'s deltas of its key up to
     /// the entry's number. A rejected entry is logged and counted and changes
     /// nothing.
-    fn merge_remote(&mut self, from: &str, epoch: u64, entry: WireEntry) {
+    pub(super) fn merge_remote(&mut self, from: &str, epoch: u64, entry: WireEntry) {
         let WireEntry {
             key,
             value,

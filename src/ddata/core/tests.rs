@@ -1034,3 +1034,4 @@ fn a_removed_peer_no_longer_counts_and_losing_sight_of_it_does_not_restore_it() 
 }
 
 mod expiry;
+mod retirement;
