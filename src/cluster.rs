@@ -50,6 +50,9 @@ const MEMBERSHIP_NAME_PREFIX: &str = "ractor_replicated.membership@";
 /// How many closed connection labels the membership actor remembers (see
 /// `MembershipState::closed`).
 const CLOSED_REMEMBERED: usize = 256;
+/// How long a node that lost its last session stays up, waiting for a
+/// session that replaces it (see `MembershipState::leaving`).
+const DOWN_GRACE: Duration = Duration::from_millis(250);
 
 /// How to run one node of a cluster.
 #[derive(Clone, Debug)]
@@ -150,7 +153,8 @@ pub enum MemberEvent {
     /// (process groups) are visible here.
     Up(String),
     /// Node `0` is no longer connected: it stopped, the link broke, or it
-    /// stayed silent past the heartbeat timeout. It may come back.
+    /// stayed silent past the heartbeat timeout, and no new session
+    /// replaced the last one within 250 ms. It may come back.
     Down(String),
     /// Node `0` left the cluster for good ([`ClusterNode::remove_member`]).
     Removed(String),
@@ -542,6 +546,12 @@ struct MembershipState {
     subscribers: Vec<Deliver>,
     /// Nodes removed from the cluster and not connected since.
     removed: BTreeSet<String>,
+    /// Nodes up that lost their last session, since when. One stays up for
+    /// `DOWN_GRACE`: ractor delivers a session's end ahead of the messages
+    /// it sent before, so when a session replaces a duplicate, the old
+    /// one's Closed can arrive before the new one's Authenticated, and the
+    /// node would flap down and up (seen under load).
+    leaving: HashMap<String, Instant>,
     /// Nodes that came up and have not been told of `removed` yet.
     newcomers: Vec<String>,
 }
@@ -552,19 +562,28 @@ impl MembershipState {
     }
 
     /// Publishes the nodes that came up or went down since last time. A
-    /// node is up from its first ready session until it has no
-    /// authenticated one left: when ractor_cluster replaces a duplicate
-    /// session, the new one authenticates before the old one closes, so the
-    /// node does not flap.
+    /// node is up from its first ready session until it has had no
+    /// authenticated one for `DOWN_GRACE`: when ractor_cluster replaces a
+    /// duplicate session, the new one authenticates before the old one
+    /// closes, but the events may arrive the other way round.
     fn publish_changes(&mut self) {
         let before = self.connected.borrow().clone();
         let still: BTreeSet<&String> = self.authenticated.values().collect();
-        let now: BTreeSet<String> = self
+        let mut now: BTreeSet<String> = self
             .ready
             .values()
             .cloned()
             .chain(before.iter().filter(|node| still.contains(node)).cloned())
             .collect();
+        self.leaving
+            .retain(|node, _| before.contains(node) && !now.contains(node));
+        let at = Instant::now();
+        for node in before.difference(&now).cloned().collect::<Vec<_>>() {
+            let since = *self.leaving.entry(node.clone()).or_insert(at);
+            if at.duration_since(since) < DOWN_GRACE {
+                now.insert(node);
+            }
+        }
         if now == before {
             return;
         }
@@ -762,6 +781,7 @@ impl Actor for Membership {
             authenticated: HashMap::new(),
             ready: HashMap::new(),
             closed: VecDeque::new(),
+            leaving: HashMap::new(),
             connected,
             subscribers: Vec::new(),
             removed: BTreeSet::new(),
@@ -862,6 +882,8 @@ fn tell_membership(sessions: &Sessions, to: Option<&str>, message: impl Fn() -> 
 }
 
 async fn tick(myself: &ActorRef<MembershipMessage>, state: &mut MembershipState) {
+    // Nodes whose grace ran out go down.
+    state.publish_changes();
     let now = Instant::now();
     state
         .connections
