@@ -279,6 +279,8 @@ impl Sim {
             // Small messages force digests and entries to be split.
             max_message_bytes: 1_100 + rng.below(2_000) as usize,
             resend_interval: Duration::from_millis(rng.between(10, 60)),
+            // Every node is listed from the start (`boot`).
+            retire_incarnations: true,
             ..CoreConfig::default()
         };
         let loss = [0.0, 0.02, 0.1, 0.3][rng.below(4) as usize];

@@ -82,6 +82,16 @@ pub struct CoreConfig {
     /// are kept. Default: nothing expires. Expiry needs the wall-clock time
     /// ([`ReplicatorCore::advance_clock`]).
     pub expiry: Expiry,
+    /// Whether to retire the dead incarnations of restarted nodes (see
+    /// [`ReplicatedData::retire`](crate::ReplicatedData::retire)), so that
+    /// states stop growing with restarts. A retirement round waits for
+    /// every member the core knows; one it does not know yet could hold
+    /// what a dead incarnation wrote, and that would be lost. So turn it on
+    /// only with every node listed from the start
+    /// ([`ReplicatorConfig::with_members`](super::ReplicatorConfig::with_members),
+    /// or [`ReplicatorCore::peer_down`] for each before anything else).
+    /// Default: off.
+    pub retire_incarnations: bool,
 }
 
 /// The smallest message budget: an anti-entropy summary must fit in one
@@ -98,6 +108,7 @@ impl Default for CoreConfig {
             resend_interval: Duration::from_millis(200),
             durable: KeySelection::None,
             expiry: Expiry::never(),
+            retire_incarnations: false,
         }
     }
 }

@@ -325,7 +325,17 @@ impl Actor for Restarter {
         drop(event);
         if stopped {
             restarts.fetch_add(1, Ordering::SeqCst);
-            spawn(myself.get_cell()).await?;
+            // As a supervisor should: the stopped child's name or store may
+            // be held a moment longer on a busy machine.
+            let mut attempt = 0;
+            while let Err(err) = spawn(myself.get_cell()).await {
+                attempt += 1;
+                eprintln!("restart attempt {attempt} failed: {err}");
+                if attempt == 10 {
+                    return Err(err);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         Ok(())
     }

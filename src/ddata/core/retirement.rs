@@ -13,7 +13,9 @@
 //! ([`PeerMessage::Retiring`]), and once every member answered in full it
 //! retires those incarnations in every key that mentions them. The round
 //! waits for a member that is down, as a majority does; a removed member
-//! no longer counts. Merges then carry the retirement to the replicas that
+//! no longer counts. A member the core does not know at all cannot be
+//! waited for, hence `CoreConfig::retire_incarnations` is for listed
+//! members only. Merges then carry the retirement to the replicas that
 //! have not run their own round yet.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,7 +61,8 @@ impl ReplicatorCore {
     /// Plans a round for the incarnations of `node` below `below`, unless
     /// one reaching as far is planned or done.
     pub(super) fn plan_retirement(&mut self, node: &str, below: u64) {
-        if below <= self.retired.below(node)
+        if !self.config.retire_incarnations
+            || below <= self.retired.below(node)
             || self
                 .retiring
                 .get(node)

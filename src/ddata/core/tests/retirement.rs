@@ -6,6 +6,33 @@ use super::*;
 /// through the codec, until all are quiet.
 struct Net {
     cores: Vec<ReplicatorCore>,
+    /// What a restarted core runs with.
+    config: CoreConfig,
+}
+
+fn retiring() -> CoreConfig {
+    CoreConfig {
+        retire_incarnations: true,
+        ..CoreConfig::default()
+    }
+}
+
+/// Cores that know each other from the start and retire dead incarnations.
+fn members(names: &[&str]) -> Net {
+    let cores = names
+        .iter()
+        .map(|name| {
+            let mut core = core(name, retiring());
+            for peer in names.iter().filter(|peer| *peer != name) {
+                core.peer_up(peer);
+            }
+            core
+        })
+        .collect();
+    Net {
+        cores,
+        config: retiring(),
+    }
 }
 
 impl Net {
@@ -52,7 +79,7 @@ impl Net {
             name,
             ReplicaId::new(name, incarnation),
             Arc::new(TypeRegistry::with_builtins()),
-            CoreConfig::default(),
+            self.config.clone(),
             incarnation,
         );
         fresh.start();
@@ -81,9 +108,7 @@ fn dead_counts(counter: &GCounter, node: &str, below: u64) -> usize {
 
 #[test]
 fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay() {
-    let mut net = Net {
-        cores: connected(&["a", "b", "c"]),
-    };
+    let mut net = members(&["a", "b", "c"]);
     let hits: Key<GCounter> = Key::new("hits");
     let cart: Key<ORSet<String>> = Key::new("cart");
     for incarnation in 2..=4 {
@@ -126,9 +151,7 @@ fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay()
 
 #[test]
 fn a_round_waits_for_a_member_that_is_down() {
-    let mut net = Net {
-        cores: connected(&["a", "b", "c"]),
-    };
+    let mut net = members(&["a", "b", "c"]);
     let hits: Key<GCounter> = Key::new("hits");
     let effects = increment(&mut net.cores[2], &hits, WriteConsistency::Local);
     net.pump(2, effects);
@@ -150,4 +173,22 @@ fn a_round_waits_for_a_member_that_is_down() {
     let counter = net.cores[0].get(&hits).unwrap().unwrap();
     assert_eq!(dead_counts(counter, "c", 2), 0);
     assert_eq!(counter.value(), 1);
+}
+
+#[test]
+fn without_listed_members_nothing_is_retired() {
+    let mut net = Net {
+        cores: connected(&["a", "b", "c"]),
+        config: CoreConfig::default(),
+    };
+    let hits: Key<GCounter> = Key::new("hits");
+    let effects = increment(&mut net.cores[2], &hits, WriteConsistency::Local);
+    net.pump(2, effects);
+    net.restart("c", 2);
+    net.gossip(12);
+    for core in &net.cores[..2] {
+        assert_eq!(core.stats().retirements, 0);
+        let counter = core.get(&hits).unwrap().unwrap();
+        assert_eq!(dead_counts(counter, "c", 2), 1);
+    }
 }
