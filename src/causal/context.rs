@@ -101,7 +101,7 @@ impl CausalContext {
     /// Whether the context observed a dot of an incarnation of `node` below
     /// `below`, or retired some of `node`'s incarnations.
     pub fn mentions(&self, node: &str, below: u64) -> bool {
-        let dead = |replica: &ReplicaId| replica.node() == node && replica.incarnation() < below;
+        let dead = |replica: &ReplicaId| replica.is_earlier_incarnation_of(node, below);
         self.retired.below(node) > 0
             || self.vector.iter().any(|(replica, _)| dead(replica))
             || self.cloud.iter().any(|dot| dead(&dot.replica))

@@ -95,6 +95,12 @@ impl ReplicaId {
         self.incarnation
     }
 
+    /// Whether this identity (or the child identity of one) belongs to an
+    /// incarnation of `node` below `below`: one a later boot left dead.
+    pub fn is_earlier_incarnation_of(&self, node: &str, below: u64) -> bool {
+        self.incarnation < below && &*self.node == node
+    }
+
     /// The identity this replica writes with inside the value that a map
     /// created for it at `birth` (the counter of the map update that started
     /// the value's lineage). Distinct for every `birth`, and from every

@@ -111,7 +111,7 @@ impl ReplicatedData for GCounter {
         }
         let mut total = self.retired_total(node);
         for (replica, n) in self.counts.iter() {
-            if replica.node() == node && replica.incarnation() < below {
+            if replica.is_earlier_incarnation_of(node, below) {
                 total = total.saturating_add(n);
             }
         }
@@ -125,7 +125,7 @@ impl ReplicatedData for GCounter {
             || self
                 .counts
                 .iter()
-                .any(|(replica, _)| replica.node() == node && replica.incarnation() < below)
+                .any(|(replica, _)| replica.is_earlier_incarnation_of(node, below))
     }
 }
 

@@ -130,7 +130,7 @@ impl<T: Payload> ReplicatedData for MVRegister<T> {
             || self
                 .values
                 .iter()
-                .any(|(dot, _)| dot.replica.node() == node && dot.replica.incarnation() < below)
+                .any(|(dot, _)| dot.replica.is_earlier_incarnation_of(node, below))
     }
 }
 

@@ -488,9 +488,11 @@ impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
 
     fn mentions(&self, node: &str, below: u64) -> bool {
         self.context.mentions(node, below)
-            || self.entries.values().flatten().any(|dotted| {
-                dotted.dot.replica.node() == node && dotted.dot.replica.incarnation() < below
-            })
+            || self
+                .entries
+                .values()
+                .flatten()
+                .any(|dotted| dotted.dot.replica.is_earlier_incarnation_of(node, below))
     }
 }
 

@@ -169,7 +169,7 @@ impl<T: Member> ReplicatedData for ORSet<T> {
                 .entries
                 .values()
                 .flatten()
-                .any(|dot| dot.replica.node() == node && dot.replica.incarnation() < below)
+                .any(|dot| dot.replica.is_earlier_incarnation_of(node, below))
     }
 }
 

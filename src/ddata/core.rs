@@ -295,7 +295,8 @@ pub struct CoreStats {
     /// Keys removed after their time without use, tombstones included (see
     /// [`Expiry`]).
     pub expired: u64,
-    /// States from peers ignored because they had expired already.
+    /// States ignored because they had expired already: from peers, or
+    /// from the durable store at start.
     pub expired_arrivals: u64,
     /// Rounds that retired a node's dead incarnations here (see
     /// [`ReplicatedData::retire`](crate::ReplicatedData::retire)).

@@ -102,7 +102,7 @@ fn dead_counts(counter: &GCounter, node: &str, below: u64) -> usize {
     counter
         .counts()
         .iter()
-        .filter(|(replica, _)| replica.node() == node && replica.incarnation() < below)
+        .filter(|(replica, _)| replica.is_earlier_incarnation_of(node, below))
         .count()
 }
 
