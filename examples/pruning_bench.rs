@@ -1,20 +1,22 @@
-//! What retiring dead incarnations buys: the size of a counter and of a set
-//! after many restarts of the nodes that write them. Prints JSON.
+//! What retiring dead incarnations buys: the size of a counter, a set and a
+//! map of counters after many restarts of the nodes that write them. Prints
+//! JSON.
 //!
 //! `cargo run --release --example pruning_bench`
 //!
 //! Three nodes take turns restarting, each time empty and under a new
 //! incarnation (a node without a durable store). Between two restarts every
-//! node increments a `GCounter` once and adds an element to an `ORSet`
+//! node increments a `GCounter` once, adds an element to an `ORSet`
 //! (removing its element from three rounds before, so the set holds about
-//! ten elements), and the replicas exchange their states until they agree.
-//! With retirement, after each restart the states (which by then hold
-//! everything the dead incarnation wrote) retire the node's earlier
-//! incarnations. Reported after 10, 100 and 1,000 restarts: each state's
+//! ten elements) and increments one of four keys of a `PNCounterMap`, and
+//! the replicas exchange their states until they agree. With retirement,
+//! after each restart the states (which by then hold everything the dead
+//! incarnation wrote) retire the node's earlier incarnations; the map
+//! settles its values too (they are alike on every replica). Reported after 10, 100 and 1,000 restarts: each state's
 //! encoded size, its live replica entries, and its value, which must be the
 //! same with and without retirement.
 
-use ractor_replicated::{codec, GCounter, ORSet, OpBased, ReplicaId, ReplicatedData};
+use ractor_replicated::{codec, GCounter, ORSet, OpBased, PNCounterMap, ReplicaId, ReplicatedData};
 use serde_json::{json, Value};
 
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
@@ -24,6 +26,7 @@ struct Cluster {
     incarnations: [u64; 3],
     counters: Vec<GCounter>,
     sets: Vec<ORSet<String>>,
+    maps: Vec<PNCounterMap<u64>>,
 }
 
 impl Cluster {
@@ -33,6 +36,7 @@ impl Cluster {
             incarnations: [1; 3],
             counters: vec![GCounter::new(); 3],
             sets: vec![ORSet::new(); 3],
+            maps: vec![PNCounterMap::new(); 3],
         }
     }
 
@@ -51,6 +55,8 @@ impl Cluster {
             if let Some(old) = round.checked_sub(3) {
                 set.apply(set.remove(&format!("{name}-{old}")));
             }
+            let map = &mut self.maps[node];
+            map.apply(map.increment(&me, (round + node as u64) % 4, 1));
         }
         self.agree();
     }
@@ -60,6 +66,8 @@ impl Cluster {
         let set = merge_all(&self.sets);
         self.counters = vec![counter; NODES.len()];
         self.sets = vec![set; NODES.len()];
+        let map = merge_all(&self.maps);
+        self.maps = vec![map; NODES.len()];
     }
 
     /// `node` restarts empty under a new incarnation; once the others hold
@@ -68,6 +76,7 @@ impl Cluster {
         self.incarnations[node] += 1;
         self.counters[node] = GCounter::new();
         self.sets[node] = ORSet::new();
+        self.maps[node] = PNCounterMap::new();
         self.agree();
         if self.retire {
             let below = self.incarnations[node];
@@ -77,11 +86,15 @@ impl Cluster {
             for set in &mut self.sets {
                 set.retire(NODES[node], below);
             }
+            let elsewhere = self.maps[0].unsettled(NODES[node], below);
+            for map in &mut self.maps {
+                map.retire_settled(NODES[node], below, &elsewhere);
+            }
         }
     }
 
     fn report(&self, restarts: u64) -> Value {
-        let (counter, set) = (&self.counters[0], &self.sets[0]);
+        let (counter, set, map) = (&self.counters[0], &self.sets[0], &self.maps[0]);
         json!({
             "restarts": restarts,
             "retire": self.retire,
@@ -91,6 +104,8 @@ impl Cluster {
             "orset_bytes": codec::encode(set).expect("encodes").len(),
             "orset_context_entries": set.context().vector().len(),
             "orset_elements": set.len(),
+            "pncountermap_bytes": codec::encode(map).expect("encodes").len(),
+            "pncountermap_total": map.iter().map(|(_, n)| n).sum::<i128>().to_string(),
         })
     }
 }

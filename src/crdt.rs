@@ -17,6 +17,8 @@ use std::fmt::Debug;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::causal::Dot;
+
 mod flag;
 mod gcounter;
 mod gset;
@@ -129,6 +131,35 @@ pub trait ReplicatedData:
     fn mentions(&self, node: &str, below: u64) -> bool {
         let _ = (node, below);
         false
+    }
+
+    /// The dots of the nested values that [`retire`](Self::retire) leaves
+    /// as they are and [`retire_settled`](Self::retire_settled) would
+    /// change: values in a map entry that hold something of an incarnation
+    /// of `node` below `below`. The default (for types that nest no values)
+    /// names none.
+    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
+        let _ = (node, below);
+        Vec::new()
+    }
+
+    /// Retires as [`retire`](Self::retire) does, and also inside the nested
+    /// values that are settled: the one value of a map entry that holds
+    /// something of those incarnations, provided every dot in `elsewhere`
+    /// is one of this state's [`unsettled`](Self::unsettled) values.
+    ///
+    /// `retire` cannot reach into nested values: a value holds only what its
+    /// own line of updates saw, and two values of an entry (concurrent
+    /// updates, or a copy elsewhere of one this replica removed) may hold
+    /// different parts of what a dead incarnation wrote, which folding each
+    /// on its own would lose. A value is settled when no replica holds or
+    /// can build on another such value, so pass in `elsewhere` what
+    /// `unsettled` named on every other replica, taken after the
+    /// incarnations died and with the conditions of `retire`. Settled
+    /// values then spread by merge. The default retires.
+    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
+        let _ = elsewhere;
+        self.retire(node, below);
     }
 }
 

@@ -13,7 +13,17 @@ use crate::causal::{CausalContext, Dot};
 
 /// Something tagged with a dot: a bare `Dot` (ORSet) or `(Dot, value)`.
 pub(crate) trait Dotted: Clone {
+    /// Whether two copies under one dot may differ: a map's value settled
+    /// on one replica (see `ReplicatedData::retire_settled`) and not yet
+    /// on another. Only retirement makes them differ.
+    const COPIES_MAY_DIFFER: bool = false;
+
     fn dot(&self) -> &Dot;
+
+    /// Joins another copy under the same dot into this one.
+    fn join_copy(&mut self, other: &Self) {
+        let _ = other;
+    }
 }
 
 impl Dotted for Dot {
@@ -35,9 +45,17 @@ pub(crate) fn merge_dotted<E: Dotted>(
     theirs: &[E],
     their_context: &CausalContext,
 ) {
-    // Entries under the same dot are identical everywhere, so equal dots mean
-    // equal entries: the common converged case needs no work.
+    // Entries under the same dot are identical everywhere (but for
+    // retirement), so equal dots mean equal entries: the common converged
+    // case needs no work.
+    let join_copies = E::COPIES_MAY_DIFFER
+        && !(my_context.retired().is_empty() && their_context.retired().is_empty());
     if mine.len() == theirs.len() && mine.iter().zip(theirs).all(|(a, b)| a.dot() == b.dot()) {
+        if join_copies {
+            mine.iter_mut()
+                .zip(theirs)
+                .for_each(|(a, b)| a.join_copy(b));
+        }
         return;
     }
     let mut merged = Vec::with_capacity(mine.len().max(theirs.len()));
@@ -61,8 +79,13 @@ pub(crate) fn merge_dotted<E: Dotted>(
                     .cloned(),
             ),
             Ordering::Equal => {
-                merged.extend(left.next());
-                right.next();
+                let (Some(mut entry), Some(copy)) = (left.next(), right.next()) else {
+                    break;
+                };
+                if join_copies {
+                    entry.join_copy(copy);
+                }
+                merged.push(entry);
             }
         }
     }

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use quickcheck::{Arbitrary, Gen};
 
 use super::{OpBased, ReplicatedData};
-use crate::causal::ReplicaId;
+use crate::causal::{Dot, ReplicaId};
 use crate::codec;
 use crate::rng::SplitMix64;
 
@@ -295,8 +295,9 @@ pub(crate) fn round_trips<T: LawSubject>(history: History<T::Action>) -> bool {
 /// The history runs twice, alike but for retirement. At a step chosen by the
 /// seed, replica 0 restarts empty as a new incarnation of its node; at a
 /// later step, replica 1 merges every replica's state (what a replica must
-/// hold before it retires, everything the dead incarnation wrote) and, in
-/// one of the runs only, retires the dead incarnation. After every step each
+/// hold before it retires, everything the dead incarnation wrote), so do
+/// some others, and, in one of the runs only, replica 1 retires the dead incarnation, settling the nested
+/// values that no other replica holds differently. After every step each
 /// replica must read the same in both runs, and so must the merge of all.
 pub(crate) fn retirement_changes_no_value<T: LawSubject>(history: History<T::Action>) -> bool {
     let n = history.replicas;
@@ -317,8 +318,22 @@ pub(crate) fn retirement_changes_no_value<T: LawSubject>(history: History<T::Act
             for (world, states) in worlds.iter_mut().enumerate() {
                 let gathered = merge_all(states.iter()).unwrap_or_default();
                 states[1].merge(&gathered);
+                // Some replicas catch up too, so that some values are
+                // settled and others held differently elsewhere.
+                for (at, state) in states.iter_mut().enumerate() {
+                    if (history.seed >> (40 + at)) & 1 == 1 {
+                        state.merge(&gathered);
+                    }
+                }
                 if world == 1 {
-                    states[1].retire(ids[0].node(), ids[0].incarnation());
+                    let (node, below) = (ids[0].node(), ids[0].incarnation());
+                    let elsewhere: Vec<Dot> = states
+                        .iter()
+                        .enumerate()
+                        .filter(|(at, _)| *at != 1)
+                        .flat_map(|(_, state)| state.unsettled(node, below))
+                        .collect();
+                    states[1].retire_settled(node, below, &elsewhere);
                 }
             }
         }

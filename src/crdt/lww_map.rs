@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Clock, LWWRegister, Member, ORMap, ORMapOp, OpBased, Payload, ReplicatedData, WallClock,
 };
-use crate::causal::ReplicaId;
+use crate::causal::{Dot, ReplicaId};
 
 /// A map whose values are last-writer-wins registers: an [`ORMap`] of
 /// [`LWWRegister`]s with a map-shaped API.
@@ -115,6 +115,14 @@ impl<K: Member, V: Payload> ReplicatedData for LWWMap<K, V> {
 
     fn mentions(&self, node: &str, below: u64) -> bool {
         self.map.mentions(node, below)
+    }
+
+    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
+        self.map.unsettled(node, below)
+    }
+
+    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
+        self.map.retire_settled(node, below, elsewhere);
     }
 }
 

@@ -1,5 +1,5 @@
 use std::borrow::{Borrow, Cow};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +82,21 @@ impl<V> DottedValue<V> {
             .retain(|replica| !retired.covers(replica) || *replica == writer);
     }
 
+    /// The value with the incarnations of `node` below `below` retired
+    /// through and through, as if no other version of it existed; `None` if
+    /// that changes nothing.
+    fn settled(&self, node: &str, below: u64) -> Option<V>
+    where
+        V: ReplicatedData,
+    {
+        if !self.value.mentions(node, below) {
+            return None;
+        }
+        let mut settled = self.value.clone();
+        settled.retire_settled(node, below, &[]);
+        (settled != self.value).then_some(settled)
+    }
+
     /// The dot of the update that wrote the value.
     pub fn dot(&self) -> &Dot {
         &self.dot
@@ -105,9 +120,19 @@ impl<V> DottedValue<V> {
     }
 }
 
-impl<V: Clone> Dotted for DottedValue<V> {
+impl<V: ReplicatedData> Dotted for DottedValue<V> {
+    const COPIES_MAY_DIFFER: bool = true;
+
     fn dot(&self) -> &Dot {
         &self.dot
+    }
+
+    /// A copy settled elsewhere joins this one into the settled value (a
+    /// retired state holds the unretired one).
+    fn join_copy(&mut self, other: &Self) {
+        if self.value != other.value {
+            self.value.merge(&other.value);
+        }
     }
 }
 
@@ -494,6 +519,75 @@ impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
                 .flatten()
                 .any(|dotted| dotted.dot.replica.is_earlier_incarnation_of(node, below))
     }
+
+    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
+        self.entries
+            .values()
+            .flatten()
+            .filter(|dotted| dotted.settled(node, below).is_some())
+            .map(|dotted| dotted.dot.clone())
+            .collect()
+    }
+
+    /// Settles the unsettled values of each key if settling them one by one
+    /// reads the same as settling their merge (one of them holds all that
+    /// the others hold of those incarnations), and if `elsewhere` names no
+    /// value this map does not hold. Then every value that holds something
+    /// of those incarnations, here or on any replica, is one of them or
+    /// built on some of them (new values start empty, and the dead write no
+    /// more), so that one holds all it holds of them.
+    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
+        self.retire(node, below);
+        let mut unsettled = BTreeSet::new();
+        let mut settled = Vec::new();
+        for (key, values) in &self.entries {
+            let changed: Vec<(usize, V)> = values
+                .iter()
+                .enumerate()
+                .filter_map(|(at, dotted)| dotted.settled(node, below).map(|value| (at, value)))
+                .collect();
+            unsettled.extend(changed.iter().map(|(at, _)| values[*at].dot.clone()));
+            if settling_commutes(values, &changed, node, below) {
+                settled.extend(changed.into_iter().map(|change| (key.clone(), change)));
+            }
+        }
+        if !elsewhere.iter().all(|dot| unsettled.contains(dot)) {
+            return;
+        }
+        for (key, (at, value)) in settled {
+            if let Some(dotted) = self
+                .entries
+                .get_mut(&key)
+                .and_then(|values| values.get_mut(at))
+            {
+                dotted.value = value;
+            }
+        }
+    }
+}
+
+/// Whether the merge of `changed` (the settled forms of some of `values`,
+/// by index) equals the settled form of their merge.
+fn settling_commutes<V: ReplicatedData>(
+    values: &[DottedValue<V>],
+    changed: &[(usize, V)],
+    node: &str,
+    below: u64,
+) -> bool {
+    let Some(((first_at, first), rest)) = changed.split_first() else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let mut joined = values[*first_at].value.clone();
+    let mut settled_joined = first.clone();
+    for (at, settled) in rest {
+        joined.merge(&values[*at].value);
+        settled_joined.merge(settled);
+    }
+    joined.retire_settled(node, below, &[]);
+    joined == settled_joined
 }
 
 impl<K: Member, V: ReplicatedData> OpBased for ORMap<K, V> {

@@ -3,7 +3,7 @@ use std::borrow::{Borrow, Cow};
 use serde::{Deserialize, Serialize};
 
 use super::{Member, ORMap, ORMapOp, ORSet, OpBased, ReplicatedData};
-use crate::causal::ReplicaId;
+use crate::causal::{Dot, ReplicaId};
 
 /// A multimap: each key holds an add-wins set of values; an [`ORMap`] of
 /// [`ORSet`]s with a binding-shaped API.
@@ -121,6 +121,14 @@ impl<K: Member, V: Member> ReplicatedData for ORMultiMap<K, V> {
 
     fn mentions(&self, node: &str, below: u64) -> bool {
         self.map.mentions(node, below)
+    }
+
+    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
+        self.map.unsettled(node, below)
+    }
+
+    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
+        self.map.retire_settled(node, below, elsewhere);
     }
 }
 

@@ -3,7 +3,7 @@ use std::borrow::Borrow;
 use serde::{Deserialize, Serialize};
 
 use super::{Member, ORMap, ORMapOp, OpBased, PNCounter, ReplicatedData};
-use crate::causal::ReplicaId;
+use crate::causal::{Dot, ReplicaId};
 
 /// A map of counters: an [`ORMap`] of [`PNCounter`]s with a counter-shaped API.
 ///
@@ -102,6 +102,14 @@ impl<K: Member> ReplicatedData for PNCounterMap<K> {
     fn mentions(&self, node: &str, below: u64) -> bool {
         self.map.mentions(node, below)
     }
+
+    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
+        self.map.unsettled(node, below)
+    }
+
+    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
+        self.map.retire_settled(node, below, elsewhere);
+    }
 }
 
 impl<K: Member> OpBased for PNCounterMap<K> {
@@ -164,5 +172,71 @@ mod tests {
         y.apply(y.increment(&b, 0, 1));
         assert_eq!(x.merged(&y).get(&0), Some(9));
         assert_eq!(y.merged(&x).get(&0), Some(9));
+    }
+}
+
+#[cfg(test)]
+mod retirement_tests {
+    use super::*;
+    use crate::crdt::laws;
+
+    /// Writes of a dead incarnation `a` in key 0: what `r` and `x` hold
+    /// when `r` retires it. `x` still holds a value of `a`'s first lineage
+    /// that `r` removed; `r` holds only `a`'s second lineage.
+    fn diverged() -> (PNCounterMap<u8>, PNCounterMap<u8>, ReplicaId) {
+        let (a, x_id, r_id) = (laws::replica(0), laws::replica(1), laws::replica(2));
+        let mut a_map = PNCounterMap::new();
+        a_map.apply(a_map.increment(&a, 0, 1));
+        let mut x = a_map.clone();
+        let mut r = a_map.clone();
+        x.apply(x.increment(&x_id, 0, 1));
+        r.merge(&x);
+        r.apply(r.remove(&0));
+        a_map.apply(a_map.remove(&0));
+        a_map.apply(a_map.increment(&a, 0, 1));
+        r.merge(&a_map);
+        r.apply(r.increment(&r_id, 1, 1));
+        (r, x, x_id)
+    }
+
+    #[test]
+    fn a_value_that_another_replica_holds_differently_is_not_settled() {
+        let dead = laws::replica(0);
+        let (node, below) = (dead.node(), dead.incarnation() + 1);
+        let (mut r, mut x, x_id) = diverged();
+        assert_eq!(r.get(&0), Some(1));
+        let elsewhere = x.unsettled(node, below);
+        assert_eq!(elsewhere.len(), 1, "x holds the value r removed");
+        let mut careless = r.clone();
+        careless.retire_settled(node, below, &[]);
+        r.retire_settled(node, below, &elsewhere);
+        assert!(
+            !r.unsettled(node, below).is_empty(),
+            "r's value is not settled"
+        );
+        // x goes on from its value: a's first count is in it.
+        x.apply(x.increment(&x_id, 0, 1));
+        assert_eq!(r.merged(&x).get(&0), Some(4), "a 1, x 1, a 1 anew, x 1");
+        assert_eq!(
+            careless.merged(&x).get(&0),
+            Some(3),
+            "settling regardless of x loses a's first count"
+        );
+    }
+
+    #[test]
+    fn once_every_replica_holds_one_version_it_is_settled_and_spreads() {
+        let dead = laws::replica(0);
+        let (node, below) = (dead.node(), dead.incarnation() + 1);
+        let (mut r, mut x, _) = diverged();
+        x.merge(&r);
+        r.retire_settled(node, below, &x.unsettled(node, below));
+        assert!(r.unsettled(node, below).is_empty());
+        let counter = r.map.get(&0).map(|c| c.increments().clone());
+        assert_eq!(counter.as_ref().map(|c| c.counts().len()), Some(0));
+        assert_eq!(counter.map(|c| c.retired_total(node)), Some(1));
+        assert_eq!(r.get(&0), Some(1));
+        x.merge(&r);
+        assert_eq!(x, r, "the settled value replaces the unsettled copy");
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
+use crate::causal::Dot;
 use crate::codec;
 use crate::crdt::{
     Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, OpBased,
@@ -37,9 +38,11 @@ pub trait ErasedData: Any + Debug + Send + Sync {
     fn eq_erased(&self, other: &dyn ErasedData) -> bool;
     /// [`ReplicatedData::mentions`] across the erasure.
     fn mentions_erased(&self, node: &str, below: u64) -> bool;
-    /// [`ReplicatedData::retire`] across the erasure, if the value mentions
-    /// those incarnations; says whether it did.
-    fn retire_erased(&mut self, node: &str, below: u64) -> bool;
+    /// [`ReplicatedData::unsettled`] across the erasure.
+    fn unsettled_erased(&self, node: &str, below: u64) -> Vec<Dot>;
+    /// [`ReplicatedData::retire_settled`] across the erasure, if the value
+    /// mentions those incarnations; says whether it did.
+    fn retire_settled_erased(&mut self, node: &str, below: u64, elsewhere: &[Dot]) -> bool;
 }
 
 /// `value` behind the trait object the Replicator holds.
@@ -89,11 +92,15 @@ impl<T: ReplicatedData> ErasedData for Shared<T> {
         self.0.mentions(node, below)
     }
 
-    fn retire_erased(&mut self, node: &str, below: u64) -> bool {
+    fn unsettled_erased(&self, node: &str, below: u64) -> Vec<Dot> {
+        self.0.unsettled(node, below)
+    }
+
+    fn retire_settled_erased(&mut self, node: &str, below: u64, elsewhere: &[Dot]) -> bool {
         if !self.0.mentions(node, below) {
             return false;
         }
-        Arc::<T>::make_mut(&mut self.0).retire(node, below);
+        Arc::<T>::make_mut(&mut self.0).retire_settled(node, below, elsewhere);
         true
     }
 

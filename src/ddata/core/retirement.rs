@@ -11,7 +11,10 @@
 //! the dead incarnation sent has arrived, it asks every member
 //! ([`PeerMessage::Retire`]), merges their answers
 //! ([`PeerMessage::Retiring`]), and once every member answered in full it
-//! retires those incarnations in every key that mentions them. The round
+//! retires those incarnations in every key that mentions them, settling
+//! the values nested in maps that no member named differently (see
+//! [`ReplicatedData::retire_settled`](crate::ReplicatedData::retire_settled)).
+//! The round
 //! waits for a member that is down, as a majority does; a removed member
 //! no longer counts. A member the core does not know at all cannot be
 //! waited for, hence `CoreConfig::retire_incarnations` is for listed
@@ -21,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Effect, PeerName, ReplicatorCore, Slot};
+use crate::causal::Dot;
 use crate::ddata::wire::{PeerMessage, WireEntry};
 
 /// Gossip rounds between learning a node's new incarnation and asking the
@@ -41,6 +45,9 @@ pub(crate) struct Round {
     /// Per member: the round it was last asked in, and the answer whose
     /// parts have arrived (its number, the parts seen, how many it has).
     members: BTreeMap<PeerName, Asked>,
+    /// Per key: the nested values that the members' answers held unsettled
+    /// (see [`ReplicatedData::unsettled`](crate::ReplicatedData::unsettled)).
+    unsettled: BTreeMap<String, BTreeSet<Dot>>,
 }
 
 #[derive(Default)]
@@ -76,6 +83,7 @@ impl ReplicatorCore {
                 below,
                 asks_from: self.round + GRACE_ROUNDS,
                 members: BTreeMap::new(),
+                unsettled: BTreeMap::new(),
             },
         );
     }
@@ -116,8 +124,9 @@ impl ReplicatorCore {
             self.send(&peer, PeerMessage::Retire { node, below });
         }
         for (node, below) in done {
-            self.retiring.remove(&node);
-            self.retire_everywhere(&node, below);
+            if let Some(round) = self.retiring.remove(&node) {
+                self.retire_everywhere(&node, below, &round.unsettled);
+            }
         }
     }
 
@@ -174,14 +183,24 @@ impl ReplicatorCore {
         parts: u32,
         entries: Vec<WireEntry>,
     ) {
+        let counts = self
+            .retiring
+            .get(node)
+            .is_some_and(|round| round.below == below && part < parts);
+        let mut unsettled = Vec::new();
         for entry in entries {
+            if counts {
+                if let Ok(Slot::Live { data, .. }) = self.decode_slot(entry.value.clone()) {
+                    unsettled.push((entry.key.clone(), data.unsettled_erased(node, below)));
+                }
+            }
             self.merge_remote(from, epoch, entry);
         }
-        let Some(round) = self.retiring.get_mut(node) else {
+        let Some(round) = self.retiring.get_mut(node).filter(|_| counts) else {
             return;
         };
-        if round.below != below || part >= parts {
-            return;
+        for (key, dots) in unsettled.into_iter().filter(|(_, dots)| !dots.is_empty()) {
+            round.unsettled.entry(key).or_default().extend(dots);
         }
         let Some(asked) = round.members.get_mut(from) else {
             return;
@@ -195,14 +214,24 @@ impl ReplicatorCore {
     }
 
     /// Retires the incarnations of `node` below `below` in every key that
-    /// mentions them. Values do not change, so listeners hear nothing; the
-    /// keys' digests do, and durable keys are stored again.
-    fn retire_everywhere(&mut self, node: &str, below: u64) {
+    /// mentions them, and in the nested values settled across the members
+    /// (`unsettled`: what their answers held unsettled, per key). Values do
+    /// not change, so listeners hear nothing; the keys' digests do, and
+    /// durable keys are stored again.
+    fn retire_everywhere(
+        &mut self,
+        node: &str,
+        below: u64,
+        unsettled: &BTreeMap<String, BTreeSet<Dot>>,
+    ) {
         let round = self.round;
         let mut changed = Vec::new();
         for (key, entry) in &mut self.entries {
             if let Slot::Live { data, .. } = &mut entry.slot {
-                if data.retire_erased(node, below) {
+                let elsewhere: Vec<Dot> = unsettled
+                    .get(key)
+                    .map_or_else(Vec::new, |dots| dots.iter().cloned().collect());
+                if data.retire_settled_erased(node, below, &elsewhere) {
                     entry.grew(None);
                     self.hashes.changed(key, entry, round);
                     changed.push(key.clone());

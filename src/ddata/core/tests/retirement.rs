@@ -1,6 +1,7 @@
 //! Retiring a restarted node's dead incarnation, as the cluster runs it.
 
 use super::*;
+use crate::{PNCounterMap, ReplicatedData};
 
 /// Cores connected by a lossless network that delivers every message,
 /// through the codec, until all are quiet.
@@ -111,11 +112,21 @@ fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay()
     let mut net = members(&["a", "b", "c"]);
     let hits: Key<GCounter> = Key::new("hits");
     let cart: Key<ORSet<String>> = Key::new("cart");
+    let votes: Key<PNCounterMap<String>> = Key::new("votes");
     for incarnation in 2..=4 {
         for i in 0..3 {
             let effects = increment(&mut net.cores[i], &hits, WriteConsistency::Local);
             net.pump(i, effects);
-            net.cores[i].handle_timer(Timer::Push);
+            let effects = net.cores[i]
+                .update(2, &votes, WriteConsistency::Local, |map, me| {
+                    map.apply(map.increment(me, "rust".into(), 1))
+                })
+                .unwrap();
+            net.pump(i, effects);
+            // Each writer's update reaches the next before it writes, so
+            // that the map's key holds one value when c's round comes.
+            let effects = net.cores[i].handle_timer(Timer::Push);
+            net.pump(i, effects);
         }
         let c = net.index("c");
         let effects = add(&mut net.cores[c], &cart, format!("c{incarnation}"));
@@ -138,6 +149,9 @@ fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay()
             "{}",
             core.node()
         );
+        let map = core.get(&votes).unwrap().unwrap();
+        assert_eq!(map.get("rust"), Some(9), "{}", core.node());
+        assert!(map.unsettled("c", 4).is_empty(), "{}", core.node());
         assert!(core.stats().retirements >= 1, "{}", core.node());
     }
     // Writes go on, and count once.
