@@ -390,23 +390,19 @@ mod tests {
                 PeerMessage::Retire {
                     node: "node-a".into(),
                     below: 8,
+                    digest: 0x0fed_cba9_8765_4321,
                 },
             ),
             (
                 "retiring",
                 PeerMessage::Retiring {
-                    epoch: 12,
                     node: "node-a".into(),
                     below: 8,
                     answer: 3,
                     part: 1,
                     parts: 2,
-                    entries: vec![WireEntry {
-                        key: "cart".into(),
-                        value: live.clone(),
-                        seq: 2,
-                        lifetime: None,
-                    }],
+                    alike: None,
+                    digests: vec![("cart".into(), 0x0123_4567_89ab_cdef)],
                 },
             ),
         ];

@@ -304,6 +304,9 @@ pub struct CoreStats {
     /// Retirement rounds under way (one per node with dead incarnations
     /// not retired here yet); a round waits for every member to answer.
     pub pending_retirements: usize,
+    /// Peers that said hello under an incarnation retired here: a removed
+    /// node back under its old identity. Its writes are ignored; restart it.
+    pub retired_hellos: u64,
     /// Listeners subscribed to changes, over all keys. Kept by the
     /// Replicator actor, which drops a listener that stopped when it next
     /// has a change for it; 0 from a core without one.
@@ -558,6 +561,8 @@ pub struct ReplicatorCore {
     /// (see `retirement`), and the incarnations retired here.
     retiring: BTreeMap<String, retirement::Round>,
     retired: Retired,
+    /// The latest incarnation each peer said hello with.
+    incarnations: BTreeMap<PeerName, u64>,
     /// Answers given to retirement rounds, to number them.
     answers: u64,
     stats: CoreStats,
@@ -585,6 +590,7 @@ impl ReplicatorCore {
             expiring: BinaryHeap::new(),
             retiring: BTreeMap::new(),
             retired: Retired::new(),
+            incarnations: BTreeMap::new(),
             answers: 0,
             node: node.into(),
             replica,
@@ -951,11 +957,19 @@ impl ReplicatorCore {
     /// counts as a member, so `All` and `Majority` of later requests are
     /// reached without it, and losing sight of it does not make it one
     /// again. Requests already waiting keep the count they started with.
+    ///
+    /// With [`CoreConfig::retire_incarnations`], its incarnations up to the
+    /// latest it said hello with are then retired like dead ones (see
+    /// `retirement`): a node that comes back under its name must do so under
+    /// a new incarnation, as a restart gives it.
     pub fn peer_removed(&mut self, peer: &str) -> Vec<Effect> {
         if peer != self.node {
             self.removed.insert(peer.to_string());
             self.peers.remove(peer);
             self.release_claims(peer);
+            if let Some(latest) = self.incarnations.get(peer).copied() {
+                self.plan_retirement(peer, latest.saturating_add(1));
+            }
         }
         self.take_effects()
     }

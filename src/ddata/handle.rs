@@ -181,8 +181,9 @@ impl ReplicatorConfig {
             core_config.durable = durability.keys.clone();
         }
         let types = Arc::new(self.types);
-        // A node restarted from its durable store keeps its replica id; its
-        // request numbers and delta epoch must still differ from the last run.
+        // Random unless given: a node started again under a replica id it
+        // was given must still use other request numbers and another delta
+        // epoch than in its last run.
         let seed = self.seed.unwrap_or_else(|| {
             use std::hash::BuildHasher;
             std::collections::hash_map::RandomState::new()

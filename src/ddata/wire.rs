@@ -17,7 +17,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 /// Version 2 added deltas, version 3 hashed anti-entropy, version 4 the time
 /// of a key's last use and deltas numbered in one sequence per node; nodes of
 /// different versions do not understand each other's messages.
-pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v4";
+pub const MESSAGE_VARIANT: &str = "ractor_replicated.ddata.v5";
 
 /// A stable 64-bit hash of a value's encoding. Two replicas whose digests of a
 /// key agree hold the same state (up to a 2⁻⁶⁴ collision).
@@ -144,23 +144,26 @@ pub enum PeerMessage {
         /// The sender's replica id.
         replica: ReplicaId,
     },
-    /// Retirement, first step: asks for the states of every key that
-    /// mentions an incarnation of `node` below `below` (an entry, a dot, a
-    /// retirement of `node`). A replica that has them from every member
+    /// Retirement, first step: asks about every key that mentions an
+    /// incarnation of `node` below `below` (an entry, a dot, a retirement
+    /// of `node`). A replica that has those keys' states from every member
     /// holds all those dead incarnations wrote, and retires them.
     Retire {
         /// The node whose earlier incarnations are dead.
         node: String,
         /// Its incarnation now.
         below: u64,
+        /// The digest of the asker's list of those keys with their
+        /// digests: a member whose list is the same answers in one line.
+        digest: Digest,
     },
-    /// Retirement, second step: the states asked for by a
-    /// [`Retire`](Self::Retire), in `parts` messages (at least one, empty
-    /// if no key mentions them); the asker is answered once it has every
-    /// part.
+    /// Retirement, second step: the digests of the keys a
+    /// [`Retire`](Self::Retire) asked about, in `parts` messages (at least
+    /// one, empty if no key mentions them), or, if the member's list is the
+    /// asker's, that alone. The asker requests the states whose digests
+    /// differ from its own ([`Request`](Self::Request)); the member has
+    /// answered once every part and every such state arrived.
     Retiring {
-        /// The sender's delta epoch (see [`Deltas`](Self::Deltas)).
-        epoch: u64,
         /// The node asked about.
         node: String,
         /// The bound asked about.
@@ -172,9 +175,11 @@ pub enum PeerMessage {
         part: u32,
         /// How many messages the answer takes.
         parts: u32,
-        /// The states.
-        #[serde(with = "packed_entries")]
-        entries: Vec<WireEntry>,
+        /// The asker's digest, if the member's list is the same (then
+        /// `digests` is empty).
+        alike: Option<Digest>,
+        /// Key names with the digest of their state.
+        digests: Vec<(String, Digest)>,
     },
 }
 
@@ -408,11 +413,14 @@ impl PeerMessage {
             }
             Self::DeltaNack { keys } => keys.iter().map(|key| digest_budget(key)).sum(),
             Self::Hello { replica } => digest_budget(replica.node()) + 2 * HASH_BUDGET,
-            Self::Retire { node, .. } => digest_budget(node),
-            Self::Retiring { node, entries, .. } => {
+            Self::Retire { node, .. } => digest_budget(node) + HASH_BUDGET,
+            Self::Retiring { node, digests, .. } => {
                 digest_budget(node)
-                    + 3 * HASH_BUDGET
-                    + entries.iter().map(WireEntry::budget).sum::<usize>()
+                    + 4 * HASH_BUDGET
+                    + digests
+                        .iter()
+                        .map(|(key, _)| digest_budget(key))
+                        .sum::<usize>()
             }
             Self::Summary { groups } => HASH_BUDGET * groups.len(),
             // Each pair also has a one-byte array header.

@@ -40,19 +40,21 @@ impl ReplicatorCore {
             PeerMessage::Request { keys, buckets } => self.request_received(from, keys, buckets),
             PeerMessage::Deltas { epoch, deltas } => self.receive_deltas(from, epoch, deltas),
             PeerMessage::DeltaNack { keys } => self.delta_nacked(from, keys),
-            PeerMessage::Hello { replica } => {
-                self.plan_retirement(replica.node(), replica.incarnation())
-            }
-            PeerMessage::Retire { node, below } => self.retire_asked(from, &node, below),
+            PeerMessage::Hello { replica } => self.hello_received(&replica),
+            PeerMessage::Retire {
+                node,
+                below,
+                digest,
+            } => self.retire_asked(from, &node, below, digest),
             PeerMessage::Retiring {
-                epoch,
                 node,
                 below,
                 answer,
                 part,
                 parts,
-                entries,
-            } => self.retiring_received(from, epoch, &node, below, answer, part, parts, entries),
+                alike,
+                digests,
+            } => self.retiring_received(from, &node, below, (answer, part, parts), alike, digests),
         }
         self.take_effects()
     }
@@ -79,6 +81,7 @@ impl ReplicatorCore {
     /// the entry's number. A rejected entry is logged and counted and changes
     /// nothing.
     pub(super) fn merge_remote(&mut self, from: &str, epoch: u64, entry: WireEntry) {
+        self.state_for_retirement(from, &entry);
         let WireEntry {
             key,
             value,

@@ -24,8 +24,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Effect, PeerName, ReplicatorCore, Slot};
-use crate::causal::Dot;
-use crate::ddata::wire::{PeerMessage, WireEntry};
+use crate::causal::{Dot, ReplicaId};
+use crate::ddata::wire::{
+    digest_budget, digest_of, split_by_budget, Digest, PeerMessage, WireEntry,
+};
 
 /// Gossip rounds between learning a node's new incarnation and asking the
 /// members about its earlier ones: what the dead incarnation sent before
@@ -48,19 +50,37 @@ pub(crate) struct Round {
     /// Per key: the nested values that the members' answers held unsettled
     /// (see [`ReplicatedData::unsettled`](crate::ReplicatedData::unsettled)).
     unsettled: BTreeMap<String, BTreeSet<Dot>>,
+    /// Per digest sent in a [`PeerMessage::Retire`]: what this replica held
+    /// unsettled when its list had that digest, which a member whose list
+    /// is alike holds too.
+    asked: BTreeMap<Digest, Vec<(String, Vec<Dot>)>>,
 }
 
 #[derive(Default)]
 struct Asked {
     in_round: Option<u64>,
     answer: Option<(u64, BTreeSet<u32>, u32)>,
+    /// Keys whose digests differed from this replica's: their states are
+    /// requested, and the answer is complete once they arrived.
+    wanted: BTreeSet<String>,
 }
 
 impl Asked {
     fn answered(&self) -> bool {
-        self.answer
-            .as_ref()
-            .is_some_and(|(_, parts, expected)| parts.len() == *expected as usize)
+        self.wanted.is_empty()
+            && self
+                .answer
+                .as_ref()
+                .is_some_and(|(_, parts, expected)| parts.len() == *expected as usize)
+    }
+}
+
+impl Round {
+    /// Notes what a member holds unsettled, per key.
+    fn note_unsettled(&mut self, keys: Vec<(String, Vec<Dot>)>) {
+        for (key, dots) in keys.into_iter().filter(|(_, dots)| !dots.is_empty()) {
+            self.unsettled.entry(key).or_default().extend(dots);
+        }
     }
 }
 
@@ -84,8 +104,26 @@ impl ReplicatorCore {
                 asks_from: self.round + GRACE_ROUNDS,
                 members: BTreeMap::new(),
                 unsettled: BTreeMap::new(),
+                asked: BTreeMap::new(),
             },
         );
+    }
+
+    /// A peer said which incarnation it writes under: the earlier ones of
+    /// its node are dead.
+    pub(super) fn hello_received(&mut self, replica: &ReplicaId) {
+        let (node, incarnation) = (replica.node(), replica.incarnation());
+        if self.retired.covers(replica) {
+            self.stats.retired_hellos += 1;
+            tracing::error!(
+                %replica,
+                "a peer writes under a retired incarnation (it was removed, then came back \
+                 without restarting); its writes are ignored: restart it"
+            );
+        }
+        let latest = self.incarnations.entry(node.to_string()).or_insert(0);
+        *latest = (*latest).max(incarnation);
+        self.plan_retirement(node, incarnation);
     }
 
     /// At each gossip round: asks the members that have not answered, and
@@ -120,8 +158,32 @@ impl ReplicatorCore {
                 done.push((node.clone(), round.below));
             }
         }
+        let mut listed: BTreeMap<String, Digest> = BTreeMap::new();
         for (peer, node, below) in asks {
-            self.send(&peer, PeerMessage::Retire { node, below });
+            let digest = match listed.get(&node) {
+                Some(digest) => *digest,
+                None => {
+                    let (digest, keys) = self.mentioning(&node, below);
+                    let unsettled = keys
+                        .iter()
+                        .map(|(key, _)| (key.clone(), self.unsettled_of(key, &node, below)))
+                        .filter(|(_, dots)| !dots.is_empty())
+                        .collect();
+                    if let Some(round) = self.retiring.get_mut(&node) {
+                        round.asked.entry(digest).or_insert(unsettled);
+                    }
+                    listed.insert(node.clone(), digest);
+                    digest
+                }
+            };
+            self.send(
+                &peer,
+                PeerMessage::Retire {
+                    node,
+                    below,
+                    digest,
+                },
+            );
         }
         for (node, below) in done {
             if let Some(round) = self.retiring.remove(&node) {
@@ -130,8 +192,9 @@ impl ReplicatorCore {
         }
     }
 
-    /// A member asks for the keys that mention `node` below `below`.
-    pub(super) fn retire_asked(&mut self, from: &str, node: &str, below: u64) {
+    /// The keys that mention `node` below `below`, with their digests, and
+    /// the digest of that list.
+    fn mentioning(&mut self, node: &str, below: u64) -> (Digest, Vec<(String, Digest)>) {
         let keys: Vec<String> = self
             .entries
             .iter()
@@ -141,67 +204,92 @@ impl ReplicatorCore {
             })
             .map(|(key, _)| key.clone())
             .collect();
-        let entries: Vec<WireEntry> = keys
-            .iter()
-            .filter_map(|key| self.sendable_entry(key))
+        let digests: Vec<(String, Digest)> = keys
+            .into_iter()
+            .filter_map(|key| self.digest(&key).map(|digest| (key, digest)))
             .collect();
+        let mut listing = Vec::new();
+        for (key, digest) in &digests {
+            listing.extend_from_slice(key.as_bytes());
+            listing.push(0);
+            listing.extend_from_slice(&digest.to_le_bytes());
+        }
+        (digest_of(&listing), digests)
+    }
+
+    /// A member asks about the keys that mention `node` below `below`: it
+    /// gets one line if this replica's list of them is its own (`digest`),
+    /// else their digests, and asks for the states that differ.
+    pub(super) fn retire_asked(&mut self, from: &str, node: &str, below: u64, digest: Digest) {
+        let (mine, digests) = self.mentioning(node, below);
+        let (alike, digests) = if mine == digest {
+            (Some(digest), Vec::new())
+        } else {
+            (None, digests)
+        };
         let limit = self.config.max_message_bytes;
-        let mut parts = crate::ddata::wire::split_by_budget(entries, limit, WireEntry::budget);
+        let mut parts = split_by_budget(digests, limit, |(key, _)| digest_budget(key));
         if parts.is_empty() {
             parts.push(Vec::new());
         }
         let count = u32::try_from(parts.len()).unwrap_or(u32::MAX);
         self.answers += 1;
-        let (epoch, answer) = (self.epoch, self.answers);
-        for (part, entries) in (0..count).zip(parts) {
+        let answer = self.answers;
+        for (part, digests) in (0..count).zip(parts) {
             self.send(
                 from,
                 PeerMessage::Retiring {
-                    epoch,
                     node: node.to_string(),
                     below,
                     answer,
                     part,
                     parts: count,
-                    entries,
+                    alike,
+                    digests,
                 },
             );
         }
     }
 
-    /// A part of a member's answer: its states are merged, and the part
-    /// counts towards the round it answers.
-    #[allow(clippy::too_many_arguments)]
+    /// A part of a member's answer. A member whose whole list is alike
+    /// holds what this replica held when it asked; a key whose digest is
+    /// this replica's is held alike by both (and unsettled alike); the
+    /// states of the others are requested, and the answer waits for them.
     pub(super) fn retiring_received(
         &mut self,
         from: &str,
-        epoch: u64,
         node: &str,
         below: u64,
-        answer: u64,
-        part: u32,
-        parts: u32,
-        entries: Vec<WireEntry>,
+        (answer, part, parts): (u64, u32, u32),
+        alike: Option<Digest>,
+        digests: Vec<(String, Digest)>,
     ) {
-        let counts = self
-            .retiring
-            .get(node)
-            .is_some_and(|round| round.below == below && part < parts);
-        let mut unsettled = Vec::new();
-        for entry in entries {
-            if counts {
-                if let Ok(Slot::Live { data, .. }) = self.decode_slot(entry.value.clone()) {
-                    unsettled.push((entry.key.clone(), data.unsettled_erased(node, below)));
-                }
-            }
-            self.merge_remote(from, epoch, entry);
+        let counts = self.retiring.get(node).is_some_and(|round| {
+            round.below == below
+                && part < parts
+                && round.members.contains_key(from)
+                && alike.is_none_or(|digest| round.asked.contains_key(&digest))
+        });
+        if !counts {
+            return;
         }
-        let Some(round) = self.retiring.get_mut(node).filter(|_| counts) else {
+        let mut same = Vec::new();
+        let mut differing = Vec::new();
+        for (key, digest) in digests {
+            if self.digest(&key) == Some(digest) {
+                let unsettled = self.unsettled_of(&key, node, below);
+                same.push((key, unsettled));
+            } else {
+                differing.push(key);
+            }
+        }
+        let Some(round) = self.retiring.get_mut(node) else {
             return;
         };
-        for (key, dots) in unsettled.into_iter().filter(|(_, dots)| !dots.is_empty()) {
-            round.unsettled.entry(key).or_default().extend(dots);
+        if let Some(listed) = alike.and_then(|digest| round.asked.get(&digest)) {
+            same.extend(listed.iter().cloned());
         }
+        round.note_unsettled(same);
         let Some(asked) = round.members.get_mut(from) else {
             return;
         };
@@ -209,7 +297,62 @@ impl ReplicatorCore {
             Some((current, seen, _)) if *current == answer => {
                 seen.insert(part);
             }
-            _ => asked.answer = Some((answer, BTreeSet::from([part]), parts)),
+            _ => {
+                asked.answer = Some((answer, BTreeSet::from([part]), parts));
+                asked.wanted.clear();
+            }
+        }
+        asked.wanted.extend(differing.iter().cloned());
+        if !differing.is_empty() {
+            self.send(
+                from,
+                PeerMessage::Request {
+                    keys: differing,
+                    buckets: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// A peer's state of a key arrived: if a round waits for it from that
+    /// peer, what it holds unsettled counts, and the round waits no more.
+    pub(super) fn state_for_retirement(&mut self, from: &str, entry: &WireEntry) {
+        let waiting: Vec<(String, u64)> = self
+            .retiring
+            .iter()
+            .filter(|(_, round)| {
+                round
+                    .members
+                    .get(from)
+                    .is_some_and(|asked| asked.wanted.contains(&entry.key))
+            })
+            .map(|(node, round)| (node.clone(), round.below))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let data = match self.decode_slot(entry.value.clone()) {
+            Ok(Slot::Live { data, .. }) => Some(data),
+            _ => None,
+        };
+        for (node, below) in waiting {
+            let unsettled = data
+                .as_ref()
+                .map_or_else(Vec::new, |data| data.unsettled_erased(&node, below));
+            if let Some(round) = self.retiring.get_mut(&node) {
+                round.note_unsettled(vec![(entry.key.clone(), unsettled)]);
+                if let Some(asked) = round.members.get_mut(from) {
+                    asked.wanted.remove(&entry.key);
+                }
+            }
+        }
+    }
+
+    /// What this replica's state of `key` holds unsettled.
+    fn unsettled_of(&self, key: &str, node: &str, below: u64) -> Vec<Dot> {
+        match self.entries.get(key).map(|entry| &entry.slot) {
+            Some(Slot::Live { data, .. }) => data.unsettled_erased(node, below),
+            _ => Vec::new(),
         }
     }
 

@@ -50,7 +50,10 @@ impl Net {
             let Effect::Send { to, message } = effect else {
                 continue;
             };
-            let target = self.index(&to);
+            // A node no longer in the net (stopped) receives nothing.
+            let Some(target) = self.cores.iter().position(|core| core.node() == to) else {
+                continue;
+            };
             let bytes = codec::encode(&Envelope {
                 from: self.cores[sender].node().into(),
                 message,
@@ -205,4 +208,56 @@ fn without_listed_members_nothing_is_retired() {
         let counter = core.get(&hits).unwrap().unwrap();
         assert_eq!(dead_counts(counter, "c", 2), 1);
     }
+}
+
+#[test]
+fn a_removed_node_s_incarnations_are_retired_and_a_return_under_one_is_reported() {
+    let mut net = members(&["a", "b", "c"]);
+    let c_replica = ReplicaId::new("c", 1);
+    for i in 0..2 {
+        let effects = net.cores[i].handle_message(
+            "c",
+            PeerMessage::Hello {
+                replica: c_replica.clone(),
+            },
+        );
+        net.pump(i, effects);
+    }
+    let hits: Key<GCounter> = Key::new("hits");
+    let cart: Key<ORSet<String>> = Key::new("cart");
+    for i in [0, 2] {
+        let effects = increment(&mut net.cores[i], &hits, WriteConsistency::Local);
+        net.pump(i, effects);
+    }
+    let effects = add(&mut net.cores[2], &cart, "from c".into());
+    net.pump(2, effects);
+    net.gossip(2);
+    // c is decommissioned: it stops, and the others remove it.
+    net.cores.remove(2);
+    for i in 0..2 {
+        let effects = net.cores[i].peer_removed("c");
+        net.pump(i, effects);
+    }
+    net.gossip(12);
+    for core in &net.cores {
+        let counter = core.get(&hits).unwrap().unwrap();
+        assert_eq!(counter.value(), 2, "{}", core.node());
+        assert_eq!(dead_counts(counter, "c", u64::MAX), 0, "{}", core.node());
+        let set = core.get(&cart).unwrap().unwrap();
+        assert!(set.contains(&"from c".to_string()), "{}", core.node());
+        assert!(
+            !set.context()
+                .vector()
+                .iter()
+                .any(|(replica, _)| replica.node() == "c"),
+            "{}",
+            core.node()
+        );
+        assert_eq!(core.stats().retired_hellos, 0);
+    }
+    // c comes back under its old identity: its writes would be ignored.
+    let effects = net.cores[0].peer_up("c");
+    net.pump(0, effects);
+    net.cores[0].handle_message("c", PeerMessage::Hello { replica: c_replica });
+    assert_eq!(net.cores[0].stats().retired_hellos, 1);
 }
