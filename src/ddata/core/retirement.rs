@@ -163,15 +163,7 @@ impl ReplicatorCore {
             let digest = match listed.get(&node) {
                 Some(digest) => *digest,
                 None => {
-                    let (digest, keys) = self.mentioning(&node, below);
-                    let unsettled = keys
-                        .iter()
-                        .map(|(key, _)| (key.clone(), self.unsettled_of(key, &node, below)))
-                        .filter(|(_, dots)| !dots.is_empty())
-                        .collect();
-                    if let Some(round) = self.retiring.get_mut(&node) {
-                        round.asked.entry(digest).or_insert(unsettled);
-                    }
+                    let digest = self.listed_for_round(&node, below);
                     listed.insert(node.clone(), digest);
                     digest
                 }
@@ -190,6 +182,22 @@ impl ReplicatorCore {
                 self.retire_everywhere(&node, below, &round.unsettled);
             }
         }
+    }
+
+    /// The digest of this replica's list of the keys that mention `node`
+    /// below `below`, to send in a [`PeerMessage::Retire`]; the round
+    /// remembers what those keys held unsettled then.
+    fn listed_for_round(&mut self, node: &str, below: u64) -> Digest {
+        let (digest, keys) = self.mentioning(node, below);
+        let unsettled = keys
+            .iter()
+            .map(|(key, _)| (key.clone(), self.unsettled_of(key, node, below)))
+            .filter(|(_, dots)| !dots.is_empty())
+            .collect();
+        if let Some(round) = self.retiring.get_mut(node) {
+            round.asked.entry(digest).or_insert(unsettled);
+        }
+        digest
     }
 
     /// The keys that mention `node` below `below`, with their digests, and
