@@ -91,7 +91,7 @@ fn append(c: &mut Criterion) {
                 || log_of(held),
                 |log| {
                     for n in 0..BATCH {
-                        log.persist(vec![n], i64::MAX);
+                        log.apply_local(vec![n], i64::MAX);
                     }
                 },
                 BatchSize::PerIteration,

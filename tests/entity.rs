@@ -255,7 +255,7 @@ async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_e
         Counter,
         LastWriterWins,
     );
-    let theirs = other.persist(vec![Event::Added(100)], 0);
+    let theirs = other.apply_local(vec![Event::Added(100)], 0);
     disk.append("counter-5", &theirs).unwrap();
 
     let outcome = entity.command(Command::Add(1)).await;

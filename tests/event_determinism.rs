@@ -86,7 +86,7 @@ fn history<R: ConflictResolver<Op>>(seed: u64, resolver: impl Fn() -> R) -> Resu
                 .collect();
             // Few distinct timestamps: ties must be broken deterministically too.
             let timestamp = rng.index(8) as i64;
-            pool.extend(logs[r].persist(ops, timestamp));
+            pool.extend(logs[r].apply_local(ops, timestamp));
         } else if !pool.is_empty() {
             let envelope = pool[rng.index(pool.len())].clone();
             logs[r].receive(envelope);
@@ -196,8 +196,8 @@ fn of_two_concurrent_writes_the_later_one_wins_everywhere() {
     let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
     let mut left = ReplicatedLog::new(a, Arithmetic, LastWriterWins);
     let mut right = ReplicatedLog::new(b, Arithmetic, LastWriterWins);
-    let early = left.persist(vec![Op::Reset, Op::Add(1)], 10);
-    let late = right.persist(vec![Op::Times(0), Op::Add(7)], 20);
+    let early = left.apply_local(vec![Op::Reset, Op::Add(1)], 10);
+    let late = right.apply_local(vec![Op::Times(0), Op::Add(7)], 20);
     // Each applied its own writes first; the other's arrive late.
     for envelope in late {
         left.receive(envelope);
@@ -228,7 +228,7 @@ fn an_event_waits_for_its_causal_past_and_duplicates_are_dropped() {
     let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
     let mut writer = ReplicatedLog::new(a, Arithmetic, LastWriterWins);
     let mut reader = ReplicatedLog::new(b, Arithmetic, LastWriterWins);
-    let events = writer.persist(vec![Op::Add(2), Op::Times(3), Op::Add(1)], 1);
+    let events = writer.apply_local(vec![Op::Add(2), Op::Times(3), Op::Add(1)], 1);
     assert!(reader.receive(events[2].clone()).is_empty());
     assert!(reader.receive(events[1].clone()).is_empty());
     assert_eq!(reader.waiting(), 2);
@@ -244,7 +244,7 @@ fn malformed_events_are_dropped_and_the_real_ones_still_apply() {
     let (a, b) = (ReplicaId::new("a", 1), ReplicaId::new("b", 1));
     let mut writer = ReplicatedLog::new(a.clone(), Arithmetic, LastWriterWins);
     let mut reader = ReplicatedLog::new(b, Arithmetic, LastWriterWins);
-    let events = writer.persist(vec![Op::Add(2), Op::Times(3)], 1);
+    let events = writer.apply_local(vec![Op::Add(2), Op::Times(3)], 1);
 
     let mut ahead = events[0].clone();
     ahead.version = VersionVector::new();

@@ -34,12 +34,12 @@ fn two_replicas() -> (
 ) {
     let mut a = ReplicatedLog::new(ReplicaId::new("a", 1), Names, LastWriterWins);
     let mut b = ReplicatedLog::new(ReplicaId::new("b", 1), Names, LastWriterWins);
-    let from_a = a.persist(vec!["a1".into(), "a2".into()], 5);
-    let from_b = b.persist(vec!["b1".into()], 3);
+    let from_a = a.apply_local(vec!["a1".into(), "a2".into()], 5);
+    let from_b = b.apply_local(vec!["b1".into()], 3);
     for envelope in &from_b {
         a.receive(envelope.clone());
     }
-    let later = a.persist(vec!["a3".into()], 9);
+    let later = a.apply_local(vec!["a3".into()], 9);
     // a's journal, in a's local order: its own events, then b's, then its own.
     let journaled = from_a.into_iter().chain(from_b).chain(later).collect();
     (a, journaled)
@@ -112,7 +112,7 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
     assert_eq!(recovered.state(), original.state());
     assert_eq!(recovered.version(), original.version());
     // The recovered replica continues its own sequence instead of re-using it.
-    let next = recovered.persist(vec!["a4".into()], 10);
+    let next = recovered.apply_local(vec!["a4".into()], 10);
     assert_eq!(next[0].origin_seq, 4);
 }
 
@@ -165,7 +165,7 @@ fn the_first_append_after_reopening_reads_only_past_the_snapshot() {
     );
     let mut b = ReplicatedLog::new(ReplicaId::new("b", 1), Names, LastWriterWins);
     b.receive_all(events.iter().cloned());
-    let b2 = b.persist(vec!["b2".into()], 11);
+    let b2 = b.apply_local(vec!["b2".into()], 11);
     assert_eq!(journal.append("cart-1", &b2).unwrap(), 1);
     assert_eq!(journal.append("cart-1", &b2).unwrap(), 0);
     assert_eq!(journal.highest_sequence("cart-1").unwrap(), 5);

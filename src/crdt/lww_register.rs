@@ -139,7 +139,7 @@ impl<T: Payload> LWWRegister<T> {
     }
 
     /// The winning write with its timestamp and writer.
-    pub fn write(&self) -> Option<&Timestamped<T>> {
+    pub fn winner(&self) -> Option<&Timestamped<T>> {
         self.current.as_ref()
     }
 

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::causal::{CausalOrder, ReplicaId, VersionVector};
+use crate::causal::{ReplicaId, VersionVector};
 
 mod entity;
 mod log;
@@ -51,11 +51,6 @@ impl<E> EventEnvelope<E> {
     pub fn happened_before(&self, other: &Self) -> bool {
         other.version.get(&self.origin) >= self.origin_seq
             && !(self.origin == other.origin && self.origin_seq == other.origin_seq)
-    }
-
-    /// Whether neither event happened before the other.
-    pub fn concurrent_with(&self, other: &Self) -> bool {
-        self.version.compare(&other.version) == CausalOrder::Concurrent
     }
 }
 

@@ -60,8 +60,9 @@ pub struct Snapshot<S> {
 ///   ([`needs_history`](Self::needs_history)), which the caller reads back
 ///   from its journal ([`restore_history`](Self::restore_history)).
 ///
-/// The core does no I/O: the entity actor journals what [`persist`](Self::persist)
-/// returns and what [`receive`](Self::receive) accepts, and sends
+/// The core does no I/O: the entity actor journals what [`stamp`](Self::stamp)
+/// returns before it applies it with [`receive`](Self::receive), journals
+/// what `receive` accepts from peers, and sends
 /// [`missing_for`](Self::missing_for) to peers.
 pub struct ReplicatedLog<H: EventHandler, R> {
     replica: ReplicaId,
@@ -251,9 +252,13 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> ReplicatedLog<H, R> {
         peer.descends(self.compacted())
     }
 
-    /// Persists local events at `timestamp`: [`stamp`](Self::stamp)s them and
-    /// applies them. Returns the envelopes to journal and replicate.
-    pub fn persist(
+    /// Stamps local events at `timestamp` and applies them at once, for a
+    /// log that nothing journals (tests, simulations, state kept in memory
+    /// only). Returns the envelopes, for the other replicas. An entity does
+    /// not use it: it journals the [`stamp`](Self::stamp)ed events before it
+    /// applies them with [`receive`](Self::receive), so that an event that
+    /// failed to reach the journal is never applied.
+    pub fn apply_local(
         &mut self,
         events: Vec<H::Event>,
         timestamp: i64,

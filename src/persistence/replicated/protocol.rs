@@ -800,7 +800,7 @@ mod tests {
         for _ in 0..3 {
             a.tick();
         }
-        let events = a.log_mut().persist(vec![1, 2, 3, 4], 1);
+        let events = a.log_mut().apply_local(vec![1, 2, 3, 4], 1);
         let effects = a.persisted(&events);
         (a, effects)
     }
@@ -824,7 +824,7 @@ mod tests {
     fn a_removed_replica_no_longer_holds_compaction_back() {
         let (mut a, _) = after_b_left(true);
         a.peer_removed("b");
-        let events = a.log_mut().persist(vec![5, 6], 2);
+        let events = a.log_mut().apply_local(vec![5, 6], 2);
         assert_eq!(snapshots(&a.persisted(&events)), 1);
     }
 
@@ -884,7 +884,7 @@ mod tests {
         assert!(quiet_after.is_some(), "replicas that agree go quiet");
 
         // A new event whose push is lost: reports resume and carry it.
-        let events = replicas[0].log_mut().persist(vec![7], 1);
+        let events = replicas[0].log_mut().apply_local(vec![7], 1);
         let mut lose_events =
             |message: &ReplicationMessage<u64>| matches!(message, ReplicationMessage::Events(_));
         let pushed = replicas[0].persisted(&events);
@@ -922,9 +922,9 @@ mod tests {
     fn a_report_is_answered_with_events_held_for_a_tick_and_a_version_with_all() {
         let mut a = replica("a");
         a.peer_up("b");
-        a.log_mut().persist(vec![1, 2], 1);
+        a.log_mut().apply_local(vec![1, 2], 1);
         a.tick();
-        a.log_mut().persist(vec![3], 2);
+        a.log_mut().apply_local(vec![3], 2);
         let nothing = VersionVector::new();
         // Held for less than a tick: maybe still on their way as pushes.
         assert_eq!(

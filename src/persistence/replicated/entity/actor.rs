@@ -22,7 +22,7 @@ use crate::remote_cast;
 use crate::reply::ReplyTo;
 
 /// The ractor message variant of replication messages between entities.
-pub const ENTITY_MESSAGE_VARIANT: &str = "ractor_replicated.entity.replication";
+pub const ENTITY_MESSAGE_VARIANT: &str = "ractor_replicated.entity.v1";
 
 /// The entity actor's messages, for `call!`, `cast!` and the [`Entity`]
 /// handle alike.
