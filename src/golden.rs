@@ -466,9 +466,9 @@ mod tests {
     #[cfg(feature = "sled")]
     mod on_disk {
         use super::*;
-        use crate::ddata::durable::tests::TempDir;
         use crate::ddata::durable::{DurableEntry, DurableStore, SledStore};
         use crate::persistence::journal::{Journal, SledJournal};
+        use test_support::TempDir;
 
         /// Every tree of `db` but sled's default one, with its entries.
         fn dump(db: &sled::Db) -> String {
@@ -491,7 +491,7 @@ mod tests {
 
         /// A database holding what `dump` wrote.
         fn restore(dir: &TempDir, text: &str) -> sled::Db {
-            let db = crate::sled_db::open(&crate::sled_db::config(&dir.0)).expect("opens");
+            let db = crate::sled_db::open(&crate::sled_db::config(dir.path())).expect("opens");
             let mut tree = None;
             for line in text.lines() {
                 if let Some(name) = line.strip_prefix("tree ") {
@@ -513,8 +513,8 @@ mod tests {
         /// pins the database as `name`, and opens the journal the fixture
         /// holds.
         fn pinned_journal(name: &str, delete_before: Option<u64>) -> (TempDir, SledJournal) {
-            let dir = TempDir::new("golden-journal");
-            let db = crate::sled_db::open(&crate::sled_db::config(&dir.0)).expect("opens");
+            let dir = test_support::temp_dir("golden-journal");
+            let db = crate::sled_db::open(&crate::sled_db::config(dir.path())).expect("opens");
             let mut journal = SledJournal::with_db(db.clone());
             journal.append("account-1", &events()).expect("appends");
             journal
@@ -527,7 +527,7 @@ mod tests {
             }
             pinned_text(name, &dump(&db));
 
-            let dir = TempDir::new("golden-journal-read");
+            let dir = test_support::temp_dir("golden-journal-read");
             let journal = SledJournal::with_db(restore(&dir, &fixture(name)));
             (dir, journal)
         }
@@ -568,8 +568,8 @@ mod tests {
                 })
                 .expect("encodes"),
             };
-            let dir = TempDir::new("golden-store");
-            let db = crate::sled_db::open(&crate::sled_db::config(&dir.0)).expect("opens");
+            let dir = test_support::temp_dir("golden-store");
+            let db = crate::sled_db::open(&crate::sled_db::config(dir.path())).expect("opens");
             let mut store = SledStore::with_db(db.clone(), "node-a").expect("opens");
             let hits = DurableEntry {
                 value: live.clone(),
@@ -589,7 +589,7 @@ mod tests {
             pinned_text("sled_store.txt", &dump(&db));
 
             let read = |name: &str| {
-                let dir = TempDir::new("golden-store-read");
+                let dir = test_support::temp_dir("golden-store-read");
                 let mut store =
                     SledStore::with_db(restore(&dir, &fixture(name)), "node-a").expect("opens");
                 let recovered = store.load().expect("reads");

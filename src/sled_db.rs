@@ -87,12 +87,12 @@ mod tests {
 
     #[test]
     fn a_database_reopens_right_after_it_is_dropped_and_a_second_open_waits_then_fails() {
-        let dir =
-            std::env::temp_dir().join(format!("ractor_replicated-sled-db-{}", std::process::id()));
+        let temp = test_support::temp_dir("sled-db");
+        let dir = temp.path();
         // Unflushed writes make the drop hand sled's thread pool work that
         // holds the file a moment longer.
         for round in 0..50u32 {
-            let db = open(&config(&dir)).expect("a closed database reopens");
+            let db = open(&config(dir)).expect("a closed database reopens");
             for item in 0..64u32 {
                 db.insert(
                     [round.to_be_bytes(), item.to_be_bytes()].concat(),
@@ -101,13 +101,12 @@ mod tests {
                 .unwrap();
             }
         }
-        let db = open(&config(&dir)).unwrap();
+        let db = open(&config(dir)).unwrap();
         assert_eq!(db.len(), 50 * 64);
         let started = Instant::now();
-        let err = open(&config(&dir)).unwrap_err();
+        let err = open(&config(dir)).unwrap_err();
         assert!(err.to_string().contains("in use"), "{err}");
         assert!(started.elapsed() >= LOCK_WAIT);
         drop(db);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

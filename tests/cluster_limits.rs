@@ -3,15 +3,13 @@
 //! read before authentication; and the name probe that lets a node tell which
 //! node a seed address reaches.
 
-mod support;
-
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ractor::Actor;
 use ractor_cluster::NodeServer;
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode, NAME_PROBE};
-use support::{eventually, free_port, COOKIE};
+use test_support::{eventually, free_port, COOKIE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,8 +3,6 @@
 //! authority's certificate, not a node without TLS, and not a node with
 //! another cookie.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +17,7 @@ use ractor_replicated::GCounter;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
-use support::{eventually, free_port, COOKIE};
+use test_support::{eventually, free_port, COOKIE};
 
 const BOUND: Duration = Duration::from_secs(15);
 /// The name every node's certificate is valid for.

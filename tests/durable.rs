@@ -1,7 +1,5 @@
 //! Durable Distributed Data: state that survives a Replicator's restart.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,21 +16,21 @@ use ractor_replicated::ddata::{
     Replicator, ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet};
-use support::{
-    cluster, cluster_with, eventually, listener, next_matching, replicator_config,
+use test_support::{
+    cluster, cluster_with, eventually, listener, next_matching, replicator_config, temp_dir,
     test_core_config, Restarter, SpawnChild, TempDir,
 };
 
 const BOUND: Duration = Duration::from_secs(10);
 
 fn durable(config: ReplicatorConfig, dir: &TempDir, node: &str) -> ReplicatorConfig {
-    let store = SledStore::open(&dir.0, node).expect("the store opens");
+    let store = SledStore::open(dir.path(), node).expect("the store opens");
     config.with_durability(Durability::new(store, KeySelection::All))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replicator_recovers_every_value_and_listeners_see_it() {
-    let dir = TempDir::new("restart");
+    let dir = temp_dir("restart");
     let hits: Key<GCounter> = Key::new("hits");
     let cart: Key<ORSet<String>> = Key::new("cart");
     let doomed: Key<GCounter> = Key::new("doomed");
@@ -97,7 +95,7 @@ async fn a_restarted_replicator_recovers_every_value_and_listeners_see_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_restart_with_the_value_they_had_merged() {
-    let dirs = [TempDir::new("pair-0"), TempDir::new("pair-1")];
+    let dirs = [temp_dir("pair-0"), temp_dir("pair-1")];
     let mut nodes = cluster("pair", 2, test_core_config()).await;
     // Replace the in-memory Replicators with durable ones on the same servers.
     for (node, dir) in nodes.iter_mut().zip(&dirs) {
@@ -159,9 +157,9 @@ async fn two_replicas_restart_with_the_value_they_had_merged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
-    let dir = TempDir::new("corrupt");
+    let dir = temp_dir("corrupt");
     {
-        let mut store = SledStore::open(&dir.0, "broken").unwrap();
+        let mut store = SledStore::open(dir.path(), "broken").unwrap();
         use ractor_replicated::ddata::durable::DurableStore;
         let garbage = WireValue::Live {
             tag: "GCounter".into(),
@@ -182,7 +180,10 @@ async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
     let message = err.to_string();
     assert!(matches!(err, Error::Store { .. }), "{message}");
     assert!(message.contains("cart/alice"), "{message}");
-    assert!(message.contains(&dir.0.display().to_string()), "{message}");
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
 }
 
 /// A store that counts the states written to it.
@@ -257,9 +258,9 @@ async fn write_behind_coalesces_writes_and_flushes_them_on_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_selected_keys_are_stored() {
-    let dir = TempDir::new("selected");
+    let dir = temp_dir("selected");
     let config = || {
-        let store = SledStore::open(&dir.0, "picky").expect("the store opens");
+        let store = SledStore::open(dir.path(), "picky").expect("the store opens");
         let keys = KeySelection::Matching {
             names: ["settings".to_string()].into(),
             prefixes: vec!["cart/".into()],
@@ -465,9 +466,9 @@ fn spawn_replicator(dir: PathBuf) -> SpawnChild {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicator_under_a_supervisor_survives_a_panic_and_a_restart_keeps_its_data() {
-    let dir = TempDir::new("supervised");
+    let dir = temp_dir("supervised");
     let restarts = Arc::new(AtomicUsize::new(0));
-    let spawn = spawn_replicator(dir.0.clone());
+    let spawn = spawn_replicator(dir.path().to_path_buf());
     let (supervisor, _) = Actor::spawn(None, Restarter, (spawn, restarts.clone()))
         .await
         .expect("the supervisor and its Replicator start");
@@ -514,7 +515,7 @@ async fn a_replicator_under_a_supervisor_survives_a_panic_and_a_restart_keeps_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_leaves_the_store_and_one_that_expired_while_down_is_not_recovered() {
-    let dir = TempDir::new("expiry");
+    let dir = temp_dir("expiry");
     let ttl = Duration::from_millis(400);
     let expiring = |dir: &TempDir| {
         durable(
@@ -545,7 +546,7 @@ async fn an_expired_key_leaves_the_store_and_one_that_expired_while_down_is_not_
         .await
         .unwrap();
     dd.stop().await;
-    let stored = SledStore::open(&dir.0, "solo").unwrap().load().unwrap();
+    let stored = SledStore::open(dir.path(), "solo").unwrap().load().unwrap();
     let times = stored.entries["tmp/short"]
         .lifetime
         .expect("an expiring key keeps its lifetime");
@@ -562,7 +563,7 @@ async fn an_expired_key_leaves_the_store_and_one_that_expired_while_down_is_not_
         Some(1)
     );
     dd.stop().await;
-    let stored = SledStore::open(&dir.0, "solo").unwrap().load().unwrap();
+    let stored = SledStore::open(dir.path(), "solo").unwrap().load().unwrap();
     assert!(
         !stored.entries.contains_key("tmp/short"),
         "removed from the store at the start ({times:?})"

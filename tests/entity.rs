@@ -1,8 +1,6 @@
 //! A replicated event-sourced entity on one node: commands, replies, journal
 //! and recovery.
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +17,7 @@ use ractor_replicated::persistence::replicated::{
 use ractor_replicated::{ReplicaId, ReplyTo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use support::{eventually, listener, next_matching, Restarter, SpawnChild, TempDir};
+use test_support::{eventually, listener, next_matching, temp_dir, Restarter, SpawnChild};
 
 struct Counter;
 
@@ -106,8 +104,8 @@ async fn spawn_with<J: Journal + Sync>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_persist_events_and_a_respawned_entity_recovers_them() {
-    let dir = TempDir::new("entity");
-    let open = || SledJournal::open(&dir.0).expect("the journal opens");
+    let dir = temp_dir("entity");
+    let open = || SledJournal::open(dir.path()).expect("the journal opens");
 
     let entity = spawn(open(), "counter-1").await;
     assert_eq!(send(&entity, Command::Add(5)).await, Some(5));
@@ -268,8 +266,8 @@ async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshotting_entity_keeps_few_events_in_memory_and_restarts_from_its_snapshot() {
-    let dir = TempDir::new("entity-snapshots");
-    let open = || SledJournal::open(&dir.0).expect("the journal opens");
+    let dir = temp_dir("entity-snapshots");
+    let open = || SledJournal::open(dir.path()).expect("the journal opens");
     let entity = spawn_snapshotting(open(), "counter-6", 200).await;
     for n in 1..=1_000 {
         send(&entity, Command::Add(n)).await;
@@ -416,9 +414,9 @@ fn spawn_entity(dir: PathBuf) -> SpawnChild {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entity_under_a_supervisor_is_restarted_with_its_journal_and_the_handle_follows() {
-    let dir = TempDir::new("entity-supervised");
+    let dir = temp_dir("entity-supervised");
     let restarts = Arc::new(AtomicUsize::new(0));
-    let spawn = spawn_entity(dir.0.clone());
+    let spawn = spawn_entity(dir.path().to_path_buf());
     let (supervisor, _) = Actor::spawn(None, Restarter, (spawn, restarts.clone()))
         .await
         .expect("the supervisor and its entity start");

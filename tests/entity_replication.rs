@@ -2,8 +2,6 @@
 //! loopback ractor_cluster sessions: concurrent commands, restarts and
 //! garbage on the wire.
 
-mod support;
-
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -14,7 +12,7 @@ use ractor_replicated::persistence::replicated::{
     Entity, EntityConfig, EntityMessage, LastWriterWins, ReplicatedEntity, Retention,
 };
 use ractor_replicated::ReplicaId;
-use support::{cluster, eventually, test_core_config, Ledger, RawBytes, Recorded, TestNode};
+use test_support::{cluster, eventually, test_core_config, Ledger, RawBytes, Recorded, TestNode};
 
 const BOUND: Duration = Duration::from_secs(10);
 

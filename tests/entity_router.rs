@@ -3,8 +3,6 @@
 //! start on their first command or replicated event, replicate through the
 //! routers, passivate when idle and catch up after a router was away.
 
-mod support;
-
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -16,7 +14,7 @@ use ractor_replicated::persistence::replicated::{
     Entities, EntityRouter, EntityType, LastWriterWins,
 };
 use ractor_replicated::ReplicaId;
-use support::{
+use test_support::{
     cluster, eventually, listener, next_matching, test_core_config, Ledger, RawBytes, Recorded,
     TestNode,
 };

@@ -16,9 +16,7 @@ use ractor_replicated::persistence::replicated::{
 };
 use ractor_replicated::{ReplicaId, VersionVector};
 use serde::{Deserialize, Serialize};
-use support::Rng;
-
-mod support;
+use test_support::Rng;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Op {

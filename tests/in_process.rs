@@ -1,8 +1,6 @@
 //! Distributed Data across several ractor_cluster nodes inside one process,
 //! connected over loopback TCP, with real Replicator actors.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use ractor_replicated::ddata::{
     SessionDiscovery, WriteConsistency,
 };
 use ractor_replicated::{Error, GCounter, ORSet};
-use support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes};
+use test_support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes};
 
 const BOUND: Duration = Duration::from_secs(10);
 const LEVEL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -154,7 +152,7 @@ async fn every_consistency_level_is_reached_when_all_nodes_are_up() {
 }
 
 /// A cluster of three whose third node stopped, once node 0 has seen it go.
-async fn three_nodes_with_the_third_down(label: &str) -> Vec<support::TestNode> {
+async fn three_nodes_with_the_third_down(label: &str) -> Vec<test_support::TestNode> {
     let nodes = cluster(label, 3, test_core_config()).await;
     nodes[2].shut_down().await;
     eventually("the stopped node is seen gone", BOUND, || async {

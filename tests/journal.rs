@@ -1,7 +1,5 @@
 //! The sled event journal, and recovery of a replicated entity from it.
 
-mod support;
-
 use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
     DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
@@ -14,7 +12,7 @@ use ractor_replicated::persistence::replicated::{
     ReplicatedLog,
 };
 use ractor_replicated::{codec, sled_db, Error, GCounter, ReplicaId, VersionVector};
-use support::TempDir;
+use test_support::{temp_dir, TempDir};
 
 /// Appends names to a list: the order of events shows in the state.
 struct Names;
@@ -47,9 +45,9 @@ fn two_replicas() -> (
 
 #[test]
 fn appends_are_atomic_ordered_and_idempotent() {
-    let dir = TempDir::new("journal");
+    let dir = temp_dir("journal");
     let (_, events) = two_replicas();
-    let mut journal = SledJournal::open(&dir.0).unwrap();
+    let mut journal = SledJournal::open(dir.path()).unwrap();
     assert_eq!(journal.append("cart-1", &events[..2]).unwrap(), 2);
     assert_eq!(
         journal.append("cart-1", &events).unwrap(),
@@ -74,17 +72,17 @@ fn appends_are_atomic_ordered_and_idempotent() {
 
 #[test]
 fn appends_stay_idempotent_out_of_order_and_after_reopening() {
-    let dir = TempDir::new("journal-gaps");
+    let dir = temp_dir("journal-gaps");
     let (_, events) = two_replicas();
     // events: a1, a2, b1, a3. a3 first, past a gap in a's sequence.
     {
-        let mut journal = SledJournal::open(&dir.0).unwrap();
+        let mut journal = SledJournal::open(dir.path()).unwrap();
         assert_eq!(journal.append("cart-1", &events[3..]).unwrap(), 1);
         assert_eq!(journal.append("cart-1", &events[..1]).unwrap(), 1);
         journal.flush().unwrap();
     }
     // A new handle rebuilds its index from the tree.
-    let mut journal = SledJournal::open(&dir.0).unwrap();
+    let mut journal = SledJournal::open(dir.path()).unwrap();
     let doubled: Vec<_> = events.iter().chain(&events).cloned().collect();
     assert_eq!(
         journal.append("cart-1", &doubled).unwrap(),
@@ -97,14 +95,14 @@ fn appends_stay_idempotent_out_of_order_and_after_reopening() {
 
 #[test]
 fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
-    let dir = TempDir::new("recovery");
+    let dir = temp_dir("recovery");
     let (original, events) = two_replicas();
     {
-        let mut journal = SledJournal::open(&dir.0).unwrap();
+        let mut journal = SledJournal::open(dir.path()).unwrap();
         journal.append("cart-1", &events).unwrap();
         journal.flush().unwrap();
     }
-    let journal = SledJournal::open(&dir.0).unwrap();
+    let journal = SledJournal::open(dir.path()).unwrap();
     let mut recovered = ReplicatedLog::new(ReplicaId::new("a", 1), Names, LastWriterWins);
     for (_, envelope) in journal.read_from::<String>("cart-1", 1).unwrap() {
         recovered.receive(envelope);
@@ -120,7 +118,7 @@ fn an_entity_rebuilt_from_its_journal_has_the_same_state() {
 /// the journal's own checks.
 fn write_raw(dir: &TempDir, persistence_id: &str, key: &[u8], bytes: &[u8]) {
     // Waits, as the journal does, for the lock of a handle just dropped.
-    let db = sled_db::open(&sled_db::config(&dir.0)).unwrap();
+    let db = sled_db::open(&sled_db::config(dir.path())).unwrap();
     let tree = db.open_tree(format!("journal/{persistence_id}")).unwrap();
     tree.insert(key, bytes).unwrap();
     db.flush().unwrap();
@@ -133,12 +131,12 @@ fn write_raw(dir: &TempDir, persistence_id: &str, key: &[u8], bytes: &[u8]) {
 /// idempotent on both sides of it.
 #[test]
 fn the_first_append_after_reopening_reads_only_past_the_snapshot() {
-    let dir = TempDir::new("journal-index");
+    let dir = temp_dir("journal-index");
     let (_, events) = two_replicas();
     // events: a1, a2, b1, a3; a snapshot of the prefix {a1, a2, b1},
     // whose recovery reads from a3 (#4).
     {
-        let mut journal = SledJournal::open(&dir.0).unwrap();
+        let mut journal = SledJournal::open(dir.path()).unwrap();
         assert_eq!(journal.append("cart-1", &events).unwrap(), 4);
         let prefix: VersionVector = [(ReplicaId::new("a", 1), 2), (ReplicaId::new("b", 1), 1)]
             .into_iter()
@@ -157,7 +155,7 @@ fn the_first_append_after_reopening_reads_only_past_the_snapshot() {
     key.extend(2u64.to_be_bytes());
     write_raw(&dir, "cart-1", &key, &[codec::WIRE_VERSION, 0xc1]);
 
-    let mut journal = SledJournal::open(&dir.0).unwrap();
+    let mut journal = SledJournal::open(dir.path()).unwrap();
     assert_eq!(
         journal.append("cart-1", &events).unwrap(),
         0,
@@ -173,11 +171,11 @@ fn the_first_append_after_reopening_reads_only_past_the_snapshot() {
 
 #[test]
 fn malformed_journal_bytes_are_an_error_naming_the_event() {
-    let dir = TempDir::new("malformed");
+    let dir = temp_dir("malformed");
     let mut key = vec![0];
     key.extend(1u64.to_be_bytes());
     write_raw(&dir, "cart-1", &key, &[codec::WIRE_VERSION, 0xc1]);
-    let journal = SledJournal::open(&dir.0).unwrap();
+    let journal = SledJournal::open(dir.path()).unwrap();
     let err = journal.read_from::<String>("cart-1", 1).unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "{err}");
     assert!(err.to_string().contains("cart-1#1"), "{err}");
@@ -201,7 +199,7 @@ fn malformed_replication_messages_are_decode_errors() {
 
 #[test]
 fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
-    let dir = TempDir::new("snapshots");
+    let dir = temp_dir("snapshots");
     let (_, events) = two_replicas();
     let mut prefix = VersionVector::new();
     prefix.increment(&ReplicaId::new("a", 1));
@@ -214,7 +212,7 @@ fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
         state: codec::encode(&state).unwrap(),
     };
     {
-        let mut journal = SledJournal::open(&dir.0).unwrap();
+        let mut journal = SledJournal::open(dir.path()).unwrap();
         journal.append("cart-1", &events).unwrap();
         assert_eq!(journal.load_snapshot("cart-1").unwrap(), None);
         // events: a1, a2, b1, a3; the prefix holds a1 and a2.
@@ -230,7 +228,7 @@ fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
             .unwrap();
         journal.flush().unwrap();
     }
-    let journal = SledJournal::open(&dir.0).unwrap();
+    let journal = SledJournal::open(dir.path()).unwrap();
     assert_eq!(
         journal.load_snapshot("cart-1").unwrap(),
         Some(snapshot(&["a1", "a2"], 2, 3)),
@@ -255,9 +253,9 @@ fn snapshots_are_kept_replaced_and_read_back_after_reopening() {
 
 #[test]
 fn a_malformed_snapshot_is_an_error_naming_it() {
-    let dir = TempDir::new("malformed-snapshot");
+    let dir = temp_dir("malformed-snapshot");
     write_raw(&dir, "cart-1", &[1], &[codec::WIRE_VERSION, 0x93, 0x01]);
-    let journal = SledJournal::open(&dir.0).unwrap();
+    let journal = SledJournal::open(dir.path()).unwrap();
     let err = journal.load_snapshot("cart-1").unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "{err}");
     assert!(err.to_string().contains("cart-1#snapshot"), "{err}");
@@ -270,11 +268,11 @@ fn a_malformed_snapshot_is_an_error_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_store_and_a_journal_share_one_database() {
-    let dir = TempDir::new("shared-db");
+    let dir = temp_dir("shared-db");
     let (_, events) = two_replicas();
     let hits: Key<GCounter> = Key::new("hits");
     let open = || {
-        let db = sled_db::open(&sled_db::config(&dir.0).cache_capacity(8 << 20)).unwrap();
+        let db = sled_db::open(&sled_db::config(dir.path()).cache_capacity(8 << 20)).unwrap();
         let store = SledStore::with_db(db.clone(), "shared").unwrap();
         let config = ReplicatorConfig::new("shared")
             .with_durability(Durability::new(store, KeySelection::All));
@@ -370,8 +368,8 @@ fn deleting_events_keeps_the_rest_and_the_numbering<J: Journal>(mut reopen: impl
 
 #[test]
 fn a_sled_journal_deletes_events_a_snapshot_covers() {
-    let dir = TempDir::new("delete-before");
-    deleting_events_keeps_the_rest_and_the_numbering(|| SledJournal::open(&dir.0).unwrap());
+    let dir = temp_dir("delete-before");
+    deleting_events_keeps_the_rest_and_the_numbering(|| SledJournal::open(dir.path()).unwrap());
 }
 
 #[test]

@@ -4,8 +4,6 @@
 //! removed node for `All`. A removal reaches every node, also one that
 //! connects later.
 
-mod support;
-
 use std::time::Duration;
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode, MemberEvent};
@@ -13,7 +11,7 @@ use ractor_replicated::ddata::{
     DistributedData, Key, ReplicatorConfig, SessionDiscovery, WriteConsistency,
 };
 use ractor_replicated::{Error, GCounter};
-use support::{free_port, listener, next_matching, COOKIE};
+use test_support::{free_port, listener, next_matching, COOKIE};
 
 const BOUND: Duration = Duration::from_secs(15);
 
@@ -57,7 +55,7 @@ async fn members_come_up_go_down_and_are_removed_and_all_is_then_reached_without
         node.subscribe(dd.actor()).unwrap();
         replicators.push(dd);
     }
-    support::eventually("the replicators see each other", BOUND, || async {
+    test_support::eventually("the replicators see each other", BOUND, || async {
         replicators[0]
             .reachable_peers()
             .await
@@ -85,7 +83,7 @@ async fn members_come_up_go_down_and_are_removed_and_all_is_then_reached_without
     // The Replicator heard the same event through its own subscription;
     // the update below is behind it in the Replicator's mailbox only if the
     // event arrived first, so wait for a write to go through.
-    support::eventually("All is reached without the removed node", BOUND, || async {
+    test_support::eventually("All is reached without the removed node", BOUND, || async {
         replicators[0]
             .update(&key, all, |c, me| c.apply(c.increment(me, 1)))
             .await
@@ -99,7 +97,7 @@ async fn members_come_up_go_down_and_are_removed_and_all_is_then_reached_without
     })
     .await;
     assert_eq!(removed, MemberEvent::Removed("member-2".into()));
-    support::eventually("All is reached from node 1 too", BOUND, || async {
+    test_support::eventually("All is reached from node 1 too", BOUND, || async {
         replicators[1]
             .update(&key, all, |c, me| c.apply(c.increment(me, 1)))
             .await

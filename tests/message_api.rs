@@ -2,8 +2,6 @@
 //! `call!` and `cast!`, and answers that come back as the caller's own
 //! messages so that a slow write never holds its mailbox.
 
-mod support;
-
 use std::time::Duration;
 
 use ractor::{call, cast, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -12,7 +10,7 @@ use ractor_replicated::ddata::{
     WriteConsistency, Written,
 };
 use ractor_replicated::{Error, GCounter, ReplicaId, ReplyTo};
-use support::{cluster, eventually, test_core_config};
+use test_support::{cluster, eventually, test_core_config};
 use tokio::sync::mpsc;
 
 const BOUND: Duration = Duration::from_secs(10);

@@ -46,9 +46,7 @@ use ractor_replicated::ddata::{
     ReplicatorCore, Snapshot, Timer, TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet, ReplicaId};
-use support::Rng;
-
-mod support;
+use test_support::Rng;
 
 const DEFAULT_SEEDS: u64 = 1_000;
 
@@ -614,7 +612,7 @@ impl Sim {
         if !self.healed && self.rng.chance(0.01) {
             // Garbage on the wire: must be rejected and change nothing.
             let mut garbage: Vec<u8> = (0..self.rng.below(64))
-                .map(|_| self.rng.next() as u8)
+                .map(|_| self.rng.next_u64() as u8)
                 .collect();
             garbage.insert(0, codec::WIRE_VERSION);
             if codec::decode::<Envelope>(&garbage).is_err() {
@@ -717,7 +715,7 @@ impl Sim {
             }
             55..=66 => {
                 let key = set(self.rng.below(2));
-                let pick = self.rng.next();
+                let pick = self.rng.next_u64();
                 let result = core.update(request, &key, WriteConsistency::Local, |s, _| {
                     if !s.is_empty() {
                         let victim = *s.iter().nth(pick as usize % s.len()).expect("in range");

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -21,6 +20,7 @@ pub mod faults;
 pub mod ledger;
 
 use faults::Network;
+pub use test_support::free_port;
 
 /// How long one command may take before the test fails.
 const ANSWER_BOUND: Duration = Duration::from_secs(60);
@@ -192,38 +192,6 @@ impl Drop for NodeProcess {
             .status();
         self.kill();
     }
-}
-
-/// A loopback port that was free a moment ago, for a node process to bind.
-///
-/// It lies below the kernel's range of ephemeral ports, so that no outgoing
-/// connection and no port-0 listener (the fault proxies) takes it between
-/// now and the node's bind, or while the node is down between a kill and a
-/// restart; and this process never hands it out twice.
-pub fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (low, high) = (10_000u16, ephemeral_low.max(11_000));
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id();
-    let span = u32::from(high - low);
-    for attempt in 0..span {
-        let port = low + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
-        if handed_out.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            handed_out.insert(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port between {low} and {high}");
 }
 
 /// A cluster of node processes on loopback; every node lists every other as a

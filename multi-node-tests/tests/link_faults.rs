@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use multi_node_tests::faults::Link;
 use multi_node_tests::{eventually, LoopbackCluster, WriterLog};
 use serde_json::{json, Value};
+use test_support::Rng;
 
 const NODE: &str = env!("CARGO_BIN_EXE_node");
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -29,30 +30,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// SplitMix64, seeded from `FAULT_SEED` or the given default.
-struct Rng(u64);
-
-impl Rng {
-    fn new(default: u64) -> Self {
-        let seed = std::env::var("FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default);
-        eprintln!("fault seed {seed} (replay with FAULT_SEED={seed})");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
+/// Seeded randomness, from `FAULT_SEED` or the given default.
+fn fault_rng(default: u64) -> Rng {
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    eprintln!("fault seed {seed} (replay with FAULT_SEED={seed})");
+    Rng(seed)
 }
 
 fn chaos_duration() -> Duration {
@@ -167,7 +152,7 @@ fn a_minority_side_fails_majority_writes_the_majority_side_succeeds_and_all_conv
 #[test]
 fn a_flapping_link_causes_no_false_timeouts_and_reconnects_within_two_seconds() {
     let _serial = serial();
-    let mut rng = Rng::new(12);
+    let mut rng = fault_rng(12);
     let mut cluster = LoopbackCluster::new(NODE, "flapping", 3).with_link_faults();
     cluster.start_all();
     // A majority (2 of 3) is always reachable: node 1's links never fail.
@@ -252,7 +237,7 @@ fn seeds_that_are_aliases_are_dialled_until_connected_and_never_again() {
 #[test]
 fn a_write_pending_across_a_short_cut_completes() {
     let _serial = serial();
-    let mut rng = Rng::new(7);
+    let mut rng = fault_rng(7);
     let mut cluster = LoopbackCluster::new(NODE, "short-cut", 3).with_link_faults();
     cluster.start_all();
     for round in 0..6 {
@@ -273,7 +258,7 @@ fn a_write_pending_across_a_short_cut_completes() {
 fn durable_nodes_under_cuts_blackholes_and_kills_lose_no_acknowledged_write_and_double_no_increment(
 ) {
     let _serial = serial();
-    let mut rng = Rng::new(3);
+    let mut rng = fault_rng(3);
     let mut cluster = LoopbackCluster::durable(NODE, "durable-chaos", 3).with_link_faults();
     cluster.start_all();
     // Each life of each node writes its own set key and increments a shared

@@ -163,26 +163,6 @@ pub(crate) mod tests {
         PNCounter, PNCounterMap, ReplicaId,
     };
 
-    /// A directory under the system's temporary directory, removed on drop.
-    pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(label: &str) -> Self {
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Self(std::env::temp_dir().join(format!(
-                "ractor_replicated-{label}-{}-{unique}",
-                std::process::id()
-            )))
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     pub(crate) fn untimed(value: WireValue) -> DurableEntry {
         DurableEntry {
             value,
@@ -242,12 +222,12 @@ pub(crate) mod tests {
 
     #[test]
     fn every_crdt_type_round_trips_through_sled() {
-        let dir = TempDir::new("round-trip");
+        let dir = test_support::temp_dir("round-trip");
         let types = TypeRegistry::with_builtins();
         // Built once: the LWW register's timestamp comes from the wall clock.
         let samples = samples();
         {
-            let mut store = SledStore::open(&dir.0, "node-a").unwrap();
+            let mut store = SledStore::open(dir.path(), "node-a").unwrap();
             store.set_incarnation(42).unwrap();
             for (tag, value) in &samples {
                 let wire = WireValue::Live {
@@ -263,7 +243,7 @@ pub(crate) mod tests {
             store.remove("forgotten").unwrap();
             store.flush().unwrap();
         }
-        let mut store = SledStore::open(&dir.0, "node-a").unwrap();
+        let mut store = SledStore::open(dir.path(), "node-a").unwrap();
         let recovered = store.load().unwrap();
         assert_eq!(recovered.last_incarnation, Some(42));
         assert_eq!(
@@ -286,10 +266,10 @@ pub(crate) mod tests {
 
     #[test]
     fn an_undecodable_entry_is_an_error_naming_the_file_and_the_key() {
-        let dir = TempDir::new("corrupt");
+        let dir = test_support::temp_dir("corrupt");
         {
             let db = sled::Config::new()
-                .path(&dir.0)
+                .path(dir.path())
                 .flush_every_ms(None)
                 .open()
                 .unwrap();
@@ -297,13 +277,16 @@ pub(crate) mod tests {
             tree.insert("cart/alice", &[1u8, 0xc1, 0x00][..]).unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(&dir.0, "node-a")
+        let err = SledStore::open(dir.path(), "node-a")
             .unwrap()
             .load()
             .unwrap_err();
         let message = err.to_string();
         assert!(message.contains("cart/alice"), "{message}");
-        assert!(message.contains(&dir.0.display().to_string()), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Several ractor_cluster nodes in one test process, on loopback, each with a
-//! Replicator that finds its peers through its NodeServer's sessions.
+//! What the tests of ractor_replicated share: several ractor_cluster nodes
+//! in one test process, on loopback, each with a Replicator that finds its
+//! peers through its NodeServer's sessions; free ports; seeded randomness;
+//! listeners and supervisors for the actor tests.
 
-#![allow(dead_code)]
-
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -36,10 +38,37 @@ impl TestNode {
     }
 }
 
-/// A port that was free a moment ago (ractor_cluster reports no bound port).
+/// A loopback port that was free a moment ago, for a node to bind
+/// (ractor_cluster reports no bound port).
+///
+/// It lies below the kernel's range of ephemeral ports, so that no outgoing
+/// connection and no port-0 listener (the fault proxies) takes it between
+/// now and the node's bind, or while the node is down between a kill and a
+/// restart; and this process never hands it out twice.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.max(11_000));
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let span = u32::from(high - low);
+    for attempt in 0..span {
+        let port = low + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}");
 }
 
 /// Node names are process-global in ractor: every cluster gets its own prefix.
@@ -129,23 +158,15 @@ pub fn replicator_config(
         .with_core(core)
 }
 
-/// A directory under the system's temporary directory, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
+pub use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(label: &str) -> Self {
-        Self(std::env::temp_dir().join(format!(
-            "ractor_replicated-{}-{}",
-            unique_prefix(label),
-            std::process::id()
-        )))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory under the system's temporary directory, removed when
+/// dropped, named after `label`.
+pub fn temp_dir(label: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ractor_replicated-{label}-"))
+        .tempdir()
+        .expect("a temporary directory")
 }
 
 /// Polls `check` until it holds; panics after `bound`.
@@ -227,7 +248,7 @@ pub async fn next_matching<M>(
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -237,7 +258,7 @@ impl Rng {
 
     /// A number in `0..bound` (0 if `bound` is 0).
     pub fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
+        self.next_u64() % bound.max(1)
     }
 
     /// An index into a collection of `len` items.
@@ -252,7 +273,7 @@ impl Rng {
 
     /// True with `probability`.
     pub fn chance(&mut self, probability: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= probability
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= probability
     }
 
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
