@@ -7,11 +7,13 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::ddata::wire::MESSAGE_VARIANT;
 use ractor_replicated::ddata::{
-    Change, CoreConfig, Discovery, Expiry, Key, KeySelection, PeerGroup, ReadConsistency,
-    SessionDiscovery, WriteConsistency,
+    Change, CoreConfig, Discovery, DistributedData, Expiry, Key, KeySelection, PeerGroup,
+    ReadConsistency, SessionDiscovery, WriteConsistency,
 };
 use ractor_replicated::{Error, GCounter, ORSet};
-use test_support::{cluster, eventually, listener, next_matching, test_core_config, RawBytes};
+use test_support::{
+    cluster, eventually, listener, next_matching, replicator_config, test_core_config, RawBytes,
+};
 
 const BOUND: Duration = Duration::from_secs(10);
 const LEVEL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -677,5 +679,82 @@ async fn an_unused_key_expires_everywhere_and_can_be_used_again() {
                 .is_some_and(|s| s.iter().eq(["new"].iter()))
         },
     )
+    .await;
+}
+
+/// Whether every node reads `total` in `key`.
+async fn counts(nodes: &[test_support::TestNode], key: &Key<GCounter>, total: u128) -> bool {
+    for node in nodes {
+        let value = node.dd.get(key, ReadConsistency::Local).await.unwrap();
+        if value.is_none_or(|c| c.value() != total) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Stops node `at`'s Replicator and starts a new one (a new incarnation)
+/// with every node listed as a member.
+async fn restart_listed(nodes: &mut [test_support::TestNode], at: usize, core: &CoreConfig) {
+    let names: Vec<String> = nodes.iter().map(|node| node.name.clone()).collect();
+    let node = &mut nodes[at];
+    node.dd.stop().await;
+    let config = replicator_config(&node.name, &node.server, core.clone()).with_members(names);
+    node.dd = DistributedData::start(config).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replicator_s_dead_incarnation_is_retired_on_every_node() {
+    let core = CoreConfig {
+        retire_incarnations: true,
+        ..test_core_config()
+    };
+    let mut nodes = cluster("retire", 3, core.clone()).await;
+    for at in 0..nodes.len() {
+        restart_listed(&mut nodes, at, &core).await;
+    }
+    let hits: Key<GCounter> = Key::new("hits");
+    for node in &nodes {
+        node.dd
+            .update(&hits, WriteConsistency::Local, |c, me| {
+                c.apply(c.increment(me, 1))
+            })
+            .await
+            .unwrap();
+    }
+    eventually("every node counts 3", BOUND, || counts(&nodes, &hits, 3)).await;
+    let dead = nodes[2].dd.replica_id().await.unwrap();
+    restart_listed(&mut nodes, 2, &core).await;
+    eventually(
+        "every node retired the restarted node's dead incarnation",
+        BOUND,
+        || async {
+            for node in &nodes {
+                let counter = node.dd.get(&hits, ReadConsistency::Local).await.unwrap();
+                let holds_dead = counter.is_none_or(|c| {
+                    c.counts()
+                        .iter()
+                        .any(|(replica, _)| replica.node() == dead.node())
+                });
+                let stats = node.dd.stats().await.unwrap();
+                if holds_dead || stats.pending_retirements > 0 {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    eventually("the value stays 3", BOUND, || counts(&nodes, &hits, 3)).await;
+    nodes[2]
+        .dd
+        .update(&hits, WriteConsistency::Local, |c, me| {
+            c.apply(c.increment(me, 1))
+        })
+        .await
+        .unwrap();
+    eventually("the new incarnation's write counts once", BOUND, || {
+        counts(&nodes, &hits, 4)
+    })
     .await;
 }
