@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ractor::Actor;
 use ractor_replicated::ddata::durable::{
-    Durability, DurableEntry, DurableStore, MemoryStore, Recovered, SledStore, WriteMode,
+    Durability, DurableEntry, DurableStore, Loaded, MemoryStore, SledStore, WriteMode,
 };
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
@@ -194,7 +194,7 @@ struct Counting {
 }
 
 impl DurableStore for Counting {
-    fn load(&mut self) -> ractor_replicated::Result<Recovered> {
+    fn load(&mut self) -> ractor_replicated::Result<Loaded> {
         self.store.load()
     }
 
@@ -293,7 +293,7 @@ async fn only_selected_keys_are_stored() {
 struct FullDisk;
 
 impl ractor_replicated::ddata::durable::DurableStore for FullDisk {
-    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Recovered> {
+    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Loaded> {
         Ok(Default::default())
     }
     fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {
@@ -385,7 +385,7 @@ impl FlushTracking {
 }
 
 impl ractor_replicated::ddata::durable::DurableStore for FlushTracking {
-    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Recovered> {
+    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Loaded> {
         Ok(Default::default())
     }
     fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {

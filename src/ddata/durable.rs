@@ -21,9 +21,10 @@ mod sled_store;
 #[cfg(feature = "sled")]
 pub use sled_store::SledStore;
 
-/// Everything a store holds for one node.
+/// Everything a store holds for one node, as [`DurableStore::load`] reads
+/// it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Recovered {
+pub struct Loaded {
     /// The incarnation the node last wrote under, if it ever started.
     pub last_incarnation: Option<u64>,
     /// Each durable key's last stored state.
@@ -48,7 +49,7 @@ pub struct DurableEntry {
 pub trait DurableStore: Send + 'static {
     /// Everything stored for this node. An entry that cannot be decoded is an
     /// error naming the store and the key.
-    fn load(&mut self) -> Result<Recovered>;
+    fn load(&mut self) -> Result<Loaded>;
     /// Records the incarnation the node writes under from now on (durably).
     fn set_incarnation(&mut self, incarnation: u64) -> Result<()>;
     /// Stores `key`'s state.
@@ -106,7 +107,7 @@ impl Durability {
 /// and restart within one process, which is what tests need.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
-    inner: std::sync::Arc<std::sync::Mutex<Recovered>>,
+    inner: std::sync::Arc<std::sync::Mutex<Loaded>>,
 }
 
 impl MemoryStore {
@@ -115,7 +116,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut Recovered) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Loaded) -> R) -> R {
         let mut guard = self
             .inner
             .lock()
@@ -125,7 +126,7 @@ impl MemoryStore {
 }
 
 impl DurableStore for MemoryStore {
-    fn load(&mut self) -> Result<Recovered> {
+    fn load(&mut self) -> Result<Loaded> {
         Ok(self.with(|recovered| recovered.clone()))
     }
 

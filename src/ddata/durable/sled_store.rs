@@ -2,7 +2,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DurableEntry, DurableStore, Recovered};
+use super::{DurableEntry, DurableStore, Loaded};
 use crate::codec;
 use crate::ddata::wire::{Lifetime, WireValue};
 use crate::error::{Error, Result};
@@ -80,7 +80,7 @@ impl SledStore {
 }
 
 impl DurableStore for SledStore {
-    fn load(&mut self) -> Result<Recovered> {
+    fn load(&mut self) -> Result<Loaded> {
         let last_incarnation = match self
             .meta
             .get(INCARNATION)
@@ -91,9 +91,9 @@ impl DurableStore for SledStore {
                 codec::decode::<u64>(&bytes).map_err(|e| self.error(Some("<incarnation>"), e))?,
             ),
         };
-        let mut recovered = Recovered {
+        let mut recovered = Loaded {
             last_incarnation,
-            ..Recovered::default()
+            ..Loaded::default()
         };
         for item in self.entries.iter() {
             let (key, bytes) = item.map_err(|e| self.error(None, e))?;

@@ -83,9 +83,16 @@ impl<E, R> Effect<E, R> {
     }
 }
 
-/// A replicated event-sourced entity: an [`EventHandler`] plus a command
-/// handler. The command handler must be deterministic only in what it
-/// persists; it may read the clock or anything else to decide.
+/// The behaviour of a replicated event-sourced entity: an [`EventHandler`]
+/// plus a command handler. The command handler must be deterministic only
+/// in what it persists; it may read the clock or anything else to decide.
+///
+/// Despite its name this is not a ractor `Actor`: the actor is
+/// [`ReplicatedEntity`](super::ReplicatedEntity), one replica of one
+/// persistence id, which runs this behaviour (spawn it with
+/// `ReplicatedEntity::spawn`, or under your own supervisor with
+/// [`EntityArguments`](super::EntityArguments)); an
+/// [`EntityRouter`](super::EntityRouter) runs many.
 pub trait ReplicatedEventSourcedActor: EventHandler {
     /// The commands the entity takes.
     type Command: Send + 'static;
