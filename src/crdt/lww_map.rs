@@ -2,10 +2,9 @@ use std::borrow::Borrow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Clock, LWWRegister, Member, ORMap, ORMapOp, OpBased, Payload, ReplicatedData, WallClock,
-};
-use crate::causal::{Dot, ReplicaId};
+use super::or_map::delegate_to_map;
+use super::{Clock, LWWRegister, Member, ORMap, ORMapOp, OpBased, Payload, WallClock};
+use crate::causal::ReplicaId;
 
 /// A map whose values are last-writer-wins registers: an [`ORMap`] of
 /// [`LWWRegister`]s with a map-shaped API.
@@ -104,40 +103,13 @@ impl<K: Member, V: Payload> LWWMap<K, V> {
     }
 }
 
-impl<K: Member, V: Payload> ReplicatedData for LWWMap<K, V> {
-    fn merge(&mut self, other: &Self) {
-        self.map.merge(&other.map);
-    }
-
-    fn retire(&mut self, node: &str, below: u64) {
-        self.map.retire(node, below);
-    }
-
-    fn mentions(&self, node: &str, below: u64) -> bool {
-        self.map.mentions(node, below)
-    }
-
-    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
-        self.map.unsettled(node, below)
-    }
-
-    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
-        self.map.retire_settled(node, below, elsewhere);
-    }
-}
-
-impl<K: Member, V: Payload> OpBased for LWWMap<K, V> {
-    type Op = ORMapOp<K, LWWRegister<V>>;
-
-    fn apply(&mut self, op: Self::Op) {
-        self.map.apply(op);
-    }
-}
+delegate_to_map!([K: Member, V: Payload] LWWMap<K, V>, ORMapOp<K, LWWRegister<V>>);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crdt::laws::{self, LawSubject};
+    use crate::crdt::ReplicatedData;
 
     impl LawSubject for LWWMap<u8, u8> {
         fn view(&self) -> String {

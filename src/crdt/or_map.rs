@@ -634,6 +634,50 @@ impl<K: Member, V: ReplicatedData> OpBased for ORMap<K, V> {
     }
 }
 
+/// Implements [`ReplicatedData`] and [`OpBased`] for a type that wraps an
+/// [`ORMap`] in its field `map` (LWWMap, ORMultiMap, PNCounterMap): each
+/// method is the map's. `[generics] Type, Op`.
+macro_rules! delegate_to_map {
+    ([$($generics:tt)*] $wrapper:ty, $op:ty) => {
+        impl<$($generics)*> $crate::crdt::ReplicatedData for $wrapper {
+            fn merge(&mut self, other: &Self) {
+                self.map.merge(&other.map);
+            }
+
+            fn retire(&mut self, node: &str, below: u64) {
+                self.map.retire(node, below);
+            }
+
+            fn mentions(&self, node: &str, below: u64) -> bool {
+                self.map.mentions(node, below)
+            }
+
+            fn unsettled(&self, node: &str, below: u64) -> Vec<$crate::causal::Dot> {
+                self.map.unsettled(node, below)
+            }
+
+            fn retire_settled(
+                &mut self,
+                node: &str,
+                below: u64,
+                elsewhere: &[$crate::causal::Dot],
+            ) {
+                self.map.retire_settled(node, below, elsewhere);
+            }
+        }
+
+        impl<$($generics)*> $crate::crdt::OpBased for $wrapper {
+            type Op = $op;
+
+            fn apply(&mut self, op: Self::Op) {
+                self.map.apply(op);
+            }
+        }
+    };
+}
+
+pub(crate) use delegate_to_map;
+
 /// Law-harness check shared by every map type: each dotted value of `before`
 /// survives in `merged` unless `other` observed its dot and superseded it.
 #[cfg(test)]

@@ -2,8 +2,9 @@ use std::borrow::{Borrow, Cow};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Member, ORMap, ORMapOp, ORSet, OpBased, ReplicatedData};
-use crate::causal::{Dot, ReplicaId};
+use super::or_map::delegate_to_map;
+use super::{Member, ORMap, ORMapOp, ORSet, OpBased};
+use crate::causal::ReplicaId;
 
 /// A multimap: each key holds an add-wins set of values; an [`ORMap`] of
 /// [`ORSet`]s with a binding-shaped API.
@@ -110,40 +111,13 @@ impl<K: Member, V: Member> ORMultiMap<K, V> {
     }
 }
 
-impl<K: Member, V: Member> ReplicatedData for ORMultiMap<K, V> {
-    fn merge(&mut self, other: &Self) {
-        self.map.merge(&other.map);
-    }
-
-    fn retire(&mut self, node: &str, below: u64) {
-        self.map.retire(node, below);
-    }
-
-    fn mentions(&self, node: &str, below: u64) -> bool {
-        self.map.mentions(node, below)
-    }
-
-    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
-        self.map.unsettled(node, below)
-    }
-
-    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
-        self.map.retire_settled(node, below, elsewhere);
-    }
-}
-
-impl<K: Member, V: Member> OpBased for ORMultiMap<K, V> {
-    type Op = ORMapOp<K, ORSet<V>>;
-
-    fn apply(&mut self, op: Self::Op) {
-        self.map.apply(op);
-    }
-}
+delegate_to_map!([K: Member, V: Member] ORMultiMap<K, V>, ORMapOp<K, ORSet<V>>);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crdt::laws::{self, LawSubject};
+    use crate::crdt::ReplicatedData;
 
     impl LawSubject for ORMultiMap<u8, u8> {
         fn view(&self) -> String {

@@ -2,8 +2,9 @@ use std::borrow::Borrow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Member, ORMap, ORMapOp, OpBased, PNCounter, ReplicatedData};
-use crate::causal::{Dot, ReplicaId};
+use super::or_map::delegate_to_map;
+use super::{Member, ORMap, ORMapOp, OpBased, PNCounter};
+use crate::causal::ReplicaId;
 
 /// A map of counters: an [`ORMap`] of [`PNCounter`]s with a counter-shaped API.
 ///
@@ -90,40 +91,13 @@ impl<K: Member> PNCounterMap<K> {
     }
 }
 
-impl<K: Member> ReplicatedData for PNCounterMap<K> {
-    fn merge(&mut self, other: &Self) {
-        self.map.merge(&other.map);
-    }
-
-    fn retire(&mut self, node: &str, below: u64) {
-        self.map.retire(node, below);
-    }
-
-    fn mentions(&self, node: &str, below: u64) -> bool {
-        self.map.mentions(node, below)
-    }
-
-    fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {
-        self.map.unsettled(node, below)
-    }
-
-    fn retire_settled(&mut self, node: &str, below: u64, elsewhere: &[Dot]) {
-        self.map.retire_settled(node, below, elsewhere);
-    }
-}
-
-impl<K: Member> OpBased for PNCounterMap<K> {
-    type Op = ORMapOp<K, PNCounter>;
-
-    fn apply(&mut self, op: Self::Op) {
-        self.map.apply(op);
-    }
-}
+delegate_to_map!([K: Member] PNCounterMap<K>, ORMapOp<K, PNCounter>);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crdt::laws::{self, LawSubject};
+    use crate::crdt::ReplicatedData;
 
     impl LawSubject for PNCounterMap<u8> {
         fn view(&self) -> String {
@@ -179,6 +153,7 @@ mod tests {
 mod retirement_tests {
     use super::*;
     use crate::crdt::laws;
+    use crate::crdt::ReplicatedData;
 
     /// Writes of a dead incarnation `a` in key 0: what `r` and `x` hold
     /// when `r` retires it. `x` still holds a value of `a`'s first lineage
