@@ -38,6 +38,18 @@ impl<V: Clone> Dotted for (Dot, V) {
     }
 }
 
+/// Whether `context` or one of `entries` mentions an incarnation of `node`
+/// below `below` (see `ReplicatedData::mentions`).
+pub(crate) fn mentions<'a, E: Dotted + 'a>(
+    context: &CausalContext,
+    mut entries: impl Iterator<Item = &'a E>,
+    node: &str,
+    below: u64,
+) -> bool {
+    context.mentions(node, below)
+        || entries.any(|entry| entry.dot().replica.is_earlier_incarnation_of(node, below))
+}
+
 /// Merges `theirs` into `mine`; both are sorted by dot, and stay so.
 pub(crate) fn merge_dotted<E: Dotted>(
     mine: &mut Vec<E>,

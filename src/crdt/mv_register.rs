@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{apply_delta, merge_dotted, validated};
+use super::kernel::{self, apply_delta, merge_dotted, validated};
 use super::{OpBased, Payload, ReplicatedData};
 use crate::causal::{CausalContext, Dot, ReplicaId};
 
@@ -126,11 +126,7 @@ impl<T: Payload> ReplicatedData for MVRegister<T> {
     }
 
     fn mentions(&self, node: &str, below: u64) -> bool {
-        self.context.mentions(node, below)
-            || self
-                .values
-                .iter()
-                .any(|(dot, _)| dot.replica.is_earlier_incarnation_of(node, below))
+        kernel::mentions(&self.context, self.values.iter(), node, below)
     }
 }
 

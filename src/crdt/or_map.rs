@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{apply_keyed_delta, ensure_unique_dots, merge_keyed, validated, Dotted};
+use super::kernel::{self, apply_keyed_delta, ensure_unique_dots, merge_keyed, validated, Dotted};
 use super::{Member, OpBased, ReplicatedData};
 use crate::causal::{CausalContext, Dot, ReplicaId, Retired, VersionVector};
 
@@ -512,12 +512,7 @@ impl<K: Member, V: ReplicatedData> ReplicatedData for ORMap<K, V> {
     }
 
     fn mentions(&self, node: &str, below: u64) -> bool {
-        self.context.mentions(node, below)
-            || self
-                .entries
-                .values()
-                .flatten()
-                .any(|dotted| dotted.dot.replica.is_earlier_incarnation_of(node, below))
+        kernel::mentions(&self.context, self.entries.values().flatten(), node, below)
     }
 
     fn unsettled(&self, node: &str, below: u64) -> Vec<Dot> {

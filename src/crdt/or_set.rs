@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::kernel::{apply_keyed_delta, merge_keyed};
+use super::kernel::{self, apply_keyed_delta, merge_keyed};
 use super::{Member, OpBased, ReplicatedData};
 use crate::causal::{CausalContext, Dot, ReplicaId, Retired, VersionVector};
 
@@ -164,12 +164,7 @@ impl<T: Member> ReplicatedData for ORSet<T> {
     }
 
     fn mentions(&self, node: &str, below: u64) -> bool {
-        self.context.mentions(node, below)
-            || self
-                .entries
-                .values()
-                .flatten()
-                .any(|dot| dot.replica.is_earlier_incarnation_of(node, below))
+        kernel::mentions(&self.context, self.entries.values().flatten(), node, below)
     }
 }
 
