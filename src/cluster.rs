@@ -33,7 +33,7 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 
-use crate::error::{Error, Result};
+use crate::error::{Chain, Component, Error, Result, Unavailability};
 use crate::remote_cast;
 
 mod discovery;
@@ -177,9 +177,9 @@ impl ClusterNode {
         let address = config.listen_address();
         let listener = tokio::net::TcpListener::bind(address)
             .await
-            .map_err(|err| Error::Start {
-                what: "the cluster listener",
-                reason: format!("cannot listen on {address}: {err}"),
+            .map_err(|err| Error::Listen {
+                address,
+                source: Arc::new(err),
             })?;
         // The NodeServer always runs a listener of its own; this node's
         // connections come through the one above, so it listens on an
@@ -196,10 +196,7 @@ impl ClusterNode {
         .with_max_inbound_frame_size(config.max_frame_bytes);
         let (server, _) = Actor::spawn(None, server, ())
             .await
-            .map_err(|err| Error::Start {
-                what: "the NodeServer",
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| Error::start("the NodeServer", err))?;
         let name = config.name.clone();
         let connections = Arc::new(Connections::default());
         let (connected_sender, connected) = tokio::sync::watch::channel(BTreeSet::new());
@@ -220,10 +217,7 @@ impl ClusterNode {
             Ok((membership, _)) => membership,
             Err(err) => {
                 let _ = server.stop_and_wait(None, None).await;
-                return Err(Error::Start {
-                    what: "the membership actor",
-                    reason: err.to_string(),
-                });
+                return Err(Error::start("the membership actor", err));
             }
         };
         Ok(Self {
@@ -260,9 +254,7 @@ impl ClusterNode {
     pub fn remove_member(&self, node: impl Into<String>) -> Result<()> {
         self.membership
             .cast(MembershipMessage(Inbound::Remove(node.into())))
-            .map_err(|err| Error::Unavailable {
-                reason: err.to_string(),
-            })
+            .map_err(|_| membership_stopped())
     }
 
     /// Waits until at least `count` other nodes are connected (see
@@ -402,12 +394,19 @@ impl MemberEvents {
         M: ractor::Message + From<MemberEvent>,
     {
         if let Err(err) = subscribe_to(&self.0, subscriber) {
-            tracing::warn!(error = %err, "cannot follow membership events");
+            tracing::warn!(error = %Chain(&err), "cannot follow membership events");
         }
     }
 }
 
 /// Subscribes `subscriber` to the events of the membership actor `membership`.
+fn membership_stopped() -> Error {
+    Error::Unavailable {
+        actor: Component::Membership,
+        reason: Unavailability::Stopped,
+    }
+}
+
 fn subscribe_to<M>(membership: &ActorRef<MembershipMessage>, subscriber: ActorRef<M>) -> Result<()>
 where
     M: ractor::Message + From<MemberEvent>,
@@ -415,9 +414,7 @@ where
     let deliver = Box::new(move |event: MemberEvent| subscriber.cast(M::from(event)).is_ok());
     membership
         .cast(MembershipMessage(Inbound::Subscribe(deliver)))
-        .map_err(|err| Error::Unavailable {
-            reason: err.to_string(),
-        })
+        .map_err(|_| membership_stopped())
 }
 
 /// Authenticated sessions by peer node name: their connection's label and

@@ -7,7 +7,9 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use std::sync::Arc;
+
+use crate::error::{Chain, DecodeFailure, Error, Result};
 
 /// The format version written in front of every encoded value.
 pub const WIRE_VERSION: u8 = 1;
@@ -45,7 +47,7 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
 fn encode_error<T: ?Sized>(err: rmp_serde::encode::Error) -> Error {
     Error::Encode {
         what: std::any::type_name::<T>(),
-        reason: err.to_string(),
+        source: Arc::new(err),
     }
 }
 
@@ -71,16 +73,16 @@ impl std::io::Write for Counter {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let result = decode_unlogged(bytes);
     if let Err(err) = &result {
-        tracing::warn!(error = %err, len = bytes.len(), "rejected undecodable bytes");
+        tracing::warn!(error = %Chain(&err), len = bytes.len(), "rejected undecodable bytes");
     }
     result
 }
 
 fn decode_unlogged<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let what = std::any::type_name::<T>();
-    let (&version, body) = bytes.split_first().ok_or_else(|| Error::Decode {
+    let (&version, body) = bytes.split_first().ok_or(Error::Decode {
         what,
-        reason: "empty input".into(),
+        failure: DecodeFailure::Empty,
     })?;
     if version != WIRE_VERSION {
         return Err(Error::UnsupportedVersion {
@@ -91,13 +93,13 @@ fn decode_unlogged<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let mut deserializer = rmp_serde::Deserializer::new(body);
     let value = T::deserialize(&mut deserializer).map_err(|err| Error::Decode {
         what,
-        reason: err.to_string(),
+        failure: DecodeFailure::Malformed(Arc::new(err)),
     })?;
     let trailing = deserializer.get_ref().len();
     if trailing > 0 {
         return Err(Error::Decode {
             what,
-            reason: format!("{trailing} trailing bytes after the value"),
+            failure: DecodeFailure::TrailingBytes(trailing),
         });
     }
     Ok(value)
@@ -123,7 +125,13 @@ mod tests {
 
     #[test]
     fn empty_input_is_a_decode_error() {
-        assert!(matches!(decode::<u32>(&[]), Err(Error::Decode { .. })));
+        assert!(matches!(
+            decode::<u32>(&[]),
+            Err(Error::Decode {
+                failure: DecodeFailure::Empty,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -140,13 +148,31 @@ mod tests {
     fn trailing_bytes_are_rejected() {
         let mut bytes = encode(&7u32).unwrap();
         bytes.push(0);
-        let err = decode::<u32>(&bytes).unwrap_err();
-        assert!(err.to_string().contains("trailing"), "{err}");
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(Error::Decode {
+                failure: DecodeFailure::TrailingBytes(1),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn truncated_input_is_a_decode_error() {
         let bytes = encode(&"a longer string").unwrap();
-        assert!(decode::<String>(&bytes[..bytes.len() - 3]).is_err());
+        let err = decode::<String>(&bytes[..bytes.len() - 3]).unwrap_err();
+        let Error::Decode {
+            failure: DecodeFailure::Malformed(source),
+            ..
+        } = &err
+        else {
+            panic!("not a malformed input: {err:?}");
+        };
+        // The decoder's own error stays whole, for callers that inspect it.
+        assert!(source.downcast_ref::<rmp_serde::decode::Error>().is_some());
+        assert_eq!(
+            std::error::Error::source(&err).map(ToString::to_string),
+            Some(source.to_string())
+        );
     }
 }

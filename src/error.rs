@@ -1,24 +1,67 @@
 //! The crate's error type: every fallible public operation returns [`Error`].
+//!
+//! Each variant names what a caller can act on (the key, the persistence id,
+//! the store) and, where the failure started below this crate (sled,
+//! MessagePack, the network, ractor), keeps that error as its
+//! [`source`](std::error::Error::source). Following the Rust convention, a
+//! variant's message does not repeat its source's: print the chain (as
+//! `tracing`'s and `anyhow`'s reporters do) to see both.
+//!
+//! ```
+//! use ractor_replicated::error::{Error, StoreFailure, Unavailability};
+//!
+//! /// Whether trying the call again later may succeed.
+//! fn worth_retrying(err: &Error) -> bool {
+//!     match err {
+//!         // The write stands locally and spreads by gossip; a read may
+//!         // reach its replicas next time.
+//!         Error::Timeout { .. } => true,
+//!         Error::EntityUnavailable {
+//!             reason: Unavailability::CatchingUp,
+//!             ..
+//!         } => true,
+//!         Error::Open {
+//!             failure: StoreFailure::Locked { .. },
+//!             ..
+//!         } => true,
+//!         _ => false,
+//!     }
+//! }
+//! # assert!(!worth_retrying(&Error::Deleted { key: "k".into() }));
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An error from below this crate (sled, MessagePack, I/O, ractor), kept
+/// whole for [`std::error::Error::source`]. Shared rather than owned so that
+/// one failure can answer every caller it concerns: a failed flush fails
+/// every write that waited for it.
+pub type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in ractor_replicated, as a value.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A value could not be serialised for the wire or for disk.
-    #[error("cannot encode {what}: {reason}")]
+    #[error("cannot encode {what}")]
     Encode {
         /// The Rust type that was being encoded.
         what: &'static str,
         /// What the encoder reported.
-        reason: String,
+        #[source]
+        source: Source,
     },
     /// Bytes from a peer or from disk are not a valid encoding of the expected type.
-    #[error("cannot decode {what}: {reason}")]
+    #[error("cannot decode {what}")]
     Decode {
         /// The Rust type that was expected.
         what: &'static str,
         /// Why the bytes were rejected.
-        reason: String,
+        #[source]
+        failure: DecodeFailure,
     },
     /// The bytes carry a wire-format version this build does not read.
     #[error("unsupported wire format version {found} (this build reads version {supported})")]
@@ -50,13 +93,23 @@ pub enum Error {
         /// The Rust type, or the type tag received from a peer.
         what: String,
     },
-    /// A type tag is already registered for another Rust type, or a type twice.
-    #[error("cannot register {what}: {reason}")]
-    Registration {
-        /// The type or tag.
-        what: String,
-        /// What clashed.
-        reason: String,
+    /// A Rust type was registered again under another tag.
+    #[error("cannot register {type_name}: it is already registered as {tag:?}")]
+    RegisteredTwice {
+        /// The Rust type.
+        type_name: &'static str,
+        /// The tag it was registered with first.
+        tag: String,
+    },
+    /// A type tag was registered for a second Rust type.
+    #[error("cannot register {type_name} as {tag:?}: the tag is taken by {owner}")]
+    TagTaken {
+        /// The Rust type being registered.
+        type_name: &'static str,
+        /// The tag.
+        tag: String,
+        /// The Rust type that holds the tag.
+        owner: &'static str,
     },
     /// A value's encoding is too large to travel in one message.
     #[error("value of key {key:?} encodes to {bytes} bytes, over the {limit}-byte message limit")]
@@ -74,8 +127,8 @@ pub enum Error {
         "{operation} of key {key:?} reached {reached} of {required} replicas before its timeout"
     )]
     Timeout {
-        /// `"write"` or `"read"`.
-        operation: &'static str,
+        /// Whether a read or a write timed out.
+        operation: Operation,
         /// The key.
         key: String,
         /// How many replicas (this one included) had answered.
@@ -83,29 +136,58 @@ pub enum Error {
         /// How many the consistency level required.
         required: usize,
     },
-    /// The Replicator actor is gone or did not answer.
-    #[error("the replicator is unavailable: {reason}")]
+    /// An actor of the library that a call needs is not running.
+    #[error("the {actor} is unavailable: {reason}")]
     Unavailable {
-        /// What ractor reported.
-        reason: String,
+        /// Which actor.
+        actor: Component,
+        /// Why.
+        reason: Unavailability,
     },
-    /// An entity (a replica of a persistence id) is gone or did not answer.
+    /// An entity (a replica of a persistence id) cannot take the call now.
     #[error("entity {persistence_id:?} is unavailable: {reason}")]
     EntityUnavailable {
         /// The entity's persistence id.
         persistence_id: String,
         /// Why.
-        reason: String,
+        reason: Unavailability,
     },
-    /// A durable store failed, or holds something that cannot be decoded.
-    #[error("durable store {path}{}: {reason}", key.as_ref().map(|k| format!(", key {k:?}")).unwrap_or_default())]
+    /// The durable store of distributed data failed, or holds something that
+    /// cannot be read.
+    #[error("durable store {location} failed{}", key.as_ref().map(|k| format!(" at key {k:?}")).unwrap_or_default())]
     Store {
-        /// Where the store keeps its data (a file path, or "memory").
-        path: String,
+        /// Where the store keeps its data (a directory, or "memory").
+        location: String,
         /// The key concerned, if one.
         key: Option<String>,
         /// What went wrong.
-        reason: String,
+        #[source]
+        failure: StoreFailure,
+    },
+    /// A sled database cannot be opened.
+    #[error("cannot open the database at {}", path.display())]
+    Open {
+        /// The database's directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        failure: StoreFailure,
+    },
+    /// An entity journal failed, or holds something that cannot be read.
+    #[error("journal {location} failed{}{}",
+        persistence_id.as_ref().map(|id| format!(" for entity {id:?}")).unwrap_or_default(),
+        record.as_ref().map(|record| format!(" at {record}")).unwrap_or_default())]
+    Journal {
+        /// Where the journal keeps its data (a directory, "memory", or the
+        /// journal's type).
+        location: String,
+        /// The entity concerned, if one (a flush concerns them all).
+        persistence_id: Option<String>,
+        /// The record concerned, if one.
+        record: Option<Record>,
+        /// What went wrong.
+        #[source]
+        failure: StoreFailure,
     },
     /// The caller's code, run inside one of the library's actors (an update
     /// closure, a command handler), panicked. The actor caught the panic and
@@ -126,16 +208,245 @@ pub enum Error {
         /// The nodes connected when the wait ended.
         connected: Vec<String>,
         /// How long the wait took.
-        waited: std::time::Duration,
+        waited: Duration,
     },
-    /// Starting a cluster component (NodeServer, actor) failed.
-    #[error("cannot start {what}: {reason}")]
+    /// The cluster cannot listen on its address.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// What the operating system reported.
+        #[source]
+        source: Source,
+    },
+    /// Starting a cluster component (NodeServer, actor, TLS) failed.
+    #[error("cannot start {what}")]
     Start {
         /// The component.
         what: &'static str,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Source,
     },
+}
+
+impl Error {
+    /// An [`Error::Store`] of `failure` at `location`, for `key` if one.
+    pub fn store(location: impl Into<String>, key: Option<&str>, failure: StoreFailure) -> Self {
+        Error::Store {
+            location: location.into(),
+            key: key.map(str::to_string),
+            failure,
+        }
+    }
+
+    /// An [`Error::Journal`] of `failure` at `location`, for `persistence_id`
+    /// and `record` if known.
+    pub fn journal(
+        location: impl Into<String>,
+        persistence_id: Option<&str>,
+        record: Option<Record>,
+        failure: StoreFailure,
+    ) -> Self {
+        Error::Journal {
+            location: location.into(),
+            persistence_id: persistence_id.map(str::to_string),
+            record,
+            failure,
+        }
+    }
+
+    /// An [`Error::Start`] of `what`, caused by `source`.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn start(
+        what: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Start {
+            what,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Why bytes could not be decoded.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeFailure {
+    /// There were no bytes.
+    #[error("empty input")]
+    Empty,
+    /// The bytes are not a MessagePack encoding of the type, or break one of
+    /// its invariants.
+    #[error(transparent)]
+    Malformed(Source),
+    /// A whole value was read and bytes were left after it.
+    #[error("{0} trailing bytes after the value")]
+    TrailingBytes(usize),
+    /// A fixed-size field has another length.
+    #[error("{found} bytes where {expected} belong")]
+    Length {
+        /// The field's length.
+        expected: usize,
+        /// The length found.
+        found: usize,
+    },
+    /// A delta or operation arrived for a value of another type.
+    #[error("it is meant for a value of another type")]
+    OtherType,
+}
+
+/// Which request timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// A read at a consistency level.
+    Read,
+    /// A write (an update or a delete) at a consistency level.
+    Write,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+        })
+    }
+}
+
+/// The library's actors a handle talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Component {
+    /// The Replicator of Distributed Data.
+    Replicator,
+    /// The cluster's membership actor.
+    Membership,
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Component::Replicator => "replicator",
+            Component::Membership => "membership actor",
+        })
+    }
+}
+
+/// Why an actor cannot take a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Unavailability {
+    /// It has stopped, and no successor runs under its name.
+    Stopped,
+    /// It stopped after taking the call, before answering; whether the call
+    /// took effect is unknown.
+    StoppedBeforeAnswering,
+    /// A replica catching up with the listed replicas (which may have
+    /// deleted events it lacks) does not run commands yet; retry later.
+    CatchingUp,
+}
+
+impl fmt::Display for Unavailability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unavailability::Stopped => "it has stopped",
+            Unavailability::StoppedBeforeAnswering => "it stopped before answering",
+            Unavailability::CatchingUp => {
+                "it is catching up with the listed replicas, which may have deleted events it lacks"
+            }
+        })
+    }
+}
+
+/// A record of an entity journal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Record {
+    /// The event at this local sequence number.
+    Event(u64),
+    /// The entity's snapshot.
+    Snapshot,
+    /// The mark of where the entity's history starts (after a deletion).
+    HistoryStart,
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::Event(sequence) => write!(f, "event {sequence}"),
+            Record::Snapshot => f.write_str("snapshot"),
+            Record::HistoryStart => f.write_str("history start"),
+        }
+    }
+}
+
+/// What went wrong in a durable store or a journal.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreFailure {
+    /// The storage engine (sled, the file system) failed.
+    #[error(transparent)]
+    Engine(Source),
+    /// Stored bytes cannot be read back: corruption, or a format this build
+    /// does not read.
+    #[error(transparent)]
+    Unreadable(Box<Error>),
+    /// Another open store or journal (in this process or another) held the
+    /// database's lock for the whole wait.
+    #[error(
+        "the database is in use by another open store or journal and stayed locked for {waited:?}"
+    )]
+    Locked {
+        /// How long the lock was waited for.
+        waited: Duration,
+    },
+    /// The store does not do this.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
+    /// The journal already holds some of the events a command appended:
+    /// the replica is behind its own journal (a reused replica id, or a
+    /// write reported failed that landed) and stops; restarting from the
+    /// journal is the way back.
+    #[error("the journal already holds events of the append from {origin}#{origin_seq} on")]
+    EventExists {
+        /// The replica that wrote the append's first event.
+        origin: String,
+        /// That event's sequence number at its replica.
+        origin_seq: u64,
+    },
+    /// Events before the snapshot were deleted, and no snapshot can stand for
+    /// them (there is none, or the entity takes none).
+    #[error("events before the snapshot were deleted, and there is no snapshot to read")]
+    HistoryLost,
+}
+
+impl StoreFailure {
+    /// A failure of the storage engine.
+    pub fn engine(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreFailure::Engine(Arc::new(source))
+    }
+
+    /// Stored bytes that `decoding` could not read.
+    pub fn unreadable(decoding: Error) -> Self {
+        StoreFailure::Unreadable(Box::new(decoding))
+    }
+}
+
+/// `error` followed by its sources, for log lines: "a: b: c".
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// Runs `code`, given by the library's user, catching a panic as

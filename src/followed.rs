@@ -4,6 +4,8 @@ use std::sync::RwLock;
 
 use ractor::{ActorRef, Message, MessagingErr};
 
+use crate::error::Unavailability;
+
 /// An actor, and the name it was spawned under: when it has stopped, the
 /// actor registered under that name now (its successor, spawned by a
 /// supervisor) takes its place.
@@ -28,21 +30,23 @@ impl<M: Message> Followed<M> {
             .clone()
     }
 
-    /// Sends `message` to the actor, or to its successor if it stopped; on
-    /// failure, why.
-    pub(crate) fn cast(&self, message: M) -> Result<(), String> {
+    /// Sends `message` to the actor, or to its successor if it stopped;
+    /// fails when neither runs.
+    pub(crate) fn cast(&self, message: M) -> Result<(), Unavailability> {
         let message = match self.current().cast(message) {
             Ok(()) => return Ok(()),
             Err(MessagingErr::SendErr(message)) => message,
-            Err(err) => return Err(err.to_string()),
+            Err(_) => return Err(Unavailability::Stopped),
         };
         let successor = self
             .name
             .as_deref()
             .and_then(ractor::registry::where_is)
             .map(ActorRef::<M>::from)
-            .ok_or("the actor stopped and has no successor")?;
-        successor.cast(message).map_err(|err| err.to_string())?;
+            .ok_or(Unavailability::Stopped)?;
+        successor
+            .cast(message)
+            .map_err(|_| Unavailability::Stopped)?;
         *self
             .actor
             .write()

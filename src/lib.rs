@@ -41,7 +41,7 @@ pub mod ddata;
 pub mod discovery;
 #[cfg(feature = "cluster")]
 mod disk_wait;
-mod error;
+pub mod error;
 #[cfg(feature = "cluster")]
 mod followed;
 #[cfg(test)]

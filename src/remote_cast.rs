@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
+use crate::error::Chain;
 
 /// `message` as a cast of `variant`.
 pub(crate) fn encode<T: Serialize>(
@@ -15,7 +16,7 @@ pub(crate) fn encode<T: Serialize>(
     message: &T,
 ) -> Result<SerializedMessage, BoxedDowncastErr> {
     let args = codec::encode(message).map_err(|err| {
-        tracing::error!(variant, error = %err, "cannot encode a message for a peer");
+        tracing::error!(variant, error = %Chain(&err), "cannot encode a message for a peer");
         BoxedDowncastErr
     })?;
     Ok(SerializedMessage::Cast {

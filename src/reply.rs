@@ -1,5 +1,6 @@
 //! Where the answer to a request goes: [`ReplyTo`].
 
+use crate::error::Chain;
 use std::fmt;
 
 use ractor::{ActorRef, Message, RpcReplyPort};
@@ -38,7 +39,7 @@ impl<R: Send + 'static> ReplyTo<R> {
     ) -> Self {
         Self::new(move |answer| {
             if let Err(err) = actor.cast(wrap(answer)) {
-                tracing::debug!(error = %err, "an answer's receiver is gone");
+                tracing::debug!(error = %Chain(&err), "an answer's receiver is gone");
             }
         })
     }

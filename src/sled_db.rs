@@ -24,7 +24,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFailure};
 
 /// The page cache of a database opened with [`config`], in bytes: 64 MiB.
 /// Data beyond it is read from disk when needed; reads of the durable store
@@ -52,13 +52,12 @@ pub fn config(path: impl AsRef<Path>) -> sled::Config {
 
 /// Opens (or creates) the database `config` describes. A database locked by
 /// another open instance (in this process or another) is waited for a
-/// moment, as after a restart, then an [`Error::Store`].
+/// moment, as after a restart, then an [`Error::Open`].
 pub fn open(config: &sled::Config) -> Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
-    let failure = |reason: String| Error::Store {
-        path: config.get_path().display().to_string(),
-        key: None,
-        reason,
+    let failure = |failure| Error::Open {
+        path: config.get_path(),
+        failure,
     };
     loop {
         match config.open() {
@@ -67,12 +66,9 @@ pub fn open(config: &sled::Config) -> Result<sled::Db> {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(err) if is_locked(&err) => {
-                return Err(failure(format!(
-                    "the database is in use by another open store or journal \
-                     (in this process or another) and stayed locked for {LOCK_WAIT:?}: {err}"
-                )))
+                return Err(failure(StoreFailure::Locked { waited: LOCK_WAIT }))
             }
-            Err(err) => return Err(failure(err.to_string())),
+            Err(err) => return Err(failure(StoreFailure::engine(err))),
         }
     }
 }
@@ -105,7 +101,16 @@ mod tests {
         assert_eq!(db.len(), 50 * 64);
         let started = Instant::now();
         let err = open(&config(dir)).unwrap_err();
-        assert!(err.to_string().contains("in use"), "{err}");
+        assert!(
+            matches!(
+                &err,
+                Error::Open {
+                    path,
+                    failure: StoreFailure::Locked { .. },
+                } if path == dir
+            ),
+            "{err:?}"
+        );
         assert!(started.elapsed() >= LOCK_WAIT);
         drop(db);
     }

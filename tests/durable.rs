@@ -15,6 +15,7 @@ use ractor_replicated::ddata::{
     replicator_name, Change, DistributedData, Expiry, Key, KeySelection, ReadConsistency,
     Replicator, ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
 };
+use ractor_replicated::error::StoreFailure;
 use ractor_replicated::{codec, Error, GCounter, ORSet};
 use test_support::{
     cluster, cluster_with, eventually, listener, next_matching, replicator_config, temp_dir,
@@ -177,13 +178,17 @@ async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
     let Err(err) = result else {
         panic!("a corrupted entry must stop the start");
     };
-    let message = err.to_string();
-    assert!(matches!(err, Error::Store { .. }), "{message}");
-    assert!(message.contains("cart/alice"), "{message}");
-    assert!(
-        message.contains(&dir.path().display().to_string()),
-        "{message}"
-    );
+    let Error::Store {
+        location,
+        key,
+        failure: StoreFailure::Unreadable(cause),
+    } = &err
+    else {
+        panic!("not an unreadable entry: {err:?}");
+    };
+    assert_eq!(key.as_deref(), Some("cart/alice"));
+    assert_eq!(location, &dir.path().display().to_string());
+    assert!(matches!(**cause, Error::Decode { .. }), "{cause:?}");
 }
 
 /// A store that counts the states written to it.
@@ -300,11 +305,11 @@ impl ractor_replicated::ddata::durable::DurableStore for FullDisk {
         Ok(())
     }
     fn store(&mut self, key: &str, _: &DurableEntry) -> ractor_replicated::Result<()> {
-        Err(Error::Store {
-            path: self.location(),
-            key: Some(key.into()),
-            reason: "no space left on device".into(),
-        })
+        Err(Error::store(
+            self.location(),
+            Some(key),
+            StoreFailure::engine(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        ))
     }
     fn remove(&mut self, _: &str) -> ractor_replicated::Result<()> {
         Ok(())
@@ -329,8 +334,20 @@ async fn a_failed_store_write_fails_the_update_instead_of_acknowledging_it() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Store { .. }), "{err}");
-    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(
+        matches!(
+            &err,
+            Error::Store {
+                key: Some(key),
+                failure: StoreFailure::Engine(source),
+                ..
+            } if key == "hits"
+                && source
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        ),
+        "{err:?}"
+    );
     dd.stop().await;
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ractor::{call, cast, Actor};
 use ractor_replicated::ddata::PeerGroup;
+use ractor_replicated::error::StoreFailure;
 use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::persistence::replicated::{
     CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EventApplied,
@@ -158,12 +159,14 @@ async fn every_acknowledged_event_survives_a_crash_of_pipelined_commands() {
 /// A journal whose disk is gone: nothing can be appended.
 struct BrokenJournal;
 
-fn io_error(persistence_id: &str) -> ractor_replicated::Error {
-    ractor_replicated::Error::Store {
-        path: "broken".into(),
-        key: Some(persistence_id.into()),
-        reason: "input/output error".into(),
-    }
+/// The journal's disk failed, for `persistence_id` or (a flush) for all.
+fn io_error(persistence_id: Option<&str>) -> ractor_replicated::Error {
+    ractor_replicated::Error::journal(
+        "broken",
+        persistence_id,
+        None,
+        StoreFailure::engine(std::io::Error::other("input/output error")),
+    )
 }
 
 impl Journal for BrokenJournal {
@@ -172,7 +175,7 @@ impl Journal for BrokenJournal {
         persistence_id: &str,
         _: &[EventEnvelope<E>],
     ) -> ractor_replicated::Result<usize> {
-        Err(io_error(persistence_id))
+        Err(io_error(Some(persistence_id)))
     }
 
     fn flush(&mut self) -> ractor_replicated::Result<()> {
@@ -196,7 +199,18 @@ impl Journal for BrokenJournal {
 async fn an_event_the_journal_refuses_is_neither_applied_nor_acknowledged() {
     let entity = spawn(BrokenJournal, "counter-2").await;
     let outcome = entity.command(Command::Add(2)).await;
-    assert!(outcome.is_err_and(|err| err.to_string().contains("input/output error")));
+    let err = outcome.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ractor_replicated::Error::Journal {
+                persistence_id: Some(id),
+                failure: StoreFailure::Engine(source),
+                ..
+            } if id == "counter-2" && source.downcast_ref::<std::io::Error>().is_some()
+        ),
+        "{err:?}"
+    );
     assert_eq!(entity.state().await.unwrap(), 0);
     entity.stop().await;
 }
@@ -214,7 +228,7 @@ impl Journal for UnflushableJournal {
     }
 
     fn flush(&mut self) -> ractor_replicated::Result<()> {
-        Err(io_error("flush"))
+        Err(io_error(None))
     }
 
     fn read_from<E: DeserializeOwned>(
@@ -234,10 +248,21 @@ impl Journal for UnflushableJournal {
 async fn a_journal_that_cannot_flush_fails_the_command_and_stops_the_entity() {
     let entity = spawn(UnflushableJournal(MemoryJournal::new()), "counter-4").await;
     let outcome = entity.command(Command::Add(2)).await;
-    assert!(outcome.is_err_and(|err| err.to_string().contains("input/output error")));
+    let err = outcome.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ractor_replicated::Error::Journal {
+                persistence_id: None,
+                failure: StoreFailure::Engine(source),
+                ..
+            } if source.downcast_ref::<std::io::Error>().is_some()
+        ),
+        "{err:?}"
+    );
     let after = entity.state().await;
     assert!(
-        after.is_err_and(|err| err.to_string().contains("unavailable")),
+        after.is_err_and(|err| matches!(err, ractor_replicated::Error::EntityUnavailable { .. })),
         "its memory may be ahead of its disk: it must not answer"
     );
 }
@@ -257,7 +282,17 @@ async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_e
     disk.append("counter-5", &theirs).unwrap();
 
     let outcome = entity.command(Command::Add(1)).await;
-    assert!(outcome.is_err_and(|err| err.to_string().contains("already holds")));
+    let err = outcome.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ractor_replicated::Error::Journal {
+                failure: StoreFailure::EventExists { origin, origin_seq: 1 },
+                ..
+            } if origin.starts_with("node-a")
+        ),
+        "{err:?}"
+    );
     assert!(entity.state().await.is_err(), "the entity stopped");
     let journaled: Vec<(u64, EventEnvelope<Event>)> = disk.read_from("counter-5", 1).unwrap();
     assert_eq!(journaled.len(), 1);

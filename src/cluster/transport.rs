@@ -12,6 +12,7 @@
 //! * with [`TlsConfig`], secure every connection (name probes included) with
 //!   rustls before anything else is read.
 
+use crate::error::Chain;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -93,11 +94,8 @@ impl TlsConfig {
         client: Arc<ClientConfig>,
         server_name: &str,
     ) -> crate::Result<Self> {
-        let server_name =
-            ServerName::try_from(server_name.to_string()).map_err(|err| crate::Error::Start {
-                what: "TLS",
-                reason: format!("{server_name:?} is not a server name: {err}"),
-            })?;
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|err| crate::Error::start("TLS: the server name", err))?;
         Ok(Self {
             acceptor: TlsAcceptor::from(server),
             connector: TlsConnector::from(client),
@@ -355,7 +353,7 @@ async fn secure<F: Future<Output = io::Result<Link>>>(
             .counters
             .tls_failed
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer, error = %err, "closed a connection: the TLS handshake failed");
+        tracing::warn!(peer, error = %Chain(&err), "closed a connection: the TLS handshake failed");
     })
 }
 
@@ -375,7 +373,7 @@ pub(crate) async fn accept(
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors and the like: pause, then go on.
-                tracing::warn!(error = %err, "cannot accept a connection");
+                tracing::warn!(error = %Chain(&err), "cannot accept a connection");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -206,7 +206,14 @@ mod tests {
         for (bad, why) in [(outside, "outside"), (shared, "two entries")] {
             let bytes = crate::codec::encode(&bad).unwrap();
             let err = crate::codec::decode::<MVRegister<u8>>(&bytes).unwrap_err();
-            assert!(err.to_string().contains(why), "{err}");
+            let crate::Error::Decode {
+                failure: crate::error::DecodeFailure::Malformed(invariant),
+                ..
+            } = &err
+            else {
+                panic!("not a broken invariant: {err:?}");
+            };
+            assert!(invariant.to_string().contains(why), "{invariant}");
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::causal::{ReplicaId, Retired};
 use crate::crdt::ReplicatedData;
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{catch_panic, Chain, Error, Result};
 
 use super::consistency::{ReadConsistency, WriteConsistency};
 use super::key::Key;
@@ -1088,7 +1088,7 @@ impl ReplicatorCore {
                 if matches!(err, Error::ValueTooLarge { .. }) {
                     self.stats.oversized_entries += 1;
                 }
-                tracing::error!(key, error = %err, "a value cannot be replicated");
+                tracing::error!(key, error = %Chain(&err), "a value cannot be replicated");
                 None
             }
         }
@@ -1161,7 +1161,7 @@ fn entry_digest(
                 digest_of(&state)
             }
             Err(err) => {
-                tracing::error!(key, error = %err, "cannot encode a value; it is not replicated");
+                tracing::error!(key, error = %Chain(&err), "cannot encode a value; it is not replicated");
                 return None;
             }
         },

@@ -159,6 +159,7 @@ impl DurableStore for MemoryStore {
 pub(crate) mod tests {
     use super::*;
     use crate::ddata::registry::{erase, ErasedData, TypeRegistry};
+    use crate::error::{Error, StoreFailure};
     use crate::{
         Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, OpBased,
         PNCounter, PNCounterMap, ReplicaId,
@@ -282,12 +283,17 @@ pub(crate) mod tests {
             .unwrap()
             .load()
             .unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains("cart/alice"), "{message}");
-        assert!(
-            message.contains(&dir.path().display().to_string()),
-            "{message}"
-        );
+        let Error::Store {
+            location,
+            key,
+            failure: StoreFailure::Unreadable(cause),
+        } = &err
+        else {
+            panic!("not an unreadable entry: {err:?}");
+        };
+        assert_eq!(key.as_deref(), Some("cart/alice"));
+        assert_eq!(location, &dir.path().display().to_string());
+        assert!(matches!(**cause, Error::Decode { .. }), "{cause:?}");
     }
 
     #[test]

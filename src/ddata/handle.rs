@@ -19,7 +19,7 @@ use crate::causal::ReplicaId;
 use crate::cluster::MemberEvents;
 use crate::crdt::ReplicatedData;
 use crate::discovery::{replicator_name, Discovery};
-use crate::error::{Error, Result};
+use crate::error::{Component, Error, Result, StoreFailure, Unavailability};
 use crate::followed::Followed;
 
 /// What a listener hears about a key it subscribed to.
@@ -204,10 +204,12 @@ impl ReplicatorConfig {
             for (key, entry) in recovered.entries {
                 let recovered = core
                     .recover(&key, entry.value, entry.lifetime)
-                    .map_err(|err| Error::Store {
-                        path: durability.store.location(),
-                        key: Some(key.clone()),
-                        reason: err.to_string(),
+                    .map_err(|err| {
+                        Error::store(
+                            durability.store.location(),
+                            Some(&key),
+                            StoreFailure::unreadable(err),
+                        )
                     })?;
                 if !recovered {
                     durability.store.remove(&key)?;
@@ -264,13 +266,10 @@ impl DistributedData {
                     Ok(err) => *err,
                     Err(failure) => Error::Start {
                         what: "the Replicator actor",
-                        reason: failure.to_string(),
+                        source: Arc::from(failure),
                     },
                 },
-                err => Error::Start {
-                    what: "the Replicator actor",
-                    reason: err.to_string(),
-                },
+                err => Error::start("the Replicator actor", err),
             })?;
         Self::connect(actor).await
     }
@@ -284,9 +283,7 @@ impl DistributedData {
         let (sender, receiver) = oneshot::channel();
         actor
             .cast(Inbound::Describe(sender).into())
-            .map_err(|err| Error::Unavailable {
-                reason: err.to_string(),
-            })?;
+            .map_err(|_| unavailable(Unavailability::Stopped))?;
         let (node, types) = receiver.await.map_err(|_| stopped())?;
         Ok(Self {
             actor: Arc::new(Followed::new(actor)),
@@ -320,7 +317,7 @@ impl DistributedData {
         let (sender, receiver) = oneshot::channel();
         self.actor
             .cast(request(sender.into()))
-            .map_err(|reason| Error::Unavailable { reason })?;
+            .map_err(unavailable)?;
         receiver.await.map_err(|_| stopped())
     }
 
@@ -395,14 +392,14 @@ impl DistributedData {
         self.types.require_tag_of::<T>()?;
         self.actor
             .cast(ReplicatorMessage::subscribe(key, listener))
-            .map_err(|reason| Error::Unavailable { reason })
+            .map_err(unavailable)
     }
 
     /// Stops sending changes of `key` to `listener`.
     pub async fn unsubscribe<T>(&self, key: &Key<T>, listener: ActorId) -> Result<()> {
         self.actor
             .cast(ReplicatorMessage::unsubscribe(key, listener))
-            .map_err(|reason| Error::Unavailable { reason })
+            .map_err(unavailable)
     }
 
     /// The names of the keys this replica holds, deleted ones included.
@@ -420,7 +417,7 @@ impl DistributedData {
     pub fn remove_member(&self, node: impl Into<PeerName>) -> Result<()> {
         self.actor
             .cast(ReplicatorMessage::RemoveMember(node.into()))
-            .map_err(|reason| Error::Unavailable { reason })
+            .map_err(unavailable)
     }
 
     /// The peers this Replicator can reach now, by node name.
@@ -439,9 +436,14 @@ impl DistributedData {
     }
 }
 
+fn unavailable(reason: Unavailability) -> Error {
+    Error::Unavailable {
+        actor: Component::Replicator,
+        reason,
+    }
+}
+
 /// The error of a request whose Replicator stopped before answering.
 fn stopped() -> Error {
-    Error::Unavailable {
-        reason: "the Replicator stopped before answering".into(),
-    }
+    unavailable(Unavailability::StoppedBeforeAnswering)
 }

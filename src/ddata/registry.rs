@@ -15,7 +15,7 @@ use crate::crdt::{
     Flag, GCounter, GSet, LWWMap, LWWRegister, MVRegister, ORMap, ORMultiMap, ORSet, OpBased,
     PNCounter, PNCounterMap, ReplicatedData,
 };
-use crate::error::{Error, Result};
+use crate::error::{DecodeFailure, Error, Result};
 
 /// A [`ReplicatedData`] value behind a trait object, as the Replicator holds
 /// it. [`erase`] makes one; there is no reason to implement it by hand.
@@ -135,9 +135,9 @@ fn apply_ops_as<T: ReplicatedData + OpBased>(
     let value = value
         .as_any_mut()
         .downcast_mut::<T>()
-        .ok_or_else(|| Error::Decode {
+        .ok_or(Error::Decode {
             what: std::any::type_name::<T>(),
-            reason: "a delta for a value of another type".into(),
+            failure: DecodeFailure::OtherType,
         })?;
     // Decoding all of them first keeps a bad one from leaving half a delta
     // applied.
@@ -304,9 +304,9 @@ impl TypeRegistry {
             if &*existing.tag == tag {
                 return Ok(());
             }
-            return Err(Error::Registration {
-                what: std::any::type_name::<T>().to_string(),
-                reason: format!("already registered as {:?}", existing.tag),
+            return Err(Error::RegisteredTwice {
+                type_name: std::any::type_name::<T>(),
+                tag: existing.tag.to_string(),
             });
         }
         if self.codecs.contains_key(tag) {
@@ -315,9 +315,10 @@ impl TypeRegistry {
                 .values()
                 .find(|registration| &*registration.tag == tag)
                 .map_or("another type", |registration| registration.type_name);
-            return Err(Error::Registration {
-                what: tag.to_string(),
-                reason: format!("tag already taken by {owner}"),
+            return Err(Error::TagTaken {
+                type_name: std::any::type_name::<T>(),
+                tag: tag.to_string(),
+                owner,
             });
         }
         Ok(())
@@ -430,7 +431,15 @@ mod tests {
     fn a_tag_cannot_be_taken_twice() {
         let mut registry = TypeRegistry::with_builtins();
         let err = registry.register::<GSet<u8>>("GCounter").unwrap_err();
-        assert!(err.to_string().contains("GCounter"), "{err}");
+        assert!(
+            matches!(&err, Error::TagTaken { tag, owner, .. } if tag == "GCounter" && owner.ends_with("GCounter")),
+            "{err:?}"
+        );
         registry.register::<GCounter>("GCounter").unwrap();
+        let err = registry.register::<GCounter>("Counter").unwrap_err();
+        assert!(
+            matches!(&err, Error::RegisteredTwice { tag, .. } if tag == "GCounter"),
+            "{err:?}"
+        );
     }
 }

@@ -19,7 +19,7 @@ use super::registry::TypeRegistry;
 use super::wire::Envelope;
 use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
 use crate::disk_wait::disk_wait;
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result};
 
 mod effects;
 mod held;
@@ -196,7 +196,7 @@ impl Actor for Replicator {
         commit(&myself, state);
         if let Some(storage) = &mut state.storage {
             if let Err(err) = storage.flush(&state.core) {
-                tracing::error!(error = %err, "cannot flush the durable store on stop");
+                tracing::error!(error = %Chain(&err), "cannot flush the durable store on stop");
             }
         }
         Ok(())
@@ -301,7 +301,7 @@ async fn handle_internal(
         Inbound::Flush => {
             let flushed = disk_wait(|| state.storage.as_mut().map(|s| s.flush(&state.core)));
             if let Some(Err(err)) = flushed {
-                tracing::error!(error = %err, "cannot flush the durable store");
+                tracing::error!(error = %Chain(&err), "cannot flush the durable store");
             }
             Vec::new()
         }

@@ -8,6 +8,7 @@ use serde_bytes::ByteBuf;
 
 use crate::codec;
 use crate::crdt::{OpBased, ReplicatedData};
+use crate::error::Chain;
 
 /// The value of a key inside an update closure.
 ///
@@ -81,7 +82,7 @@ impl<T: ReplicatedData + OpBased> Tracked<'_, T> {
                     ops.push(ByteBuf::from(encoded));
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "an operation cannot be encoded; the whole value travels");
+                    tracing::warn!(error = %Chain(&err), "an operation cannot be encoded; the whole value travels");
                     self.recording = Recording::Whole;
                 }
             }

@@ -6,7 +6,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::VersionVector;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFailure};
 use crate::persistence::replicated::EventEnvelope;
 
 mod memory_journal;
@@ -67,6 +67,12 @@ pub trait Journal: Send + 'static {
     /// Makes every append so far durable.
     fn flush(&mut self) -> Result<()>;
 
+    /// Where the journal keeps its data, for errors and logs (a directory,
+    /// "memory"); by default the journal's type.
+    fn location(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
+
     /// The events stored from local sequence number `from` on, with their
     /// local sequence numbers, in local order.
     fn read_from<E: DeserializeOwned>(
@@ -123,11 +129,12 @@ pub trait Journal: Send + 'static {
     /// refuses: journals that do not implement it keep every event.
     fn delete_before(&mut self, persistence_id: &str, before: u64) -> Result<()> {
         let _ = before;
-        Err(Error::Store {
-            path: "journal".into(),
-            key: Some(persistence_id.into()),
-            reason: "this journal does not delete events".into(),
-        })
+        Err(Error::journal(
+            self.location(),
+            Some(persistence_id),
+            None,
+            StoreFailure::Unsupported("deleting events"),
+        ))
     }
 
     /// Where the history of `persistence_id` starts: `None` while the

@@ -12,7 +12,7 @@
 use super::{Entry, PeerName, ReplicatorCore, Slot};
 use crate::ddata::tracked::Recording;
 use crate::ddata::wire::{digest_budget, PeerMessage, WireChange, WireDelta, WireValue};
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result};
 
 /// How far one peer's sequence for one key has been applied here.
 #[derive(Debug)]
@@ -213,7 +213,7 @@ impl ReplicatorCore {
             }
             Err(err) => {
                 self.stats.rejected_entries += 1;
-                tracing::warn!(peer = from, key, error = %err, "rejected a replicated delta");
+                tracing::warn!(peer = from, key, error = %Chain(&err), "rejected a replicated delta");
                 Received::Rejected
             }
         }

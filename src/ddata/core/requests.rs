@@ -8,7 +8,7 @@ use crate::ddata::consistency::ReadConsistency;
 use crate::ddata::wire::{
     digest_of, Digest, Lifetime, PeerMessage, WireDelta, WireEntry, WireValue, TOMBSTONE_DIGEST,
 };
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Operation, Result};
 
 /// When a pending request goes out again, in resend ticks.
 #[derive(Clone, Copy)]
@@ -173,7 +173,7 @@ impl ReplicatorCore {
             None => None,
             Some(Ok(entry)) => Some(entry),
             Some(Err(err)) => {
-                tracing::error!(key, error = %err, "cannot answer a read");
+                tracing::error!(key, error = %Chain(&err), "cannot answer a read");
                 return;
             }
         };
@@ -190,7 +190,7 @@ impl ReplicatorCore {
         let answer = match entry {
             None => None,
             Some(entry) if entry.key != read.key => {
-                self.reject_answer(from, &read.key.clone(), "answer for another key".into());
+                self.reject_answer(from, &read.key.clone(), "answer for another key");
                 return;
             }
             Some(entry)
@@ -217,7 +217,7 @@ impl ReplicatorCore {
                 match self.decode_slot(entry.value) {
                     Ok(slot) => Some((slot, digest)),
                     Err(err) => {
-                        self.reject_answer(from, &entry.key, err.to_string());
+                        self.reject_answer(from, &entry.key, Chain(&err));
                         return;
                     }
                 }
@@ -231,7 +231,7 @@ impl ReplicatorCore {
             Some((slot, digest)) => {
                 if let Err(err) = merge_answers(&mut read.merged, slot, &read.key) {
                     let key = read.key.clone();
-                    self.reject_answer(from, &key, err.to_string());
+                    self.reject_answer(from, &key, Chain(&err));
                     return;
                 }
                 Some(digest)
@@ -244,9 +244,9 @@ impl ReplicatorCore {
         }
     }
 
-    fn reject_answer(&mut self, from: &str, key: &str, reason: String) {
+    fn reject_answer(&mut self, from: &str, key: &str, reason: impl std::fmt::Display) {
         self.stats.rejected_entries += 1;
-        tracing::warn!(peer = from, key, reason, "rejected a read answer");
+        tracing::warn!(peer = from, key, %reason, "rejected a read answer");
     }
 
     /// Merges the answers into the local replica (read repair), sends the
@@ -298,7 +298,7 @@ impl ReplicatorCore {
             self.out.push(Effect::WriteDone {
                 request: write.request,
                 result: Err(Error::Timeout {
-                    operation: "write",
+                    operation: Operation::Write,
                     key: write.key,
                     reached: write.acked.len(),
                     required: write.required,
@@ -308,7 +308,7 @@ impl ReplicatorCore {
             self.out.push(Effect::ReadDone {
                 request: read.request,
                 result: Err(Error::Timeout {
-                    operation: "read",
+                    operation: Operation::Read,
                     key: read.key,
                     reached: read.answered.len(),
                     required: read.required,

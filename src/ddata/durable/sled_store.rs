@@ -1,11 +1,12 @@
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{DurableEntry, DurableStore, Loaded};
 use crate::codec;
 use crate::ddata::wire::{Lifetime, WireValue};
-use crate::error::{Error, Result};
+use crate::error::{DecodeFailure, Error, Result, StoreFailure};
 
 const INCARNATION: &[u8] = b"incarnation";
 
@@ -55,11 +56,7 @@ impl SledStore {
     }
 
     fn in_db(db: sled::Db, location: String, node: &str) -> Result<Self> {
-        let fail = |err: sled::Error| Error::Store {
-            path: location.clone(),
-            key: None,
-            reason: err.to_string(),
-        };
+        let fail = |err: sled::Error| Error::store(&location, None, StoreFailure::engine(err));
         let entries = db.open_tree(format!("ddata/{node}")).map_err(fail)?;
         let meta = db.open_tree(format!("ddata-meta/{node}")).map_err(fail)?;
         Ok(Self {
@@ -70,38 +67,41 @@ impl SledStore {
         })
     }
 
-    fn error(&self, key: Option<&str>, reason: impl ToString) -> Error {
-        Error::Store {
-            path: self.location.clone(),
-            key: key.map(str::to_string),
-            reason: reason.to_string(),
-        }
+    /// The storage engine failed at `key`, or at no key in particular.
+    fn failed(&self, key: Option<&str>) -> impl Fn(sled::Error) -> Error + '_ {
+        let key = key.map(str::to_string);
+        move |err| Error::store(&self.location, key.as_deref(), StoreFailure::engine(err))
+    }
+
+    /// What is stored at `key` cannot be read back.
+    fn unreadable(&self, key: &str) -> impl Fn(Error) -> Error + '_ {
+        let key = key.to_string();
+        move |err| Error::store(&self.location, Some(&key), StoreFailure::unreadable(err))
     }
 }
 
 impl DurableStore for SledStore {
     fn load(&mut self) -> Result<Loaded> {
-        let last_incarnation = match self
-            .meta
-            .get(INCARNATION)
-            .map_err(|e| self.error(None, e))?
-        {
+        let last_incarnation = match self.meta.get(INCARNATION).map_err(self.failed(None))? {
             None => None,
-            Some(bytes) => Some(
-                codec::decode::<u64>(&bytes).map_err(|e| self.error(Some("<incarnation>"), e))?,
-            ),
+            Some(bytes) => {
+                Some(codec::decode::<u64>(&bytes).map_err(self.unreadable("<incarnation>"))?)
+            }
         };
         let mut recovered = Loaded {
             last_incarnation,
             ..Loaded::default()
         };
         for item in self.entries.iter() {
-            let (key, bytes) = item.map_err(|e| self.error(None, e))?;
-            let key = String::from_utf8(key.to_vec()).map_err(|_| {
-                self.error(Some(&String::from_utf8_lossy(&key)), "key is not UTF-8")
+            let (key, bytes) = item.map_err(self.failed(None))?;
+            let key = String::from_utf8(key.to_vec()).map_err(|err| {
+                self.unreadable(&String::from_utf8_lossy(&key))(Error::Decode {
+                    what: "a key",
+                    failure: DecodeFailure::Malformed(Arc::new(err)),
+                })
             })?;
             let entry: StoredEntry<WireValue> =
-                codec::decode(&bytes).map_err(|e| self.error(Some(&key), e))?;
+                codec::decode(&bytes).map_err(self.unreadable(&key))?;
             recovered.entries.insert(
                 key,
                 DurableEntry {
@@ -117,7 +117,7 @@ impl DurableStore for SledStore {
         let bytes = codec::encode(&incarnation)?;
         self.meta
             .insert(INCARNATION, bytes)
-            .map_err(|e| self.error(Some("<incarnation>"), e))?;
+            .map_err(self.failed(Some("<incarnation>")))?;
         self.flush()
     }
 
@@ -128,19 +128,19 @@ impl DurableStore for SledStore {
         })?;
         self.entries
             .insert(key.as_bytes(), bytes)
-            .map_err(|e| self.error(Some(key), e))?;
+            .map_err(self.failed(Some(key)))?;
         Ok(())
     }
 
     fn remove(&mut self, key: &str) -> Result<()> {
         self.entries
             .remove(key.as_bytes())
-            .map_err(|e| self.error(Some(key), e))?;
+            .map_err(self.failed(Some(key)))?;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.db.flush().map_err(|e| self.error(None, e))?;
+        self.db.flush().map_err(self.failed(None))?;
         Ok(())
     }
 

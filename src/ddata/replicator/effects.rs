@@ -18,7 +18,7 @@ use ractor::ActorRef;
 use super::{Inbound, Internal, ReplicatorMessage, ReplicatorState, Reply};
 use crate::ddata::core::Effect;
 use crate::ddata::wire::{Envelope, PeerMessage};
-use crate::error::catch_panic;
+use crate::error::{catch_panic, Chain, Error};
 
 /// Runs a batch of effects, in order.
 pub(crate) fn run_effects(
@@ -40,7 +40,7 @@ pub(crate) fn run_effects(
             Effect::Persist { key } => {
                 if let Some(storage) = &mut state.storage {
                     if let Err(err) = storage.record(&state.core, key) {
-                        tracing::error!(error = %err, "cannot store a durable key");
+                        tracing::error!(error = %Chain(&err), "cannot store a durable key");
                     }
                 }
             }
@@ -74,14 +74,13 @@ pub(crate) fn commit(myself: &ActorRef<ReplicatorMessage>, state: &mut Replicato
         Some(storage) => storage
             .flush_before_announcing(&state.core)
             .err()
-            .map(|err| {
-                tracing::error!(error = %err, "cannot flush the durable store");
-                err.to_string()
+            .inspect(|err| {
+                tracing::error!(error = %Chain(err), "cannot flush the durable store");
             }),
         None => None,
     };
     for announcement in std::mem::take(&mut state.waiting_for_disk) {
-        announce(myself, state, announcement, failure.as_deref());
+        announce(myself, state, announcement, failure.as_ref());
     }
 }
 
@@ -91,7 +90,7 @@ fn announce(
     myself: &ActorRef<ReplicatorMessage>,
     state: &mut ReplicatorState,
     announcement: Effect,
-    store_failure: Option<&str>,
+    store_failure: Option<&Error>,
 ) {
     match announcement {
         Effect::Send { to, message } => {
@@ -106,13 +105,10 @@ fn announce(
             send(myself, state, to, message);
         }
         Effect::WriteDone { request, result } => match state.replies.remove(&request) {
-            Some(Reply::Write(reply)) => {
-                let failed = store_failure.zip(state.storage.as_ref());
-                match (result, failed) {
-                    (Ok(_), Some((reason, storage))) => reply(Err(storage.failure(reason))),
-                    (result, _) => reply(result),
-                }
-            }
+            Some(Reply::Write(reply)) => match (result, store_failure) {
+                (Ok(_), Some(failure)) => reply(Err(failure.clone())),
+                (result, _) => reply(result),
+            },
             Some(Reply::Read(_)) | None => {
                 tracing::error!(request, "a write finished that nobody waits for")
             }
@@ -169,7 +165,7 @@ pub(crate) fn cast_to(
             Inbound::Peer(envelope),
         )))) => Some(envelope.message),
         Err(err) => {
-            tracing::warn!(error = %err, "a message to a peer was lost; anti-entropy will repair");
+            tracing::warn!(error = %Chain(&err), "a message to a peer was lost; anti-entropy will repair");
             None
         }
     }

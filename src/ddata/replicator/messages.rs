@@ -15,7 +15,7 @@ use crate::ddata::handle::Change;
 use crate::ddata::key::Key;
 use crate::ddata::tracked::Tracked;
 use crate::ddata::wire::MESSAGE_VARIANT;
-use crate::error::{catch_panic, Result};
+use crate::error::{catch_panic, Chain, Result};
 use crate::remote_cast;
 use crate::reply::ReplyTo;
 
@@ -280,7 +280,7 @@ impl ReplicatorMessage {
             let tag = match state.core.types().require_tag_of::<T>() {
                 Ok(tag) => tag,
                 Err(err) => {
-                    tracing::error!(key = key.name(), error = %err, "a subscription was refused");
+                    tracing::error!(key = key.name(), error = %Chain(&err), "a subscription was refused");
                     return Vec::new();
                 }
             };

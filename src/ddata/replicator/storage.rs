@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::ddata::core::{Lookup, ReplicatorCore};
 use crate::ddata::durable::{DurableEntry, DurableStore, WriteMode};
 use crate::ddata::wire::WireValue;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The durable store and what has not reached its disk yet.
 pub(crate) struct Storage {
@@ -115,13 +115,5 @@ impl Storage {
     /// announcement must wait for the next flush.
     pub(crate) fn holds_announcements(&self) -> bool {
         self.mode == WriteMode::WriteThrough && (self.unflushed || !self.failed.is_empty())
-    }
-
-    pub(crate) fn failure(&self, reason: &str) -> Error {
-        Error::Store {
-            path: self.store.location(),
-            key: None,
-            reason: reason.to_string(),
-        }
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Journal, StoredSnapshot};
 use crate::causal::ReplicaId;
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Record, Result, StoreFailure};
 use crate::persistence::replicated::EventEnvelope;
 
 /// A [`Journal`] in memory, for tests and simulations. Clones share the same
@@ -122,6 +122,10 @@ impl Journal for MemoryJournal {
         Ok(added)
     }
 
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
     fn flush(&mut self) -> Result<()> {
         let mut entities = self.lock();
         let Entities { stored, unflushed } = &mut *entities;
@@ -149,11 +153,8 @@ impl Journal for MemoryJournal {
             .zip(&stored.events)
             .skip(skip)
             .map(|(sequence, bytes)| {
-                let envelope = codec::decode(bytes).map_err(|err| Error::Store {
-                    path: "memory".into(),
-                    key: Some(format!("{persistence_id}#{sequence}")),
-                    reason: err.to_string(),
-                })?;
+                let envelope = codec::decode(bytes)
+                    .map_err(|err| unreadable(persistence_id, Record::Event(sequence), err))?;
                 Ok((sequence, envelope))
             })
             .collect()
@@ -215,10 +216,18 @@ impl Journal for MemoryJournal {
         else {
             return Ok(None);
         };
-        codec::decode(bytes).map(Some).map_err(|err| Error::Store {
-            path: "memory".into(),
-            key: Some(format!("{persistence_id}#snapshot")),
-            reason: err.to_string(),
-        })
+        codec::decode(bytes)
+            .map(Some)
+            .map_err(|err| unreadable(persistence_id, Record::Snapshot, err))
     }
+}
+
+/// `persistence_id`'s `record` does not decode.
+fn unreadable(persistence_id: &str, record: Record, err: Error) -> Error {
+    Error::journal(
+        "memory",
+        Some(persistence_id),
+        Some(record),
+        StoreFailure::unreadable(err),
+    )
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Journal, StoredSnapshot};
 use crate::causal::ReplicaId;
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::{DecodeFailure, Error, Record, Result, StoreFailure};
 use crate::persistence::replicated::EventEnvelope;
 
 /// Keys of events: this byte, then the local sequence number (8 bytes,
@@ -136,18 +136,44 @@ impl SledJournal {
         }
     }
 
-    fn error(&self, key: Option<String>, reason: impl ToString) -> Error {
-        Error::Store {
-            path: self.location.clone(),
-            key,
-            reason: reason.to_string(),
+    /// The journal failed for `persistence_id` (none: for every entity), at
+    /// `record` if one.
+    fn error(
+        &self,
+        persistence_id: Option<&str>,
+        record: Option<Record>,
+    ) -> impl Fn(StoreFailure) -> Error + '_ {
+        let persistence_id = persistence_id.map(str::to_string);
+        move |failure| {
+            Error::journal(
+                &self.location,
+                persistence_id.as_deref(),
+                record.clone(),
+                failure,
+            )
         }
+    }
+
+    /// The storage engine failed for `persistence_id`, at `record` if one.
+    fn failed(
+        &self,
+        persistence_id: Option<&str>,
+        record: Option<Record>,
+    ) -> impl Fn(sled::Error) -> Error + '_ {
+        let error = self.error(persistence_id, record);
+        move |err| error(StoreFailure::engine(err))
+    }
+
+    /// `persistence_id`'s `record` cannot be read back.
+    fn unreadable(&self, persistence_id: &str, record: Record) -> impl Fn(Error) -> Error + '_ {
+        let error = self.error(Some(persistence_id), Some(record));
+        move |err| error(StoreFailure::unreadable(err))
     }
 
     fn tree(&self, persistence_id: &str) -> Result<sled::Tree> {
         self.db
             .open_tree(format!("journal/{persistence_id}"))
-            .map_err(|e| self.error(None, e))
+            .map_err(self.failed(Some(persistence_id), None))
     }
 
     fn sequence_of(&self, persistence_id: &str, key: &[u8]) -> Result<u64> {
@@ -155,10 +181,9 @@ impl SledJournal {
             .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
             .map(u64::from_be_bytes)
             .ok_or_else(|| {
-                self.error(
-                    Some(persistence_id.into()),
-                    "an event key is not a sequence number",
-                )
+                self.error(Some(persistence_id), None)(StoreFailure::unreadable(
+                    not_a_sequence_number("an event key", key.len(), 9),
+                ))
             })
     }
 
@@ -196,7 +221,7 @@ impl SledJournal {
             .range(event_key(0)..=event_key(u64::MAX))
             .next_back()
             .transpose()
-            .map_err(|e| self.error(None, e))?;
+            .map_err(self.failed(Some(persistence_id), None))?;
         let last = match last {
             None => 0,
             Some((key, _)) => self.sequence_of(persistence_id, &key)?,
@@ -206,13 +231,30 @@ impl SledJournal {
     }
 
     fn deleted_in(&self, persistence_id: &str, tree: &sled::Tree) -> Result<Option<u64>> {
-        let key = || Some(format!("{persistence_id}#deleted-before"));
-        let Some(bytes) = tree.get(DELETED_BEFORE).map_err(|e| self.error(key(), e))? else {
+        let Some(bytes) = tree
+            .get(DELETED_BEFORE)
+            .map_err(self.failed(Some(persistence_id), Some(Record::HistoryStart)))?
+        else {
             return Ok(None);
         };
         <[u8; 8]>::try_from(bytes.as_ref())
             .map(|bytes| Some(u64::from_be_bytes(bytes).max(1)))
-            .map_err(|_| self.error(key(), "not a sequence number"))
+            .map_err(|_| {
+                self.unreadable(persistence_id, Record::HistoryStart)(not_a_sequence_number(
+                    "the history start",
+                    bytes.len(),
+                    8,
+                ))
+            })
+    }
+}
+
+/// The error of `what`, stored as `found` bytes where a big-endian sequence
+/// number takes `expected`.
+fn not_a_sequence_number(what: &'static str, found: usize, expected: usize) -> Error {
+    Error::Decode {
+        what,
+        failure: DecodeFailure::Length { expected, found },
     }
 }
 
@@ -252,16 +294,21 @@ impl Journal for SledJournal {
                 appending.tree.apply_batch(batch)
             }
         };
-        written.map_err(|e| self.error(Some(persistence_id.into()), e))?;
+        written.map_err(self.failed(Some(persistence_id), None))?;
         let added = fresh.len();
-        sequence += u64::try_from(added).map_err(|e| self.error(None, e))?;
+        // Lossless: usize is at most 64 bits wide.
+        sequence += added as u64;
         appending.next = sequence;
         self.appending.insert(persistence_id.to_string(), appending);
         Ok(added)
     }
 
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
     fn flush(&mut self) -> Result<()> {
-        self.db.flush().map_err(|e| self.error(None, e))?;
+        self.db.flush().map_err(self.failed(None, None))?;
         Ok(())
     }
 
@@ -273,10 +320,10 @@ impl Journal for SledJournal {
         let tree = self.tree(persistence_id)?;
         let mut events = Vec::new();
         for item in tree.range(event_key(from)..=event_key(u64::MAX)) {
-            let (key, bytes) = item.map_err(|e| self.error(None, e))?;
+            let (key, bytes) = item.map_err(self.failed(Some(persistence_id), None))?;
             let sequence = self.sequence_of(persistence_id, &key)?;
             let envelope = codec::decode(&bytes)
-                .map_err(|e| self.error(Some(format!("{persistence_id}#{sequence}")), e))?;
+                .map_err(self.unreadable(persistence_id, Record::Event(sequence)))?;
             events.push((sequence, envelope));
         }
         Ok(events)
@@ -290,7 +337,7 @@ impl Journal for SledJournal {
         let bytes = codec::encode(snapshot)?;
         self.tree(persistence_id)?
             .insert(SNAPSHOT, bytes)
-            .map_err(|e| self.error(Some(format!("{persistence_id}#snapshot")), e))?;
+            .map_err(self.failed(Some(persistence_id), Some(Record::Snapshot)))?;
         Ok(())
     }
 
@@ -302,11 +349,11 @@ impl Journal for SledJournal {
         let before = before.max(from);
         let mut batch = sled::Batch::default();
         for key in tree.range(event_key(from)..event_key(before)).keys() {
-            batch.remove(key.map_err(|e| self.error(Some(persistence_id.into()), e))?);
+            batch.remove(key.map_err(self.failed(Some(persistence_id), None))?);
         }
         batch.insert(&DELETED_BEFORE[..], &before.to_be_bytes()[..]);
         tree.apply_batch(batch)
-            .map_err(|e| self.error(Some(persistence_id.into()), e))
+            .map_err(self.failed(Some(persistence_id), None))
     }
 
     fn deleted_before(&self, persistence_id: &str) -> Result<Option<u64>> {
@@ -314,16 +361,15 @@ impl Journal for SledJournal {
     }
 
     fn load_snapshot(&self, persistence_id: &str) -> Result<Option<StoredSnapshot>> {
-        let key = || Some(format!("{persistence_id}#snapshot"));
         let Some(bytes) = self
             .tree(persistence_id)?
             .get(SNAPSHOT)
-            .map_err(|e| self.error(key(), e))?
+            .map_err(self.failed(Some(persistence_id), Some(Record::Snapshot)))?
         else {
             return Ok(None);
         };
         codec::decode(&bytes)
             .map(Some)
-            .map_err(|e| self.error(key(), e))
+            .map_err(self.unreadable(persistence_id, Record::Snapshot))
     }
 }

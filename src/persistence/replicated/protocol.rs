@@ -30,6 +30,7 @@ use crate::causal::{ReplicaId, VersionVector};
 use crate::codec;
 use crate::ddata::wire::split_by_budget;
 use crate::ddata::PeerName;
+use crate::error::Chain;
 
 /// What replicas of one persistence id say to each other.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -689,7 +690,7 @@ fn sized<'a, E: Serialize + Clone + 'a>(
         .filter_map(|envelope| match codec::encoded_len(envelope) {
             Ok(len) => Some((len + 16, envelope.clone())),
             Err(err) => {
-                tracing::error!(error = %err, "cannot encode an event; it is not replicated");
+                tracing::error!(error = %Chain(&err), "cannot encode an event; it is not replicated");
                 None
             }
         })

@@ -1,7 +1,7 @@
 //! Starting a log from a journal, as an entity does.
 
 use super::{ConflictResolver, EventEnvelope, EventHandler, ReplicatedLog, Snapshot};
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Record, Result, StoreFailure};
 use crate::persistence::journal::Journal;
 
 /// Decodes a snapshot's state from its bytes.
@@ -34,6 +34,10 @@ pub struct Recovered {
 /// before it. An event journaled there was placed after the snapshot when
 /// it was taken in (one that sorted inside was refused), so none is
 /// checked against it.
+///
+/// # Panics
+///
+/// If `log` is not empty.
 pub fn recover_from_journal<H, R, J>(
     log: &mut ReplicatedLog<H, R>,
     journal: &J,
@@ -77,14 +81,14 @@ where
         Ok(Some(stored)) => stored,
         Ok(None) => return Ok(None),
         Err(err) => {
-            tracing::warn!(persistence_id, error = %err, "cannot read the snapshot; replaying the whole journal");
+            tracing::warn!(persistence_id, error = %Chain(&err), "cannot read the snapshot; replaying the whole journal");
             return Ok(None);
         }
     };
     let state = match decode(&stored.state) {
         Ok(state) => state,
         Err(err) => {
-            tracing::warn!(persistence_id, error = %err, "cannot decode the snapshot's state; replaying the whole journal");
+            tracing::warn!(persistence_id, error = %Chain(&err), "cannot decode the snapshot's state; replaying the whole journal");
             return Ok(None);
         }
     };
@@ -126,16 +130,19 @@ where
     R: ConflictResolver<H::Event>,
     J: Journal,
 {
-    let unreadable = |reason: String| Error::Store {
-        path: "journal".into(),
-        key: Some(format!("{persistence_id}#snapshot")),
-        reason: format!("events before the snapshot were deleted, and {reason}"),
+    let failed = |failure| {
+        Error::journal(
+            journal.location(),
+            Some(persistence_id),
+            Some(Record::Snapshot),
+            failure,
+        )
     };
-    let decode = decode_state.ok_or_else(|| unreadable("this entity takes no snapshots".into()))?;
+    let decode = decode_state.ok_or_else(|| failed(StoreFailure::HistoryLost))?;
     let stored = journal
         .load_snapshot(persistence_id)?
-        .ok_or_else(|| unreadable("there is no snapshot".into()))?;
-    let state = decode(&stored.state).map_err(|err| unreadable(err.to_string()))?;
+        .ok_or_else(|| failed(StoreFailure::HistoryLost))?;
+    let state = decode(&stored.state).map_err(|err| failed(StoreFailure::unreadable(err)))?;
     let after = journal.read_from(persistence_id, stored.from_sequence)?;
     let events_read = after.len();
     let snapshot = Snapshot {
@@ -148,9 +155,9 @@ where
         after.into_iter().map(|(_, envelope)| envelope),
         std::iter::empty(),
     );
-    if !placed {
-        return Err(unreadable("the log to start was not empty".into()));
-    }
+    // Nothing journaled after the snapshot is checked against it, so only
+    // a log that was not empty refuses it.
+    assert!(placed, "recover_from_journal starts an empty log");
     log.forget_history();
     Ok(Recovered {
         snapshot_from: Some(stored.from_sequence),

@@ -360,10 +360,7 @@ where
         let persistence_id = arguments.config.persistence_id.clone();
         let (actor, _) = Actor::spawn(Some(arguments.actor_name()), Self::new(), arguments)
             .await
-            .map_err(|err| Error::Start {
-                what: "a replicated entity",
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| Error::start("a replicated entity", err))?;
         Ok(Entity::for_actor(actor, persistence_id))
     }
 }

@@ -10,7 +10,7 @@ use super::ReplicatedEventSourcedActor;
 use crate::causal::{ReplicaId, VersionVector};
 use crate::codec;
 use crate::ddata::PeerName;
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{catch_panic, Chain, Error, Record, Result, StoreFailure, Unavailability};
 use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
     recover_from_journal, ConflictResolver, DecodeState, Effects, EventEnvelope, EventHandler,
@@ -484,7 +484,7 @@ where
             let stamped = self.replication.log().stamp(events, now_millis);
             match self.journal.append(&self.persistence_id, &stamped) {
                 Err(err) => {
-                    tracing::error!(persistence_id = self.persistence_id, error = %err, "the journal refused a command's events");
+                    tracing::error!(persistence_id = self.persistence_id, error = %Chain(&err), "the journal refused a command's events");
                     reply(Err(err));
                     return Ok(());
                 }
@@ -492,15 +492,17 @@ where
                     // This replica is behind its own journal (a reused
                     // replica id, or a write reported failed that landed):
                     // restarting from the journal is the way back.
-                    let err = Error::Store {
-                        path: self.persistence_id.clone(),
-                        key: stamped
-                            .first()
-                            .map(|e| format!("{}#{}", e.origin, e.origin_seq)),
-                        reason: "the journal already holds an event with this id; the entity stops"
-                            .into(),
-                    };
-                    tracing::error!(persistence_id = self.persistence_id, error = %err, "event id already journaled");
+                    let (origin, origin_seq) = stamped
+                        .first()
+                        .map(|e| (e.origin.to_string(), e.origin_seq))
+                        .unwrap_or_default();
+                    let err = Error::journal(
+                        self.journal.location(),
+                        Some(&self.persistence_id),
+                        None,
+                        StoreFailure::EventExists { origin, origin_seq },
+                    );
+                    tracing::error!(persistence_id = self.persistence_id, error = %Chain(&err), "event id already journaled");
                     reply(Err(err.clone()));
                     return Err(err);
                 }
@@ -530,9 +532,7 @@ where
     fn catching_up_error(&self) -> Error {
         Error::EntityUnavailable {
             persistence_id: self.persistence_id.clone(),
-            reason:
-                "it is catching up with the listed replicas, which may have deleted events it lacks"
-                    .into(),
+            reason: Unavailability::CatchingUp,
         }
     }
 
@@ -604,7 +604,7 @@ where
             self.unannounced.clear();
             self.unpublished.clear();
             self.due_snapshot = None;
-            tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot flush the journal; the entity stops");
+            tracing::error!(persistence_id = self.persistence_id, error = %Chain(&err), "cannot flush the journal; the entity stops");
             return Err(err);
         }
         let events = std::mem::take(&mut self.unannounced);
@@ -621,12 +621,13 @@ where
             self.durable_saved = Some(saved);
         }
         // Everything applied is durable now.
+        // A snapshot that is not saved costs a longer recovery, no data.
         if let Some(snapshot) = self.due_snapshot.take() {
-            self.save_snapshot(snapshot);
+            let _ = self.save_snapshot(snapshot);
         }
         for effect in snapshots {
             if let ReplicationEffect::Snapshot(snapshot) = effect {
-                self.save_snapshot(snapshot);
+                let _ = self.save_snapshot(snapshot);
             }
         }
         Ok(())
@@ -667,7 +668,7 @@ where
         let journaled = match self.journal.read_from(&self.persistence_id, from.max(1)) {
             Ok(journaled) => journaled,
             Err(err) => {
-                tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot read the journal to replay it to a subscriber; not subscribed");
+                tracing::error!(persistence_id = self.persistence_id, error = %Chain(&err), "cannot read the journal to replay it to a subscriber; not subscribed");
                 return Ok(false);
             }
         };
@@ -732,7 +733,7 @@ where
                 self.replication.log_mut().forget_history();
             }
             Err(err) => {
-                tracing::warn!(persistence_id = self.persistence_id, error = %err, "cannot delete events; the journal keeps them");
+                tracing::warn!(persistence_id = self.persistence_id, error = %Chain(&err), "cannot delete events; the journal keeps them");
                 // Not tried again for this snapshot.
                 self.durable_saved = None;
             }
@@ -779,7 +780,7 @@ where
                     // replica, which recovers from its journal and the peers.
                     match self.journal.append(&self.persistence_id, &events) {
                         Err(err) => {
-                            tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot journal replicated events; the entity stops");
+                            tracing::error!(persistence_id = self.persistence_id, error = %Chain(&err), "cannot journal replicated events; the entity stops");
                             return Err(err);
                         }
                         Ok(added) if added != events.len() => {
@@ -808,7 +809,8 @@ where
                         self.due_snapshot = Some(snapshot);
                         self.schedule_flush(io);
                     } else {
-                        self.save_snapshot(snapshot);
+                        // Not saved costs a longer recovery, no data.
+                        let _ = self.save_snapshot(snapshot);
                     }
                 }
                 ReplicationEffect::ServeFromJournal { to, version } => {
@@ -816,7 +818,7 @@ where
                         Ok(answer) => sends.extend(answer),
                         // Other replicas can serve the peer.
                         Err(err) => {
-                            tracing::error!(persistence_id = self.persistence_id, peer = to, error = %err, "cannot read the journal to answer a peer")
+                            tracing::error!(persistence_id = self.persistence_id, peer = to, error = %Chain(&err), "cannot read the journal to answer a peer")
                         }
                     }
                 }
@@ -830,7 +832,7 @@ where
                         .journal
                         .read_from(&self.persistence_id, 1)
                         .inspect_err(|err| {
-                            tracing::error!(persistence_id = self.persistence_id, error = %err, "cannot read the journal back for a late event; the entity stops")
+                            tracing::error!(persistence_id = self.persistence_id, error = %Chain(&err), "cannot read the journal back for a late event; the entity stops")
                         })?;
                     tracing::info!(
                         persistence_id = self.persistence_id,
@@ -900,7 +902,7 @@ where
         let state = match (snapshots.decode)(&offer.state) {
             Ok(state) => state,
             Err(err) => {
-                tracing::warn!(persistence_id = pid, peer = from, error = %err, "cannot decode a peer's snapshot");
+                tracing::warn!(persistence_id = pid, peer = from, error = %Chain(&err), "cannot decode a peer's snapshot");
                 return Ok(Vec::new());
             }
         };
@@ -946,14 +948,16 @@ where
         };
         let pid = self.persistence_id.clone();
         let version = snapshot.version.clone();
-        if !self.save_snapshot(snapshot) {
-            // The log holds what the journal cannot stand for: it starts
-            // again from the journal, and the peer's next answer.
-            return Err(Error::Store {
-                path: "journal".into(),
-                key: Some(format!("{pid}#snapshot")),
-                reason: "cannot save a peer's snapshot; the entity stops".into(),
-            });
+        // Unsaved, the log holds what the journal cannot stand for: the
+        // entity stops, and starts again from the journal and the peer's
+        // next answer.
+        if !self.save_snapshot(snapshot)? {
+            return Err(Error::journal(
+                self.journal.location(),
+                Some(&pid),
+                Some(Record::Snapshot),
+                StoreFailure::Unsupported("snapshots of this entity"),
+            ));
         }
         self.journal.flush()?;
         self.journal.delete_before(&pid, self.snapshot_from)?;
@@ -999,20 +1003,21 @@ where
     /// Saves a snapshot the log compacted. Everything it covers must be
     /// durable first: a snapshot claiming events that a crash took back
     /// would make the replica mint their ids again. A snapshot that cannot
-    /// be saved is logged and skipped; the journal still holds every event.
-    /// True if it was saved. None is while a peer's snapshot waits to be
-    /// (see `installed`): the journal lacks the events it covers.
-    fn save_snapshot(&mut self, snapshot: Snapshot<B::State>) -> bool {
+    /// be saved is logged and skipped (the journal still holds every
+    /// event), and its error returned for the callers that cannot go on
+    /// without it. True if it was saved. None is while a peer's snapshot
+    /// waits to be (see `installed`): the journal lacks the events it covers.
+    fn save_snapshot(&mut self, snapshot: Snapshot<B::State>) -> Result<bool> {
         let Some(snapshots) = &self.snapshots else {
-            return false;
+            return Ok(false);
         };
         if self.installed.is_some() {
-            return false;
+            return Ok(false);
         }
         // A snapshot taken before the last one saved would come with a read
         // position past events it does not cover.
         if snapshot.events <= self.snapshot_events {
-            return false;
+            return Ok(false);
         }
         let persistence_id = self.persistence_id.as_str();
         let version = snapshot.version.clone();
@@ -1077,11 +1082,11 @@ where
                 // Durable with the next flush, at the latest when the
                 // replica stops.
                 self.unflushed = true;
-                true
+                Ok(true)
             }
             Err(err) => {
-                tracing::warn!(persistence_id, error = %err, "cannot save a snapshot; recovery replays more events");
-                false
+                tracing::warn!(persistence_id, error = %Chain(&err), "cannot save a snapshot; recovery replays more events");
+                Err(err)
             }
         }
     }

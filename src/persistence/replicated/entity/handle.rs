@@ -11,7 +11,7 @@ use crate::causal::{ReplicaId, VersionVector};
 use crate::cluster::MemberEvents;
 use crate::ddata::PeerName;
 use crate::discovery::Discovery;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Unavailability};
 use crate::followed::Followed;
 
 /// How one replica of one persistence id runs.
@@ -253,7 +253,7 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
         let _ = self.actor().drain_and_wait(None).await;
     }
 
-    fn unavailable(&self, reason: String) -> Error {
+    fn unavailable(&self, reason: Unavailability) -> Error {
         Error::EntityUnavailable {
             persistence_id: self.persistence_id.clone(),
             reason,
@@ -272,6 +272,6 @@ impl<B: ReplicatedEventSourcedActor> Entity<B> {
             .map_err(|reason| self.unavailable(reason))?;
         receiver
             .await
-            .map_err(|_| self.unavailable("the entity stopped before answering".into()))
+            .map_err(|_| self.unavailable(Unavailability::StoppedBeforeAnswering))
     }
 }

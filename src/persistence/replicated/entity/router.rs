@@ -35,7 +35,7 @@ use crate::ddata::wire::split_by_budget;
 use crate::ddata::PeerName;
 use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
 use crate::disk_wait::disk_wait;
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result, Unavailability};
 use crate::persistence::journal::Journal;
 use crate::persistence::replicated::{ConflictResolver, ReplicatedLog, ReplicationMessage};
 use crate::remote_cast;
@@ -295,10 +295,7 @@ where
     pub async fn spawn(entity_type: EntityType<B, R, J>) -> Result<Entities<B>> {
         let (router, _) = Actor::spawn(Some(entity_type.actor_name()), Self::new(), entity_type)
             .await
-            .map_err(|err| Error::Start {
-                what: "an entity router",
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| Error::start("an entity router", err))?;
         Ok(Entities { router })
     }
 }
@@ -412,7 +409,7 @@ where
     ) {
         if !self.entities.contains_key(persistence_id) {
             if let Err(err) = self.start(persistence_id) {
-                tracing::error!(persistence_id, error = %err, "cannot start an entity from its journal");
+                tracing::error!(persistence_id, error = %Chain(&err), "cannot start an entity from its journal");
                 return;
             }
         }
@@ -582,7 +579,7 @@ where
                 .filter_map(|message| match codec::encoded_len(&message) {
                     Ok(len) => Some((len + 16, message)),
                     Err(err) => {
-                        tracing::error!(error = %err, "cannot encode a replication message");
+                        tracing::error!(error = %Chain(&err), "cannot encode a replication message");
                         None
                     }
                 })
@@ -656,7 +653,7 @@ where
     match outcome {
         Ok(()) => true,
         Err(err) => {
-            tracing::error!(persistence_id, error = %err, "an entity failed; it starts again from its journal with its next message");
+            tracing::error!(persistence_id, error = %Chain(&err), "an entity failed; it starts again from its journal with its next message");
             false
         }
     }
@@ -991,7 +988,7 @@ impl<B: ReplicatedEventSourcedActor> Entities<B> {
     ) -> Result<()> {
         self.router
             .cast(message(persistence_id.clone()))
-            .map_err(|err| unavailable(&persistence_id, err.to_string()))
+            .map_err(|_| unavailable(&persistence_id, Unavailability::Stopped))
     }
 
     async fn call<T: Send + 'static>(
@@ -1002,17 +999,14 @@ impl<B: ReplicatedEventSourcedActor> Entities<B> {
         let (sender, receiver) = oneshot::channel();
         self.router
             .cast(request(sender.into()))
-            .map_err(|err| unavailable(persistence_id, err.to_string()))?;
-        receiver.await.map_err(|_| {
-            unavailable(
-                persistence_id,
-                "the router stopped before answering".to_string(),
-            )
-        })
+            .map_err(|_| unavailable(persistence_id, Unavailability::Stopped))?;
+        receiver
+            .await
+            .map_err(|_| unavailable(persistence_id, Unavailability::StoppedBeforeAnswering))
     }
 }
 
-fn unavailable(persistence_id: &str, reason: String) -> Error {
+fn unavailable(persistence_id: &str, reason: Unavailability) -> Error {
     Error::EntityUnavailable {
         persistence_id: persistence_id.to_string(),
         reason,
