@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use ractor_replicated::ddata::wire::{Envelope, PeerMessage};
 use ractor_replicated::ddata::{
-    CoreConfig, Effect, Key, ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
+    CoreConfig, Key, Output, ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, GCounter, ReplicaId};
 
@@ -43,12 +43,12 @@ fn holder_and_joiner(keys: u64) -> (ReplicatorCore, ReplicatorCore) {
     (holder, core("joiner"))
 }
 
-/// The messages among `effects`, encoded as they would travel.
-fn encoded(from: &str, effects: Vec<Effect>) -> Vec<Vec<u8>> {
-    effects
+/// The messages among `outputs`, encoded as they would travel.
+fn encoded(from: &str, outputs: Vec<Output>) -> Vec<Vec<u8>> {
+    outputs
         .into_iter()
-        .filter_map(|effect| match effect {
-            Effect::Send { message, .. } => Some(message),
+        .filter_map(|output| match output {
+            Output::Send { message, .. } => Some(message),
             _ => None,
         })
         .map(|message: PeerMessage| {
@@ -70,14 +70,14 @@ fn catch_up(mut holder: ReplicatorCore, mut joiner: ReplicatorCore) -> usize {
         let mut next_to_holder = Vec::new();
         for bytes in to_joiner.drain(..) {
             let envelope: Envelope = codec::decode(&bytes).expect("a message");
-            let effects = joiner.handle_message(&envelope.from, envelope.message);
-            next_to_holder.extend(encoded("joiner", effects));
+            let outputs = joiner.handle_message(&envelope.from, envelope.message);
+            next_to_holder.extend(encoded("joiner", outputs));
         }
         let mut next_to_joiner = Vec::new();
         for bytes in to_holder.drain(..).chain(next_to_holder) {
             let envelope: Envelope = codec::decode(&bytes).expect("a message");
-            let effects = holder.handle_message(&envelope.from, envelope.message);
-            next_to_joiner.extend(encoded("holder", effects));
+            let outputs = holder.handle_message(&envelope.from, envelope.message);
+            next_to_joiner.extend(encoded("holder", outputs));
         }
         to_joiner = next_to_joiner;
     }
@@ -99,14 +99,14 @@ fn entries_for_joiner(keys: u64) -> Vec<Vec<u8>> {
     for bytes in asked {
         let envelope: Envelope = codec::decode(&bytes).expect("a message");
         for answer in holder.handle_message(&envelope.from, envelope.message) {
-            if let Effect::Send {
+            if let Output::Send {
                 message: message @ PeerMessage::Entries { .. },
                 ..
             } = answer
             {
                 entries.extend(encoded(
                     "holder",
-                    vec![Effect::Send {
+                    vec![Output::Send {
                         to: "joiner".into(),
                         message,
                     }],

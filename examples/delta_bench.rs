@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use ractor_replicated::ddata::wire::Envelope;
 use ractor_replicated::ddata::{
-    CoreConfig, Effect, Key, ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
+    CoreConfig, Key, Output, ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, ORSet, OpBased, ReplicaId};
 use serde_json::{json, Value};
@@ -41,12 +41,12 @@ fn core(name: &str, types: &Arc<TypeRegistry>) -> ReplicatorCore {
     core
 }
 
-/// The encoded messages in `effects` addressed to `to`.
-fn messages_to(from: &str, to: &str, effects: Vec<Effect>) -> Vec<Vec<u8>> {
-    effects
+/// The encoded messages in `outputs` addressed to `to`.
+fn messages_to(from: &str, to: &str, outputs: Vec<Output>) -> Vec<Vec<u8>> {
+    outputs
         .into_iter()
-        .filter_map(|effect| match effect {
-            Effect::Send {
+        .filter_map(|output| match output {
+            Output::Send {
                 to: target,
                 message,
             } if target == to => Some(
@@ -66,8 +66,8 @@ fn deliver(from: &str, to: &mut ReplicatorCore, messages: Vec<Vec<u8>>) -> Vec<V
     let mut answers = Vec::new();
     for bytes in messages {
         let envelope: Envelope = codec::decode(&bytes).expect("a message decodes");
-        let effects = to.handle_message(&envelope.from, envelope.message);
-        answers.extend(messages_to(to.node(), from, effects));
+        let outputs = to.handle_message(&envelope.from, envelope.message);
+        answers.extend(messages_to(to.node(), from, outputs));
     }
     answers
 }
@@ -77,8 +77,8 @@ fn add(
     key: &Key<ORSet<String>>,
     member: String,
     whole: bool,
-) -> Vec<Effect> {
-    let mut effects = a
+) -> Vec<Output> {
+    let mut outputs = a
         .update(1, key, WriteConsistency::Local, move |set, me| {
             let op = set.add(me, member);
             if whole {
@@ -90,8 +90,8 @@ fn add(
         .expect("the add is accepted");
     // Close the push window (pushing what it held), so that the next add is
     // pushed at once.
-    effects.extend(a.handle_timer(Timer::Push));
-    effects
+    outputs.extend(a.handle_timer(Timer::Push));
+    outputs
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use ractor_replicated::ddata::wire::{Envelope, PeerMessage};
 use ractor_replicated::ddata::{
-    CoreConfig, Effect, Key, ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
+    CoreConfig, Key, Output, ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, GCounter, ReplicaId};
 use serde_json::{json, Value};
@@ -67,15 +67,15 @@ impl Net {
 
     fn connect(&mut self, at: usize) {
         for peer in NODES.iter().filter(|peer| **peer != NODES[at]) {
-            let effects = self.cores[at].peer_up(peer);
-            self.deliver(at, effects);
+            let outputs = self.cores[at].peer_up(peer);
+            self.deliver(at, outputs);
         }
     }
 
-    fn deliver(&mut self, from: usize, effects: Vec<Effect>) {
-        let mut queue: VecDeque<(usize, Effect)> = effects.into_iter().map(|e| (from, e)).collect();
-        while let Some((sender, effect)) = queue.pop_front() {
-            let Effect::Send { to, message } = effect else {
+    fn deliver(&mut self, from: usize, outputs: Vec<Output>) {
+        let mut queue: VecDeque<(usize, Output)> = outputs.into_iter().map(|e| (from, e)).collect();
+        while let Some((sender, output)) = queue.pop_front() {
+            let Output::Send { to, message } = output else {
                 continue;
             };
             let retirement = matches!(
@@ -101,8 +101,8 @@ impl Net {
     fn gossip(&mut self) {
         for at in 0..self.cores.len() {
             for timer in [Timer::Gossip, Timer::Push] {
-                let effects = self.cores[at].handle_timer(timer);
-                self.deliver(at, effects);
+                let outputs = self.cores[at].handle_timer(timer);
+                self.deliver(at, outputs);
             }
         }
     }
@@ -111,12 +111,12 @@ impl Net {
         for at in 0..self.cores.len() {
             for i in 0..keys {
                 let key: Key<GCounter> = Key::new(format!("counter-{i}"));
-                let effects = self.cores[at]
+                let outputs = self.cores[at]
                     .update(0, &key, WriteConsistency::Local, |c, me| {
                         c.apply(c.increment(me, 1))
                     })
                     .expect("writes");
-                self.deliver(at, effects);
+                self.deliver(at, outputs);
             }
         }
     }

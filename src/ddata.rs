@@ -8,7 +8,7 @@
 //! lost messages, partitions and restarts.
 //!
 //! The protocol lives in [`ReplicatorCore`], a sans-IO state machine; the
-//! [`Replicator`] actor only moves messages, timers and effects in and out of it.
+//! [`Replicator`] actor only moves messages, timers and outputs in and out of it.
 
 mod consistency;
 mod core;
@@ -24,8 +24,8 @@ pub mod wire;
 
 pub use self::consistency::{ReadConsistency, WriteConsistency};
 pub use self::core::{
-    CoreConfig, CoreStats, Effect, Expiry, KeySelection, Lookup, PeerName, ReadOutcome,
-    ReplicatorCore, RequestId, Snapshot, Timer, MIN_MESSAGE_BYTES,
+    CoreConfig, CoreStats, Expiry, KeySelection, KeyState, Lookup, Output, PeerName, ReadOutcome,
+    ReplicatorCore, RequestId, Timer, MIN_MESSAGE_BYTES,
 };
 #[cfg(feature = "cluster")]
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};

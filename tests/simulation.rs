@@ -42,8 +42,8 @@ use std::time::Duration;
 
 use ractor_replicated::ddata::wire::Envelope;
 use ractor_replicated::ddata::{
-    CoreConfig, Effect, ErasedData, Expiry, Key, KeySelection, Lookup, ReadConsistency,
-    ReplicatorCore, Snapshot, Timer, TypeRegistry, WriteConsistency,
+    CoreConfig, ErasedData, Expiry, Key, KeySelection, KeyState, Lookup, Output, ReadConsistency,
+    ReplicatorCore, Timer, TypeRegistry, WriteConsistency,
 };
 use ractor_replicated::{codec, Error, GCounter, ORSet, ReplicaId};
 use test_support::Rng;
@@ -186,7 +186,7 @@ struct Node {
     /// The peers this core was told are up.
     told_up: BTreeSet<usize>,
     /// Last observed state per key, to check that it only grows.
-    seen: BTreeMap<String, Snapshot>,
+    seen: BTreeMap<String, KeyState>,
     /// Virtual times at which this node crashed.
     crashed_at: Vec<Micros>,
 }
@@ -423,12 +423,12 @@ impl Sim {
             self.config.clone(),
             core_seed,
         );
-        let mut effects = core.start();
+        let mut outputs = core.start();
         // A node knows the whole membership from its configuration, reachable
         // or not, so a restart inside a partition cannot shrink its majorities.
         for (i, other) in self.nodes.iter().enumerate() {
             if i != node {
-                effects.extend(core.peer_down(&other.name));
+                outputs.extend(core.peer_down(&other.name));
             }
         }
         let n = &mut self.nodes[node];
@@ -436,7 +436,7 @@ impl Sim {
         n.told_up.clear();
         n.seen.clear();
         self.advance_clocks();
-        self.run_effects(node, effects);
+        self.run_outputs(node, outputs);
     }
 
     fn count_deltas(&mut self, node: usize) {
@@ -482,7 +482,7 @@ impl Sim {
                 }
                 let peer = self.nodes[b].name.clone();
                 let core = self.nodes[a].core.as_mut().expect("alive");
-                let effects = if up {
+                let outputs = if up {
                     core.peer_up(&peer)
                 } else {
                     core.peer_down(&peer)
@@ -492,7 +492,7 @@ impl Sim {
                 } else {
                     self.nodes[a].told_up.remove(&b);
                 }
-                self.run_effects(a, effects);
+                self.run_outputs(a, outputs);
             }
         }
     }
@@ -509,8 +509,8 @@ impl Sim {
                     return;
                 }
                 let core = self.nodes[node].core.as_mut().expect("alive");
-                let effects = core.handle_timer(timer);
-                self.run_effects(node, effects);
+                let outputs = core.handle_timer(timer);
+                self.run_outputs(node, outputs);
                 self.check_monotonic(node);
             }
             Event::Client => self.client_operation(),
@@ -523,7 +523,7 @@ impl Sim {
         if !self.alive(to) {
             return;
         }
-        let effects = match codec::decode::<Envelope>(&bytes) {
+        let outputs = match codec::decode::<Envelope>(&bytes) {
             Ok(envelope) => {
                 let from = self.nodes.iter().position(|n| n.name == envelope.from);
                 if from.is_some_and(|from| !self.can_deliver(from, to)) {
@@ -540,15 +540,15 @@ impl Sim {
                 Vec::new()
             }
         };
-        self.run_effects(to, effects);
+        self.run_outputs(to, outputs);
         self.check_monotonic(to);
     }
 
-    fn run_effects(&mut self, node: usize, effects: Vec<Effect>) {
+    fn run_outputs(&mut self, node: usize, outputs: Vec<Output>) {
         let incarnation = self.nodes[node].incarnation;
-        for effect in effects {
-            match effect {
-                Effect::Send { to, message } => {
+        for output in outputs {
+            match output {
+                Output::Send { to, message } => {
                     let Some(target) = self.nodes.iter().position(|n| n.name == to) else {
                         self.violations.push(format!("send to unknown node {to}"));
                         continue;
@@ -567,7 +567,7 @@ impl Sim {
                     }
                     self.transmit(target, bytes);
                 }
-                Effect::Schedule { timer, after } => {
+                Output::Schedule { timer, after } => {
                     self.at(
                         micros(after),
                         Event::Fire {
@@ -577,14 +577,14 @@ impl Sim {
                         },
                     );
                 }
-                Effect::WriteDone { request, result } => {
+                Output::WriteDone { request, result } => {
                     self.write_done(node, incarnation, request, result)
                 }
-                Effect::ReadDone { request, result } => {
+                Output::ReadDone { request, result } => {
                     self.read_done(node, incarnation, request, result)
                 }
-                Effect::Notify { .. } | Effect::Persist { .. } => {}
-                other => self.violations.push(format!("unexpected effect {other:?}")),
+                Output::Notify { .. } | Output::Persist { .. } => {}
+                other => self.violations.push(format!("unexpected output {other:?}")),
             }
         }
     }
@@ -776,17 +776,17 @@ impl Sim {
                 };
                 match core.delete(request, &key, level) {
                     Err(Error::Deleted { .. }) => return,
-                    Ok(effects) => {
+                    Ok(outputs) => {
                         self.stats.deletes += 1;
                         self.deleted.insert(key.name().to_string());
-                        (Ok(effects), Pending::Other, key.name().to_string())
+                        (Ok(outputs), Pending::Other, key.name().to_string())
                     }
                     Err(err) => (Err(err), Pending::Other, key.name().to_string()),
                 }
             }
         };
-        let effects = match outcome {
-            Ok(effects) => effects,
+        let outputs = match outcome {
+            Ok(outputs) => outputs,
             Err(err) => {
                 self.violations.push(format!(
                     "{} refused an operation on {key_name}: {err}",
@@ -799,7 +799,7 @@ impl Sim {
             self.record_accepted(node, &key_name);
         }
         self.pending.insert((node, incarnation, request), pending);
-        self.run_effects(node, effects);
+        self.run_outputs(node, outputs);
         self.check_monotonic(node);
     }
 
@@ -818,8 +818,8 @@ impl Sim {
             60..=84 => core.read(request, &key, ReadConsistency::Local),
             _ => core.delete(request, &key, WriteConsistency::Local),
         };
-        let effects = match outcome {
-            Ok(effects) => effects,
+        let outputs = match outcome {
+            Ok(outputs) => outputs,
             Err(Error::Deleted { .. }) => return,
             Err(err) => {
                 self.violations.push(format!(
@@ -832,7 +832,7 @@ impl Sim {
         };
         self.pending
             .insert((node, incarnation, request), Pending::Other);
-        self.run_effects(node, effects);
+        self.run_outputs(node, outputs);
     }
 
     /// Folds the state an accepted local update produced into the reference.
@@ -892,7 +892,7 @@ impl Sim {
         node: usize,
         incarnation: u64,
         request: u64,
-        result: Result<(Snapshot, Vec<String>), Error>,
+        result: Result<(KeyState, Vec<String>), Error>,
     ) {
         let Some(pending) = self.pending.remove(&(node, incarnation, request)) else {
             self.violations
@@ -987,13 +987,13 @@ impl Sim {
         for key in keys.into_iter().filter(|key| !key.starts_with(EXPIRING)) {
             let now = core.lookup(&key);
             match (self.nodes[node].seen.get(&key), now) {
-                (Some(Snapshot::Deleted), Lookup::Live { .. }) => {
+                (Some(KeyState::Deleted), Lookup::Live { .. }) => {
                     violations.push(format!(
                         "deleted key {key} came back on {}",
                         self.nodes[node].name
                     ));
                 }
-                (Some(Snapshot::Live(before)), Lookup::Live { value, .. }) => {
+                (Some(KeyState::Live { value: before, .. }), Lookup::Live { value, .. }) => {
                     let mut grown = value.clone_erased();
                     if grown.merge_erased(before.as_ref()) != Some(false) {
                         violations.push(format!(
@@ -1002,11 +1002,11 @@ impl Sim {
                         ));
                     }
                     if !before.eq_erased(value) {
-                        updates.push((key, now.to_snapshot()));
+                        updates.push((key, now.to_state()));
                     }
                 }
-                (Some(Snapshot::Deleted), _) => {}
-                _ => updates.push((key, now.to_snapshot())),
+                (Some(KeyState::Deleted), _) => {}
+                _ => updates.push((key, now.to_state())),
             }
         }
         self.violations.extend(violations);

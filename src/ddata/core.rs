@@ -2,15 +2,15 @@
 //!
 //! [`ReplicatorCore`] never reads a clock, a socket or a disk. Callers feed it
 //! verbs (a local update, a message from a peer, a timer that fired, a peer that
-//! came up or went down) and drain one ordered batch of [`Effect`]s from each.
+//! came up or went down) and drain one ordered batch of [`Output`]s from each.
 //! Time enters only as [`Timer`]s the core asks to be scheduled; randomness only
 //! through the seed given to [`ReplicatorCore::new`]. The actor shell
 //! ([`Replicator`](super::Replicator)) and the deterministic simulation drive the
 //! very same code.
 //!
-//! Ordering rule of a batch: a [`Effect::Persist`] comes before the
-//! [`Effect::Send`] and the [`Effect::WriteDone`] that depend on it, so a caller
-//! that runs effects in order never announces a state it has not stored.
+//! Ordering rule of a batch: an [`Output::Persist`] comes before the
+//! [`Output::Send`] and the [`Output::WriteDone`] that depend on it, so a caller
+//! that runs outputs in order never announces a state it has not stored.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -47,7 +47,7 @@ use requests::{PendingRead, PendingWrite};
 pub type PeerName = String;
 
 /// The caller's number for a write or read, echoed in its
-/// [`Effect::WriteDone`] / [`Effect::ReadDone`].
+/// [`Output::WriteDone`] / [`Output::ReadDone`].
 pub type RequestId = u64;
 
 /// Tunables of the protocol. [`Default`] gives the documented defaults.
@@ -76,7 +76,7 @@ pub struct CoreConfig {
     /// few, not the whole timeout, and a slow peer is not flooded. (A peer
     /// that comes back up gets the pending requests at once.) Default 200 ms.
     pub resend_interval: Duration,
-    /// Which keys produce [`Effect::Persist`]. Default: none.
+    /// Which keys produce [`Output::Persist`]. Default: none.
     pub durable: KeySelection,
     /// Which keys expire after a time without use, and how long tombstones
     /// are kept. Default: nothing expires. Expiry needs the wall-clock time
@@ -177,12 +177,12 @@ pub enum Timer {
 }
 
 /// A finished read: the merged state, and the nodes that answered (this one first).
-pub type ReadOutcome = (Snapshot, Vec<PeerName>);
+pub type ReadOutcome = (KeyState, Vec<PeerName>);
 
 /// What the caller must do, in order, after a verb.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Effect {
+pub enum Output {
     /// Deliver `message` to the Replicator of node `to`.
     Send {
         /// The receiving node.
@@ -227,18 +227,47 @@ pub enum Effect {
     },
 }
 
-/// An owned copy of what a key holds.
+/// What a key holds, as an owned copy (see [`Lookup`] for a borrowed view).
 #[derive(Debug)]
-pub enum Snapshot {
+pub enum KeyState {
     /// The key was never written (or its writes have not arrived).
     Absent,
     /// The key was deleted.
     Deleted,
-    /// A live value.
-    Live(Box<dyn ErasedData>),
+    /// A live value and its type tag.
+    Live {
+        /// The type tag.
+        tag: String,
+        /// The value.
+        value: Box<dyn ErasedData>,
+    },
 }
 
-/// What a key holds, borrowed from the core.
+impl KeyState {
+    /// A borrowed view.
+    pub fn as_lookup(&self) -> Lookup<'_> {
+        match self {
+            Self::Absent => Lookup::Absent,
+            Self::Deleted => Lookup::Deleted,
+            Self::Live { tag, value } => Lookup::Live {
+                tag,
+                value: value.as_ref(),
+            },
+        }
+    }
+
+    /// The state of `key` as a `T`: `Ok(None)` if absent, an error if
+    /// deleted or of another type.
+    pub fn into_typed<T: ReplicatedData>(self, key: &str) -> Result<Option<T>> {
+        let value = self
+            .as_lookup()
+            .typed::<T>(key, std::any::type_name::<T>())?;
+        Ok(value.cloned())
+    }
+}
+
+/// What a key holds, borrowed from the core (see [`KeyState`] for an owned
+/// copy).
 #[derive(Debug, Clone, Copy)]
 pub enum Lookup<'a> {
     /// The key was never written (or its writes have not arrived).
@@ -254,13 +283,30 @@ pub enum Lookup<'a> {
     },
 }
 
-impl Lookup<'_> {
+impl<'a> Lookup<'a> {
     /// An owned copy.
-    pub fn to_snapshot(self) -> Snapshot {
+    pub fn to_state(self) -> KeyState {
         match self {
-            Self::Absent => Snapshot::Absent,
-            Self::Deleted => Snapshot::Deleted,
-            Self::Live { value, .. } => Snapshot::Live(value.clone_erased()),
+            Self::Absent => KeyState::Absent,
+            Self::Deleted => KeyState::Deleted,
+            Self::Live { tag, value } => KeyState::Live {
+                tag: tag.to_string(),
+                value: value.clone_erased(),
+            },
+        }
+    }
+
+    /// The value of `key` as a `T`, whose type tag is `expected`: `Ok(None)`
+    /// if absent, an error if deleted or of another type.
+    pub fn typed<T: ReplicatedData>(self, key: &str, expected: &str) -> Result<Option<&'a T>> {
+        match self {
+            Self::Absent => Ok(None),
+            Self::Deleted => Err(Error::Deleted { key: key.into() }),
+            Self::Live { tag, value } => value
+                .as_any()
+                .downcast_ref::<T>()
+                .map(Some)
+                .ok_or_else(|| wrong_type(key, expected, tag)),
         }
     }
 }
@@ -280,7 +326,7 @@ pub struct CoreStats {
     pub oversized_entries: u64,
     /// Remote states merged that changed a local value.
     pub changing_merges: u64,
-    /// Messages handed out as [`Effect::Send`].
+    /// Messages handed out as [`Output::Send`].
     pub messages_sent: u64,
     /// Deltas of operations applied.
     pub deltas_applied: u64,
@@ -566,7 +612,7 @@ pub struct ReplicatorCore {
     /// Answers given to retirement rounds, to number them.
     answers: u64,
     stats: CoreStats,
-    out: Vec<Effect>,
+    out: Vec<Output>,
 }
 
 impl ReplicatorCore {
@@ -615,11 +661,11 @@ impl ReplicatorCore {
 
     /// Starts the gossip timer. Call once, before anything else. This
     /// node's earlier incarnations are dead: a round to retire them begins.
-    pub fn start(&mut self) -> Vec<Effect> {
+    pub fn start(&mut self) -> Vec<Output> {
         self.schedule(Timer::Gossip, self.config.gossip_interval);
         let replica = self.replica.clone();
         self.plan_retirement(replica.node(), replica.incarnation());
-        self.take_effects()
+        self.take_outputs()
     }
 
     /// This node's name.
@@ -686,7 +732,7 @@ impl ReplicatorCore {
     /// of another type.
     pub fn get<T: ReplicatedData>(&self, key: &Key<T>) -> Result<Option<&T>> {
         let tag = self.types.require_tag_of::<T>()?;
-        snapshot_ref_as::<T>(key.name(), &tag, self.lookup(key.name()))
+        self.lookup(key.name()).typed::<T>(key.name(), &tag)
     }
 
     /// Applies `modify` to the local value of `key` (the type's default if
@@ -699,7 +745,7 @@ impl ReplicatorCore {
     /// another type, `T` is not registered, the new value would not fit in a
     /// message, or `modify` panicked before applying anything
     /// ([`Error::Panicked`]). Otherwise the outcome arrives later as
-    /// [`Effect::WriteDone`] (in the returned batch already for
+    /// [`Output::WriteDone`] (in the returned batch already for
     /// [`WriteConsistency::Local`]). A `modify` that panics after applying
     /// operations keeps them: they spread as after any local update, and the
     /// write is done with [`Error::Panicked`].
@@ -709,7 +755,7 @@ impl ReplicatorCore {
         key: &Key<T>,
         level: WriteConsistency,
         modify: F,
-    ) -> Result<Vec<Effect>>
+    ) -> Result<Vec<Output>>
     where
         T: ReplicatedData + Default,
         F: FnOnce(&mut Tracked<'_, T>, &ReplicaId),
@@ -729,7 +775,7 @@ impl ReplicatorCore {
         key: &Key<T>,
         level: WriteConsistency,
         modify: F,
-    ) -> Result<Vec<Effect>>
+    ) -> Result<Vec<Output>>
     where
         T: ReplicatedData + Default,
         F: FnOnce(&mut Tracked<'_, T>, &ReplicaId),
@@ -823,14 +869,14 @@ impl ReplicatorCore {
         if let Err(err) = panicked {
             self.mark_changed(name);
             self.mark_for_push(name);
-            self.out.push(Effect::WriteDone {
+            self.out.push(Output::WriteDone {
                 request,
                 result: Err(err),
             });
-            return Ok(self.take_effects());
+            return Ok(self.take_outputs());
         }
         self.changed_locally(request, name, level);
-        Ok(self.take_effects())
+        Ok(self.take_outputs())
     }
 
     /// Deletes `key` for good, at consistency `level`: a tombstone replaces the
@@ -840,7 +886,7 @@ impl ReplicatorCore {
         request: RequestId,
         key: &Key<T>,
         level: WriteConsistency,
-    ) -> Result<Vec<Effect>> {
+    ) -> Result<Vec<Output>> {
         let tag = self.types.require_tag_of::<T>()?;
         let name = key.name();
         match self.entries.get_mut(name) {
@@ -866,18 +912,18 @@ impl ReplicatorCore {
         }
         self.touch(name);
         self.changed_locally(request, name, level);
-        Ok(self.take_effects())
+        Ok(self.take_outputs())
     }
 
     /// Reads `key` at consistency `level`; the answer arrives as
-    /// [`Effect::ReadDone`] (in the returned batch already for
+    /// [`Output::ReadDone`] (in the returned batch already for
     /// [`ReadConsistency::Local`]).
     pub fn read<T: ReplicatedData>(
         &mut self,
         request: RequestId,
         key: &Key<T>,
         level: ReadConsistency,
-    ) -> Result<Vec<Effect>> {
+    ) -> Result<Vec<Output>> {
         let tag = self.types.require_tag_of::<T>()?;
         if let Lookup::Live { tag: found, .. } = self.lookup(key.name()) {
             if found != &*tag {
@@ -886,7 +932,7 @@ impl ReplicatorCore {
         }
         self.read_use(key.name());
         self.start_read(request, key.name(), level);
-        Ok(self.take_effects())
+        Ok(self.take_outputs())
     }
 
     /// Merges a state recovered from a durable store, with its `lifetime`
@@ -908,7 +954,7 @@ impl ReplicatorCore {
         self.merge_slot(key, slot, Some(bytes))?;
         self.merged_use(key, lifetime);
         self.out
-            .retain(|effect| !matches!(effect, Effect::Persist { .. }));
+            .retain(|output| !matches!(output, Output::Persist { .. }));
         Ok(true)
     }
 
@@ -925,7 +971,7 @@ impl ReplicatorCore {
     /// move what differs twice.)
     /// A removed peer that is reachable again (restarted under its name)
     /// is a member again.
-    pub fn peer_up(&mut self, peer: &str) -> Vec<Effect> {
+    pub fn peer_up(&mut self, peer: &str) -> Vec<Output> {
         if peer == self.node {
             return Vec::new();
         }
@@ -939,18 +985,18 @@ impl ReplicatorCore {
             }
             self.resend_pending_to(peer);
         }
-        self.take_effects()
+        self.take_outputs()
     }
 
     /// Peer `peer` is unreachable, or a configured member not reached yet. It
     /// still counts as a member, so majorities keep their meaning during a
     /// partition. A removed peer stays removed.
-    pub fn peer_down(&mut self, peer: &str) -> Vec<Effect> {
+    pub fn peer_down(&mut self, peer: &str) -> Vec<Output> {
         if peer != self.node && !self.removed.contains(peer) {
             self.peers.insert(peer.to_string(), false);
             self.release_claims(peer);
         }
-        self.take_effects()
+        self.take_outputs()
     }
 
     /// Peer `peer` left the cluster for good (decommissioned): it no longer
@@ -962,7 +1008,7 @@ impl ReplicatorCore {
     /// latest it said hello with are then retired like dead ones (see
     /// `retirement`): a node that comes back under its name must do so under
     /// a new incarnation, as a restart gives it.
-    pub fn peer_removed(&mut self, peer: &str) -> Vec<Effect> {
+    pub fn peer_removed(&mut self, peer: &str) -> Vec<Output> {
         if peer != self.node {
             self.removed.insert(peer.to_string());
             self.peers.remove(peer);
@@ -971,7 +1017,7 @@ impl ReplicatorCore {
                 self.plan_retirement(peer, latest.saturating_add(1));
             }
         }
-        self.take_effects()
+        self.take_outputs()
     }
 
     fn changed_locally(&mut self, request: RequestId, key: &str, level: WriteConsistency) {
@@ -979,7 +1025,7 @@ impl ReplicatorCore {
         let (required, timeout) = level.required(self.members());
         if required <= 1 {
             self.mark_for_push(key);
-            self.out.push(Effect::WriteDone {
+            self.out.push(Output::WriteDone {
                 request,
                 result: Ok(vec![self.node.clone()]),
             });
@@ -1000,7 +1046,7 @@ impl ReplicatorCore {
     /// storing it, telling listeners.
     fn changed_beyond_entry(&mut self, key: &str) {
         if self.config.durable.contains(key) {
-            self.out.push(Effect::Persist { key: key.into() });
+            self.out.push(Output::Persist { key: key.into() });
         }
         // Most updates hit a key already waiting: look before allocating.
         if !self.to_notify.contains(key) {
@@ -1029,18 +1075,18 @@ impl ReplicatorCore {
         let keys: Vec<String> = std::mem::take(&mut self.to_notify).into_iter().collect();
         self.notify_window_open = !keys.is_empty();
         if self.notify_window_open {
-            self.out.push(Effect::Notify { keys });
+            self.out.push(Output::Notify { keys });
             self.schedule(Timer::Notify, self.config.notify_interval);
         }
     }
 
     fn schedule(&mut self, timer: Timer, after: Duration) {
-        self.out.push(Effect::Schedule { timer, after });
+        self.out.push(Output::Schedule { timer, after });
     }
 
     fn send(&mut self, to: &str, message: PeerMessage) {
         self.stats.messages_sent += 1;
-        self.out.push(Effect::Send {
+        self.out.push(Output::Send {
             to: to.to_string(),
             message,
         });
@@ -1061,7 +1107,7 @@ impl ReplicatorCore {
         }
     }
 
-    fn take_effects(&mut self) -> Vec<Effect> {
+    fn take_outputs(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.out)
     }
 
@@ -1175,37 +1221,5 @@ fn wrong_type(key: &str, expected: &str, found: &str) -> Error {
         key: key.into(),
         expected: expected.into(),
         found: found.into(),
-    }
-}
-
-/// `lookup` as a `T`: `Ok(None)` if absent, an error if deleted or of another type.
-pub(crate) fn snapshot_ref_as<'a, T: ReplicatedData>(
-    key: &str,
-    tag: &str,
-    lookup: Lookup<'a>,
-) -> Result<Option<&'a T>> {
-    match lookup {
-        Lookup::Absent => Ok(None),
-        Lookup::Deleted => Err(Error::Deleted { key: key.into() }),
-        Lookup::Live { tag: found, value } => value
-            .as_any()
-            .downcast_ref::<T>()
-            .map(Some)
-            .ok_or_else(|| wrong_type(key, tag, found)),
-    }
-}
-
-impl Snapshot {
-    /// The snapshot as a `T`: `Ok(None)` if absent, an error if deleted or of
-    /// another type.
-    pub fn into_typed<T: ReplicatedData>(self, key: &str) -> Result<Option<T>> {
-        match self {
-            Self::Absent => Ok(None),
-            Self::Deleted => Err(Error::Deleted { key: key.into() }),
-            Self::Live(value) => match value.as_any().downcast_ref::<T>() {
-                Some(value) => Ok(Some(value.clone())),
-                None => Err(wrong_type(key, std::any::type_name::<T>(), "another type")),
-            },
-        }
     }
 }

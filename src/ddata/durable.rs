@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[cfg(feature = "cluster")]
+use serde::{Deserialize, Serialize};
+
 use super::core::KeySelection;
 use super::wire::{Lifetime, WireValue};
 use crate::error::Result;
@@ -31,15 +33,18 @@ pub struct Loaded {
     pub entries: BTreeMap<String, DurableEntry>,
 }
 
-/// What a store keeps of one durable key.
-#[derive(Clone, Debug, PartialEq)]
+/// What a store keeps of one durable key, and what the sled store writes: the
+/// wire form of the value, so that a stored entry decodes exactly like a
+/// replicated one, and its lifetime.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DurableEntry {
     /// The key's state.
     pub value: WireValue,
     /// When the key began and was last used, for a key that expires: a key
     /// that expired while its node was down is not recovered. `None` for
     /// other keys, and in entries written before version 2 of the store
-    /// format.
+    /// format (which had no lifetime).
+    #[serde(default)]
     pub lifetime: Option<Lifetime>,
 }
 

@@ -1,4 +1,4 @@
-//! The Replicator actor: a thin shell that moves messages, timers and effects
+//! The Replicator actor: a thin shell that moves messages, timers and outputs
 //! in and out of a [`ReplicatorCore`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +11,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
 use super::core::{
-    CoreStats, Effect, Lookup, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer,
+    CoreStats, Lookup, Output, PeerName, ReadOutcome, ReplicatorCore, RequestId, Timer,
 };
 use super::durable::{DurableStore, WriteMode};
 use super::handle::ReplicatorConfig;
@@ -21,19 +21,19 @@ use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
 use crate::disk_wait::disk_wait;
 use crate::error::{Chain, Error, Result};
 
-mod effects;
 mod held;
 mod messages;
+mod outputs;
 mod storage;
 
-pub(crate) use effects::run_effects;
-use effects::{cast_to, commit};
 use held::Held;
 use messages::Internal;
 pub use messages::{
     Delete, DeleteResponse, Get, GetResponse, ReplicatorMessage, Retrieved, Subscribe, Update,
     UpdateResponse, Written,
 };
+pub(crate) use outputs::run_outputs;
+use outputs::{cast_to, commit};
 use storage::Storage;
 
 pub(crate) enum Inbound {
@@ -109,7 +109,7 @@ pub struct ReplicatorState {
     /// Messages for peers without a route yet.
     held: Held,
     /// Announcements waiting for the next group commit, in order.
-    waiting_for_disk: Vec<Effect>,
+    waiting_for_disk: Vec<Output>,
     /// An [`Inbound::Commit`] is on its way.
     commit_requested: bool,
 }
@@ -179,8 +179,8 @@ impl Actor for Replicator {
         if let Some(events) = args.membership {
             events.subscribe(myself.clone());
         }
-        let effects = state.core.start();
-        run_effects(&myself, &mut state, effects);
+        let outputs = state.core.start();
+        run_outputs(&myself, &mut state, outputs);
         Ok(state)
     }
 
@@ -209,7 +209,7 @@ impl Actor for Replicator {
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
         state.core.advance_clock(crate::wall_clock::millis());
-        let effects = match message {
+        let outputs = match message {
             ReplicatorMessage::Update(Update(command))
             | ReplicatorMessage::Delete(Delete(command))
             | ReplicatorMessage::Get(Get(command))
@@ -250,7 +250,7 @@ impl Actor for Replicator {
                 handle_internal(&myself, state, inbound).await
             }
         };
-        run_effects(&myself, state, effects);
+        run_outputs(&myself, state, outputs);
         Ok(())
     }
 
@@ -274,7 +274,7 @@ async fn handle_internal(
     myself: &ActorRef<ReplicatorMessage>,
     state: &mut ReplicatorState,
     inbound: Inbound,
-) -> Vec<Effect> {
+) -> Vec<Output> {
     match inbound {
         Inbound::Peer(envelope) => {
             if !state.peers.contains(&envelope.from) {
@@ -314,12 +314,12 @@ async fn handle_internal(
 
 /// Runs a discovery round and tells the core which peers came and went.
 /// Messages held for a peer that came up go to it first.
-async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
+async fn discover(state: &mut ReplicatorState) -> Vec<Output> {
     state.held.expire(Instant::now());
-    let mut effects = Vec::new();
+    let mut outputs = Vec::new();
     for change in state.peers.round().await {
         match change {
-            PeerChange::Down(node) => effects.extend(state.core.peer_down(&node)),
+            PeerChange::Down(node) => outputs.extend(state.core.peer_down(&node)),
             PeerChange::Up(node, replicator) => {
                 let mut held = state.held.take(&node).into_iter();
                 while let Some(message) = held.next() {
@@ -331,9 +331,9 @@ async fn discover(state: &mut ReplicatorState) -> Vec<Effect> {
                         }
                     }
                 }
-                effects.extend(state.core.peer_up(&node));
+                outputs.extend(state.core.peer_up(&node));
             }
         }
     }
-    effects
+    outputs
 }

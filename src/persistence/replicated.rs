@@ -25,7 +25,7 @@ pub use entity::{
 };
 pub use log::{ReplicatedLog, Snapshot};
 pub use protocol::{
-    Effects, Replication, ReplicationEffect, ReplicationMessage, SnapshotOffer,
+    Replication, ReplicationMessage, ReplicationOutput, ReplicationOutputs, SnapshotOffer,
     DEFAULT_STABILITY_TICKS,
 };
 pub use recovery::{recover_from_journal, DecodeState, Recovered};
@@ -96,7 +96,7 @@ pub trait ConflictResolver<E>: Send + 'static {
 }
 
 /// Last writer wins: of two concurrent events, the one with the later
-/// timestamp (then the larger replica id) is applied last, so its effect
+/// timestamp (then the larger replica id) is applied last, so its output
 /// stands where the events overwrite each other.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LastWriterWins;

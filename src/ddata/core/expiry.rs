@@ -210,7 +210,7 @@ impl ReplicatorCore {
             );
         }
         if self.config.durable.contains(key) {
-            self.out.push(super::Effect::Persist { key: key.into() });
+            self.out.push(super::Output::Persist { key: key.into() });
         }
         self.mark_for_push(key);
     }

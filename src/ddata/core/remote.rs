@@ -2,13 +2,13 @@
 //! and the eager push.
 
 use super::deltas::Received;
-use super::{Effect, PeerName, ReplicatorCore, Slot, Timer};
+use super::{Output, PeerName, ReplicatorCore, Slot, Timer};
 use crate::ddata::wire::{PeerMessage, WireChange, WireDelta, WireEntry, WireValue};
 use crate::error::{Error, Result};
 
 impl ReplicatorCore {
     /// A message from the Replicator of node `from`.
-    pub fn handle_message(&mut self, from: &str, message: PeerMessage) -> Vec<Effect> {
+    pub fn handle_message(&mut self, from: &str, message: PeerMessage) -> Vec<Output> {
         match message {
             PeerMessage::Entries { epoch, entries } => {
                 for entry in entries {
@@ -56,11 +56,11 @@ impl ReplicatorCore {
                 digests,
             } => self.retiring_received(from, &node, below, (answer, part, parts), alike, digests),
         }
-        self.take_effects()
+        self.take_outputs()
     }
 
-    /// A timer asked for in an [`Effect::Schedule`] fired.
-    pub fn handle_timer(&mut self, timer: Timer) -> Vec<Effect> {
+    /// A timer asked for in an [`Output::Schedule`] fired.
+    pub fn handle_timer(&mut self, timer: Timer) -> Vec<Output> {
         match timer {
             Timer::Gossip => {
                 self.round += 1;
@@ -74,7 +74,7 @@ impl ReplicatorCore {
             Timer::Deadline(id) => self.deadline_passed(id),
             Timer::Resend => self.resend_due(),
         }
-        self.take_effects()
+        self.take_outputs()
     }
 
     /// Merges a state from `from`: it covers `from`'s deltas of its key up to

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Effect, PeerName, ReplicatorCore, RequestId, Slot, Timer};
+use super::{Output, PeerName, ReplicatorCore, RequestId, Slot, Timer};
 use crate::ddata::consistency::ReadConsistency;
 use crate::ddata::wire::{
     digest_of, Digest, Lifetime, PeerMessage, WireDelta, WireEntry, WireValue, TOMBSTONE_DIGEST,
@@ -94,7 +94,7 @@ impl ReplicatorCore {
         let delta = match self.take_delta(key) {
             Some(Ok(delta)) => delta,
             Some(Err(err)) => {
-                self.out.push(Effect::WriteDone {
+                self.out.push(Output::WriteDone {
                     request,
                     result: Err(err),
                 });
@@ -128,7 +128,7 @@ impl ReplicatorCore {
         }
         if write.acked.len() >= write.required {
             if let Some(write) = self.writes.remove(&id) {
-                self.out.push(Effect::WriteDone {
+                self.out.push(Output::WriteDone {
                     request: write.request,
                     result: Ok(write.acked),
                 });
@@ -139,8 +139,8 @@ impl ReplicatorCore {
     pub(super) fn start_read(&mut self, request: RequestId, key: &str, level: ReadConsistency) {
         let (required, timeout) = level.required(self.members());
         if required <= 1 {
-            let snapshot = self.lookup(key).to_snapshot();
-            self.out.push(Effect::ReadDone {
+            let snapshot = self.lookup(key).to_state();
+            self.out.push(Output::ReadDone {
                 request,
                 result: Ok((snapshot, vec![self.node.clone()])),
             });
@@ -257,7 +257,7 @@ impl ReplicatorCore {
         };
         if let Some(slot) = read.merged {
             if let Err(err) = self.merge_slot(&read.key, slot, None) {
-                self.out.push(Effect::ReadDone {
+                self.out.push(Output::ReadDone {
                     request: read.request,
                     result: Err(err),
                 });
@@ -286,8 +286,8 @@ impl ReplicatorCore {
                 }
             }
         }
-        let snapshot = self.lookup(&read.key).to_snapshot();
-        self.out.push(Effect::ReadDone {
+        let snapshot = self.lookup(&read.key).to_state();
+        self.out.push(Output::ReadDone {
             request: read.request,
             result: Ok((snapshot, read.answered)),
         });
@@ -295,7 +295,7 @@ impl ReplicatorCore {
 
     pub(super) fn deadline_passed(&mut self, id: u64) {
         if let Some(write) = self.writes.remove(&id) {
-            self.out.push(Effect::WriteDone {
+            self.out.push(Output::WriteDone {
                 request: write.request,
                 result: Err(Error::Timeout {
                     operation: Operation::Write,
@@ -305,7 +305,7 @@ impl ReplicatorCore {
                 }),
             });
         } else if let Some(read) = self.reads.remove(&id) {
-            self.out.push(Effect::ReadDone {
+            self.out.push(Output::ReadDone {
                 request: read.request,
                 result: Err(Error::Timeout {
                     operation: Operation::Read,

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Effect, PeerName, ReplicatorCore, Slot};
+use super::{Output, PeerName, ReplicatorCore, Slot};
 use crate::causal::{Dot, ReplicaId};
 use crate::ddata::wire::{
     digest_budget, digest_of, split_by_budget, Digest, PeerMessage, WireEntry,
@@ -391,7 +391,7 @@ impl ReplicatorCore {
         }
         for key in changed {
             if self.config.durable.contains(&key) {
-                self.out.push(Effect::Persist { key });
+                self.out.push(Output::Persist { key });
             }
         }
         self.retired.retire(node, below);

@@ -16,25 +16,25 @@ fn core(name: &str, config: CoreConfig) -> ReplicatorCore {
     core
 }
 
-fn sends(effects: &[Effect]) -> Vec<(&str, &PeerMessage)> {
-    effects
+fn sends(outputs: &[Output]) -> Vec<(&str, &PeerMessage)> {
+    outputs
         .iter()
-        .filter_map(|effect| match effect {
-            Effect::Send { to, message } => Some((to.as_str(), message)),
+        .filter_map(|output| match output {
+            Output::Send { to, message } => Some((to.as_str(), message)),
             _ => None,
         })
         .collect()
 }
 
-/// Delivers every send in `effects` from `from` to `to` through the codec,
+/// Delivers every send in `outputs` from `from` to `to` through the codec,
 /// returning what `to` does in answer.
-fn deliver(from: &ReplicatorCore, to: &mut ReplicatorCore, effects: Vec<Effect>) -> Vec<Effect> {
+fn deliver(from: &ReplicatorCore, to: &mut ReplicatorCore, outputs: Vec<Output>) -> Vec<Output> {
     let mut answers = Vec::new();
-    for effect in effects {
-        if let Effect::Send {
+    for output in outputs {
+        if let Output::Send {
             to: target,
             message,
-        } = effect
+        } = output
         {
             assert_eq!(target, to.node());
             let bytes = codec::encode(&Envelope {
@@ -49,16 +49,16 @@ fn deliver(from: &ReplicatorCore, to: &mut ReplicatorCore, effects: Vec<Effect>)
     answers
 }
 
-/// Delivers `effects` of `from` to `to`, then the answers back, and so on
+/// Delivers `outputs` of `from` to `to`, then the answers back, and so on
 /// until both are quiet; returns every message with the node that sent it.
 fn converse(
     from: &mut ReplicatorCore,
     to: &mut ReplicatorCore,
-    effects: Vec<Effect>,
+    outputs: Vec<Output>,
 ) -> Vec<(String, PeerMessage)> {
     let mut log = Vec::new();
     let (mut sender, mut receiver) = (from, to);
-    let mut pending = effects;
+    let mut pending = outputs;
     while !sends(&pending).is_empty() {
         for (_, message) in sends(&pending) {
             log.push((sender.node().to_string(), message.clone()));
@@ -89,7 +89,7 @@ fn increment(
     core: &mut ReplicatorCore,
     key: &Key<GCounter>,
     level: WriteConsistency,
-) -> Vec<Effect> {
+) -> Vec<Output> {
     core.update(1, key, level, |c, me| c.apply(c.increment(me, 1)))
         .unwrap()
 }
@@ -103,7 +103,7 @@ fn a_lone_update_is_pushed_at_once_and_a_burst_collects_until_the_window_closes(
     let first = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
     assert!(first
         .iter()
-        .any(|e| matches!(e, Effect::WriteDone { result: Ok(_), .. })));
+        .any(|e| matches!(e, Output::WriteDone { result: Ok(_), .. })));
     let targets: Vec<&str> = sends(&first).iter().map(|(to, _)| *to).collect();
     assert_eq!(targets, ["b"], "unreachable c catches up by anti-entropy");
 
@@ -134,11 +134,11 @@ fn a_lone_update_is_pushed_at_once_and_a_burst_collects_until_the_window_closes(
 fn a_change_is_notified_at_once_and_a_burst_once_per_interval() {
     let mut a = core("a", CoreConfig::default());
     let hits = Key::new("hits");
-    let notified = |effects: &[Effect]| -> Vec<Vec<String>> {
-        effects
+    let notified = |outputs: &[Output]| -> Vec<Vec<String>> {
+        outputs
             .iter()
             .filter_map(|e| match e {
-                Effect::Notify { keys } => Some(keys.clone()),
+                Output::Notify { keys } => Some(keys.clone()),
                 _ => None,
             })
             .collect()
@@ -437,7 +437,7 @@ fn durable_keys_are_persisted_before_the_write_is_reported_or_sent() {
     };
     let mut a = core("a", config);
     a.peer_up("b");
-    let effects = increment(
+    let outputs = increment(
         &mut a,
         &Key::new("cart/alice"),
         WriteConsistency::To {
@@ -445,16 +445,16 @@ fn durable_keys_are_persisted_before_the_write_is_reported_or_sent() {
             timeout: Duration::from_secs(1),
         },
     );
-    let persist = effects
+    let persist = outputs
         .iter()
-        .position(|e| matches!(e, Effect::Persist { .. }));
-    let send = effects
+        .position(|e| matches!(e, Output::Persist { .. }));
+    let send = outputs
         .iter()
-        .position(|e| matches!(e, Effect::Send { .. }));
-    assert!(persist.is_some() && persist < send, "{effects:?}");
+        .position(|e| matches!(e, Output::Send { .. }));
+    assert!(persist.is_some() && persist < send, "{outputs:?}");
 
     let plain = increment(&mut a, &Key::new("hits"), WriteConsistency::Local);
-    assert!(!plain.iter().any(|e| matches!(e, Effect::Persist { .. })));
+    assert!(!plain.iter().any(|e| matches!(e, Output::Persist { .. })));
 }
 
 #[test]
@@ -463,17 +463,17 @@ fn a_write_that_misses_its_level_times_out_but_stands_locally() {
     a.peer_up("b");
     a.peer_down("c");
     let key = Key::new("hits");
-    let effects = increment(
+    let outputs = increment(
         &mut a,
         &key,
         WriteConsistency::All {
             timeout: Duration::from_millis(50),
         },
     );
-    let deadline = effects
+    let deadline = outputs
         .iter()
         .find_map(|e| match e {
-            Effect::Schedule {
+            Output::Schedule {
                 timer: timer @ Timer::Deadline(_),
                 ..
             } => Some(*timer),
@@ -481,7 +481,7 @@ fn a_write_that_misses_its_level_times_out_but_stands_locally() {
         })
         .expect("a deadline is scheduled");
     let mut b = core("b", CoreConfig::default());
-    let acks = deliver(&a, &mut b, effects);
+    let acks = deliver(&a, &mut b, outputs);
     assert!(
         a.handle_message("b", sends(&acks)[0].1.clone()).is_empty(),
         "two of three acknowledged: not done yet"
@@ -489,7 +489,7 @@ fn a_write_that_misses_its_level_times_out_but_stands_locally() {
     let timed_out = a.handle_timer(deadline);
     assert!(matches!(
         &timed_out[..],
-        [Effect::WriteDone {
+        [Output::WriteDone {
             result: Err(Error::Timeout {
                 reached: 2,
                 required: 3,
@@ -571,17 +571,17 @@ fn a_majority_read_merges_the_answers_and_repairs_the_replicas_behind() {
             core.peer_up(peer);
         }
     }
-    let effects = a
+    let outputs = a
         .read(9, &key, ReadConsistency::majority(Duration::from_secs(1)))
         .unwrap();
-    let to_b: Vec<Effect> = effects
+    let to_b: Vec<Output> = outputs
         .into_iter()
-        .filter(|e| matches!(e, Effect::Send { to, .. } if to == "b"))
+        .filter(|e| matches!(e, Output::Send { to, .. } if to == "b"))
         .collect();
     let answer = deliver(&a, &mut b, to_b);
     let done = deliver(&b, &mut a, answer);
     let result = done.into_iter().find_map(|e| match e {
-        Effect::ReadDone { request: 9, result } => Some(result),
+        Output::ReadDone { request: 9, result } => Some(result),
         _ => None,
     });
     let (snapshot, answered) = result
@@ -616,16 +616,16 @@ fn connected(names: &[&str]) -> Vec<ReplicatorCore> {
         .collect()
 }
 
-fn add(core: &mut ReplicatorCore, key: &Key<ORSet<String>>, member: String) -> Vec<Effect> {
+fn add(core: &mut ReplicatorCore, key: &Key<ORSet<String>>, member: String) -> Vec<Output> {
     core.update(1, key, WriteConsistency::Local, move |set, me| {
         set.apply(set.add(me, member))
     })
     .unwrap()
 }
 
-/// The messages in `effects`, encoded as they would travel.
-fn wire_bytes(effects: &[Effect]) -> usize {
-    sends(effects)
+/// The messages in `outputs`, encoded as they would travel.
+fn wire_bytes(outputs: &[Output]) -> usize {
+    sends(outputs)
         .iter()
         .map(|(_, message)| {
             codec::encode(&Envelope {
@@ -662,11 +662,11 @@ fn an_update_of_a_large_set_travels_as_its_operation() {
     assert_eq!(b.stats().deltas_applied, 10_001);
 }
 
-/// Only the messages of `effects` (timers dropped).
-fn only_sends(effects: Vec<Effect>) -> Vec<Effect> {
-    effects
+/// Only the messages of `outputs` (timers dropped).
+fn only_sends(outputs: Vec<Output>) -> Vec<Output> {
+    outputs
         .into_iter()
-        .filter(|effect| matches!(effect, Effect::Send { .. }))
+        .filter(|output| matches!(output, Output::Send { .. }))
         .collect()
 }
 
@@ -755,9 +755,9 @@ fn a_lost_delta_is_noticed_and_the_state_is_sent_instead() {
     let _lost = add(a, &key, "y".into());
     a.handle_timer(Timer::Push);
     let third = add(a, &key, "z".into());
-    let third_again: Vec<Effect> = sends(&third)
+    let third_again: Vec<Output> = sends(&third)
         .into_iter()
-        .map(|(to, message)| Effect::Send {
+        .map(|(to, message)| Output::Send {
             to: to.into(),
             message: message.clone(),
         })
@@ -862,7 +862,7 @@ fn a_write_to_a_replica_behind_is_acknowledged_after_the_state_follows() {
     assert!(
         done.iter().any(|e| matches!(
             e,
-            Effect::WriteDone { request: 5, result: Ok(nodes) } if nodes == &["a", "b"]
+            Output::WriteDone { request: 5, result: Ok(nodes) } if nodes == &["a", "b"]
         )),
         "{done:?}"
     );
@@ -980,20 +980,20 @@ fn a_panicking_update_is_an_error_and_keeps_only_what_it_applied() {
         "a key the update created is gone"
     );
 
-    let effects = a
+    let outputs = a
         .update(2, &cart, WriteConsistency::Local, |set, me| {
             set.apply(set.add(me, "bread".to_string()));
             panic!("after the bread");
         })
         .expect("what it applied stands");
-    assert!(effects.iter().any(|effect| matches!(
-        effect,
-        Effect::WriteDone {
+    assert!(outputs.iter().any(|output| matches!(
+        output,
+        Output::WriteDone {
             request: 2,
             result: Err(Error::Panicked { .. })
         }
     )));
-    let pushed: Vec<&PeerMessage> = sends(&effects).into_iter().map(|(_, m)| m).collect();
+    let pushed: Vec<&PeerMessage> = sends(&outputs).into_iter().map(|(_, m)| m).collect();
     assert!(
         matches!(&pushed[..], [PeerMessage::Deltas { deltas, .. }] if deltas[0].key == "cart"),
         "{pushed:?}"
@@ -1026,8 +1026,8 @@ fn a_removed_peer_no_longer_counts_and_losing_sight_of_it_does_not_restore_it() 
     let all = WriteConsistency::All {
         timeout: Duration::from_secs(1),
     };
-    let effects = increment(&mut a, &key, all);
-    let asked: Vec<&str> = sends(&effects).into_iter().map(|(to, _)| to).collect();
+    let outputs = increment(&mut a, &key, all);
+    let asked: Vec<&str> = sends(&outputs).into_iter().map(|(to, _)| to).collect();
     assert_eq!(asked, ["b"], "only the remaining peer is asked");
     a.peer_up("c");
     assert_eq!(a.members(), 3, "reachable again, a member again");

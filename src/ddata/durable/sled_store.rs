@@ -1,25 +1,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::{DurableEntry, DurableStore, Loaded};
 use crate::codec;
-use crate::ddata::wire::{Lifetime, WireValue};
 use crate::error::{DecodeFailure, Error, Result, StoreFailure};
 
 const INCARNATION: &[u8] = b"incarnation";
-
-/// What the store writes per key: the wire form, so a stored entry decodes
-/// exactly like a replicated one, and its lifetime. Generic so that
-/// storing borrows the value. Version 1 of the format had no lifetime: it
-/// reads as `None`.
-#[derive(Serialize, Deserialize)]
-struct StoredEntry<V> {
-    value: V,
-    #[serde(default)]
-    lifetime: Option<Lifetime>,
-}
 
 /// A [`DurableStore`] in a sled database (0.34).
 ///
@@ -100,15 +86,8 @@ impl DurableStore for SledStore {
                     failure: DecodeFailure::Malformed(Arc::new(err)),
                 })
             })?;
-            let entry: StoredEntry<WireValue> =
-                codec::decode(&bytes).map_err(self.unreadable(&key))?;
-            recovered.entries.insert(
-                key,
-                DurableEntry {
-                    value: entry.value,
-                    lifetime: entry.lifetime,
-                },
-            );
+            let entry: DurableEntry = codec::decode(&bytes).map_err(self.unreadable(&key))?;
+            recovered.entries.insert(key, entry);
         }
         Ok(recovered)
     }
@@ -122,10 +101,7 @@ impl DurableStore for SledStore {
     }
 
     fn store(&mut self, key: &str, entry: &DurableEntry) -> Result<()> {
-        let bytes = codec::encode(&StoredEntry {
-            value: &entry.value,
-            lifetime: entry.lifetime,
-        })?;
+        let bytes = codec::encode(entry)?;
         self.entries
             .insert(key.as_bytes(), bytes)
             .map_err(self.failed(Some(key)))?;

@@ -10,7 +10,7 @@ use super::{Inbound, ReplicatorState, Reply, Subscription};
 use crate::causal::ReplicaId;
 use crate::crdt::ReplicatedData;
 use crate::ddata::consistency::{ReadConsistency, WriteConsistency};
-use crate::ddata::core::{CoreStats, Effect, Lookup, PeerName, ReplicatorCore, RequestId};
+use crate::ddata::core::{CoreStats, Lookup, Output, PeerName, ReplicatorCore, RequestId};
 use crate::ddata::handle::Change;
 use crate::ddata::key::Key;
 use crate::ddata::tracked::Tracked;
@@ -110,7 +110,7 @@ impl From<Inbound> for ReplicatorMessage {
 }
 
 /// Work on a key of some type, run inside the Replicator.
-type Command = Box<dyn FnOnce(&mut ReplicatorState) -> Vec<Effect> + Send>;
+type Command = Box<dyn FnOnce(&mut ReplicatorState) -> Vec<Output> + Send>;
 
 /// An update of one key, built by [`ReplicatorMessage::update`].
 pub struct Update(pub(crate) Command);
@@ -340,8 +340,8 @@ impl ReplicatorMessage {
 fn write(
     state: &mut ReplicatorState,
     reply: impl FnOnce(Result<Written>) + Send + 'static,
-    write: impl FnOnce(&mut ReplicatorCore, RequestId) -> Result<Vec<Effect>>,
-) -> Vec<Effect> {
+    write: impl FnOnce(&mut ReplicatorCore, RequestId) -> Result<Vec<Output>>,
+) -> Vec<Output> {
     let reply = Reply::Write(Box::new(move |result| {
         reply(result.map(|acknowledged_by| Written { acknowledged_by }))
     }));

@@ -95,7 +95,7 @@ pub struct SnapshotOffer {
 
 /// What the caller must do, in order.
 #[derive(Debug)]
-pub enum ReplicationEffect<E, S> {
+pub enum ReplicationOutput<E, S> {
     /// Journal these replicated events (idempotently); they are applied.
     Journal(Vec<EventEnvelope<E>>),
     /// Deliver `message` to the replica on node `to`.
@@ -129,9 +129,9 @@ pub enum ReplicationEffect<E, S> {
     },
 }
 
-/// The effects of a replication step, for handler `H`.
-pub type Effects<H> =
-    Vec<ReplicationEffect<<H as EventHandler>::Event, <H as EventHandler>::State>>;
+/// The outputs of a replication step, for handler `H`.
+pub type ReplicationOutputs<H> =
+    Vec<ReplicationOutput<<H as EventHandler>::Event, <H as EventHandler>::State>>;
 
 /// By default, how many anti-entropy ticks a replica still holds compaction
 /// back after it was last heard of (reachable, or new events of its arrived, maybe
@@ -257,20 +257,20 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
 
     /// Local events were journaled durably and applied: push them to every
     /// reachable replica (and snapshot, if it is time).
-    pub fn persisted(&mut self, events: &[EventEnvelope<H::Event>]) -> Effects<H> {
+    pub fn persisted(&mut self, events: &[EventEnvelope<H::Event>]) -> ReplicationOutputs<H> {
         let sized = sized(events.iter());
-        let mut effects: Effects<H> = self
+        let mut outputs: ReplicationOutputs<H> = self
             .reachable
             .keys()
             .flat_map(|peer| self.sized_to(peer, sized.clone()))
             .collect();
-        effects.extend(self.compaction());
-        effects
+        outputs.extend(self.compaction());
+        outputs
     }
 
     /// A replica came up: it learns this replica's version and answers with
     /// what this one lacks.
-    pub fn peer_up(&mut self, peer: &str) -> Effects<H> {
+    pub fn peer_up(&mut self, peer: &str) -> ReplicationOutputs<H> {
         self.removed.remove(peer);
         self.reachable.insert(peer, ());
         self.in_sync.remove(peer);
@@ -290,7 +290,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// (decommissioned): it no longer holds compaction back, even when its
     /// old events still arrive through other replicas, until it comes up
     /// again. Should events of it sort among compacted ones after all, the
-    /// log reads its history back ([`ReplicationEffect::LoadHistory`]).
+    /// log reads its history back ([`ReplicationOutput::LoadHistory`]).
     pub fn peer_removed(&mut self, peer: &str) {
         self.removed.insert(peer, ());
         self.reachable.remove(peer);
@@ -300,19 +300,23 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         self.welcomed.remove(peer);
     }
 
-    /// The whole journal, read back after [`ReplicationEffect::LoadHistory`]:
+    /// The whole journal, read back after [`ReplicationOutput::LoadHistory`]:
     /// the log rebuilds from it and delivers what waited.
     pub fn history_loaded(
         &mut self,
         journaled: impl IntoIterator<Item = EventEnvelope<H::Event>>,
-    ) -> Effects<H> {
+    ) -> ReplicationOutputs<H> {
         let applied = self.log.restore_history(journaled);
         self.after_receiving(applied)
     }
 
     /// Messages to `peer` carrying `events` (read from the journal after
-    /// [`ReplicationEffect::ServeFromJournal`]).
-    pub fn events_for(&self, peer: &str, events: &[EventEnvelope<H::Event>]) -> Effects<H> {
+    /// [`ReplicationOutput::ServeFromJournal`]).
+    pub fn events_for(
+        &self,
+        peer: &str,
+        events: &[EventEnvelope<H::Event>],
+    ) -> ReplicationOutputs<H> {
         self.events_to(peer, events.iter())
     }
 
@@ -324,7 +328,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         from: &str,
         snapshot: Snapshot<H::State>,
         holds: &VersionVector,
-    ) -> Option<Effects<H>> {
+    ) -> Option<ReplicationOutputs<H>> {
         let events = snapshot.events;
         let Some(applied) = self.log.install_snapshot(snapshot, holds) else {
             tracing::error!(
@@ -369,7 +373,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// not known to hold exactly the same events (none if all are). Ticks
     /// are also the clock of
     /// [`with_stability_ticks`](Self::with_stability_ticks).
-    pub fn tick(&mut self) -> Effects<H> {
+    pub fn tick(&mut self) -> ReplicationOutputs<H> {
         self.ticks += 1;
         // A replica that went quiet after a compaction frees what it dropped.
         self.log.free_some();
@@ -390,7 +394,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         self.peer_versions.retain(|peer, _| {
             last_heard.contains(peer) || replicas.as_ref().is_some_and(|r| r.contains(peer))
         });
-        let mut effects = Vec::new();
+        let mut outputs = Vec::new();
         if self.last_heard.len() < heard
             && self
                 .snapshot_every
@@ -399,7 +403,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             // A replica no longer waited for may have been what held
             // compaction back.
             self.next_compaction = 0;
-            effects.extend(self.compaction());
+            outputs.extend(self.compaction());
         }
         self.refresh_in_sync();
         let introduction = self.introduction();
@@ -423,9 +427,9 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 .unwrap_or_default();
             let message = introduction
                 .unwrap_or_else(|| ReplicationMessage::Report(self.log.version().clone()));
-            effects.push(ReplicationEffect::Send { to: peer, message });
+            outputs.push(ReplicationOutput::Send { to: peer, message });
         }
-        effects
+        outputs
     }
 
     /// What a replica that has made no event says instead of its version
@@ -469,7 +473,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         &mut self,
         from: &str,
         message: ReplicationMessage<H::Event>,
-    ) -> Effects<H> {
+    ) -> ReplicationOutputs<H> {
         match message {
             ReplicationMessage::Events(events) => {
                 let applied = self.log.receive_all(events);
@@ -486,15 +490,15 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                     self.log.incarnation_runs(&replica);
                 }
                 self.note_in_sync(from, &version);
-                let mut effects = vec![ReplicationEffect::Send {
+                let mut outputs = vec![ReplicationOutput::Send {
                     to: from.to_string(),
                     message: ReplicationMessage::Welcome {
                         replica,
                         version: self.log.version().clone(),
                     },
                 }];
-                effects.extend(self.answer(from, version, false));
-                effects
+                outputs.extend(self.answer(from, version, false));
+                outputs
             }
             ReplicationMessage::Welcome { replica, version } => {
                 if &replica == self.log.replica() {
@@ -502,7 +506,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 }
                 self.in_sync_with(from, version)
             }
-            ReplicationMessage::Snapshot(offer) => vec![ReplicationEffect::DecodeSnapshot {
+            ReplicationMessage::Snapshot(offer) => vec![ReplicationOutput::DecodeSnapshot {
                 from: from.to_string(),
                 offer,
             }],
@@ -511,7 +515,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
 
     /// The replica on node `from` holds exactly `version`, which this one
     /// reported.
-    fn in_sync_with(&mut self, from: &str, version: VersionVector) -> Effects<H> {
+    fn in_sync_with(&mut self, from: &str, version: VersionVector) -> ReplicationOutputs<H> {
         self.note_in_sync(from, &version);
         self.seen_by(from, version).into_iter().collect()
     }
@@ -520,26 +524,36 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     /// peer lacks: `within_tick` false): answered with `InSync` too if it
     /// shows exactly this replica's version, so that the reporter learns
     /// that it can stop, and what this replica holds.
-    fn reported(&mut self, from: &str, version: VersionVector, within_tick: bool) -> Effects<H> {
-        let mut effects = Vec::new();
+    fn reported(
+        &mut self,
+        from: &str,
+        version: VersionVector,
+        within_tick: bool,
+    ) -> ReplicationOutputs<H> {
+        let mut outputs = Vec::new();
         if self.note_in_sync(from, &version) {
             // The echo of a version does not name who has it either.
             let message = self
                 .introduction()
                 .unwrap_or_else(|| ReplicationMessage::InSync(version.clone()));
-            effects.push(ReplicationEffect::Send {
+            outputs.push(ReplicationOutput::Send {
                 to: from.to_string(),
                 message,
             });
         }
-        effects.extend(self.answer(from, version, within_tick));
-        effects
+        outputs.extend(self.answer(from, version, within_tick));
+        outputs
     }
 
     /// Answers a peer's version with the events it lacks (only those held a
     /// tick ago if `report`), and takes it as what the peer has seen.
-    fn answer(&mut self, from: &str, version: VersionVector, report: bool) -> Effects<H> {
-        let mut effects = if self.log.can_serve(&version) {
+    fn answer(
+        &mut self,
+        from: &str,
+        version: VersionVector,
+        report: bool,
+    ) -> ReplicationOutputs<H> {
+        let mut outputs = if self.log.can_serve(&version) {
             let missing = if report {
                 self.log
                     .missing_for_within(&version, &self.held_a_tick_before)
@@ -548,13 +562,13 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
             };
             self.events_to(from, missing.into_iter())
         } else {
-            vec![ReplicationEffect::ServeFromJournal {
+            vec![ReplicationOutput::ServeFromJournal {
                 to: from.to_string(),
                 version: version.clone(),
             }]
         };
-        effects.extend(self.seen_by(from, version));
-        effects
+        outputs.extend(self.seen_by(from, version));
+        outputs
     }
 
     /// Takes `version` as what the replica on node `from` has seen, and
@@ -563,7 +577,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         &mut self,
         from: &str,
         version: VersionVector,
-    ) -> Option<ReplicationEffect<H::Event, H::State>> {
+    ) -> Option<ReplicationOutput<H::Event, H::State>> {
         self.peer_versions.insert(from, version);
         self.heard_of(from);
         if self
@@ -581,7 +595,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         }
     }
 
-    fn after_receiving(&mut self, applied: Vec<EventEnvelope<H::Event>>) -> Effects<H> {
+    fn after_receiving(&mut self, applied: Vec<EventEnvelope<H::Event>>) -> ReplicationOutputs<H> {
         // Their origins are alive, even if only another replica reaches them.
         let mut previous = None;
         for event in &applied {
@@ -592,21 +606,21 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
                 }
             }
         }
-        let mut effects = Vec::new();
+        let mut outputs = Vec::new();
         if !applied.is_empty() {
-            effects.push(ReplicationEffect::Journal(applied));
+            outputs.push(ReplicationOutput::Journal(applied));
         }
         if self.log.needs_history() {
-            effects.push(ReplicationEffect::LoadHistory);
+            outputs.push(ReplicationOutput::LoadHistory);
         } else {
-            effects.extend(self.compaction());
+            outputs.extend(self.compaction());
         }
-        effects
+        outputs
     }
 
     /// Compacts the log when enough events gathered in memory since the last
     /// try; a snapshot to save if a prefix was compacted.
-    fn compaction(&mut self) -> Option<ReplicationEffect<H::Event, H::State>> {
+    fn compaction(&mut self) -> Option<ReplicationOutput<H::Event, H::State>> {
         let every = self.snapshot_every?;
         if self.log.events().len() < self.next_compaction {
             return None;
@@ -628,14 +642,14 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         let peers = peers.into_iter().map(|node| (node, versions.get(node)));
         let snapshot = self.log.compact(peers, every);
         self.next_compaction = self.log.events().len().saturating_add(every);
-        snapshot.map(ReplicationEffect::Snapshot)
+        snapshot.map(ReplicationOutput::Snapshot)
     }
 
-    fn version_to(&self, peer: &str) -> ReplicationEffect<H::Event, H::State> {
+    fn version_to(&self, peer: &str) -> ReplicationOutput<H::Event, H::State> {
         let message = self
             .introduction()
             .unwrap_or_else(|| ReplicationMessage::Version(self.log.version().clone()));
-        ReplicationEffect::Send {
+        ReplicationOutput::Send {
             to: peer.to_string(),
             message,
         }
@@ -645,7 +659,7 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
         &self,
         peer: &str,
         events: impl Iterator<Item = &'a EventEnvelope<H::Event>>,
-    ) -> Effects<H>
+    ) -> ReplicationOutputs<H>
     where
         H::Event: 'a,
     {
@@ -653,10 +667,14 @@ impl<H: EventHandler, R: ConflictResolver<H::Event>> Replication<H, R> {
     }
 
     /// Messages to `peer` carrying events sized by [`sized`].
-    fn sized_to(&self, peer: &str, sized: Vec<(usize, EventEnvelope<H::Event>)>) -> Effects<H> {
+    fn sized_to(
+        &self,
+        peer: &str,
+        sized: Vec<(usize, EventEnvelope<H::Event>)>,
+    ) -> ReplicationOutputs<H> {
         split_by_budget(sized, self.max_message_bytes, |(size, _)| *size)
             .into_iter()
-            .map(|chunk| ReplicationEffect::Send {
+            .map(|chunk| ReplicationOutput::Send {
                 to: peer.to_string(),
                 message: ReplicationMessage::Events(chunk.into_iter().map(|(_, e)| e).collect()),
             })
@@ -772,8 +790,8 @@ mod tests {
         replication
             .handle_message("b", message)
             .into_iter()
-            .map(|effect| match effect {
-                ReplicationEffect::Send {
+            .map(|output| match output {
+                ReplicationOutput::Send {
                     message: ReplicationMessage::Events(events),
                     ..
                 } => events.len(),
@@ -782,16 +800,18 @@ mod tests {
             .sum()
     }
 
-    fn snapshots(effects: &Effects<Sum>) -> usize {
-        effects
+    fn snapshots(outputs: &ReplicationOutputs<Sum>) -> usize {
+        outputs
             .iter()
-            .filter(|effect| matches!(effect, ReplicationEffect::Snapshot(_)))
+            .filter(|output| matches!(output, ReplicationOutput::Snapshot(_)))
             .count()
     }
 
     /// Replica `a`, snapshotting every 2 events, whose peer `b` came up and
     /// went away more than a stability tick ago; then 4 local events.
-    fn after_b_left(known_replicas: bool) -> (Replication<Sum, LastWriterWins>, Effects<Sum>) {
+    fn after_b_left(
+        known_replicas: bool,
+    ) -> (Replication<Sum, LastWriterWins>, ReplicationOutputs<Sum>) {
         let mut a = replica("a").with_snapshots(2).with_stability_ticks(1);
         if known_replicas {
             a = a.with_replicas(["a", "b"]);
@@ -802,8 +822,8 @@ mod tests {
             a.tick();
         }
         let events = a.log_mut().apply_local(vec![1, 2, 3, 4], 1);
-        let effects = a.persisted(&events);
-        (a, effects)
+        let outputs = a.persisted(&events);
+        (a, outputs)
     }
 
     #[test]
@@ -817,8 +837,8 @@ mod tests {
             assert_eq!(snapshots(&a.tick()), 0);
         }
         let seen = a.log().version().clone();
-        let effects = a.handle_message("b", ReplicationMessage::Version(seen));
-        assert_eq!(snapshots(&effects), 1, "b has seen all four");
+        let outputs = a.handle_message("b", ReplicationMessage::Version(seen));
+        assert_eq!(snapshots(&outputs), 1, "b has seen all four");
     }
 
     #[test]
@@ -829,20 +849,20 @@ mod tests {
         assert_eq!(snapshots(&a.persisted(&events)), 1);
     }
 
-    /// Delivers every message of `effects` from `from` (node `from_name`)
+    /// Delivers every message of `outputs` from `from` (node `from_name`)
     /// to `to`, and the answers back, until none is left; the messages
     /// `drop` picks are lost. How many were delivered.
     fn exchange(
         replicas: &mut [Replication<Sum, LastWriterWins>; 2],
         from: usize,
-        effects: Effects<Sum>,
+        outputs: ReplicationOutputs<Sum>,
         drop: &mut impl FnMut(&ReplicationMessage<u64>) -> bool,
     ) -> usize {
         let names = ["a", "b"];
-        let mut queue: Vec<(usize, ReplicationMessage<u64>)> = effects
+        let mut queue: Vec<(usize, ReplicationMessage<u64>)> = outputs
             .into_iter()
-            .filter_map(|effect| match effect {
-                ReplicationEffect::Send { message, .. } => Some((1 - from, message)),
+            .filter_map(|output| match output {
+                ReplicationOutput::Send { message, .. } => Some((1 - from, message)),
                 _ => None,
             })
             .collect();
@@ -854,7 +874,7 @@ mod tests {
             delivered += 1;
             let answers = replicas[to].handle_message(names[1 - to], message);
             for answer in answers {
-                if let ReplicationEffect::Send { message, .. } = answer {
+                if let ReplicationOutput::Send { message, .. } = answer {
                     queue.push((1 - to, message));
                 }
             }
@@ -874,8 +894,8 @@ mod tests {
         for round in 0..4 {
             let mut sent = 0;
             for r in 0..2 {
-                let effects = replicas[r].tick();
-                sent += exchange(&mut replicas, r, effects, &mut keep);
+                let outputs = replicas[r].tick();
+                sent += exchange(&mut replicas, r, outputs, &mut keep);
             }
             if sent == 0 {
                 quiet_after = Some(round);
@@ -904,8 +924,8 @@ mod tests {
             assert!(rounds < 20, "no convergence");
             let mut sent = 0;
             for r in 0..2 {
-                let effects = replicas[r].tick();
-                sent += exchange(&mut replicas, r, effects, &mut lose_one_in_sync);
+                let outputs = replicas[r].tick();
+                sent += exchange(&mut replicas, r, outputs, &mut lose_one_in_sync);
             }
             if sent == 0 {
                 break;
@@ -945,12 +965,12 @@ mod tests {
         assert_eq!(answered(&mut a, ReplicationMessage::Report(nothing)), 3);
     }
 
-    /// The messages among `effects`.
-    fn sent(effects: Effects<Sum>) -> Vec<ReplicationMessage<u64>> {
-        effects
+    /// The messages among `outputs`.
+    fn sent(outputs: ReplicationOutputs<Sum>) -> Vec<ReplicationMessage<u64>> {
+        outputs
             .into_iter()
-            .filter_map(|effect| match effect {
-                ReplicationEffect::Send { message, .. } => Some(message),
+            .filter_map(|output| match output {
+                ReplicationOutput::Send { message, .. } => Some(message),
                 _ => None,
             })
             .collect()

@@ -32,10 +32,10 @@ fn pair(start: u64) -> (ReplicatorCore, ReplicatorCore) {
 fn at(now: u64, a: &mut ReplicatorCore, b: &mut ReplicatorCore) {
     a.advance_clock(now);
     b.advance_clock(now);
-    let effects = a.handle_timer(Timer::Gossip);
-    converse(a, b, effects);
-    let effects = b.handle_timer(Timer::Gossip);
-    converse(b, a, effects);
+    let outputs = a.handle_timer(Timer::Gossip);
+    converse(a, b, outputs);
+    let outputs = b.handle_timer(Timer::Gossip);
+    converse(b, a, outputs);
 }
 
 fn members(core: &ReplicatorCore, key: &Key<ORSet<String>>) -> Vec<String> {
@@ -45,9 +45,9 @@ fn members(core: &ReplicatorCore, key: &Key<ORSet<String>>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn notified(effects: &[Effect], key: &str) -> bool {
-    effects.iter().any(|effect| match effect {
-        Effect::Notify { keys } => keys.iter().any(|k| k == key),
+fn notified(outputs: &[Output], key: &str) -> bool {
+    outputs.iter().any(|output| match output {
+        Output::Notify { keys } => keys.iter().any(|k| k == key),
         _ => false,
     })
 }
@@ -57,11 +57,11 @@ fn a_key_unused_for_its_time_expires_on_every_replica_and_can_be_written_again()
     let (mut a, mut b) = pair(1_000);
     let key: Key<ORSet<String>> = Key::new("cache/x");
     let kept: Key<ORSet<String>> = Key::new("kept");
-    let effects = add(&mut a, &key, "old".into());
-    converse(&mut a, &mut b, effects);
+    let outputs = add(&mut a, &key, "old".into());
+    converse(&mut a, &mut b, outputs);
     a.handle_timer(Timer::Push);
-    let effects = add(&mut a, &kept, "k".into());
-    converse(&mut a, &mut b, effects);
+    let outputs = add(&mut a, &kept, "k".into());
+    converse(&mut a, &mut b, outputs);
     assert_eq!(members(&b, &key), ["old"]);
 
     at(1_000 + TTL - 1, &mut a, &mut b);
@@ -69,8 +69,8 @@ fn a_key_unused_for_its_time_expires_on_every_replica_and_can_be_written_again()
     a.handle_timer(Timer::Notify);
     a.handle_timer(Timer::Notify);
     a.advance_clock(1_000 + TTL);
-    let effects = a.handle_timer(Timer::Gossip);
-    assert!(notified(&effects, "cache/x"), "listeners hear of it");
+    let outputs = a.handle_timer(Timer::Gossip);
+    assert!(notified(&outputs, "cache/x"), "listeners hear of it");
     at(1_000 + TTL, &mut a, &mut b);
     for core in [&a, &b] {
         assert!(matches!(core.lookup("cache/x"), Lookup::Absent));
@@ -79,8 +79,8 @@ fn a_key_unused_for_its_time_expires_on_every_replica_and_can_be_written_again()
     }
 
     a.handle_timer(Timer::Push);
-    let effects = add(&mut a, &key, "new".into());
-    converse(&mut a, &mut b, effects);
+    let outputs = add(&mut a, &key, "new".into());
+    converse(&mut a, &mut b, outputs);
     assert_eq!(members(&b, &key), ["new"], "written again from scratch");
 }
 
@@ -90,8 +90,8 @@ fn a_replica_that_still_holds_an_expired_key_takes_the_new_writes() {
     let key: Key<ORSet<String>> = Key::new("cache/x");
     for member in ["one", "two"] {
         a.handle_timer(Timer::Push);
-        let effects = add(&mut a, &key, member.into());
-        converse(&mut a, &mut b, effects);
+        let outputs = add(&mut a, &key, member.into());
+        converse(&mut a, &mut b, outputs);
     }
     assert_eq!(members(&b, &key), ["one", "two"]);
     // Only a's clock reached the end of the key's time: b (a clock behind)
@@ -100,8 +100,8 @@ fn a_replica_that_still_holds_an_expired_key_takes_the_new_writes() {
     a.handle_timer(Timer::Gossip);
     assert!(matches!(a.lookup("cache/x"), Lookup::Absent));
     a.handle_timer(Timer::Push);
-    let effects = add(&mut a, &key, "three".into());
-    converse(&mut a, &mut b, effects);
+    let outputs = add(&mut a, &key, "three".into());
+    converse(&mut a, &mut b, outputs);
     assert!(
         members(&b, &key).contains(&"three".to_string()),
         "the new key's first change is not taken for one b applied: {:?}",
@@ -113,16 +113,16 @@ fn a_replica_that_still_holds_an_expired_key_takes_the_new_writes() {
 fn a_tombstone_is_collected_after_its_time_and_a_late_copy_is_ignored() {
     let (mut a, mut b) = pair(1_000);
     let key: Key<GCounter> = Key::new("gone");
-    let effects = increment(&mut a, &key, WriteConsistency::Local);
-    converse(&mut a, &mut b, effects);
+    let outputs = increment(&mut a, &key, WriteConsistency::Local);
+    converse(&mut a, &mut b, outputs);
     a.handle_timer(Timer::Push);
     let deleted_at = 2_000;
     a.advance_clock(deleted_at);
     let deletion = a.delete(1, &key, WriteConsistency::Local).unwrap();
     let late_copy = deletion
         .iter()
-        .filter_map(|effect| match effect {
-            Effect::Send { message, .. } => Some(message.clone()),
+        .filter_map(|output| match output {
+            Output::Send { message, .. } => Some(message.clone()),
             _ => None,
         })
         .collect::<Vec<_>>();
@@ -158,15 +158,15 @@ fn a_tombstone_is_collected_after_its_time_and_a_late_copy_is_ignored() {
 fn reads_on_one_replica_keep_a_key_alive_on_every_replica() {
     let (mut a, mut b) = pair(1_000);
     let key: Key<ORSet<String>> = Key::new("cache/read");
-    let effects = add(&mut a, &key, "v".into());
-    converse(&mut a, &mut b, effects);
+    let outputs = add(&mut a, &key, "v".into());
+    converse(&mut a, &mut b, outputs);
     let mut now = 1_000;
     while now < 1_000 + 5 * TTL {
         now += TTL / 4;
         at(now, &mut a, &mut b);
         a.handle_timer(Timer::Push);
-        let effects = a.read(1, &key, ReadConsistency::Local).unwrap();
-        converse(&mut a, &mut b, effects);
+        let outputs = a.read(1, &key, ReadConsistency::Local).unwrap();
+        converse(&mut a, &mut b, outputs);
     }
     assert_eq!(members(&b, &key), ["v"], "b heard of a's reads");
     at(now + TTL, &mut a, &mut b);
@@ -178,9 +178,9 @@ fn reads_on_one_replica_keep_a_key_alive_on_every_replica() {
 fn a_change_that_expired_on_its_way_is_ignored() {
     let (mut a, mut b) = pair(1_000);
     let key: Key<ORSet<String>> = Key::new("cache/slow");
-    let effects = add(&mut a, &key, "v".into());
+    let outputs = add(&mut a, &key, "v".into());
     b.advance_clock(1_000 + TTL);
-    deliver(&a, &mut b, effects);
+    deliver(&a, &mut b, outputs);
     assert!(matches!(b.lookup("cache/slow"), Lookup::Absent));
     assert_eq!(b.stats().expired_arrivals, 1);
 }

@@ -44,10 +44,10 @@ impl Net {
             .expect("a known node")
     }
 
-    fn pump(&mut self, from: usize, effects: Vec<Effect>) {
-        let mut queue: Vec<(usize, Effect)> = effects.into_iter().map(|e| (from, e)).collect();
-        while let Some((sender, effect)) = queue.pop() {
-            let Effect::Send { to, message } = effect else {
+    fn pump(&mut self, from: usize, outputs: Vec<Output>) {
+        let mut queue: Vec<(usize, Output)> = outputs.into_iter().map(|e| (from, e)).collect();
+        while let Some((sender, output)) = queue.pop() {
+            let Output::Send { to, message } = output else {
                 continue;
             };
             // A node no longer in the net (stopped) receives nothing.
@@ -68,10 +68,10 @@ impl Net {
     fn gossip(&mut self, rounds: usize) {
         for _ in 0..rounds {
             for i in 0..self.cores.len() {
-                let effects = self.cores[i].handle_timer(Timer::Gossip);
-                self.pump(i, effects);
-                let effects = self.cores[i].handle_timer(Timer::Push);
-                self.pump(i, effects);
+                let outputs = self.cores[i].handle_timer(Timer::Gossip);
+                self.pump(i, outputs);
+                let outputs = self.cores[i].handle_timer(Timer::Push);
+                self.pump(i, outputs);
             }
         }
     }
@@ -94,10 +94,10 @@ impl Net {
                 continue;
             }
             self.cores[i].peer_down(name);
-            let effects = self.cores[i].peer_up(name);
-            self.pump(i, effects);
-            let effects = self.cores[at].peer_up(other);
-            self.pump(at, effects);
+            let outputs = self.cores[i].peer_up(name);
+            self.pump(i, outputs);
+            let outputs = self.cores[at].peer_up(other);
+            self.pump(at, outputs);
         }
     }
 }
@@ -118,22 +118,22 @@ fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay()
     let votes: Key<PNCounterMap<String>> = Key::new("votes");
     for incarnation in 2..=4 {
         for i in 0..3 {
-            let effects = increment(&mut net.cores[i], &hits, WriteConsistency::Local);
-            net.pump(i, effects);
-            let effects = net.cores[i]
+            let outputs = increment(&mut net.cores[i], &hits, WriteConsistency::Local);
+            net.pump(i, outputs);
+            let outputs = net.cores[i]
                 .update(2, &votes, WriteConsistency::Local, |map, me| {
                     map.apply(map.increment(me, "rust".into(), 1))
                 })
                 .unwrap();
-            net.pump(i, effects);
+            net.pump(i, outputs);
             // Each writer's update reaches the next before it writes, so
             // that the map's key holds one value when c's round comes.
-            let effects = net.cores[i].handle_timer(Timer::Push);
-            net.pump(i, effects);
+            let outputs = net.cores[i].handle_timer(Timer::Push);
+            net.pump(i, outputs);
         }
         let c = net.index("c");
-        let effects = add(&mut net.cores[c], &cart, format!("c{incarnation}"));
-        net.pump(c, effects);
+        let outputs = add(&mut net.cores[c], &cart, format!("c{incarnation}"));
+        net.pump(c, outputs);
         net.gossip(2);
         net.restart("c", incarnation);
     }
@@ -158,8 +158,8 @@ fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay()
         assert!(core.stats().retirements >= 1, "{}", core.node());
     }
     // Writes go on, and count once.
-    let effects = increment(&mut net.cores[0], &hits, WriteConsistency::Local);
-    net.pump(0, effects);
+    let outputs = increment(&mut net.cores[0], &hits, WriteConsistency::Local);
+    net.pump(0, outputs);
     net.gossip(3);
     for core in &net.cores {
         assert_eq!(core.get(&hits).unwrap().unwrap().value(), 10);
@@ -170,13 +170,13 @@ fn a_restarted_node_s_dead_incarnations_are_retired_everywhere_and_values_stay()
 fn a_round_waits_for_a_member_that_is_down() {
     let mut net = members(&["a", "b", "c"]);
     let hits: Key<GCounter> = Key::new("hits");
-    let effects = increment(&mut net.cores[2], &hits, WriteConsistency::Local);
-    net.pump(2, effects);
+    let outputs = increment(&mut net.cores[2], &hits, WriteConsistency::Local);
+    net.pump(2, outputs);
     net.restart("c", 2);
     net.cores[0].peer_down("b");
     for _ in 0..12 {
-        let effects = net.cores[0].handle_timer(Timer::Gossip);
-        net.pump(0, effects);
+        let outputs = net.cores[0].handle_timer(Timer::Gossip);
+        net.pump(0, outputs);
     }
     let counter = net.cores[0].get(&hits).unwrap().unwrap();
     assert_eq!(
@@ -184,8 +184,8 @@ fn a_round_waits_for_a_member_that_is_down() {
         1,
         "b may hold more of c's first life"
     );
-    let effects = net.cores[0].peer_up("b");
-    net.pump(0, effects);
+    let outputs = net.cores[0].peer_up("b");
+    net.pump(0, outputs);
     net.gossip(12);
     let counter = net.cores[0].get(&hits).unwrap().unwrap();
     assert_eq!(dead_counts(counter, "c", 2), 0);
@@ -199,8 +199,8 @@ fn without_listed_members_nothing_is_retired() {
         config: CoreConfig::default(),
     };
     let hits: Key<GCounter> = Key::new("hits");
-    let effects = increment(&mut net.cores[2], &hits, WriteConsistency::Local);
-    net.pump(2, effects);
+    let outputs = increment(&mut net.cores[2], &hits, WriteConsistency::Local);
+    net.pump(2, outputs);
     net.restart("c", 2);
     net.gossip(12);
     for core in &net.cores[..2] {
@@ -215,28 +215,28 @@ fn a_removed_node_s_incarnations_are_retired_and_a_return_under_one_is_reported(
     let mut net = members(&["a", "b", "c"]);
     let c_replica = ReplicaId::new("c", 1);
     for i in 0..2 {
-        let effects = net.cores[i].handle_message(
+        let outputs = net.cores[i].handle_message(
             "c",
             PeerMessage::Hello {
                 replica: c_replica.clone(),
             },
         );
-        net.pump(i, effects);
+        net.pump(i, outputs);
     }
     let hits: Key<GCounter> = Key::new("hits");
     let cart: Key<ORSet<String>> = Key::new("cart");
     for i in [0, 2] {
-        let effects = increment(&mut net.cores[i], &hits, WriteConsistency::Local);
-        net.pump(i, effects);
+        let outputs = increment(&mut net.cores[i], &hits, WriteConsistency::Local);
+        net.pump(i, outputs);
     }
-    let effects = add(&mut net.cores[2], &cart, "from c".into());
-    net.pump(2, effects);
+    let outputs = add(&mut net.cores[2], &cart, "from c".into());
+    net.pump(2, outputs);
     net.gossip(2);
     // c is decommissioned: it stops, and the others remove it.
     net.cores.remove(2);
     for i in 0..2 {
-        let effects = net.cores[i].peer_removed("c");
-        net.pump(i, effects);
+        let outputs = net.cores[i].peer_removed("c");
+        net.pump(i, outputs);
     }
     net.gossip(12);
     for core in &net.cores {
@@ -256,8 +256,8 @@ fn a_removed_node_s_incarnations_are_retired_and_a_return_under_one_is_reported(
         assert_eq!(core.stats().retired_hellos, 0);
     }
     // c comes back under its old identity: its writes would be ignored.
-    let effects = net.cores[0].peer_up("c");
-    net.pump(0, effects);
+    let outputs = net.cores[0].peer_up("c");
+    net.pump(0, outputs);
     net.cores[0].handle_message("c", PeerMessage::Hello { replica: c_replica });
     assert_eq!(net.cores[0].stats().retired_hellos, 1);
 }

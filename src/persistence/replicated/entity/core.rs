@@ -13,9 +13,9 @@ use crate::ddata::PeerName;
 use crate::error::{catch_panic, Chain, Error, Record, Result, StoreFailure, Unavailability};
 use crate::persistence::journal::{Journal, StoredSnapshot};
 use crate::persistence::replicated::{
-    recover_from_journal, ConflictResolver, DecodeState, Effects, EventEnvelope, EventHandler,
-    Recovered, ReplicatedLog, Replication, ReplicationContext, ReplicationEffect,
-    ReplicationMessage, Snapshot, SnapshotOffer,
+    recover_from_journal, ConflictResolver, DecodeState, EventEnvelope, EventHandler, Recovered,
+    ReplicatedLog, Replication, ReplicationContext, ReplicationMessage, ReplicationOutput,
+    ReplicationOutputs, Snapshot, SnapshotOffer,
 };
 
 /// What a command comes to: the handler's reply (`None` if it gave none)
@@ -474,7 +474,7 @@ where
             log.handler().handle_command(log.state(), command, context)
         });
         let (events, answer) = match decided {
-            Ok(effect) => effect.into_parts(),
+            Ok(decision) => decision.into_parts(),
             Err(err) => {
                 reply(Err(err));
                 return Ok(());
@@ -608,10 +608,10 @@ where
             return Err(err);
         }
         let events = std::mem::take(&mut self.unannounced);
-        let effects = self.replication.persisted(&events);
-        let (snapshots, sends): (Vec<_>, Vec<_>) = effects
+        let outputs = self.replication.persisted(&events);
+        let (snapshots, sends): (Vec<_>, Vec<_>) = outputs
             .into_iter()
-            .partition(|effect| matches!(effect, ReplicationEffect::Snapshot(_)));
+            .partition(|output| matches!(output, ReplicationOutput::Snapshot(_)));
         self.send(io, sends);
         let published = std::mem::take(&mut self.unpublished);
         if !published.is_empty() {
@@ -625,8 +625,8 @@ where
         if let Some(snapshot) = self.due_snapshot.take() {
             let _ = self.save_snapshot(snapshot);
         }
-        for effect in snapshots {
-            if let ReplicationEffect::Snapshot(snapshot) = effect {
+        for output in snapshots {
+            if let ReplicationOutput::Snapshot(snapshot) = output {
                 let _ = self.save_snapshot(snapshot);
             }
         }
@@ -684,15 +684,15 @@ where
         from: &str,
         message: ReplicationMessage<B::Event>,
     ) -> Result<()> {
-        let effects = self.replication.handle_message(from, message);
-        self.run(io, effects)
+        let outputs = self.replication.handle_message(from, message);
+        self.run(io, outputs)
     }
 
     /// An anti-entropy round, and the journal's retention.
     pub fn tick(&mut self, io: &mut impl EntityIo<B::Event>) -> Result<()> {
         self.ticks += 1;
-        let effects = self.replication.tick();
-        self.run(io, effects)?;
+        let outputs = self.replication.tick();
+        self.run(io, outputs)?;
         self.refuse_held(io, false);
         self.retain(io);
         Ok(())
@@ -742,8 +742,8 @@ where
 
     /// The replica on node `peer` came up.
     pub fn peer_up(&mut self, io: &mut impl EntityIo<B::Event>, peer: &str) -> Result<()> {
-        let effects = self.replication.peer_up(peer);
-        self.run(io, effects)
+        let outputs = self.replication.peer_up(peer);
+        self.run(io, outputs)
     }
 
     /// The replica on node `peer` went away.
@@ -763,12 +763,16 @@ where
         }
     }
 
-    fn run(&mut self, io: &mut impl EntityIo<B::Event>, effects: Effects<B>) -> Result<()> {
+    fn run(
+        &mut self,
+        io: &mut impl EntityIo<B::Event>,
+        outputs: ReplicationOutputs<B>,
+    ) -> Result<()> {
         let mut sends = Vec::new();
-        let mut effects = VecDeque::from(effects);
-        while let Some(effect) = effects.pop_front() {
-            match effect {
-                ReplicationEffect::Journal(mut events) => {
+        let mut outputs = VecDeque::from(outputs);
+        while let Some(output) = outputs.pop_front() {
+            match output {
+                ReplicationOutput::Journal(mut events) => {
                     if !self.journaled_waiting.is_empty() {
                         let journaled = &mut self.journaled_waiting;
                         events.retain(|e| !journaled.remove(&(e.origin.clone(), e.origin_seq)));
@@ -803,8 +807,8 @@ where
                     self.unflushed = true;
                     self.schedule_flush(io);
                 }
-                send @ ReplicationEffect::Send { .. } => sends.push(send),
-                ReplicationEffect::Snapshot(snapshot) => {
+                send @ ReplicationOutput::Send { .. } => sends.push(send),
+                ReplicationOutput::Snapshot(snapshot) => {
                     if self.unflushed {
                         self.due_snapshot = Some(snapshot);
                         self.schedule_flush(io);
@@ -813,7 +817,7 @@ where
                         let _ = self.save_snapshot(snapshot);
                     }
                 }
-                ReplicationEffect::ServeFromJournal { to, version } => {
+                ReplicationOutput::ServeFromJournal { to, version } => {
                     match self.serve_from_journal(&to, version) {
                         Ok(answer) => sends.extend(answer),
                         // Other replicas can serve the peer.
@@ -822,10 +826,10 @@ where
                         }
                     }
                 }
-                ReplicationEffect::DecodeSnapshot { from, offer } => {
-                    effects.extend(self.take_snapshot(&from, offer)?);
+                ReplicationOutput::DecodeSnapshot { from, offer } => {
+                    outputs.extend(self.take_snapshot(&from, offer)?);
                 }
-                ReplicationEffect::LoadHistory => {
+                ReplicationOutput::LoadHistory => {
                     // Delivery waits for the history: without it the replica
                     // would stop taking in replicated events for good.
                     let journaled = self
@@ -844,7 +848,7 @@ where
                     self.snapshot_events = 0;
                     self.due_snapshot = None;
                     self.history_reloads += 1;
-                    effects.extend(
+                    outputs.extend(
                         self.replication
                             .history_loaded(journaled.into_iter().map(|(_, envelope)| envelope)),
                     );
@@ -864,7 +868,11 @@ where
 
     /// The events a peer whose version is `version` lacks, from the
     /// journal; if the journal deleted some of them, its snapshot first.
-    fn serve_from_journal(&self, to: &str, mut version: VersionVector) -> Result<Effects<B>> {
+    fn serve_from_journal(
+        &self,
+        to: &str,
+        mut version: VersionVector,
+    ) -> Result<ReplicationOutputs<B>> {
         let pid = self.persistence_id.as_str();
         let mut answer = Vec::new();
         if self
@@ -874,7 +882,7 @@ where
         {
             if let Some(snapshot) = self.journal.load_snapshot(pid)? {
                 version.merge(&snapshot.version);
-                answer.push(ReplicationEffect::Send {
+                answer.push(ReplicationOutput::Send {
                     to: to.to_string(),
                     message: ReplicationMessage::Snapshot(SnapshotOffer {
                         version: snapshot.version,
@@ -893,7 +901,7 @@ where
     /// A peer's snapshot, for a replica that lacks events the peer deleted:
     /// the log starts again from it if it fits, and the journal saves it
     /// as its own snapshot, which then stands for the events it never held.
-    fn take_snapshot(&mut self, from: &str, offer: SnapshotOffer) -> Result<Effects<B>> {
+    fn take_snapshot(&mut self, from: &str, offer: SnapshotOffer) -> Result<ReplicationOutputs<B>> {
         let pid = self.persistence_id.clone();
         let Some(snapshots) = &self.snapshots else {
             tracing::warn!(persistence_id = pid, peer = from, "a peer sent a snapshot, and this replica takes none; give every replica the same snapshots and retention");
@@ -914,7 +922,7 @@ where
         if self.log().version().descends(&snapshot.version) {
             return Ok(Vec::new());
         }
-        let Some(effects) =
+        let Some(outputs) =
             self.replication
                 .snapshot_received(from, snapshot.clone(), &offer.holds)
         else {
@@ -926,7 +934,7 @@ where
             "started again from a peer's snapshot: it lacked events the peer deleted"
         );
         self.installed = Some((snapshot, offer.holds));
-        Ok(effects)
+        Ok(outputs)
     }
 
     /// Saves the peer's snapshot the log started from once this replica
@@ -966,9 +974,9 @@ where
         Ok(())
     }
 
-    fn send(&mut self, io: &mut impl EntityIo<B::Event>, effects: Effects<B>) {
-        for effect in effects {
-            if let ReplicationEffect::Send { to, message } = effect {
+    fn send(&mut self, io: &mut impl EntityIo<B::Event>, outputs: ReplicationOutputs<B>) {
+        for output in outputs {
+            if let ReplicationOutput::Send { to, message } = output {
                 if !io.send(&to, message) {
                     self.replication.peer_down(&to);
                 }

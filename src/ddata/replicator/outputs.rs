@@ -1,4 +1,4 @@
-//! Carrying out the core's effects: messages, timers, notifications, disk
+//! Carrying out the core's outputs: messages, timers, notifications, disk
 //! writes and replies, with the rule that keeps durable writes safe.
 //!
 //! With write-through storage, an announcement (a message to a peer, the
@@ -16,19 +16,19 @@ use std::time::Instant;
 use ractor::ActorRef;
 
 use super::{Inbound, Internal, ReplicatorMessage, ReplicatorState, Reply};
-use crate::ddata::core::Effect;
+use crate::ddata::core::Output;
 use crate::ddata::wire::{Envelope, PeerMessage};
 use crate::error::{catch_panic, Chain, Error};
 
-/// Runs a batch of effects, in order.
-pub(crate) fn run_effects(
+/// Runs a batch of outputs, in order.
+pub(crate) fn run_outputs(
     myself: &ActorRef<ReplicatorMessage>,
     state: &mut ReplicatorState,
-    effects: Vec<Effect>,
+    outputs: Vec<Output>,
 ) {
-    for effect in effects {
-        match effect {
-            Effect::Schedule { timer, after } => {
+    for output in outputs {
+        match output {
+            Output::Schedule { timer, after } => {
                 let tick = move || ReplicatorMessage::from(Inbound::Tick(timer));
                 if after.is_zero() {
                     let _ = myself.cast(tick());
@@ -36,17 +36,17 @@ pub(crate) fn run_effects(
                     myself.send_after(after, tick);
                 }
             }
-            Effect::Notify { keys } => notify(state, keys),
-            Effect::Persist { key } => {
+            Output::Notify { keys } => notify(state, keys),
+            Output::Persist { key } => {
                 if let Some(storage) = &mut state.storage {
                     if let Err(err) = storage.record(&state.core, key) {
                         tracing::error!(error = %Chain(&err), "cannot store a durable key");
                     }
                 }
             }
-            announcement @ (Effect::Send { .. }
-            | Effect::WriteDone { .. }
-            | Effect::ReadDone { .. }) => {
+            announcement @ (Output::Send { .. }
+            | Output::WriteDone { .. }
+            | Output::ReadDone { .. }) => {
                 let must_wait = !state.waiting_for_disk.is_empty()
                     || state
                         .storage
@@ -89,11 +89,11 @@ pub(crate) fn commit(myself: &ActorRef<ReplicatorMessage>, state: &mut Replicato
 fn announce(
     myself: &ActorRef<ReplicatorMessage>,
     state: &mut ReplicatorState,
-    announcement: Effect,
+    announcement: Output,
     store_failure: Option<&Error>,
 ) {
     match announcement {
-        Effect::Send { to, message } => {
+        Output::Send { to, message } => {
             let claims_durability = matches!(
                 message,
                 PeerMessage::WriteAck { .. } | PeerMessage::ReadReply { .. }
@@ -104,7 +104,7 @@ fn announce(
             }
             send(myself, state, to, message);
         }
-        Effect::WriteDone { request, result } => match state.replies.remove(&request) {
+        Output::WriteDone { request, result } => match state.replies.remove(&request) {
             Some(Reply::Write(reply)) => match (result, store_failure) {
                 (Ok(_), Some(failure)) => reply(Err(failure.clone())),
                 (result, _) => reply(result),
@@ -113,13 +113,13 @@ fn announce(
                 tracing::error!(request, "a write finished that nobody waits for")
             }
         },
-        Effect::ReadDone { request, result } => match state.replies.remove(&request) {
+        Output::ReadDone { request, result } => match state.replies.remove(&request) {
             Some(Reply::Read(reply)) => reply(result),
             Some(Reply::Write(_)) | None => {
                 tracing::error!(request, "a read finished that nobody waits for")
             }
         },
-        other => tracing::error!(?other, "an effect that is not an announcement waited"),
+        other => tracing::error!(?other, "an output that is not an announcement waited"),
     }
 }
 
@@ -143,8 +143,8 @@ fn send(
     state.peers.request(myself, || Inbound::Discover.into());
     if state.peers.forget(&to) {
         tracing::debug!(peer = to, "peer proxy stopped");
-        let effects = state.core.peer_down(&to);
-        run_effects(myself, state, effects);
+        let outputs = state.core.peer_down(&to);
+        run_outputs(myself, state, outputs);
     }
 }
 
