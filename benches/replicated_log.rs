@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
 };
 use ractor_replicated::{ReplicaId, VersionVector};

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ractor_replicated::ddata::durable::{Durability, SledStore, WriteMode};
 use ractor_replicated::ddata::{
     DistributedData, Key, KeySelection, ReplicatorConfig, WriteConsistency,
 };
+use ractor_replicated::ddata::{Durability, SledStore, WriteMode};
 use ractor_replicated::{sled_db, GCounter, LWWRegister};
 use serde_json::{json, Value};
 

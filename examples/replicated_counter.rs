@@ -13,8 +13,8 @@ use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
-use ractor_replicated::persistence::journal::SledJournal;
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::SledJournal;
+use ractor_replicated::persistence::{
     Effect, EventEnvelope, EventHandler, EventMeta, ReplicatedEntity, ReplicatedEventSourcedActor,
     ReplicationContext, ResolveWith,
 };

@@ -20,12 +20,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ractor_replicated::codec;
-use ractor_replicated::persistence::journal::{Journal, SledJournal};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     Effect, EntityCore, EntityIo, EventApplied, EventHandler, EventMeta, LastWriterWins,
     ReplicatedEventSourcedActor, ReplicatedLog, ReplicationContext, ReplicationMessage, Retention,
     Snapshots,
 };
+use ractor_replicated::persistence::{Journal, SledJournal};
 use ractor_replicated::{sled_db, ReplicaId, VersionVector};
 use serde_json::{json, Value};
 

@@ -12,10 +12,10 @@
 use std::time::{Duration, Instant};
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
-use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
     DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
 };
+use ractor_replicated::ddata::{Durability, SledStore};
 use ractor_replicated::ORSet;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 

@@ -19,14 +19,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
-    replicator_name, Change, DistributedData, Key, KeySelection, PeerGroup, ReadConsistency,
-    Replicator, ReplicatorArguments, ReplicatorConfig, ReplicatorMessage, UpdateResponse,
-    WriteConsistency,
+    Change, DistributedData, Key, KeySelection, ReadConsistency, Replicator, ReplicatorArguments,
+    ReplicatorConfig, ReplicatorMessage, UpdateResponse, WriteConsistency,
 };
-use ractor_replicated::persistence::journal::SledJournal;
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::ddata::{Durability, SledStore};
+use ractor_replicated::discovery::{replicator_name, PeerGroup};
+use ractor_replicated::persistence::SledJournal;
+use ractor_replicated::persistence::{
     Effect, Entity, EntityArguments, EntityConfig, EventHandler, EventMeta, LastWriterWins,
     ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
 };

@@ -33,13 +33,12 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 
+use crate::discovery::ProcessGroupDiscovery;
 use crate::error::{Chain, Component, Error, Result, Unavailability};
 use crate::remote_cast;
 
-mod discovery;
 mod transport;
 
-pub use discovery::ProcessGroupDiscovery;
 pub use tokio_rustls::rustls;
 pub use transport::{ConnectionStats, TlsConfig, NAME_PROBE, PRE_AUTH_FRAME_LIMIT};
 use transport::{Connections, SessionEvent, SessionEvents};
@@ -304,7 +303,7 @@ impl ClusterNode {
         &self,
         persistence_id: impl Into<String>,
         replica: crate::ReplicaId,
-    ) -> crate::persistence::replicated::EntityConfig {
+    ) -> crate::persistence::EntityConfig {
         if replica.node() != self.name {
             tracing::warn!(
                 replica = %replica,
@@ -312,13 +311,13 @@ impl ClusterNode {
                 "an entity's replica id names another node than its cluster node"
             );
         }
-        crate::persistence::replicated::EntityConfig::new(persistence_id, replica)
+        crate::persistence::EntityConfig::new(persistence_id, replica)
             .with_discovery(self.discovery())
             .with_membership(MemberEvents(self.membership.clone()))
     }
 
     /// The entity type `name` run by this node as `replica`, as
-    /// [`EntityType::new`](crate::persistence::replicated::EntityType::new)
+    /// [`EntityType::new`](crate::persistence::EntityType::new)
     /// makes it, with discovery through this node's process groups and
     /// this node's membership events. `replica.node()` must be this node's
     /// name.
@@ -328,9 +327,9 @@ impl ClusterNode {
         replica: crate::ReplicaId,
         journal: J,
         factory: impl Fn(&str) -> (B, R) + Send + Sync + 'static,
-    ) -> crate::persistence::replicated::EntityType<B, R, J>
+    ) -> crate::persistence::EntityType<B, R, J>
     where
-        B: crate::persistence::replicated::ReplicatedEventSourcedActor,
+        B: crate::persistence::ReplicatedEventSourcedActor,
     {
         if replica.node() != self.name {
             tracing::warn!(
@@ -339,7 +338,7 @@ impl ClusterNode {
                 "an entity type's replica id names another node than its cluster node"
             );
         }
-        crate::persistence::replicated::EntityType::new(name, replica, journal, factory)
+        crate::persistence::EntityType::new(name, replica, journal, factory)
             .with_discovery(self.discovery())
             .with_membership(MemberEvents(self.membership.clone()))
     }

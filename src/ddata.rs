@@ -12,7 +12,7 @@
 
 mod consistency;
 mod core;
-pub mod durable;
+mod durable;
 #[cfg(feature = "cluster")]
 mod handle;
 mod key;
@@ -28,6 +28,11 @@ pub use self::core::{
     ReplicatorCore, RequestId, Timer, MIN_MESSAGE_BYTES,
 };
 #[cfg(feature = "cluster")]
+pub use self::durable::Durability;
+#[cfg(feature = "sled")]
+pub use self::durable::SledStore;
+pub use self::durable::{DurableEntry, DurableStore, Loaded, MemoryStore, WriteMode};
+#[cfg(feature = "cluster")]
 pub use self::handle::{Change, DistributedData, ReplicatorConfig};
 pub use self::key::Key;
 pub use self::registry::{erase, ErasedData, TypeRegistry};
@@ -37,7 +42,3 @@ pub use self::replicator::{
     ReplicatorState, Retrieved, Subscribe, Update, UpdateResponse, Written,
 };
 pub use self::tracked::Tracked;
-#[cfg(feature = "cluster")]
-pub use crate::discovery::{
-    replicator_name, DiscoveredPeer, Discovery, DiscoveryFuture, PeerGroup, SessionDiscovery,
-};

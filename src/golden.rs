@@ -17,8 +17,8 @@ use serde::Serialize;
 
 use crate::causal::VersionVector;
 use crate::codec::{self, WIRE_VERSION};
-use crate::persistence::journal::StoredSnapshot;
-use crate::persistence::replicated::EventEnvelope;
+use crate::persistence::EventEnvelope;
+use crate::persistence::StoredSnapshot;
 use crate::ReplicaId;
 
 /// The fixture file `name` of the current version.
@@ -466,8 +466,8 @@ mod tests {
     #[cfg(feature = "sled")]
     mod on_disk {
         use super::*;
-        use crate::ddata::durable::{DurableEntry, DurableStore, SledStore};
-        use crate::persistence::journal::{Journal, SledJournal};
+        use crate::ddata::{DurableEntry, DurableStore, SledStore};
+        use crate::persistence::{Journal, SledJournal};
         use test_support::TempDir;
 
         /// Every tree of `db` but sled's default one, with its entries.

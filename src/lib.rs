@@ -1,7 +1,10 @@
 //! Replicated state for [ractor](https://docs.rs/ractor) clusters.
 //!
-//! * [`causal`]: the causal vocabulary (replica ids, dots, version vectors);
-//! * [`crdt`]: pure state-based CRDTs whose merges are joins;
+//! * at the root, the vocabulary everything else uses: pure state-based CRDTs
+//!   whose merges are joins ([`GCounter`], [`ORSet`], [`ORMap`], ... and the
+//!   [`ReplicatedData`] and [`OpBased`] traits), the causal types they share
+//!   ([`ReplicaId`], [`Dot`], [`VersionVector`], [`CausalContext`]), and the
+//!   crate's [`Error`] and [`Result`] (the details of errors are in [`error`]);
 //! * [`ddata`]: Distributed Data, a key-value store of CRDTs replicated by
 //!   gossip between the nodes of a ractor cluster (one Replicator actor per
 //!   node, consistency levels, listeners);
@@ -31,11 +34,11 @@
 
 #![warn(missing_docs)]
 
-pub mod causal;
+mod causal;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod codec;
-pub mod crdt;
+mod crdt;
 pub mod ddata;
 #[cfg(feature = "cluster")]
 pub mod discovery;

@@ -1,8 +1,8 @@
 //! Opening the sled databases of durable stores and journals, with the
 //! library's defaults and your own settings.
 //!
-//! [`SledStore`](crate::ddata::durable::SledStore) and
-//! [`SledJournal`](crate::persistence::journal::SledJournal) open a path with
+//! [`SledStore`](crate::ddata::SledStore) and
+//! [`SledJournal`](crate::persistence::SledJournal) open a path with
 //! [`config`]: sled's settings with a page cache of [`DEFAULT_CACHE_BYTES`]
 //! (sled's own default is 1 GiB per database) and no periodic flusher (the
 //! store and the journal flush when their rules say so). To change a setting,
@@ -11,8 +11,8 @@
 //! and give the [`sled::Db`] to both with `with_db`:
 //!
 //! ```no_run
-//! use ractor_replicated::ddata::durable::SledStore;
-//! use ractor_replicated::persistence::journal::SledJournal;
+//! use ractor_replicated::ddata::SledStore;
+//! use ractor_replicated::persistence::SledJournal;
 //! use ractor_replicated::sled_db;
 //!
 //! let db = sled_db::open(&sled_db::config("data/node-a").cache_capacity(16 << 20))?;

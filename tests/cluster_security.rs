@@ -11,8 +11,9 @@ use ractor_replicated::cluster::rustls::server::WebPkiClientVerifier;
 use ractor_replicated::cluster::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode, TlsConfig};
 use ractor_replicated::ddata::{
-    DistributedData, Key, ReadConsistency, ReplicatorConfig, SessionDiscovery, WriteConsistency,
+    DistributedData, Key, ReadConsistency, ReplicatorConfig, WriteConsistency,
 };
+use ractor_replicated::discovery::SessionDiscovery;
 use ractor_replicated::GCounter;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,

@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::Actor;
-use ractor_replicated::ddata::durable::{
-    Durability, DurableEntry, DurableStore, Loaded, MemoryStore, SledStore, WriteMode,
-};
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
-    replicator_name, Change, DistributedData, Expiry, Key, KeySelection, ReadConsistency,
-    Replicator, ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
+    Change, DistributedData, Expiry, Key, KeySelection, ReadConsistency, Replicator,
+    ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
 };
+use ractor_replicated::ddata::{
+    Durability, DurableEntry, DurableStore, Loaded, MemoryStore, SledStore, WriteMode,
+};
+use ractor_replicated::discovery::replicator_name;
 use ractor_replicated::error::StoreFailure;
 use ractor_replicated::{codec, Error, GCounter, ORSet};
 use test_support::{
@@ -161,7 +162,7 @@ async fn a_corrupted_store_refuses_to_start_with_the_file_and_key_named() {
     let dir = temp_dir("corrupt");
     {
         let mut store = SledStore::open(dir.path(), "broken").unwrap();
-        use ractor_replicated::ddata::durable::DurableStore;
+        use ractor_replicated::ddata::DurableStore;
         let garbage = WireValue::Live {
             tag: "GCounter".into(),
             state: vec![codec::WIRE_VERSION, 0xc1],
@@ -297,8 +298,8 @@ async fn only_selected_keys_are_stored() {
 /// A store whose disk is full: every write fails.
 struct FullDisk;
 
-impl ractor_replicated::ddata::durable::DurableStore for FullDisk {
-    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Loaded> {
+impl ractor_replicated::ddata::DurableStore for FullDisk {
+    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::Loaded> {
         Ok(Default::default())
     }
     fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {
@@ -401,8 +402,8 @@ impl FlushTracking {
     }
 }
 
-impl ractor_replicated::ddata::durable::DurableStore for FlushTracking {
-    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::durable::Loaded> {
+impl ractor_replicated::ddata::DurableStore for FlushTracking {
+    fn load(&mut self) -> ractor_replicated::Result<ractor_replicated::ddata::Loaded> {
         Ok(Default::default())
     }
     fn set_incarnation(&mut self, _: u64) -> ractor_replicated::Result<()> {

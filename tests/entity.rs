@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{call, cast, Actor};
-use ractor_replicated::ddata::PeerGroup;
+use ractor_replicated::discovery::PeerGroup;
 use ractor_replicated::error::StoreFailure;
-use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EventApplied,
     EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedEntity,
     ReplicatedEventSourcedActor, ReplicationContext,
 };
+use ractor_replicated::persistence::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::{ReplicaId, ReplyTo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -273,7 +273,7 @@ async fn an_event_id_the_journal_already_holds_fails_the_command_and_stops_the_e
     let entity = spawn(disk.clone(), "counter-5").await;
     // Another writer under the same replica id got there first, as with a
     // replica id reused for a second journal writer.
-    let mut other = ractor_replicated::persistence::replicated::ReplicatedLog::new(
+    let mut other = ractor_replicated::persistence::ReplicatedLog::new(
         ReplicaId::new("node-a", 1),
         Counter,
         LastWriterWins,
@@ -358,12 +358,10 @@ async fn a_damaged_snapshot_is_passed_over_for_the_whole_journal() {
     let expected = (1..=300).sum::<i64>();
 
     let damaged = [
-        ractor_replicated::codec::encode(
-            &ractor_replicated::persistence::journal::StoredSnapshot {
-                state: vec![0xc1],
-                ..good.clone()
-            },
-        )
+        ractor_replicated::codec::encode(&ractor_replicated::persistence::StoredSnapshot {
+            state: vec![0xc1],
+            ..good.clone()
+        })
         .unwrap(),
         vec![0xff, 0x00, 0x13],
         Vec::new(),

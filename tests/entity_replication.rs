@@ -7,10 +7,10 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
-use ractor_replicated::persistence::journal::{Journal, MemoryJournal};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     Entity, EntityConfig, EntityMessage, LastWriterWins, ReplicatedEntity, Retention,
 };
+use ractor_replicated::persistence::{Journal, MemoryJournal};
 use ractor_replicated::ReplicaId;
 use test_support::{cluster, eventually, test_core_config, Ledger, RawBytes, Recorded, TestNode};
 
@@ -169,7 +169,7 @@ async fn garbage_replication_messages_are_counted_and_change_nothing() {
     .await;
     let mut peers = discovery.discover(&group).await;
     let proxy: ActorRef<RawBytes> = peers.remove(0).actor.into();
-    let variant = ractor_replicated::persistence::replicated::ENTITY_MESSAGE_VARIANT;
+    let variant = ractor_replicated::persistence::ENTITY_MESSAGE_VARIANT;
     let garbage = [
         (variant, vec![]),
         (variant, vec![1, 0xc1, 0xff, 0x00]),

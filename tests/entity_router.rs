@@ -8,11 +8,9 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
-use ractor_replicated::persistence::journal::MemoryJournal;
-use ractor_replicated::persistence::replicated::EventApplied;
-use ractor_replicated::persistence::replicated::{
-    Entities, EntityRouter, EntityType, LastWriterWins,
-};
+use ractor_replicated::persistence::EventApplied;
+use ractor_replicated::persistence::MemoryJournal;
+use ractor_replicated::persistence::{Entities, EntityRouter, EntityType, LastWriterWins};
 use ractor_replicated::ReplicaId;
 use test_support::{
     cluster, eventually, listener, next_matching, test_core_config, Ledger, RawBytes, Recorded,
@@ -223,7 +221,7 @@ async fn garbage_between_routers_is_counted_and_replication_goes_on() {
     let discovery = SessionDiscovery::new(nodes[0].server.clone());
     let mut peers = discovery.discover(&PeerGroup::entity_type(TYPE)).await;
     let proxy: ActorRef<RawBytes> = peers.remove(0).actor.into();
-    let variant = ractor_replicated::persistence::replicated::ROUTER_MESSAGE_VARIANT;
+    let variant = ractor_replicated::persistence::ROUTER_MESSAGE_VARIANT;
     let garbage = [
         (variant, vec![]),
         (variant, vec![1, 0xc1, 0xff, 0x00]),

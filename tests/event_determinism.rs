@@ -10,7 +10,7 @@
 
 use std::cmp::Ordering;
 
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     ConflictResolver, EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedLog,
     ResolveWith,
 };

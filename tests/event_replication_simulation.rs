@@ -29,15 +29,15 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 
-use ractor_replicated::causal::VersionVector;
 use ractor_replicated::codec;
-use ractor_replicated::persistence::journal::{Journal, MemoryJournal, StoredSnapshot};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     Effect, EntityCore, EntityIo, EventApplied, EventEnvelope, EventHandler, EventMeta,
     LastWriterWins, ReplicatedEventSourcedActor, ReplicatedLog, ReplicationContext,
     ReplicationMessage, Retention, Snapshots,
 };
+use ractor_replicated::persistence::{Journal, MemoryJournal, StoredSnapshot};
 use ractor_replicated::ReplicaId;
+use ractor_replicated::VersionVector;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use test_support::Rng;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::ddata::wire::MESSAGE_VARIANT;
 use ractor_replicated::ddata::{
-    Change, CoreConfig, Discovery, DistributedData, Expiry, Key, KeySelection, PeerGroup,
-    ReadConsistency, SessionDiscovery, WriteConsistency,
+    Change, CoreConfig, DistributedData, Expiry, Key, KeySelection, ReadConsistency,
+    WriteConsistency,
 };
+use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::{Error, GCounter, ORSet};
 use test_support::{
     cluster, eventually, listener, next_matching, replicator_config, test_core_config, RawBytes,

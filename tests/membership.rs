@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode, MemberEvent};
-use ractor_replicated::ddata::{
-    DistributedData, Key, ReplicatorConfig, SessionDiscovery, WriteConsistency,
-};
+use ractor_replicated::ddata::{DistributedData, Key, ReplicatorConfig, WriteConsistency};
+use ractor_replicated::discovery::SessionDiscovery;
 use ractor_replicated::{Error, GCounter};
 use test_support::{free_port, listener, next_matching, COOKIE};
 

@@ -5,11 +5,11 @@
 //! state types") allows, recovers them to the same balance and goes on.
 //! What the rules forbid fails as an error, never a panic.
 
-use ractor_replicated::persistence::journal::{Journal, MemoryJournal};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     EntityCore, EntityIo, EventApplied, LastWriterWins, ReplicatedEventSourcedActor, ReplicatedLog,
     ReplicationMessage, Snapshots,
 };
+use ractor_replicated::persistence::{Journal, MemoryJournal};
 use ractor_replicated::ReplicaId;
 
 const ACCOUNT: &str = "account-1";
@@ -39,7 +39,7 @@ impl<E> EntityIo<E> for Alone {
 
 /// The first release.
 mod v1 {
-    use ractor_replicated::persistence::replicated::{
+    use ractor_replicated::persistence::{
         Effect, EventHandler, EventMeta, ReplicatedEventSourcedActor, ReplicationContext,
     };
     use serde::{Deserialize, Serialize};
@@ -90,7 +90,7 @@ mod v1 {
 /// renamed, a variant renamed (with the old name as an alias) and a new
 /// variant; the state gained a field in the middle and lost none.
 mod v2 {
-    use ractor_replicated::persistence::replicated::{
+    use ractor_replicated::persistence::{
         Effect, EventHandler, EventMeta, ReplicatedEventSourcedActor, ReplicationContext,
     };
     use serde::{Deserialize, Serialize};

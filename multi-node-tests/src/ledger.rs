@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::persistence::{
     Effect, EventApplied, EventHandler, EventMeta, ReplicatedEventSourcedActor, ReplicationContext,
 };
 use serde::{Deserialize, Serialize};

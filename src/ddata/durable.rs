@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-#[cfg(feature = "cluster")]
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "cluster")]
 use super::core::KeySelection;
 use super::wire::{Lifetime, WireValue};
 use crate::error::Result;

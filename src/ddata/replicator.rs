@@ -73,7 +73,7 @@ pub(crate) struct Subscription {
 /// Replicator, ReplicatorArguments::from(config), supervisor)`, and after a
 /// failure spawn it again with a new configuration (opening the same
 /// store): it resumes with what the store holds. Naming it with
-/// [`replicator_name`](crate::ddata::replicator_name) lets
+/// [`replicator_name`](crate::discovery::replicator_name) lets
 /// [`DistributedData`](super::DistributedData) handles find the successor.
 /// Drop the supervision event before spawning again: ractor hands the
 /// stopped actor's state to the supervisor in `ActorTerminated`, and that

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::causal::VersionVector;
 use crate::error::{Error, Result, StoreFailure};
-use crate::persistence::replicated::EventEnvelope;
+use crate::persistence::EventEnvelope;
 
 mod memory_journal;
 #[cfg(feature = "sled")]
@@ -18,7 +18,7 @@ pub use memory_journal::MemoryJournal;
 pub use sled_journal::SledJournal;
 
 /// A snapshot as a journal keeps it: the state after a prefix of the
-/// canonical event order (see [`Snapshot`](crate::persistence::replicated::Snapshot)),
+/// canonical event order (see [`Snapshot`](crate::persistence::Snapshot)),
 /// with the state encoded by the entity, so that journals need not know the
 /// state's type.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

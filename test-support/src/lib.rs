@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::{NodeServer, NodeServerMessage};
-use ractor_replicated::ddata::{CoreConfig, DistributedData, ReplicatorConfig, SessionDiscovery};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::ddata::{CoreConfig, DistributedData, ReplicatorConfig};
+use ractor_replicated::discovery::SessionDiscovery;
+use ractor_replicated::persistence::{
     Effect, EventHandler, EventMeta, ReplicatedEventSourcedActor, ReplicationContext,
 };
 use serde::{Deserialize, Serialize};

@@ -20,16 +20,16 @@ use multi_node_tests::ledger::{
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
-use ractor_replicated::ddata::durable::{Durability, SledStore};
 use ractor_replicated::ddata::{
     Change, CoreConfig, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig,
     WriteConsistency,
 };
-use ractor_replicated::persistence::journal::{Journal, MemoryJournal, SledJournal};
-use ractor_replicated::persistence::replicated::{
+use ractor_replicated::ddata::{Durability, SledStore};
+use ractor_replicated::persistence::{
     recover_from_journal, Entities, Entity, EntityRouter, LastWriterWins, ReplicatedEntity,
     ReplicatedLog,
 };
+use ractor_replicated::persistence::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -956,7 +956,7 @@ async fn start_ledger<J>(
     snapshot_every: Option<usize>,
 ) -> Entity<Ledger>
 where
-    J: ractor_replicated::persistence::journal::Journal + Sync,
+    J: ractor_replicated::persistence::Journal + Sync,
 {
     let config = cluster
         .entity_config(persistence_id, replica)

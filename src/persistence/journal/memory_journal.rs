@@ -8,7 +8,7 @@ use super::{Journal, StoredSnapshot};
 use crate::causal::ReplicaId;
 use crate::codec;
 use crate::error::{Error, Record, Result, StoreFailure};
-use crate::persistence::replicated::EventEnvelope;
+use crate::persistence::EventEnvelope;
 
 /// A [`Journal`] in memory, for tests and simulations. Clones share the same
 /// events, so a clone kept aside outlives an entity the way a disk does, and

@@ -8,7 +8,7 @@ use super::{Journal, StoredSnapshot};
 use crate::causal::ReplicaId;
 use crate::codec;
 use crate::error::{DecodeFailure, Error, Record, Result, StoreFailure};
-use crate::persistence::replicated::EventEnvelope;
+use crate::persistence::EventEnvelope;
 
 /// Keys of events: this byte, then the local sequence number (8 bytes,
 /// big-endian, so they iterate in order). The first byte leaves room for

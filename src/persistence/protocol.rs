@@ -774,8 +774,8 @@ impl<T> PeerMap<T> {
 mod tests {
     use super::*;
     use crate::causal::ReplicaId;
-    use crate::persistence::replicated::log::tests::Sum;
-    use crate::persistence::replicated::LastWriterWins;
+    use crate::persistence::log::tests::Sum;
+    use crate::persistence::LastWriterWins;
 
     fn replica(node: &str) -> Replication<Sum, LastWriterWins> {
         let log = ReplicatedLog::new(ReplicaId::new(node, 1), Sum, LastWriterWins);

@@ -37,7 +37,7 @@ use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
 use crate::disk_wait::disk_wait;
 use crate::error::{Chain, Error, Result, Unavailability};
 use crate::persistence::journal::Journal;
-use crate::persistence::replicated::{ConflictResolver, ReplicatedLog, ReplicationMessage};
+use crate::persistence::{ConflictResolver, ReplicatedLog, ReplicationMessage};
 use crate::remote_cast;
 use crate::reply::ReplyTo;
 

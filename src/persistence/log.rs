@@ -1019,10 +1019,10 @@ fn apply<H: EventHandler>(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::persistence::replicated::LastWriterWins;
+    use crate::persistence::LastWriterWins;
 
     /// Events are numbers; the state is their sum.
-    pub(in crate::persistence::replicated) struct Sum;
+    pub(in crate::persistence) struct Sum;
 
     impl EventHandler for Sum {
         type Event = u64;

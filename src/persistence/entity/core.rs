@@ -12,7 +12,7 @@ use crate::codec;
 use crate::ddata::PeerName;
 use crate::error::{catch_panic, Chain, Error, Record, Result, StoreFailure, Unavailability};
 use crate::persistence::journal::{Journal, StoredSnapshot};
-use crate::persistence::replicated::{
+use crate::persistence::{
     recover_from_journal, ConflictResolver, DecodeState, EventEnvelope, EventHandler, Recovered,
     ReplicatedLog, Replication, ReplicationContext, ReplicationMessage, ReplicationOutput,
     ReplicationOutputs, Snapshot, SnapshotOffer,

@@ -84,7 +84,7 @@ impl EntityConfig {
 
     /// For an entity with snapshots: how long a replica that is no longer
     /// heard of still holds compaction back (default
-    /// [`DEFAULT_STABILITY_TICKS`](crate::persistence::replicated::DEFAULT_STABILITY_TICKS)
+    /// [`DEFAULT_STABILITY_TICKS`](crate::persistence::DEFAULT_STABILITY_TICKS)
     /// anti-entropy intervals, 30 s by default). A replica back within that
     /// time finds its events' places in memory; one back later makes the
     /// others read their journals back once. Longer keeps more in memory

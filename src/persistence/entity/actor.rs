@@ -17,7 +17,7 @@ use crate::discovery::{PeerChange, PeerGroup, Peers};
 use crate::disk_wait::disk_wait;
 use crate::error::{catch_panic, Error, Result};
 use crate::persistence::journal::Journal;
-use crate::persistence::replicated::{ConflictResolver, ReplicatedLog, ReplicationMessage};
+use crate::persistence::{ConflictResolver, ReplicatedLog, ReplicationMessage};
 use crate::remote_cast;
 use crate::reply::ReplyTo;
 
@@ -615,7 +615,7 @@ where
 mod tests {
     use super::*;
     use crate::golden::{a, b, events, pinned_encoding, pinned_text, version};
-    use crate::persistence::replicated::SnapshotOffer;
+    use crate::persistence::SnapshotOffer;
 
     #[test]
     fn golden_replication_messages() {
