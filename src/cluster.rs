@@ -36,6 +36,7 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 use crate::discovery::ProcessGroupDiscovery;
 use crate::error::{Chain, Component, Error, Result, Unavailability};
 use crate::remote_cast;
+use crate::timers::Timers;
 
 mod transport;
 
@@ -526,7 +527,7 @@ struct MembershipState {
     /// When each peer was last heard from, or its session first seen.
     last_heard: HashMap<String, Instant>,
     next_heartbeat: Instant,
-    ticker: Option<ractor::concurrency::JoinHandle<()>>,
+    timers: Timers,
     acceptor: Option<tokio::task::JoinHandle<()>>,
     /// Authenticated sessions by connection label, with their node.
     authenticated: HashMap<String, String>,
@@ -763,16 +764,14 @@ impl Actor for Membership {
             .heartbeat_interval
             .min(config.redial_backoff.0)
             .max(Duration::from_millis(10));
-        let ticker = myself.send_interval(tick, || MembershipMessage(Inbound::Tick));
-        let _ = myself.cast(MembershipMessage(Inbound::Tick));
-        Ok(MembershipState {
+        let mut state = MembershipState {
             config,
             server,
             connections,
             seeds,
             last_heard: HashMap::new(),
             next_heartbeat: now,
-            ticker: Some(ticker),
+            timers: Timers::default(),
             acceptor: Some(acceptor),
             authenticated: HashMap::new(),
             ready: HashMap::new(),
@@ -782,7 +781,12 @@ impl Actor for Membership {
             subscribers: Vec::new(),
             removed: BTreeSet::new(),
             newcomers: Vec::new(),
-        })
+        };
+        state
+            .timers
+            .every(&myself, tick, || MembershipMessage(Inbound::Tick));
+        let _ = myself.cast(MembershipMessage(Inbound::Tick));
+        Ok(state)
     }
 
     async fn post_stop(
@@ -790,9 +794,6 @@ impl Actor for Membership {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
         if let Some(acceptor) = state.acceptor.take() {
             acceptor.abort();
         }

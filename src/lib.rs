@@ -57,6 +57,8 @@ mod reply;
 mod rng;
 #[cfg(feature = "sled")]
 pub mod sled_db;
+#[cfg(feature = "cluster")]
+mod timers;
 mod wall_clock;
 
 pub use causal::{CausalContext, CausalOrder, Dot, ReplicaId, Retired, VersionVector};

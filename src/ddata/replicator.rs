@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
@@ -20,6 +19,7 @@ use super::wire::Envelope;
 use crate::discovery::{Discovery, PeerChange, PeerGroup, Peers};
 use crate::disk_wait::disk_wait;
 use crate::error::{Chain, Error, Result};
+use crate::timers::Timers;
 
 mod held;
 mod messages;
@@ -104,7 +104,7 @@ pub struct ReplicatorState {
     replies: HashMap<RequestId, Reply>,
     pub(crate) subscriptions: BTreeMap<String, Vec<Subscription>>,
     pub(crate) peers: Peers<ReplicatorMessage>,
-    timers: Vec<JoinHandle<()>>,
+    timers: Timers,
     storage: Option<Storage>,
     /// Messages for peers without a route yet.
     held: Held,
@@ -156,7 +156,7 @@ impl Actor for Replicator {
             replies: HashMap::new(),
             subscriptions: BTreeMap::new(),
             peers: Peers::new(args.discovery, PeerGroup::replicators(), node),
-            timers: Vec::new(),
+            timers: Timers::default(),
             storage: args.store.map(|(store, mode)| Storage::new(store, mode)),
             held: Held::default(),
             waiting_for_disk: Vec::new(),
@@ -165,16 +165,16 @@ impl Actor for Replicator {
         if state.peers.register(&myself.get_cell()) {
             state.peers.request(&myself, || Inbound::Discover.into());
             if let Some(interval) = args.discovery_interval {
-                state.timers.push(
-                    myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Discover)),
-                );
+                state
+                    .timers
+                    .every(&myself, interval, || Inbound::Discover.into());
             }
         }
         if let Some(WriteMode::WriteBehind { interval }) = state.storage.as_ref().map(Storage::mode)
         {
             state
                 .timers
-                .push(myself.send_interval(interval, || ReplicatorMessage::from(Inbound::Flush)));
+                .every(&myself, interval, || Inbound::Flush.into());
         }
         if let Some(events) = args.membership {
             events.subscribe(myself.clone());
@@ -189,9 +189,6 @@ impl Actor for Replicator {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        for timer in state.timers.drain(..) {
-            timer.abort();
-        }
         // Callers waiting for the group commit get their answers.
         commit(&myself, state);
         if let Some(storage) = &mut state.storage {

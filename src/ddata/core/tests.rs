@@ -603,6 +603,14 @@ fn a_majority_read_merges_the_answers_and_repairs_the_replicas_behind() {
     );
 }
 
+/// Nodes "a" and "b", each knowing the other is up.
+fn pair() -> [ReplicatorCore; 2] {
+    let Ok(pair) = <[ReplicatorCore; 2]>::try_from(connected(&["a", "b"])) else {
+        unreachable!("two names make two cores")
+    };
+    pair
+}
+
 fn connected(names: &[&str]) -> Vec<ReplicatorCore> {
     names
         .iter()
@@ -640,9 +648,7 @@ fn wire_bytes(outputs: &[Output]) -> usize {
 
 #[test]
 fn an_update_of_a_large_set_travels_as_its_operation() {
-    let mut nodes = connected(&["a", "b"]);
-    let (a, b) = nodes.split_at_mut(1);
-    let (a, b) = (&mut a[0], &mut b[0]);
+    let [a, b] = &mut pair();
     let key: Key<ORSet<String>> = Key::new("presence");
     for i in 0..10_000 {
         let pushed = add(a, &key, format!("session-{i:05}"));
@@ -702,9 +708,7 @@ fn a_large_key_that_keeps_changing_is_compared_less_often() {
 
 #[test]
 fn a_hot_key_is_not_pulled_whole_while_deltas_keep_coming() {
-    let mut nodes = connected(&["a", "b"]);
-    let (a, b) = nodes.split_at_mut(1);
-    let (a, b) = (&mut a[0], &mut b[0]);
+    let [a, b] = &mut pair();
     let key: Key<ORSet<String>> = Key::new("presence");
     let mut whole_states_at = Vec::new();
     for round in 1..=PUT_OFF_ROUNDS + 5 {
@@ -745,9 +749,7 @@ fn a_hot_key_is_not_pulled_whole_while_deltas_keep_coming() {
 
 #[test]
 fn a_lost_delta_is_noticed_and_the_state_is_sent_instead() {
-    let mut nodes = connected(&["a", "b"]);
-    let (a, b) = nodes.split_at_mut(1);
-    let (a, b) = (&mut a[0], &mut b[0]);
+    let [a, b] = &mut pair();
     let key: Key<ORSet<String>> = Key::new("set");
     let first = add(a, &key, "x".into());
     deliver(a, b, first);
@@ -782,9 +784,7 @@ fn a_lost_delta_is_noticed_and_the_state_is_sent_instead() {
 
 #[test]
 fn a_burst_behind_one_gap_asks_once_a_round() {
-    let mut nodes = connected(&["a", "b"]);
-    let (a, b) = nodes.split_at_mut(1);
-    let (a, b) = (&mut a[0], &mut b[0]);
+    let [a, b] = &mut pair();
     let key: Key<ORSet<String>> = Key::new("set");
     let first = add(a, &key, "first".into());
     deliver(a, b, first);
@@ -833,9 +833,7 @@ fn a_restarted_sender_numbers_its_deltas_afresh() {
 
 #[test]
 fn a_write_to_a_replica_behind_is_acknowledged_after_the_state_follows() {
-    let mut nodes = connected(&["a", "b"]);
-    let (a, b) = nodes.split_at_mut(1);
-    let (a, b) = (&mut a[0], &mut b[0]);
+    let [a, b] = &mut pair();
     let key: Key<ORSet<String>> = Key::new("set");
     let _lost = add(a, &key, "x".into());
     a.handle_timer(Timer::Push);
@@ -944,9 +942,7 @@ fn a_type_registered_without_deltas_travels_whole() {
 
 #[test]
 fn a_replica_that_caught_up_by_anti_entropy_applies_the_next_delta() {
-    let mut nodes = connected(&["a", "b"]);
-    let (a, b) = nodes.split_at_mut(1);
-    let (a, b) = (&mut a[0], &mut b[0]);
+    let [a, b] = &mut pair();
     let key: Key<ORSet<String>> = Key::new("set");
     for i in 0..5 {
         let _lost = add(a, &key, format!("{i}"));

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{ActorId, ActorRef, Message, RpcReplyPort};
 
 use super::{Inbound, ReplicatorState, Reply, Subscription};
@@ -16,7 +15,7 @@ use crate::ddata::key::Key;
 use crate::ddata::tracked::Tracked;
 use crate::ddata::wire::MESSAGE_VARIANT;
 use crate::error::{catch_panic, Chain, Result};
-use crate::remote_cast;
+use crate::remote_cast::remote_message;
 use crate::reply::ReplyTo;
 
 /// The messages of the [`Replicator`](super::Replicator) actor.
@@ -352,28 +351,8 @@ fn write(
     })
 }
 
-impl Message for ReplicatorMessage {
-    fn serializable() -> bool {
-        true
-    }
-
-    fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
-        match self {
-            Self::Internal(Internal(Inbound::Peer(envelope))) => {
-                remote_cast::encode(MESSAGE_VARIANT, &envelope)
-            }
-            _ => Err(BoxedDowncastErr),
-        }
-    }
-
-    /// Never fails: bytes that are not a peer message become an undecodable
-    /// message, so the Replicator counts and logs them instead of ractor
-    /// dropping them silently.
-    fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        Ok(match remote_cast::decode(MESSAGE_VARIANT, message) {
-            Ok(envelope) => Inbound::Peer(envelope),
-            Err(reason) => Inbound::Undecodable(reason),
-        }
-        .into())
-    }
-}
+remote_message!(
+    [] ReplicatorMessage,
+    MESSAGE_VARIANT,
+    Self::Internal(Internal(Inbound::Peer(envelope))) => envelope
+);

@@ -1,7 +1,5 @@
 use std::marker::PhantomData;
 
-use ractor::concurrency::JoinHandle;
-use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent,
 };
@@ -18,8 +16,9 @@ use crate::disk_wait::disk_wait;
 use crate::error::{catch_panic, Error, Result};
 use crate::persistence::journal::Journal;
 use crate::persistence::{ConflictResolver, ReplicatedLog, ReplicationMessage};
-use crate::remote_cast;
+use crate::remote_cast::remote_message;
 use crate::reply::ReplyTo;
+use crate::timers::Timers;
 
 /// The ractor message variant of replication messages between entities.
 pub const ENTITY_MESSAGE_VARIANT: &str = "ractor_replicated.entity.v1";
@@ -168,31 +167,11 @@ pub(super) struct PeerEnvelope<E> {
     message: ReplicationMessage<E>,
 }
 
-impl<B: ReplicatedEventSourcedActor> ractor::Message for EntityMessage<B> {
-    fn serializable() -> bool {
-        true
-    }
-
-    fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
-        match self {
-            Self::Internal(Internal(Inbound::Peer(envelope))) => {
-                remote_cast::encode(ENTITY_MESSAGE_VARIANT, &envelope)
-            }
-            _ => Err(BoxedDowncastErr),
-        }
-    }
-
-    /// Never fails: bytes that are not a replication message become an
-    /// undecodable message, so the entity counts and logs them instead of
-    /// ractor dropping them silently.
-    fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        Ok(match remote_cast::decode(ENTITY_MESSAGE_VARIANT, message) {
-            Ok(envelope) => Inbound::Peer(envelope),
-            Err(reason) => Inbound::Undecodable(reason),
-        }
-        .into())
-    }
-}
+remote_message!(
+    [B: ReplicatedEventSourcedActor] EntityMessage<B>,
+    ENTITY_MESSAGE_VARIANT,
+    Self::Internal(Internal(Inbound::Peer(envelope))) => envelope
+);
 
 /// The entity's type parameters, held without owning any of them.
 pub(super) type Parameters<B, R, J> = PhantomData<fn() -> (B, R, J)>;
@@ -268,7 +247,7 @@ struct Shell<B: ReplicatedEventSourcedActor> {
     peers: Peers<EntityMessage<B>>,
     subscribers: Vec<Subscription<B::Event>>,
     rejected_messages: u64,
-    timers: Vec<JoinHandle<()>>,
+    timers: Timers,
 }
 
 impl<B: ReplicatedEventSourcedActor> EntityIo<B::Event> for Shell<B> {
@@ -423,20 +402,20 @@ where
             node: config.replica.node().to_string(),
             subscribers: Vec::new(),
             rejected_messages: 0,
-            timers: Vec::new(),
+            timers: Timers::default(),
         };
         if shell.peers.register(&myself.get_cell()) {
             shell.peers.request(&myself, || Inbound::Discover.into());
             if let Some(interval) = config.discovery_interval {
-                shell.timers.push(
-                    myself.send_interval(interval, || EntityMessage::from(Inbound::Discover)),
-                );
+                shell
+                    .timers
+                    .every(&myself, interval, || Inbound::Discover.into());
             }
             shell
                 .timers
-                .push(myself.send_interval(config.anti_entropy_interval, || {
-                    EntityMessage::from(Inbound::AntiEntropy)
-                }));
+                .every(&myself, config.anti_entropy_interval, || {
+                    Inbound::AntiEntropy.into()
+                });
         }
         if let Some(events) = config.membership {
             events.subscribe(myself.clone());
@@ -449,9 +428,6 @@ where
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        for timer in state.shell.timers.drain(..) {
-            timer.abort();
-        }
         state.core.stop(&mut state.shell);
         Ok(())
     }

@@ -15,8 +15,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use ractor::concurrency::JoinHandle;
-use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent,
 };
@@ -38,8 +36,9 @@ use crate::disk_wait::disk_wait;
 use crate::error::{Chain, Error, Result, Unavailability};
 use crate::persistence::journal::Journal;
 use crate::persistence::{ConflictResolver, ReplicatedLog, ReplicationMessage};
-use crate::remote_cast;
+use crate::remote_cast::remote_message;
 use crate::reply::ReplyTo;
+use crate::timers::Timers;
 
 /// The ractor message variant of the messages between the routers of one
 /// entity type.
@@ -240,30 +239,11 @@ struct Batch<E> {
     messages: Vec<Addressed<E>>,
 }
 
-impl<B: ReplicatedEventSourcedActor> Message for RouterMessage<B> {
-    fn serializable() -> bool {
-        true
-    }
-
-    fn serialize(self) -> std::result::Result<SerializedMessage, BoxedDowncastErr> {
-        match self {
-            Self::Internal(RouterInternal(Inbound::Peer(batch))) => {
-                remote_cast::encode(ROUTER_MESSAGE_VARIANT, &batch)
-            }
-            _ => Err(BoxedDowncastErr),
-        }
-    }
-
-    /// Never fails: bytes that are not a batch become an undecodable
-    /// message, which the router counts and logs.
-    fn deserialize(message: SerializedMessage) -> std::result::Result<Self, BoxedDowncastErr> {
-        Ok(match remote_cast::decode(ROUTER_MESSAGE_VARIANT, message) {
-            Ok(batch) => Inbound::Peer(batch),
-            Err(reason) => Inbound::Undecodable(reason),
-        }
-        .into())
-    }
-}
+remote_message!(
+    [B: ReplicatedEventSourcedActor] RouterMessage<B>,
+    ROUTER_MESSAGE_VARIANT,
+    Self::Internal(RouterInternal(Inbound::Peer(batch))) => batch
+);
 
 /// The entity router actor: every entity of one type on one node. Spawn it
 /// with [`EntityRouter::spawn`], or yourself with an [`EntityType`] as
@@ -320,7 +300,7 @@ pub struct RouterState<B: ReplicatedEventSourcedActor, R, J> {
     /// start later must not wait for them either.
     removed: BTreeSet<PeerName>,
     shared: Shared<B>,
-    timers: Vec<JoinHandle<()>>,
+    timers: Timers,
 }
 
 /// What the entities of a router share, apart from the entities.
@@ -691,24 +671,25 @@ where
             flush_scheduled: false,
             rejected_messages: 0,
         };
-        let mut timers = Vec::new();
         if shared.peers.register(&myself.get_cell()) {
             shared.peers.request(&myself, || Inbound::Discover.into());
         }
-        timers.push(myself.send_interval(entity_type.anti_entropy_interval, || {
-            RouterMessage::from(Inbound::Tick)
-        }));
         if let Some(events) = entity_type.membership.take() {
             events.subscribe(myself.clone());
         }
-        Ok(RouterState {
+        let mut state = RouterState {
             entity_type,
             entities: HashMap::new(),
             passivated: HashMap::new(),
             removed: BTreeSet::new(),
             shared,
-            timers,
-        })
+            timers: Timers::default(),
+        };
+        let interval = state.entity_type.anti_entropy_interval;
+        state
+            .timers
+            .every(&myself, interval, || Inbound::Tick.into());
+        Ok(state)
     }
 
     async fn post_stop(
@@ -716,9 +697,6 @@ where
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        for timer in state.timers.drain(..) {
-            timer.abort();
-        }
         state.each_entity(|core, io| {
             core.stop(io);
             Ok(())
