@@ -19,9 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ractor_replicated::ddata::{
-    DistributedData, Key, KeySelection, ReplicatorConfig, WriteConsistency,
+    DistributedData, Durability, Key, KeySelection, ReplicatorConfig, SledStore, WriteConsistency,
+    WriteMode,
 };
-use ractor_replicated::ddata::{Durability, SledStore, WriteMode};
 use ractor_replicated::{sled_db, GCounter, LWWRegister};
 use serde_json::{json, Value};
 

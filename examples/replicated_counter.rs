@@ -13,10 +13,9 @@ use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
-use ractor_replicated::persistence::SledJournal;
 use ractor_replicated::persistence::{
     Effect, EventEnvelope, EventHandler, EventMeta, ReplicatedEntity, ReplicatedEventSourcedActor,
-    ReplicationContext, ResolveWith,
+    ReplicationContext, ResolveWith, SledJournal,
 };
 use ractor_replicated::ReplicaId;
 use serde::{Deserialize, Serialize};

@@ -21,11 +21,10 @@ use std::time::Instant;
 
 use ractor_replicated::codec;
 use ractor_replicated::persistence::{
-    Effect, EntityCore, EntityIo, EventApplied, EventHandler, EventMeta, LastWriterWins,
+    Effect, EntityCore, EntityIo, EventApplied, EventHandler, EventMeta, Journal, LastWriterWins,
     ReplicatedEventSourcedActor, ReplicatedLog, ReplicationContext, ReplicationMessage, Retention,
-    Snapshots,
+    SledJournal, Snapshots,
 };
-use ractor_replicated::persistence::{Journal, SledJournal};
 use ractor_replicated::{sled_db, ReplicaId, VersionVector};
 use serde_json::{json, Value};
 

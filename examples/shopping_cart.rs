@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::ddata::{
-    DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
+    DistributedData, Durability, Key, KeySelection, ReadConsistency, ReplicatorConfig, SledStore,
+    WriteConsistency,
 };
-use ractor_replicated::ddata::{Durability, SledStore};
 use ractor_replicated::ORSet;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 

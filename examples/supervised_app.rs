@@ -20,15 +20,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_replicated::ddata::{
-    Change, DistributedData, Key, KeySelection, ReadConsistency, Replicator, ReplicatorArguments,
-    ReplicatorConfig, ReplicatorMessage, UpdateResponse, WriteConsistency,
+    Change, DistributedData, Durability, Key, KeySelection, ReadConsistency, Replicator,
+    ReplicatorArguments, ReplicatorConfig, ReplicatorMessage, SledStore, UpdateResponse,
+    WriteConsistency,
 };
-use ractor_replicated::ddata::{Durability, SledStore};
 use ractor_replicated::discovery::{replicator_name, PeerGroup};
-use ractor_replicated::persistence::SledJournal;
 use ractor_replicated::persistence::{
     Effect, Entity, EntityArguments, EntityConfig, EventHandler, EventMeta, LastWriterWins,
-    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext,
+    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext, SledJournal,
 };
 use ractor_replicated::{sled_db, Error, GCounter, ReplicaId};
 use serde::{Deserialize, Serialize};

@@ -9,11 +9,9 @@ use std::time::Duration;
 use ractor::Actor;
 use ractor_replicated::ddata::wire::WireValue;
 use ractor_replicated::ddata::{
-    Change, DistributedData, Expiry, Key, KeySelection, ReadConsistency, Replicator,
-    ReplicatorArguments, ReplicatorConfig, Tracked, WriteConsistency,
-};
-use ractor_replicated::ddata::{
-    Durability, DurableEntry, DurableStore, Loaded, MemoryStore, SledStore, WriteMode,
+    Change, DistributedData, Durability, DurableEntry, DurableStore, Expiry, Key, KeySelection,
+    Loaded, MemoryStore, ReadConsistency, Replicator, ReplicatorArguments, ReplicatorConfig,
+    SledStore, Tracked, WriteConsistency, WriteMode,
 };
 use ractor_replicated::discovery::replicator_name;
 use ractor_replicated::error::StoreFailure;

@@ -11,10 +11,9 @@ use ractor_replicated::discovery::PeerGroup;
 use ractor_replicated::error::StoreFailure;
 use ractor_replicated::persistence::{
     CommandResult, Effect, Entity, EntityArguments, EntityConfig, EntityMessage, EventApplied,
-    EventEnvelope, EventHandler, EventMeta, LastWriterWins, ReplicatedEntity,
-    ReplicatedEventSourcedActor, ReplicationContext,
+    EventEnvelope, EventHandler, EventMeta, Journal, LastWriterWins, MemoryJournal,
+    ReplicatedEntity, ReplicatedEventSourcedActor, ReplicationContext, SledJournal,
 };
-use ractor_replicated::persistence::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::{ReplicaId, ReplyTo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

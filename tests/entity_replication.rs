@@ -8,9 +8,9 @@ use ractor::ActorRef;
 use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
 use ractor_replicated::persistence::{
-    Entity, EntityConfig, EntityMessage, LastWriterWins, ReplicatedEntity, Retention,
+    Entity, EntityConfig, EntityMessage, Journal, LastWriterWins, MemoryJournal, ReplicatedEntity,
+    Retention,
 };
-use ractor_replicated::persistence::{Journal, MemoryJournal};
 use ractor_replicated::ReplicaId;
 use test_support::{cluster, eventually, test_core_config, Ledger, RawBytes, Recorded, TestNode};
 

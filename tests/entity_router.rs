@@ -8,9 +8,9 @@ use std::time::Duration;
 use ractor::ActorRef;
 use ractor_replicated::cluster::MemberEvent;
 use ractor_replicated::discovery::{Discovery, PeerGroup, SessionDiscovery};
-use ractor_replicated::persistence::EventApplied;
-use ractor_replicated::persistence::MemoryJournal;
-use ractor_replicated::persistence::{Entities, EntityRouter, EntityType, LastWriterWins};
+use ractor_replicated::persistence::{
+    Entities, EntityRouter, EntityType, EventApplied, LastWriterWins, MemoryJournal,
+};
 use ractor_replicated::ReplicaId;
 use test_support::{
     cluster, eventually, listener, next_matching, test_core_config, Ledger, RawBytes, Recorded,

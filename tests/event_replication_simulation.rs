@@ -31,11 +31,10 @@ use std::sync::{Arc, Mutex};
 
 use ractor_replicated::codec;
 use ractor_replicated::persistence::{
-    Effect, EntityCore, EntityIo, EventApplied, EventEnvelope, EventHandler, EventMeta,
-    LastWriterWins, ReplicatedEventSourcedActor, ReplicatedLog, ReplicationContext,
-    ReplicationMessage, Retention, Snapshots,
+    Effect, EntityCore, EntityIo, EventApplied, EventEnvelope, EventHandler, EventMeta, Journal,
+    LastWriterWins, MemoryJournal, ReplicatedEventSourcedActor, ReplicatedLog, ReplicationContext,
+    ReplicationMessage, Retention, Snapshots, StoredSnapshot,
 };
-use ractor_replicated::persistence::{Journal, MemoryJournal, StoredSnapshot};
 use ractor_replicated::ReplicaId;
 use ractor_replicated::VersionVector;
 use serde::de::DeserializeOwned;

@@ -1,15 +1,14 @@
 //! The sled event journal, and recovery of a replicated entity from it.
 
 use ractor_replicated::ddata::{
-    DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig, WriteConsistency,
+    DistributedData, Durability, Key, KeySelection, ReadConsistency, ReplicatorConfig, SledStore,
+    WriteConsistency,
 };
-use ractor_replicated::ddata::{Durability, SledStore};
 use ractor_replicated::error::{Record, StoreFailure};
 use ractor_replicated::persistence::{
-    recover_from_journal, DecodeState, EventEnvelope, EventHandler, EventMeta, LastWriterWins,
-    ReplicatedLog,
+    recover_from_journal, DecodeState, EventEnvelope, EventHandler, EventMeta, Journal,
+    LastWriterWins, MemoryJournal, ReplicatedLog, SledJournal, StoredSnapshot,
 };
-use ractor_replicated::persistence::{Journal, MemoryJournal, SledJournal, StoredSnapshot};
 use ractor_replicated::{codec, sled_db, Error, GCounter, ReplicaId, VersionVector};
 use test_support::{temp_dir, TempDir};
 

@@ -6,10 +6,9 @@
 //! What the rules forbid fails as an error, never a panic.
 
 use ractor_replicated::persistence::{
-    EntityCore, EntityIo, EventApplied, LastWriterWins, ReplicatedEventSourcedActor, ReplicatedLog,
-    ReplicationMessage, Snapshots,
+    EntityCore, EntityIo, EventApplied, Journal, LastWriterWins, MemoryJournal,
+    ReplicatedEventSourcedActor, ReplicatedLog, ReplicationMessage, Snapshots,
 };
-use ractor_replicated::persistence::{Journal, MemoryJournal};
 use ractor_replicated::ReplicaId;
 
 const ACCOUNT: &str = "account-1";

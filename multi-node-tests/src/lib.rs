@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use test_support::eventually_blocking;
 
 pub mod faults;
 pub mod ledger;
@@ -322,7 +323,7 @@ impl LoopbackCluster {
     pub fn wait_connected(&mut self) {
         let running = self.nodes.iter().flatten().count();
         for node in self.nodes.iter_mut().flatten() {
-            eventually("every peer reachable", Duration::from_secs(30), || {
+            eventually_blocking("every peer reachable", Duration::from_secs(30), || {
                 node.must("peers").as_array().map_or(0, Vec::len) == running - 1
             });
         }
@@ -332,7 +333,7 @@ impl LoopbackCluster {
     /// `bound`; returns the common answer.
     pub fn converged(&mut self, command: &str, bound: Duration) -> Value {
         let mut answers = Vec::new();
-        eventually(&format!("all nodes agree on {command:?}"), bound, || {
+        eventually_blocking(&format!("all nodes agree on {command:?}"), bound, || {
             answers = self.running().map(|node| node.must(command)).collect();
             answers.iter().all(|answer| answer == &answers[0])
         });
@@ -390,18 +391,6 @@ impl WriterLog {
             }
         }
         log
-    }
-}
-
-/// Polls `check` until it holds; panics after `bound`.
-pub fn eventually(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "not reached within {bound:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use multi_node_tests::{eventually, LoopbackCluster};
+use multi_node_tests::LoopbackCluster;
+use test_support::eventually_blocking;
 
 const NODE: &str = env!("CARGO_BIN_EXE_node");
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -34,7 +35,7 @@ fn a_router_killed_while_writing_catches_up_and_every_entity_ends_identical_with
     for node in cluster.running() {
         node.must("router-spawn 0 300");
     }
-    eventually("the routers see each other", CONVERGE, || {
+    eventually_blocking("the routers see each other", CONVERGE, || {
         cluster
             .running()
             .all(|node| node.must("router-peers").as_u64() == Some(2))
@@ -49,7 +50,7 @@ fn a_router_killed_while_writing_catches_up_and_every_entity_ends_identical_with
     cluster.node(2).must(&format!(
         "router-record-many doomed 100000 {ENTITIES} background"
     ));
-    eventually("node 2 is writing", CONVERGE, || {
+    eventually_blocking("node 2 is writing", CONVERGE, || {
         cluster.node(2).progress("doomed") >= 40
     });
     let acknowledged = cluster.node(2).progress("doomed");
@@ -84,7 +85,7 @@ fn a_router_killed_while_writing_catches_up_and_every_entity_ends_identical_with
         }
         wanted.extend(expected("doomed", acknowledged, entity));
         let mut ledgers = Vec::new();
-        eventually(
+        eventually_blocking(
             &format!("entity {entity} holds every acknowledged entry, in one order, everywhere"),
             CONVERGE,
             || {

@@ -15,8 +15,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use multi_node_tests::faults::Link;
-use multi_node_tests::{eventually, LoopbackCluster, WriterLog};
+use multi_node_tests::{LoopbackCluster, WriterLog};
 use serde_json::{json, Value};
+use test_support::eventually_blocking;
 use test_support::Rng;
 
 const NODE: &str = env!("CARGO_BIN_EXE_node");
@@ -58,7 +59,7 @@ fn names(cluster: &LoopbackCluster, nodes: &[usize]) -> Value {
 /// Waits until node `i`'s Replicator reaches exactly `peers`.
 fn wait_peers(cluster: &mut LoopbackCluster, i: usize, peers: &[usize], bound: Duration) {
     let expected = names(cluster, peers);
-    eventually(&format!("node {i} reaches {expected}"), bound, || {
+    eventually_blocking(&format!("node {i} reaches {expected}"), bound, || {
         cluster.node(i).must("peers") == expected
     });
 }
@@ -78,7 +79,7 @@ fn write_in_background(
 }
 
 fn wait_done(log: &Path, bound: Duration) -> WriterLog {
-    eventually(&format!("{} finishes", log.display()), bound, || {
+    eventually_blocking(&format!("{} finishes", log.display()), bound, || {
         WriterLog::read(log).done
     });
     WriterLog::read(log)
@@ -216,7 +217,7 @@ fn seeds_that_are_aliases_are_dialled_until_connected_and_never_again() {
     // Once the start (where both ends of a pair may dial at once) is over,
     // the counters stand still.
     let mut before = stats(&mut cluster);
-    eventually("the start settles", CONVERGE, || {
+    eventually_blocking("the start settles", CONVERGE, || {
         std::thread::sleep(Duration::from_millis(500));
         let now = stats(&mut cluster);
         std::mem::replace(&mut before, now) == before
@@ -371,7 +372,7 @@ fn the_ledger_under_a_one_two_partition_is_identical_everywhere_after_heal() {
     cluster.node(1).must("record-background pair 150");
     cluster.node(2).must("record-background other 150");
     for (i, prefix) in [(0, "alone"), (1, "pair"), (2, "other")] {
-        eventually("every command is journaled", CONVERGE, || {
+        eventually_blocking("every command is journaled", CONVERGE, || {
             cluster.node(i).must(&format!("progress {prefix}")) == json!(150)
         });
     }

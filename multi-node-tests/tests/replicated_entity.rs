@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use multi_node_tests::{eventually, LoopbackCluster};
+use multi_node_tests::LoopbackCluster;
 use serde_json::Value;
+use test_support::eventually_blocking;
 
 const NODE: &str = env!("CARGO_BIN_EXE_node");
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -40,7 +41,7 @@ fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_
 
     // Node 2 writes in the background and is killed in the middle of it.
     cluster.node(2).must("record-background doomed 100000");
-    eventually("node 2 is writing", CONVERGE, || {
+    eventually_blocking("node 2 is writing", CONVERGE, || {
         cluster.node(2).progress("doomed") >= 50
     });
     let acknowledged = cluster.node(2).progress("doomed");
@@ -80,7 +81,7 @@ fn a_replica_killed_while_writing_catches_up_and_all_end_identical_with_nothing_
     assert_eq!(ledger.len() as u64, 3 * 100 + 2 * 100 + 3 * 50 + doomed);
     // Once quiet, every replica has seen every event: each compacts.
     for i in 0..3 {
-        eventually("the replica compacts", CONVERGE, || {
+        eventually_blocking("the replica compacts", CONVERGE, || {
             let stats = cluster.node(i).must("ledger-stats");
             stats["compacted"].as_u64().unwrap_or(0) > 0
         });

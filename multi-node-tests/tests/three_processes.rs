@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use multi_node_tests::{eventually, LoopbackCluster};
+use multi_node_tests::LoopbackCluster;
 use serde_json::json;
+use test_support::eventually_blocking;
 
 const NODE: &str = env!("CARGO_BIN_EXE_node");
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -86,12 +87,12 @@ fn a_late_joiner_catches_up_on_ten_thousand_keys() {
     cluster.wait_connected();
     cluster.node(0).must("fill bulk 10000");
     let all = json!({"present": 10000, "sum": 10000});
-    eventually("node 1 holds every key", CONVERGE, || {
+    eventually_blocking("node 1 holds every key", CONVERGE, || {
         cluster.node(1).must("sum bulk 10000") == all
     });
 
     cluster.start(2);
-    eventually("the late joiner holds every key", CONVERGE, || {
+    eventually_blocking("the late joiner holds every key", CONVERGE, || {
         cluster.node(2).must("sum bulk 10000") == all
     });
 }
@@ -101,7 +102,7 @@ fn majority_writes_and_reads_succeed_with_one_node_down() {
     let mut cluster = LoopbackCluster::new(NODE, "majority", 3);
     cluster.start_all();
     cluster.kill(2);
-    eventually("the killed node is seen gone", CONVERGE, || {
+    eventually_blocking("the killed node is seen gone", CONVERGE, || {
         cluster.node(0).must("peers").as_array().map_or(0, Vec::len) == 1
     });
     cluster.node(0).must("inc-majority votes 3000");
@@ -123,7 +124,7 @@ fn a_silent_node_is_disconnected_by_heartbeat_and_rejoins_when_it_wakes() {
     cluster.node(2).signal("-STOP");
     // TCP stays up; only the missing heartbeats tell the others (3 s timeout).
     for i in 0..2 {
-        eventually("the frozen node's session is closed", CONVERGE, || {
+        eventually_blocking("the frozen node's session is closed", CONVERGE, || {
             cluster.node(i).must("peers").as_array().map_or(0, Vec::len) == 1
         });
     }

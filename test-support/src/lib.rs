@@ -183,11 +183,27 @@ where
         if check().await {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "not reached within {bound:?}: {what}"
-        );
+        give_up_after(deadline, bound, what);
     }
+}
+
+/// [`eventually`] for a check that blocks (one that asks real processes),
+/// outside an async runtime.
+pub fn eventually_blocking(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !check() {
+        give_up_after(deadline, bound, what);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Panics once `deadline` has passed, saying that `what` was not reached
+/// within `bound`.
+fn give_up_after(deadline: Instant, bound: Duration, what: &str) {
+    assert!(
+        Instant::now() < deadline,
+        "not reached within {bound:?}: {what}"
+    );
 }
 
 /// An actor that forwards every message it receives into a channel.

@@ -20,8 +20,9 @@
 use std::time::{Duration, Instant};
 
 use multi_node_tests::faults::Link;
-use multi_node_tests::{eventually, sibling_node_binary, socket_bytes, LoopbackCluster};
+use multi_node_tests::{sibling_node_binary, socket_bytes, LoopbackCluster};
 use serde_json::{json, Value};
+use test_support::eventually_blocking;
 
 const GOSSIP_MS: &str = "1000";
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -73,7 +74,7 @@ fn main() {
 fn wait_for_keys(cluster: &mut LoopbackCluster, nodes: &[usize], keys: u64, bound: Duration) {
     for &i in nodes {
         let node = cluster.node(i);
-        eventually(&format!("node {i} holds {keys} keys"), bound, || {
+        eventually_blocking(&format!("node {i} holds {keys} keys"), bound, || {
             node.must("stats")["keys"].as_u64().unwrap_or(0) >= keys
         });
     }
@@ -87,7 +88,7 @@ fn wait_quiet(cluster: &mut LoopbackCluster) {
     let sent = || -> Vec<u64> { pids.iter().map(|pid| socket_bytes(*pid).0).collect() };
     let mut last = sent();
     let mut last_at = Instant::now();
-    eventually("the cluster is quiet", Duration::from_secs(60), || {
+    eventually_blocking("the cluster is quiet", Duration::from_secs(60), || {
         if last_at.elapsed() < QUIET_CHECK {
             return false;
         }
@@ -121,7 +122,7 @@ fn repair(binary: &std::path::Path, keys: u64) -> Value {
     wait_for_keys(&mut cluster, &[0, 1, 2], keys, Duration::from_secs(120));
     wait_quiet(&mut cluster);
     cluster.network().partition(&[2], Link::Cut);
-    eventually("node 2 is alone", Duration::from_secs(30), || {
+    eventually_blocking("node 2 is alone", Duration::from_secs(30), || {
         cluster
             .node(2)
             .must("peers")
@@ -138,7 +139,7 @@ fn repair(binary: &std::path::Path, keys: u64) -> Value {
     cluster.network().heal();
     cluster.wait_connected();
     let reconnected = healed.elapsed();
-    eventually("both changes everywhere", Duration::from_secs(60), || {
+    eventually_blocking("both changes everywhere", Duration::from_secs(60), || {
         cluster.running().all(|node| {
             node.must("get counter k-7") == json!(2) && node.must("get counter k-8") == json!(2)
         })

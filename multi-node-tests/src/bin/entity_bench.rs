@@ -126,7 +126,7 @@ fn main() {
     let mut cluster = LoopbackCluster::durable(&binary, "entity-bench", 3)
         .with_node_arguments(&["--snapshot-every", &snapshot_every]);
     cluster.start_all();
-    multi_node_tests::eventually(
+    test_support::eventually_blocking(
         "the replicas see each other",
         Duration::from_secs(10),
         || {

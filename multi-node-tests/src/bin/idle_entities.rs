@@ -21,8 +21,9 @@
 
 use std::time::{Duration, Instant};
 
-use multi_node_tests::{cpu_nanos, eventually, percentile, sibling_node_binary, LoopbackCluster};
+use multi_node_tests::{cpu_nanos, percentile, sibling_node_binary, LoopbackCluster};
 use serde_json::json;
+use test_support::eventually_blocking;
 
 const NODES: usize = 3;
 const LATENCY_SAMPLES: usize = 20;
@@ -62,7 +63,7 @@ fn main() {
                 .expect("seconds")
         })
         .collect();
-    eventually(
+    eventually_blocking(
         "every replica reaches the others",
         Duration::from_secs(600),
         || {

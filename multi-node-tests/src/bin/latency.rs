@@ -28,7 +28,7 @@ fn main() {
     }
     cluster.node(0).must("stamp stamp");
     // Let the first stamp and its notifications settle before measuring.
-    multi_node_tests::eventually(
+    test_support::eventually_blocking(
         "the watchers hear the first stamp",
         Duration::from_secs(10),
         || {

@@ -1,6 +1,8 @@
 //! One ractor_replicated node as an OS process, driven line by line.
 //!
-//! `node --name N --port P [--seeds host:port,...] [--members a,b] [--cookie C] [--gossip-ms MS] [--data DIR]`
+//! `node --name N --port P [--seeds host:port,...] [--members a,b] [--cookie C]
+//! [--gossip-ms MS] [--data DIR] [--snapshot-every N]` (`node --help` says
+//! what each does).
 //!
 //! With `--data`, every key is durable (write-through) in a sled database in
 //! DIR/ddata, and the ledger entity journals in DIR/journal; without it, the
@@ -21,75 +23,51 @@ use multi_node_tests::ledger::{
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_replicated::cluster::{ClusterConfig, ClusterNode};
 use ractor_replicated::ddata::{
-    Change, CoreConfig, DistributedData, Key, KeySelection, ReadConsistency, ReplicatorConfig,
-    WriteConsistency,
+    Change, CoreConfig, DistributedData, Durability, Key, KeySelection, ReadConsistency,
+    ReplicatorConfig, SledStore, WriteConsistency,
 };
-use ractor_replicated::ddata::{Durability, SledStore};
 use ractor_replicated::persistence::{
-    recover_from_journal, Entities, Entity, EntityRouter, LastWriterWins, ReplicatedEntity,
-    ReplicatedLog,
+    recover_from_journal, Entities, Entity, EntityRouter, Journal, LastWriterWins, MemoryJournal,
+    ReplicatedEntity, ReplicatedLog, SledJournal,
 };
-use ractor_replicated::persistence::{Journal, MemoryJournal, SledJournal};
 use ractor_replicated::{GCounter, LWWRegister, ORMap, ORSet, OpBased, PNCounter, ReplicaId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, Semaphore};
 
+/// One ractor_replicated node as an OS process: it answers one command per
+/// line of stdin with one JSON line on stdout.
+#[derive(clap::Parser)]
 struct Options {
+    /// The node's name.
+    #[arg(long)]
     name: String,
+    /// The port it listens on, on 127.0.0.1.
+    #[arg(long)]
     port: u16,
+    /// The nodes it dials, as host:port, comma-separated.
+    #[arg(long, value_delimiter = ',')]
     seeds: Vec<String>,
+    /// Every member's name, comma-separated (for retirement rounds).
+    #[arg(long, value_delimiter = ',')]
     members: Vec<String>,
+    /// The cluster's cookie.
+    #[arg(long, default_value = "ractor_replicated")]
     cookie: String,
+    /// The Replicator's gossip interval, in milliseconds.
+    #[arg(long = "gossip-ms", value_name = "MS", default_value = "200", value_parser = milliseconds)]
     gossip: Duration,
+    /// Where durable keys and journals live; in memory without it.
+    #[arg(long)]
     data: Option<String>,
     /// Entities with a journal on disk snapshot every this many events (0:
     /// never).
+    #[arg(long, default_value_t = 10_000)]
     snapshot_every: usize,
 }
 
-fn options() -> Result<Options, String> {
-    let mut args = std::env::args().skip(1);
-    let mut options = Options {
-        name: String::new(),
-        port: 0,
-        seeds: Vec::new(),
-        members: Vec::new(),
-        cookie: "ractor_replicated".into(),
-        gossip: Duration::from_millis(200),
-        data: None,
-        snapshot_every: 10_000,
-    };
-    let list = |value: String| -> Vec<String> {
-        value
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--name" => options.name = value,
-            "--port" => options.port = value.parse().map_err(|_| "bad --port")?,
-            "--seeds" => options.seeds = list(value),
-            "--members" => options.members = list(value),
-            "--cookie" => options.cookie = value,
-            "--data" => options.data = Some(value),
-            "--snapshot-every" => {
-                options.snapshot_every = value.parse().map_err(|_| "bad --snapshot-every")?
-            }
-            "--gossip-ms" => {
-                options.gossip =
-                    Duration::from_millis(value.parse().map_err(|_| "bad --gossip-ms")?)
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    if options.name.is_empty() || options.port == 0 {
-        return Err("--name and --port are required".into());
-    }
-    Ok(options)
+fn milliseconds(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_millis)
 }
 
 /// Records, for each new stamp in a watched set, how long ago (wall clock,
@@ -227,22 +205,51 @@ where
     Ok(())
 }
 
+/// `err` and its sources, as one line for the JSON answer.
 fn error(err: ractor_replicated::Error) -> String {
-    err.to_string()
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
+
+/// The first words of the commands `Node::entity_command` runs.
+const ENTITY_COMMANDS: [&str; 9] = [
+    "ledger",
+    "record",
+    "progress",
+    "entities-",
+    "router-",
+    "entity-",
+    "tally",
+    "watch-lag",
+    "lags",
+];
 
 impl Node {
     async fn run(&mut self, line: &str) -> Result<Value, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
+        let verb = arg(&words, 0)?;
+        if ENTITY_COMMANDS.iter().any(|first| verb.starts_with(first)) {
+            self.entity_command(verb, &words).await
+        } else {
+            self.data_command(verb, &words).await
+        }
+    }
+
+    /// The commands on Distributed Data and the measurements around it.
+    async fn data_command(&mut self, verb: &str, words: &[&str]) -> Result<Value, String> {
         let dd = &self.dd;
         let local = WriteConsistency::Local;
         let read = ReadConsistency::Local;
-        match arg(&words, 0)? {
+        match verb {
             "peers" => Ok(json!(dd.reachable_peers().await.map_err(error)?)),
             "replica" => Ok(json!(dd.replica_id().await.map_err(error)?.to_string())),
             "inc" => {
-                let (key, by): (Key<GCounter>, u64) =
-                    (Key::new(arg(&words, 1)?), number(&words, 2)?);
+                let (key, by): (Key<GCounter>, u64) = (Key::new(arg(words, 1)?), number(words, 2)?);
                 dd.update(&key, local, move |c, me| c.apply(c.increment(me, by)))
                     .await
                     .map_err(error)?;
@@ -250,7 +257,7 @@ impl Node {
             }
             "inc-many" => {
                 let (key, times): (Key<GCounter>, u64) =
-                    (Key::new(arg(&words, 1)?), number(&words, 2)?);
+                    (Key::new(arg(words, 1)?), number(words, 2)?);
                 for _ in 0..times {
                     dd.update(&key, local, |c, me| c.apply(c.increment(me, 1)))
                         .await
@@ -260,15 +267,15 @@ impl Node {
             }
             "pn" => {
                 let (key, by): (Key<PNCounter>, i64) =
-                    (Key::new(arg(&words, 1)?), number(&words, 2)?);
+                    (Key::new(arg(words, 1)?), number(words, 2)?);
                 dd.update(&key, local, move |c, me| c.apply(c.change(me, by)))
                     .await
                     .map_err(error)?;
                 Ok(Value::Null)
             }
             "add" | "remove" => {
-                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
-                let element = arg(&words, 2)?.to_string();
+                let key: Key<ORSet<String>> = Key::new(arg(words, 1)?);
+                let element = arg(words, 2)?.to_string();
                 let add = words[0] == "add";
                 dd.update(&key, local, move |s, me| {
                     let op = if add {
@@ -283,17 +290,17 @@ impl Node {
                 Ok(Value::Null)
             }
             "set" => {
-                let key: Key<LWWRegister<String>> = Key::new(arg(&words, 1)?);
-                let value = arg(&words, 2)?.to_string();
+                let key: Key<LWWRegister<String>> = Key::new(arg(words, 1)?);
+                let value = arg(words, 2)?.to_string();
                 dd.update(&key, local, move |r, me| r.apply(r.set(me, value)))
                     .await
                     .map_err(error)?;
                 Ok(Value::Null)
             }
             "map" => {
-                let key: Key<ORMap<String, PNCounter>> = Key::new(arg(&words, 1)?);
-                let field = arg(&words, 2)?.to_string();
-                let by: i64 = number(&words, 3)?;
+                let key: Key<ORMap<String, PNCounter>> = Key::new(arg(words, 1)?);
+                let field = arg(words, 2)?.to_string();
+                let by: i64 = number(words, 3)?;
                 dd.update(&key, local, move |m, me| {
                     m.apply(m.update(me, field, |c, writer| c.apply(c.change(writer, by))))
                 })
@@ -301,7 +308,7 @@ impl Node {
                 .map_err(error)?;
                 Ok(Value::Null)
             }
-            "get" => self.get(arg(&words, 1)?, arg(&words, 2)?).await,
+            "get" => self.get(arg(words, 1)?, arg(words, 2)?).await,
             "write-background" => {
                 let writer = BackgroundWriter::parse(&words[1..])?;
                 tokio::spawn(writer.run(self.dd.clone()));
@@ -318,7 +325,7 @@ impl Node {
                 }))
             }
             "fill" => {
-                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
                 for i in 0..count {
                     let key: Key<GCounter> = Key::new(format!("{prefix}-{i}"));
                     dd.update(&key, local, |c, me| c.apply(c.increment(me, 1)))
@@ -328,7 +335,7 @@ impl Node {
                 Ok(Value::Null)
             }
             "sum" => {
-                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
                 let (mut present, mut sum) = (0u64, 0u128);
                 for i in 0..count {
                     let key: Key<GCounter> = Key::new(format!("{prefix}-{i}"));
@@ -341,7 +348,7 @@ impl Node {
             }
             "data-bytes" => {
                 // What the counters weigh on the wire: key and encoded state.
-                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
                 let mut bytes = 0;
                 for i in 0..count {
                     let name = format!("{prefix}-{i}");
@@ -366,8 +373,8 @@ impl Node {
                 }))
             }
             "inc-majority" => {
-                let key: Key<GCounter> = Key::new(arg(&words, 1)?);
-                let timeout = Duration::from_millis(number(&words, 2)?);
+                let key: Key<GCounter> = Key::new(arg(words, 1)?);
+                let timeout = Duration::from_millis(number(words, 2)?);
                 let level = WriteConsistency::majority(timeout);
                 dd.update(&key, level, |c, me| c.apply(c.increment(me, 1)))
                     .await
@@ -375,8 +382,8 @@ impl Node {
                 Ok(Value::Null)
             }
             "get-majority" => {
-                let key: Key<GCounter> = Key::new(arg(&words, 1)?);
-                let timeout = Duration::from_millis(number(&words, 2)?);
+                let key: Key<GCounter> = Key::new(arg(words, 1)?);
+                let timeout = Duration::from_millis(number(words, 2)?);
                 let value = dd
                     .get(&key, ReadConsistency::majority(timeout))
                     .await
@@ -386,8 +393,8 @@ impl Node {
             "set-fill" => {
                 // Elements sort before every stamp; added a thousand per
                 // update, so each push is one moderate delta.
-                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
-                let count: u64 = number(&words, 2)?;
+                let key: Key<ORSet<String>> = Key::new(arg(words, 1)?);
+                let count: u64 = number(words, 2)?;
                 for start in (0..count).step_by(1_000) {
                     let end = (start + 1_000).min(count);
                     dd.update(&key, local, move |s, me| {
@@ -401,18 +408,18 @@ impl Node {
                 Ok(Value::Null)
             }
             "set-len" => {
-                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let key: Key<ORSet<String>> = Key::new(arg(words, 1)?);
                 let set = dd.get(&key, read).await.map_err(error)?;
                 Ok(json!(set.map_or(0, |s| s.len())))
             }
             "set-bytes" => {
-                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let key: Key<ORSet<String>> = Key::new(arg(words, 1)?);
                 let set = dd.get(&key, read).await.map_err(error)?.unwrap_or_default();
                 let bytes = ractor_replicated::codec::encode(&set).map_err(error)?;
                 Ok(json!(bytes.len()))
             }
             "set-watch" => {
-                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
+                let key: Key<ORSet<String>> = Key::new(arg(words, 1)?);
                 let arguments = (self.latency_sender.clone(), self.newest_stamp.clone());
                 let (watcher, _) = Actor::spawn(None, SetWatcher, arguments)
                     .await
@@ -423,9 +430,9 @@ impl Node {
             "set-stamps" => {
                 // Paced here, not by the caller, so the pace does not carry
                 // the command round trip's jitter.
-                let key: Key<ORSet<String>> = Key::new(arg(&words, 1)?);
-                let count: u64 = number(&words, 2)?;
-                let mut pace = tokio::time::interval(Duration::from_micros(number(&words, 3)?));
+                let key: Key<ORSet<String>> = Key::new(arg(words, 1)?);
+                let count: u64 = number(words, 2)?;
+                let mut pace = tokio::time::interval(Duration::from_micros(number(words, 3)?));
                 pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last = 0;
                 for _ in 0..count {
@@ -440,7 +447,7 @@ impl Node {
             }
             "set-newest" => Ok(json!(self.newest_stamp.load(Ordering::Relaxed))),
             "stamp" => {
-                let key: Key<LWWRegister<u64>> = Key::new(arg(&words, 1)?);
+                let key: Key<LWWRegister<u64>> = Key::new(arg(words, 1)?);
                 let stamp = now_micros();
                 dd.update(&key, local, move |r, me| r.apply(r.set(me, stamp)))
                     .await
@@ -448,7 +455,7 @@ impl Node {
                 Ok(Value::Null)
             }
             "watch" => {
-                let key: Key<LWWRegister<u64>> = Key::new(arg(&words, 1)?);
+                let key: Key<LWWRegister<u64>> = Key::new(arg(words, 1)?);
                 let (watcher, _) = Actor::spawn(None, Watcher, self.latency_sender.clone())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -462,9 +469,17 @@ impl Node {
                 }
                 Ok(json!(all))
             }
-            "throughput" => self.throughput(arg(&words, 1)?, number(&words, 2)?).await,
+            "throughput" => self.throughput(arg(words, 1)?, number(words, 2)?).await,
+            "rss" => Ok(resident_kib().map_or(Value::Null, |kib| json!(kib))),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+
+    /// The commands on the ledger, the tally and the entities of a router.
+    async fn entity_command(&mut self, verb: &str, words: &[&str]) -> Result<Value, String> {
+        match verb {
             "record" => {
-                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
                 for n in 0..count {
                     self.ledger
                         .command(format!("{prefix}-{n}"))
@@ -474,7 +489,7 @@ impl Node {
                 Ok(json!(count))
             }
             "record-background" => {
-                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
+                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
                 let ledger = self.ledger.clone();
                 tokio::spawn(counted(
                     self.progress.clone(),
@@ -488,14 +503,14 @@ impl Node {
                 Ok(Value::Null)
             }
             "progress" => {
-                let prefix = arg(&words, 1)?;
+                let prefix = arg(words, 1)?;
                 let progress = self.progress.lock().map_err(|e| e.to_string())?;
                 Ok(json!(progress.get(prefix).copied().unwrap_or(0)))
             }
             "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?.entries)),
             "ledger-stats" => entity_stats(&self.ledger).await,
             "entities-spawn" => {
-                let count: usize = number(&words, 1)?;
+                let count: usize = number(words, 1)?;
                 let started = Instant::now();
                 for _ in 0..count {
                     let persistence_id = format!("many-{}", self.many.len());
@@ -520,8 +535,8 @@ impl Node {
             "router-spawn" => {
                 // Starts `count` entities `many-<i>` behind one router,
                 // passivating after `passivate_ms` (0: never).
-                let count: usize = number(&words, 1)?;
-                let passivate_ms: u64 = number(&words, 2)?;
+                let count: usize = number(words, 1)?;
+                let passivate_ms: u64 = number(words, 2)?;
                 let passivate =
                     Some(Duration::from_millis(passivate_ms)).filter(|ms| !ms.is_zero());
                 let started = Instant::now();
@@ -561,9 +576,9 @@ impl Node {
             }
             "router-record" => {
                 let routed = self.routed.as_ref().ok_or("no router")?;
-                let id = format!("many-{}", number::<usize>(&words, 1)?);
+                let id = format!("many-{}", number::<usize>(words, 1)?);
                 routed
-                    .command(id, arg(&words, 2)?.to_string())
+                    .command(id, arg(words, 2)?.to_string())
                     .await
                     .map_err(error)?;
                 Ok(json!(null))
@@ -571,8 +586,8 @@ impl Node {
             "router-record-many" => {
                 // `count` commands `prefix-<n>`, entity `many-<n % entities>`,
                 // one after the other; progress counts the acknowledged ones.
-                let (prefix, count): (&str, u64) = (arg(&words, 1)?, number(&words, 2)?);
-                let entities: u64 = number(&words, 3)?;
+                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
+                let entities: u64 = number(words, 3)?;
                 let background = words.get(4) == Some(&"background");
                 let routed = self.routed.clone().ok_or("no router")?;
                 let writing = counted(
@@ -594,17 +609,17 @@ impl Node {
             }
             "router-ledger" => {
                 let routed = self.routed.as_ref().ok_or("no router")?;
-                let id = format!("many-{}", number::<usize>(&words, 1)?);
+                let id = format!("many-{}", number::<usize>(words, 1)?);
                 Ok(json!(routed.state(id).await.map_err(error)?.entries))
             }
             "router-events" => {
                 let routed = self.routed.as_ref().ok_or("no router")?;
-                let id = format!("many-{}", number::<usize>(&words, 1)?);
+                let id = format!("many-{}", number::<usize>(words, 1)?);
                 Ok(json!(routed.stats(id).await.map_err(error)?.events))
             }
             "entities-with-peers" => {
                 // How many of the spawned entities reach `peers` replicas.
-                let peers: usize = number(&words, 1)?;
+                let peers: usize = number(words, 1)?;
                 let mut count = 0;
                 for entity in &self.many {
                     if entity.stats().await.map_err(error)?.reachable_peers.len() == peers {
@@ -616,10 +631,10 @@ impl Node {
             "entity-record" => {
                 let entity = self
                     .many
-                    .get(number::<usize>(&words, 1)?)
+                    .get(number::<usize>(words, 1)?)
                     .ok_or("no such entity")?;
                 entity
-                    .command(arg(&words, 2)?.to_string())
+                    .command(arg(words, 2)?.to_string())
                     .await
                     .map_err(error)?;
                 Ok(json!(null))
@@ -627,12 +642,11 @@ impl Node {
             "entity-events" => {
                 let entity = self
                     .many
-                    .get(number::<usize>(&words, 1)?)
+                    .get(number::<usize>(words, 1)?)
                     .ok_or("no such entity")?;
                 Ok(json!(entity.stats().await.map_err(error)?.events))
             }
             "tally-stats" => entity_stats(&self.tally).await,
-            "rss" => Ok(resident_kib().map_or(Value::Null, |kib| json!(kib))),
             "watch-lag" => {
                 let arguments = (self.name.clone(), self.lag_sender.clone());
                 let (watcher, _) = Actor::spawn(None, LagWatcher, arguments)
@@ -649,7 +663,7 @@ impl Node {
                 Ok(json!(all))
             }
             "tally-record" => {
-                let count: u64 = number(&words, 1)?;
+                let count: u64 = number(words, 1)?;
                 for n in 0..count {
                     let entry = format!("{}-{n}", self.name);
                     self.tally.command(entry).await.map_err(error)?;
@@ -661,10 +675,9 @@ impl Node {
                 Ok(json!({ "count": state.count, "digest": state.digest }))
             }
             "tally-throughput" => {
-                let window = words.get(2).map_or(Ok(0), |_| number(&words, 2))?;
-                let rate = words.get(3).map_or(Ok(0), |_| number(&words, 3))?;
-                self.tally_throughput(number(&words, 1)?, window, rate)
-                    .await
+                let window = words.get(2).map_or(Ok(0), |_| number(words, 2))?;
+                let rate = words.get(3).map_or(Ok(0), |_| number(words, 3))?;
+                self.tally_throughput(number(words, 1)?, window, rate).await
             }
             "tally-recovery" => {
                 // What a restart of the tally does before it takes commands:
@@ -707,7 +720,7 @@ impl Node {
                 }))
             }
             "tally-wait" => {
-                let events: u64 = number(&words, 1)?;
+                let events: u64 = number(words, 1)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     let stats = self.tally.stats().await.map_err(error)?;
@@ -980,13 +993,10 @@ async fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let options = match options() {
-        Ok(options) => options,
-        Err(err) => {
-            eprintln!("node: {err}");
-            std::process::exit(2);
-        }
-    };
+    let mut options = <Options as clap::Parser>::parse();
+    // The first node of a cluster is given no seeds: an empty list.
+    options.seeds.retain(|seed| !seed.is_empty());
+    options.members.retain(|member| !member.is_empty());
     let cluster = ClusterConfig::new(&options.name, "127.0.0.1", options.port, &options.cookie)
         .with_seeds(options.seeds.clone());
     let cluster = Arc::new(

@@ -28,10 +28,9 @@
 
 use std::time::{Duration, Instant};
 
-use multi_node_tests::{
-    cpu_nanos, eventually, percentile, sibling_node_binary, socket_bytes, LoopbackCluster,
-};
+use multi_node_tests::{cpu_nanos, percentile, sibling_node_binary, socket_bytes, LoopbackCluster};
 use serde_json::{json, Value};
+use test_support::eventually_blocking;
 
 /// 100 adds per second.
 const PACE_MICROS: u64 = 10_000;
@@ -70,7 +69,7 @@ fn main() {
 fn measure(cluster: &mut LoopbackCluster, elements: u64, adds: u64) -> Value {
     let key = format!("set-{elements}");
     cluster.node(0).must(&format!("set-fill {key} {elements}"));
-    eventually(
+    eventually_blocking(
         "every node holds the filled set",
         Duration::from_secs(120),
         || (0..3).all(|i| cluster.node(i).must(&format!("set-len {key}")) == json!(elements)),
@@ -107,12 +106,12 @@ fn measure(cluster: &mut LoopbackCluster, elements: u64, adds: u64) -> Value {
     let stats: Vec<Value> = (0..3)
         .map(|i| counters_since(&stats_before[i], &cluster.node(i).must("stats")))
         .collect();
-    eventually(
+    eventually_blocking(
         "the listener hears the last add",
         Duration::from_secs(60),
         || cluster.node(1).must("set-newest").as_u64() >= last.as_u64(),
     );
-    eventually(
+    eventually_blocking(
         "the receiver without a listener holds every add",
         Duration::from_secs(60),
         || cluster.node(2).must(&format!("set-len {key}")) == json!(elements + adds),

@@ -139,10 +139,10 @@ impl ReplicatorCore {
     pub(super) fn start_read(&mut self, request: RequestId, key: &str, level: ReadConsistency) {
         let (required, timeout) = level.required(self.members());
         if required <= 1 {
-            let snapshot = self.lookup(key).to_state();
+            let state = self.lookup(key).to_state();
             self.out.push(Output::ReadDone {
                 request,
-                result: Ok((snapshot, vec![self.node.clone()])),
+                result: Ok((state, vec![self.node.clone()])),
             });
             return;
         }
@@ -286,10 +286,10 @@ impl ReplicatorCore {
                 }
             }
         }
-        let snapshot = self.lookup(&read.key).to_state();
+        let state = self.lookup(&read.key).to_state();
         self.out.push(Output::ReadDone {
             request: read.request,
-            result: Ok((snapshot, read.answered)),
+            result: Ok((state, read.answered)),
         });
     }
 
