@@ -509,62 +509,8 @@ impl Node {
             }
             "ledger" => Ok(json!(self.ledger.state().await.map_err(error)?.entries)),
             "ledger-stats" => entity_stats(&self.ledger).await,
-            "entities-spawn" => {
-                let count: usize = number(words, 1)?;
-                let started = Instant::now();
-                for _ in 0..count {
-                    let persistence_id = format!("many-{}", self.many.len());
-                    let config = self
-                        .cluster
-                        .entity_config(persistence_id, ReplicaId::fresh(self.name.as_str()));
-                    let ledger = Ledger {
-                        keep_entries: false,
-                    };
-                    let entity = ReplicatedEntity::spawn(
-                        ledger,
-                        LastWriterWins,
-                        MemoryJournal::new(),
-                        config,
-                    )
-                    .await
-                    .map_err(error)?;
-                    self.many.push(entity);
-                }
-                Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
-            }
-            "router-spawn" => {
-                // Starts `count` entities `many-<i>` behind one router,
-                // passivating after `passivate_ms` (0: never).
-                let count: usize = number(words, 1)?;
-                let passivate_ms: u64 = number(words, 2)?;
-                let passivate =
-                    Some(Duration::from_millis(passivate_ms)).filter(|ms| !ms.is_zero());
-                let started = Instant::now();
-                let replica = ReplicaId::fresh(self.name.as_str());
-                let factory = |_: &str| (Ledger { keep_entries: true }, LastWriterWins);
-                let routed = match self.router_journal.clone() {
-                    EntityJournal::Sled(journal) => {
-                        let entity_type = self
-                            .cluster
-                            .entity_type("many", replica, journal, factory)
-                            .with_passivation(passivate);
-                        EntityRouter::spawn(entity_type).await
-                    }
-                    EntityJournal::Memory(journal) => {
-                        let entity_type = self
-                            .cluster
-                            .entity_type("many", replica, journal, factory)
-                            .with_passivation(passivate);
-                        EntityRouter::spawn(entity_type).await
-                    }
-                }
-                .map_err(error)?;
-                for i in 0..count {
-                    routed.state(format!("many-{i}")).await.map_err(error)?;
-                }
-                self.routed = Some(routed);
-                Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
-            }
+            "entities-spawn" => self.entities_spawn(words).await,
+            "router-spawn" => self.router_spawn(words).await,
             "router-peers" => {
                 let routed = self.routed.as_ref().ok_or("no router")?;
                 let stats = routed.stats("many-0").await.map_err(error)?;
@@ -583,30 +529,7 @@ impl Node {
                     .map_err(error)?;
                 Ok(json!(null))
             }
-            "router-record-many" => {
-                // `count` commands `prefix-<n>`, entity `many-<n % entities>`,
-                // one after the other; progress counts the acknowledged ones.
-                let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
-                let entities: u64 = number(words, 3)?;
-                let background = words.get(4) == Some(&"background");
-                let routed = self.routed.clone().ok_or("no router")?;
-                let writing = counted(
-                    self.progress.clone(),
-                    prefix.to_string(),
-                    count,
-                    move |entry, n| {
-                        let (routed, id) =
-                            (routed.clone(), format!("many-{}", n % entities.max(1)));
-                        async move { routed.command(id, entry).await.map(drop) }
-                    },
-                );
-                if background {
-                    tokio::spawn(writing);
-                } else {
-                    writing.await.map_err(error)?;
-                }
-                Ok(json!(null))
-            }
+            "router-record-many" => self.router_record_many(words).await,
             "router-ledger" => {
                 let routed = self.routed.as_ref().ok_or("no router")?;
                 let id = format!("many-{}", number::<usize>(words, 1)?);
@@ -679,46 +602,7 @@ impl Node {
                 let rate = words.get(3).map_or(Ok(0), |_| number(words, 3))?;
                 self.tally_throughput(number(words, 1)?, window, rate).await
             }
-            "tally-recovery" => {
-                // What a restart of the tally does before it takes commands:
-                // read the journal, rebuild the log and its state.
-                let journal = self
-                    .journal
-                    .as_ref()
-                    .ok_or("the node runs without --data")?;
-                let started = Instant::now();
-                let events = journal.read_from::<Recorded>(TALLY_ID, 1).map_err(error)?;
-                let read = started.elapsed().as_secs_f64();
-                let replica = ReplicaId::new(self.name.as_str(), 0);
-                let keep_entries = false;
-                let mut log =
-                    ReplicatedLog::new(replica.clone(), Ledger { keep_entries }, LastWriterWins);
-                let count = events.len();
-                log.recover(events.into_iter().map(|(_, envelope)| envelope));
-                let seconds = started.elapsed().as_secs_f64();
-                // The same from the snapshot, as the entity starts.
-                let started = Instant::now();
-                let mut from_snapshot =
-                    ReplicatedLog::new(replica, Ledger { keep_entries }, LastWriterWins);
-                let decode: fn(&[u8]) -> ractor_replicated::Result<LedgerState> =
-                    |bytes| ractor_replicated::codec::decode(bytes);
-                let recovered =
-                    recover_from_journal(&mut from_snapshot, journal, TALLY_ID, Some(decode))
-                        .map_err(error)?;
-                Ok(json!({
-                    "events": count,
-                    "read_seconds": read,
-                    "seconds": seconds,
-                    "count": log.state().count,
-                    "from_snapshot": {
-                        "used_snapshot": recovered.snapshot_from.is_some(),
-                        "compacted_events": from_snapshot.compacted_events(),
-                        "events_read": recovered.events_read,
-                        "seconds": started.elapsed().as_secs_f64(),
-                        "count": from_snapshot.state().count,
-                    },
-                }))
-            }
+            "tally-recovery" => self.tally_recovery().await,
             "tally-wait" => {
                 let events: u64 = number(words, 1)?;
                 let deadline = Instant::now() + Duration::from_secs(120);
@@ -735,6 +619,124 @@ impl Node {
             }
             other => Err(format!("unknown command {other:?}")),
         }
+    }
+
+    /// What a restart of the tally does before it takes commands:
+    /// read the journal, rebuild the log and its state.
+    async fn tally_recovery(&mut self) -> Result<Value, String> {
+        let journal = self
+            .journal
+            .as_ref()
+            .ok_or("the node runs without --data")?;
+        let started = Instant::now();
+        let events = journal.read_from::<Recorded>(TALLY_ID, 1).map_err(error)?;
+        let read = started.elapsed().as_secs_f64();
+        let replica = ReplicaId::new(self.name.as_str(), 0);
+        let keep_entries = false;
+        let mut log = ReplicatedLog::new(replica.clone(), Ledger { keep_entries }, LastWriterWins);
+        let count = events.len();
+        log.recover(events.into_iter().map(|(_, envelope)| envelope));
+        let seconds = started.elapsed().as_secs_f64();
+        // The same from the snapshot, as the entity starts.
+        let started = Instant::now();
+        let mut from_snapshot =
+            ReplicatedLog::new(replica, Ledger { keep_entries }, LastWriterWins);
+        let decode: fn(&[u8]) -> ractor_replicated::Result<LedgerState> =
+            |bytes| ractor_replicated::codec::decode(bytes);
+        let recovered = recover_from_journal(&mut from_snapshot, journal, TALLY_ID, Some(decode))
+            .map_err(error)?;
+        Ok(json!({
+            "events": count,
+            "read_seconds": read,
+            "seconds": seconds,
+            "count": log.state().count,
+            "from_snapshot": {
+                "used_snapshot": recovered.snapshot_from.is_some(),
+                "compacted_events": from_snapshot.compacted_events(),
+                "events_read": recovered.events_read,
+                "seconds": started.elapsed().as_secs_f64(),
+                "count": from_snapshot.state().count,
+            },
+        }))
+    }
+
+    /// Starts `count` entities `many-<i>` behind one router,
+    /// passivating after `passivate_ms` (0: never).
+    async fn router_spawn(&mut self, words: &[&str]) -> Result<Value, String> {
+        let count: usize = number(words, 1)?;
+        let passivate_ms: u64 = number(words, 2)?;
+        let passivate = Some(Duration::from_millis(passivate_ms)).filter(|ms| !ms.is_zero());
+        let started = Instant::now();
+        let replica = ReplicaId::fresh(self.name.as_str());
+        let factory = |_: &str| (Ledger { keep_entries: true }, LastWriterWins);
+        let routed = match self.router_journal.clone() {
+            EntityJournal::Sled(journal) => {
+                let entity_type = self
+                    .cluster
+                    .entity_type("many", replica, journal, factory)
+                    .with_passivation(passivate);
+                EntityRouter::spawn(entity_type).await
+            }
+            EntityJournal::Memory(journal) => {
+                let entity_type = self
+                    .cluster
+                    .entity_type("many", replica, journal, factory)
+                    .with_passivation(passivate);
+                EntityRouter::spawn(entity_type).await
+            }
+        }
+        .map_err(error)?;
+        for i in 0..count {
+            routed.state(format!("many-{i}")).await.map_err(error)?;
+        }
+        self.routed = Some(routed);
+        Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
+    }
+
+    /// `count` commands `prefix-<n>`, entity `many-<n % entities>`,
+    /// one after the other; progress counts the acknowledged ones.
+    async fn router_record_many(&mut self, words: &[&str]) -> Result<Value, String> {
+        let (prefix, count): (&str, u64) = (arg(words, 1)?, number(words, 2)?);
+        let entities: u64 = number(words, 3)?;
+        let background = words.get(4) == Some(&"background");
+        let routed = self.routed.clone().ok_or("no router")?;
+        let writing = counted(
+            self.progress.clone(),
+            prefix.to_string(),
+            count,
+            move |entry, n| {
+                let (routed, id) = (routed.clone(), format!("many-{}", n % entities.max(1)));
+                async move { routed.command(id, entry).await.map(drop) }
+            },
+        );
+        if background {
+            tokio::spawn(writing);
+        } else {
+            writing.await.map_err(error)?;
+        }
+        Ok(json!(null))
+    }
+
+    /// Starts `count` more entities `many-<i>`, each an actor of its own
+    /// with an in-memory journal (against `router-spawn`'s one router).
+    async fn entities_spawn(&mut self, words: &[&str]) -> Result<Value, String> {
+        let count: usize = number(words, 1)?;
+        let started = Instant::now();
+        for _ in 0..count {
+            let persistence_id = format!("many-{}", self.many.len());
+            let config = self
+                .cluster
+                .entity_config(persistence_id, ReplicaId::fresh(self.name.as_str()));
+            let ledger = Ledger {
+                keep_entries: false,
+            };
+            let entity =
+                ReplicatedEntity::spawn(ledger, LastWriterWins, MemoryJournal::new(), config)
+                    .await
+                    .map_err(error)?;
+            self.many.push(entity);
+        }
+        Ok(json!({ "seconds": started.elapsed().as_secs_f64() }))
     }
 
     async fn get(&self, kind: &str, name: &str) -> Result<Value, String> {
