@@ -275,9 +275,19 @@ impl<M> Peers<M> {
         self.routes.remove(node).is_some()
     }
 
-    /// Whether `event` calls for a discovery round.
-    pub(crate) fn changed(&self, event: &SupervisionEvent) -> bool {
-        self.discovery.is_some() && self.group.changed(event)
+    /// Asks for a round (see [`request`](Self::request)) if `event` says
+    /// the group changed.
+    pub(crate) fn on_supervision(
+        &mut self,
+        event: &SupervisionEvent,
+        actor: &ActorRef<M>,
+        round: impl FnOnce() -> M,
+    ) where
+        M: ractor::Message,
+    {
+        if self.group.changed(event) {
+            self.request(actor, round);
+        }
     }
 
     /// Asks for a round: sends `actor` the message `round` builds, unless

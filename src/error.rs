@@ -434,8 +434,24 @@ impl StoreFailure {
     }
 }
 
-/// `error` followed by its sources, for log lines: "a: b: c".
-pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+/// An error followed by its sources, on one line ("a: b: c"): this crate's
+/// messages do not repeat their sources, so print `Chain(&err)` where the
+/// whole story is wanted in one string.
+///
+/// ```
+/// use ractor_replicated::error::{Chain, Error, StoreFailure};
+///
+/// let err = Error::store(
+///     "data/node-a",
+///     Some("cart"),
+///     StoreFailure::engine(std::io::Error::other("disk full")),
+/// );
+/// assert_eq!(
+///     Chain(&err).to_string(),
+///     "durable store data/node-a failed at key \"cart\": disk full"
+/// );
+/// ```
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -259,9 +259,9 @@ impl Actor for Replicator {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        if state.peers.changed(&event) {
-            state.peers.request(&myself, || Inbound::Discover.into());
-        }
+        state
+            .peers
+            .on_supervision(&event, &myself, || Inbound::Discover.into());
         Ok(())
     }
 }

@@ -207,13 +207,7 @@ where
 
 /// `err` and its sources, as one line for the JSON answer.
 fn error(err: ractor_replicated::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
+    ractor_replicated::error::Chain(&err).to_string()
 }
 
 /// The first words of the commands `Node::entity_command` runs.

@@ -523,12 +523,10 @@ where
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        if state.shell.peers.changed(&event) {
-            state
-                .shell
-                .peers
-                .request(&myself, || Inbound::Discover.into());
-        }
+        state
+            .shell
+            .peers
+            .on_supervision(&event, &myself, || Inbound::Discover.into());
         Ok(())
     }
 }

@@ -845,12 +845,10 @@ where
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        if state.shared.peers.changed(&event) {
-            state
-                .shared
-                .peers
-                .request(&myself, || Inbound::Discover.into());
-        }
+        state
+            .shared
+            .peers
+            .on_supervision(&event, &myself, || Inbound::Discover.into());
         Ok(())
     }
 }
