@@ -4,8 +4,8 @@
 //! the store) and, where the failure started below this crate (sled,
 //! MessagePack, the network, ractor), keeps that error as its
 //! [`source`](std::error::Error::source). Following the Rust convention, a
-//! variant's message does not repeat its source's: print the chain (as
-//! `tracing`'s and `anyhow`'s reporters do) to see both.
+//! variant's message does not repeat its source's: print the chain with
+//! [`Chain`] (or `anyhow`'s `{:#}`) to see both.
 //!
 //! ```
 //! use ractor_replicated::error::{Error, StoreFailure, Unavailability};
